@@ -1,0 +1,451 @@
+//! Envelopes: the one message shape of the protocol, its strict JSON parser, and [`Message`],
+//! the shared unit of delivery.
+//!
+//! On the wire an envelope is one JSON object with exactly `message_type` (non-empty string),
+//! `sender_id` (string), `recipient_id` (string, may be empty) and `payload` (any JSON value,
+//! absent means `null`). `null` is accepted for `sender_id` and `recipient_id` and means empty.
+//!
+//! The payload is never turned into a JSON tree: it is kept as the sender's raw JSON text, so
+//! integers beyond 2^53, deep nesting, unicode and escapes reach every recipient as sent.
+
+use std::fmt;
+use std::sync::OnceLock;
+
+use bytes::Bytes;
+use serde::de::{self, Deserializer as _, MapAccess, Visitor};
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use crate::error::RelayError;
+use crate::id::RELAY_ID;
+
+/// One envelope, as routed by the core.
+#[derive(Clone)]
+pub struct Envelope {
+    pub message_type: String,
+    pub sender_id: String,
+    pub recipient_id: String,
+    /// The payload's JSON text exactly as the sender wrote it (`null` when absent).
+    pub payload: Box<RawValue>,
+}
+
+/// Equal when every field is, the payload compared as text.
+impl PartialEq for Envelope {
+    fn eq(&self, other: &Envelope) -> bool {
+        self.message_type == other.message_type
+            && self.sender_id == other.sender_id
+            && self.recipient_id == other.recipient_id
+            && self.payload.get() == other.payload.get()
+    }
+}
+
+impl Eq for Envelope {}
+
+impl fmt::Debug for Envelope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Envelope")
+            .field("message_type", &self.message_type)
+            .field("sender_id", &self.sender_id)
+            .field("recipient_id", &self.recipient_id)
+            .field("payload", &self.payload.get())
+            .finish()
+    }
+}
+
+/// The payload used where none was sent.
+pub fn null_payload() -> Box<RawValue> {
+    RawValue::from_string("null".to_owned()).expect("null is JSON")
+}
+
+impl Envelope {
+    /// Parses one envelope from JSON text in a single pass. Every way the text can be wrong has
+    /// its own [`RelayError`].
+    pub fn parse_json(text: &str) -> Result<Envelope, RelayError> {
+        let mut problem = None;
+        let mut de = serde_json::Deserializer::from_str(text);
+        let fields = match de.deserialize_any(FieldsVisitor {
+            problem: &mut problem,
+        }) {
+            Ok(fields) => fields,
+            Err(e) => return Err(problem.unwrap_or_else(|| RelayError::InvalidJson(e.to_string()))),
+        };
+        de.end()
+            .map_err(|e| RelayError::InvalidJson(e.to_string()))?;
+
+        let message_type = string_field(fields.message_type, "message_type")?;
+        if message_type.is_empty() {
+            return Err(RelayError::MissingMessageType);
+        }
+        Ok(Envelope {
+            message_type,
+            sender_id: string_field(fields.sender_id, "sender_id")?,
+            recipient_id: string_field(fields.recipient_id, "recipient_id")?,
+            payload: fields.payload.map_or_else(null_payload, RawValue::to_owned),
+        })
+    }
+
+    /// Builds an envelope from parts that arrived separately (the gRPC front), checking that
+    /// `payload_json` is one JSON value. An empty `payload_json` means `null`.
+    pub fn from_parts(
+        message_type: String,
+        sender_id: String,
+        recipient_id: String,
+        payload_json: String,
+    ) -> Result<Envelope, RelayError> {
+        if message_type.is_empty() {
+            return Err(RelayError::MissingMessageType);
+        }
+        let payload = if payload_json.trim().is_empty() {
+            null_payload()
+        } else {
+            RawValue::from_string(payload_json).map_err(|_| RelayError::InvalidField {
+                field: "payload_json",
+                expected: "one JSON value (or empty for null)",
+            })?
+        };
+        Ok(Envelope {
+            message_type,
+            sender_id,
+            recipient_id,
+            payload,
+        })
+    }
+
+    /// An envelope written by the relay itself (`sender_id` is [`RELAY_ID`]).
+    pub fn from_relay(message_type: &str, recipient_id: &str, payload: impl Serialize) -> Envelope {
+        Envelope {
+            message_type: message_type.to_owned(),
+            sender_id: RELAY_ID.to_owned(),
+            recipient_id: recipient_id.to_owned(),
+            payload: serde_json::value::to_raw_value(&payload)
+                .expect("relay-authored payloads serialize"),
+        }
+    }
+
+    /// The envelope as one JSON object (the WebSocket text frame).
+    pub fn to_json(&self) -> String {
+        #[derive(Serialize)]
+        struct Wire<'a> {
+            message_type: &'a str,
+            sender_id: &'a str,
+            recipient_id: &'a str,
+            payload: &'a RawValue,
+        }
+        serde_json::to_string(&Wire {
+            message_type: &self.message_type,
+            sender_id: &self.sender_id,
+            recipient_id: &self.recipient_id,
+            payload: &self.payload,
+        })
+        .expect("strings and raw JSON always serialize")
+    }
+}
+
+fn string_field(raw: Option<&RawValue>, field: &'static str) -> Result<String, RelayError> {
+    let Some(raw) = raw else {
+        return Ok(String::new());
+    };
+    let text = raw.get();
+    if text == "null" {
+        return Ok(String::new());
+    }
+    if !text.starts_with('"') {
+        return Err(RelayError::InvalidField {
+            field,
+            expected: "a string",
+        });
+    }
+    serde_json::from_str(text).map_err(|e| RelayError::InvalidJson(e.to_string()))
+}
+
+#[derive(Default)]
+struct Fields<'de> {
+    message_type: Option<&'de RawValue>,
+    sender_id: Option<&'de RawValue>,
+    recipient_id: Option<&'de RawValue>,
+    payload: Option<&'de RawValue>,
+}
+
+/// Reads the top-level object, keeping each value as raw JSON. It records *why* it failed in
+/// `problem` so the caller can answer with the exact error, not serde's generic text.
+struct FieldsVisitor<'p> {
+    problem: &'p mut Option<RelayError>,
+}
+
+impl FieldsVisitor<'_> {
+    fn refuse<T, E: de::Error>(self, problem: RelayError) -> Result<T, E> {
+        let text = problem.to_string();
+        *self.problem = Some(problem);
+        Err(E::custom(text))
+    }
+}
+
+enum Key {
+    MessageType,
+    SenderId,
+    RecipientId,
+    Payload,
+    Other(String),
+}
+
+impl<'de> de::Deserialize<'de> for Key {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Key, D::Error> {
+        struct KeyVisitor;
+        impl Visitor<'_> for KeyVisitor {
+            type Value = Key;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key, E> {
+                Ok(match v {
+                    "message_type" => Key::MessageType,
+                    "sender_id" => Key::SenderId,
+                    "recipient_id" => Key::RecipientId,
+                    "payload" => Key::Payload,
+                    other => Key::Other(crate::id::truncate_for_display(other)),
+                })
+            }
+        }
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
+macro_rules! not_an_object {
+    ($($method:ident($($ty:ty)?) => $kind:literal),* $(,)?) => {$(
+        fn $method<E: de::Error>(self $(, _v: $ty)?) -> Result<Self::Value, E> {
+            self.refuse(RelayError::NotAnObject($kind))
+        }
+    )*};
+}
+
+impl<'de> Visitor<'de> for FieldsVisitor<'_> {
+    type Value = Fields<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an envelope object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields<'de>, A::Error> {
+        let mut fields = Fields::default();
+        while let Some(key) = map.next_key::<Key>()? {
+            let (slot, name) = match key {
+                Key::MessageType => (&mut fields.message_type, "message_type"),
+                Key::SenderId => (&mut fields.sender_id, "sender_id"),
+                Key::RecipientId => (&mut fields.recipient_id, "recipient_id"),
+                Key::Payload => (&mut fields.payload, "payload"),
+                Key::Other(name) => return self.refuse(RelayError::UnknownField(name)),
+            };
+            if slot.is_some() {
+                return self.refuse(RelayError::InvalidField {
+                    field: name,
+                    expected: "given once (it appears twice)",
+                });
+            }
+            *slot = Some(map.next_value()?);
+        }
+        Ok(fields)
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, _seq: A) -> Result<Fields<'de>, A::Error> {
+        self.refuse(RelayError::NotAnObject("an array"))
+    }
+
+    not_an_object! {
+        visit_bool(bool) => "a boolean",
+        visit_i64(i64) => "a number",
+        visit_u64(u64) => "a number",
+        visit_f64(f64) => "a number",
+        visit_str(&str) => "a string",
+        visit_unit() => "null",
+    }
+}
+
+/// One envelope on its way to one or many recipients, shared (behind an `Arc`) by all of them.
+///
+/// Each encoding is computed at most once, whatever the number of recipients: the JSON text for
+/// WebSocket peers (the sender's own text when the relay did not change the envelope) and an
+/// opaque binary encoding that a front may attach (the native server's protobuf bytes).
+pub struct Message {
+    envelope: Envelope,
+    json: OnceLock<Bytes>,
+    binary: OnceLock<Bytes>,
+}
+
+impl Message {
+    pub fn new(envelope: Envelope) -> Message {
+        Message {
+            envelope,
+            json: OnceLock::new(),
+            binary: OnceLock::new(),
+        }
+    }
+
+    /// A message whose JSON text is already known: `json` must be a UTF-8 encoding of exactly
+    /// this envelope (the sender's frame, when admission left it unchanged).
+    pub fn with_json(envelope: Envelope, json: Bytes) -> Message {
+        let message = Message::new(envelope);
+        let _ = message.json.set(json);
+        message
+    }
+
+    pub fn envelope(&self) -> &Envelope {
+        &self.envelope
+    }
+
+    /// The JSON text (valid UTF-8) of the envelope, encoded on first use.
+    pub fn json(&self) -> &Bytes {
+        self.json
+            .get_or_init(|| Bytes::from(self.envelope.to_json()))
+    }
+
+    /// The JSON text as `&str`.
+    pub fn json_str(&self) -> &str {
+        std::str::from_utf8(self.json()).expect("Message JSON is UTF-8 by construction")
+    }
+
+    /// A front's binary encoding of the envelope, computed by `encode` on first use.
+    pub fn binary(&self, encode: impl FnOnce(&Envelope) -> Bytes) -> &Bytes {
+        self.binary.get_or_init(|| encode(&self.envelope))
+    }
+}
+
+impl fmt::Debug for Message {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.envelope.fmt(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorCode;
+
+    fn env(text: &str) -> Envelope {
+        Envelope::parse_json(text).unwrap_or_else(|e| panic!("{text}: {e}"))
+    }
+
+    #[test]
+    fn parses_the_browser_example() {
+        let e = env(r#"{"message_type":"NodeAnnounce","sender_id":"node-id","recipient_id":"","payload":{"node_id":"node-id"}}"#);
+        assert_eq!(e.message_type, "NodeAnnounce");
+        assert_eq!(e.sender_id, "node-id");
+        assert_eq!(e.recipient_id, "");
+        assert_eq!(e.payload.get(), r#"{"node_id":"node-id"}"#);
+    }
+
+    #[test]
+    fn optional_fields_default_to_empty_and_null() {
+        let e = env(r#"{"message_type":"T","sender_id":null}"#);
+        assert_eq!((e.sender_id.as_str(), e.recipient_id.as_str()), ("", ""));
+        assert_eq!(e.payload.get(), "null");
+    }
+
+    #[test]
+    fn payload_text_is_kept_exactly() {
+        for payload in [
+            "42",
+            "-0",
+            "1.5e300",
+            "123456789012345678901234567890",
+            r#""\u00e9\ud83d\ude00 \" \\ \n""#,
+            r#"{"a":[1,{"b":[[[[null]]]]}],"k":true}"#,
+            "\"ünïcödé 🚀\"",
+        ] {
+            let text = format!(r#"{{"message_type":"T","payload":{payload}}}"#);
+            assert_eq!(env(&text).payload.get(), payload);
+        }
+    }
+
+    #[test]
+    fn escaped_strings_are_decoded() {
+        let e = env(r#"{"message_type":"A\u0042","sender_id":"n\u002d1"}"#);
+        assert_eq!((e.message_type.as_str(), e.sender_id.as_str()), ("AB", "n-1"));
+    }
+
+    #[test]
+    fn every_malformed_frame_has_its_own_code() {
+        let cases: &[(&str, ErrorCode)] = &[
+            ("", ErrorCode::InvalidJson),
+            ("{", ErrorCode::InvalidJson),
+            ("not json", ErrorCode::InvalidJson),
+            (r#"{"message_type":"T"} trailing"#, ErrorCode::InvalidJson),
+            (r#"{"message_type":"T","payload":}"#, ErrorCode::InvalidJson),
+            ("[1,2]", ErrorCode::NotAnObject),
+            ("42", ErrorCode::NotAnObject),
+            (r#""text""#, ErrorCode::NotAnObject),
+            ("null", ErrorCode::NotAnObject),
+            ("true", ErrorCode::NotAnObject),
+            ("{}", ErrorCode::MissingMessageType),
+            (r#"{"message_type":""}"#, ErrorCode::MissingMessageType),
+            (r#"{"message_type":null}"#, ErrorCode::MissingMessageType),
+            (r#"{"message_type":7}"#, ErrorCode::InvalidField),
+            (r#"{"message_type":"T","sender_id":5}"#, ErrorCode::InvalidField),
+            (r#"{"message_type":"T","recipient_id":["x"]}"#, ErrorCode::InvalidField),
+            (r#"{"message_type":"T","message_type":"U"}"#, ErrorCode::InvalidField),
+            (r#"{"message_type":"T","extra":1}"#, ErrorCode::UnknownField),
+        ];
+        for (text, code) in cases {
+            let err = Envelope::parse_json(text).unwrap_err();
+            assert_eq!(err.code(), *code, "{text:?} gave {err}");
+        }
+    }
+
+    #[test]
+    fn wrong_type_names_the_field() {
+        let err = Envelope::parse_json(r#"{"message_type":"T","recipient_id":1}"#).unwrap_err();
+        assert_eq!(
+            err,
+            RelayError::InvalidField {
+                field: "recipient_id",
+                expected: "a string"
+            }
+        );
+    }
+
+    #[test]
+    fn deep_nesting_is_carried_without_recursion() {
+        // The payload is skipped over as raw text, never built into a tree, so nesting far past
+        // any recursion limit neither fails nor overflows the stack.
+        let payload = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let text = format!(r#"{{"message_type":"T","payload":{payload}}}"#);
+        let parsed = Envelope::parse_json(&text).map_err(|e| e.code());
+        assert!(parsed.as_ref().is_ok_and(|e| e.payload.get() == payload), "{:?}", parsed.err());
+        let unbalanced = format!(r#"{{"message_type":"T","payload":{}}}"#, "[".repeat(100_000));
+        assert_eq!(
+            Envelope::parse_json(&unbalanced).map(|_| ()).map_err(|e| e.code()),
+            Err(ErrorCode::InvalidJson)
+        );
+    }
+
+    #[test]
+    fn json_round_trips() {
+        let e = env(r#"{"message_type":"T","sender_id":"a","recipient_id":"b","payload":[1, 2.50, 18446744073709551616]}"#);
+        assert_eq!(env(&e.to_json()), e);
+        assert!(e.to_json().contains("[1, 2.50, 18446744073709551616]"));
+    }
+
+    #[test]
+    fn from_parts_checks_the_payload() {
+        let ok = Envelope::from_parts("T".into(), "a".into(), "".into(), "".into()).unwrap();
+        assert_eq!(ok.payload.get(), "null");
+        let bad = Envelope::from_parts("T".into(), "a".into(), "".into(), "{".into());
+        assert_eq!(bad.unwrap_err().code(), ErrorCode::InvalidField);
+        let empty = Envelope::from_parts("".into(), "a".into(), "".into(), "1".into());
+        assert_eq!(empty.unwrap_err().code(), ErrorCode::MissingMessageType);
+    }
+
+    #[test]
+    fn message_encodes_once_and_keeps_given_json() {
+        let text = r#"{ "message_type" : "T", "payload" : 1 }"#;
+        let m = Message::with_json(env(text), Bytes::from_static(text.as_bytes()));
+        assert_eq!(m.json_str(), text);
+        let mut calls = 0;
+        for _ in 0..3 {
+            m.binary(|_| {
+                calls += 1;
+                Bytes::from_static(b"x")
+            });
+        }
+        assert_eq!(calls, 1);
+    }
+}

@@ -1,0 +1,162 @@
+//! Every answer the relay gives to bad input or a failed delivery.
+//!
+//! Each [`RelayError`] has one stable, machine-readable [`ErrorCode`] (the `code` of the `Error`
+//! envelope's payload, documented in the README) and a human message. The native gRPC front maps
+//! the few errors that end a stream to a `tonic::Status`; everything else is answered with an
+//! `Error` envelope and the connection stays open.
+
+use std::fmt;
+
+/// The stable codes carried in `Error` envelopes. Clients match on these; never rename one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    InvalidJson,
+    NotAnObject,
+    MissingMessageType,
+    InvalidField,
+    UnknownField,
+    MessageTooLarge,
+    UnsupportedFrame,
+    IdentityRequired,
+    InvalidPeerId,
+    ReservedPeerId,
+    PeerIdInUse,
+    SpoofedSender,
+    MissingRecipient,
+    UnknownRecipient,
+    RecipientQueueFull,
+    SlowConsumer,
+    ShuttingDown,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 17] = [
+        ErrorCode::InvalidJson,
+        ErrorCode::NotAnObject,
+        ErrorCode::MissingMessageType,
+        ErrorCode::InvalidField,
+        ErrorCode::UnknownField,
+        ErrorCode::MessageTooLarge,
+        ErrorCode::UnsupportedFrame,
+        ErrorCode::IdentityRequired,
+        ErrorCode::InvalidPeerId,
+        ErrorCode::ReservedPeerId,
+        ErrorCode::PeerIdInUse,
+        ErrorCode::SpoofedSender,
+        ErrorCode::MissingRecipient,
+        ErrorCode::UnknownRecipient,
+        ErrorCode::RecipientQueueFull,
+        ErrorCode::SlowConsumer,
+        ErrorCode::ShuttingDown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidJson => "invalid_json",
+            ErrorCode::NotAnObject => "not_an_object",
+            ErrorCode::MissingMessageType => "missing_message_type",
+            ErrorCode::InvalidField => "invalid_field",
+            ErrorCode::UnknownField => "unknown_field",
+            ErrorCode::MessageTooLarge => "message_too_large",
+            ErrorCode::UnsupportedFrame => "unsupported_frame",
+            ErrorCode::IdentityRequired => "identity_required",
+            ErrorCode::InvalidPeerId => "invalid_peer_id",
+            ErrorCode::ReservedPeerId => "reserved_peer_id",
+            ErrorCode::PeerIdInUse => "peer_id_in_use",
+            ErrorCode::SpoofedSender => "spoofed_sender",
+            ErrorCode::MissingRecipient => "missing_recipient",
+            ErrorCode::UnknownRecipient => "unknown_recipient",
+            ErrorCode::RecipientQueueFull => "recipient_queue_full",
+            ErrorCode::SlowConsumer => "slow_consumer",
+            ErrorCode::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why an envelope was refused or could not be delivered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RelayError {
+    #[error("the frame is not valid JSON: {0}")]
+    InvalidJson(String),
+    #[error("an envelope must be a JSON object, got {0}")]
+    NotAnObject(&'static str),
+    #[error("`message_type` is missing or empty")]
+    MissingMessageType,
+    #[error("field `{field}` must be {expected}")]
+    InvalidField {
+        field: &'static str,
+        expected: &'static str,
+    },
+    #[error("unknown field `{0}`; an envelope has message_type, sender_id, recipient_id and payload")]
+    UnknownField(String),
+    #[error("the message is {size} bytes, over the limit of {limit} bytes")]
+    MessageTooLarge { size: usize, limit: usize },
+    #[error("{0}")]
+    UnsupportedFrame(&'static str),
+    #[error("this connection has no peer id yet: set `sender_id` (or connect with ?node_id=ID)")]
+    IdentityRequired,
+    #[error("peer id {id:?} is invalid: {reason}")]
+    InvalidPeerId { id: String, reason: &'static str },
+    #[error("peer id \"relay\" is reserved for the relay itself")]
+    ReservedPeerId,
+    #[error("peer id {0:?} is already connected")]
+    PeerIdInUse(String),
+    #[error("this connection is {actual:?}; it cannot send as {claimed:?}")]
+    SpoofedSender { claimed: String, actual: String },
+    #[error("message type {0:?} is routed as directed, but `recipient_id` is empty")]
+    MissingRecipient(String),
+    #[error("no peer {0:?} is connected")]
+    UnknownRecipient(String),
+    #[error("peer {0:?} is not reading fast enough; it was disconnected and this message was not delivered to it")]
+    RecipientQueueFull(String),
+    #[error("outbound queue full ({0} messages): this peer did not read fast enough")]
+    SlowConsumer(usize),
+    #[error("the relay is shutting down")]
+    ShuttingDown,
+}
+
+impl RelayError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            RelayError::InvalidJson(_) => ErrorCode::InvalidJson,
+            RelayError::NotAnObject(_) => ErrorCode::NotAnObject,
+            RelayError::MissingMessageType => ErrorCode::MissingMessageType,
+            RelayError::InvalidField { .. } => ErrorCode::InvalidField,
+            RelayError::UnknownField(_) => ErrorCode::UnknownField,
+            RelayError::MessageTooLarge { .. } => ErrorCode::MessageTooLarge,
+            RelayError::UnsupportedFrame(_) => ErrorCode::UnsupportedFrame,
+            RelayError::IdentityRequired => ErrorCode::IdentityRequired,
+            RelayError::InvalidPeerId { .. } => ErrorCode::InvalidPeerId,
+            RelayError::ReservedPeerId => ErrorCode::ReservedPeerId,
+            RelayError::PeerIdInUse(_) => ErrorCode::PeerIdInUse,
+            RelayError::SpoofedSender { .. } => ErrorCode::SpoofedSender,
+            RelayError::MissingRecipient(_) => ErrorCode::MissingRecipient,
+            RelayError::UnknownRecipient(_) => ErrorCode::UnknownRecipient,
+            RelayError::RecipientQueueFull(_) => ErrorCode::RecipientQueueFull,
+            RelayError::SlowConsumer(_) => ErrorCode::SlowConsumer,
+            RelayError::ShuttingDown => ErrorCode::ShuttingDown,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn codes_are_unique_snake_case() {
+        let mut seen = HashSet::new();
+        for code in ErrorCode::ALL {
+            let s = code.as_str();
+            assert!(seen.insert(s), "duplicate code {s}");
+            assert!(s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'), "{s}");
+        }
+    }
+}

@@ -1,0 +1,405 @@
+//! The peer table and the routing decision.
+//!
+//! A [`Hub`] maps each connected [`PeerId`] to the front's handle for that peer (`P`: a queue
+//! sender natively, a socket in the Worker). [`Hub::route`] applies the `relay.toml` rules to one
+//! message and returns the [`Targets`] to deliver it to; it never delivers anything itself. The
+//! hub also writes the relay's own envelopes (`Welcome`, `PeerJoined`, `PeerLeft`, `Error`).
+//!
+//! Concurrency is the front's business: the native server keeps the hub behind a lock that is
+//! taken for writing only on join and leave, and for reading to route.
+
+use std::collections::hash_map::{self, HashMap};
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::config::{Mode, RelayConfig};
+use crate::envelope::{Envelope, Message};
+use crate::error::RelayError;
+use crate::id::PeerId;
+
+/// Names one connection, so that a peer leaving cannot remove a newer connection that reuses
+/// its id.
+pub type ConnId = u64;
+
+/// The `message_type`s the relay itself sends.
+pub mod kinds {
+    pub const WELCOME: &str = "Welcome";
+    pub const ERROR: &str = "Error";
+    pub const PEER_JOINED: &str = "PeerJoined";
+    pub const PEER_LEFT: &str = "PeerLeft";
+}
+
+struct Entry<P> {
+    conn: ConnId,
+    peer: P,
+}
+
+/// The connected peers of one network and the rules they are routed by.
+pub struct Hub<P> {
+    /// The rules and limits in force; one value, so a reload can swap it whole.
+    config: Arc<RelayConfig>,
+    peers: HashMap<PeerId, Entry<P>>,
+}
+
+/// What a successful join produces.
+#[derive(Debug)]
+pub struct Joined {
+    /// For the newcomer, first thing after its identity is known.
+    pub welcome: Arc<Message>,
+    /// `PeerJoined`, for every other peer (see [`Hub::others`]); `None` when announcements are
+    /// switched off.
+    pub announcement: Option<Arc<Message>>,
+}
+
+impl<P> Hub<P> {
+    pub fn new(config: Arc<RelayConfig>) -> Hub<P> {
+        Hub {
+            config,
+            peers: HashMap::new(),
+        }
+    }
+
+    pub fn config(&self) -> &Arc<RelayConfig> {
+        &self.config
+    }
+
+    /// Replaces the rules and limits; messages routed afterwards follow the new ones.
+    pub fn set_config(&mut self, config: Arc<RelayConfig>) {
+        self.config = config;
+    }
+
+    pub fn len(&self) -> usize {
+        self.peers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.peers.is_empty()
+    }
+
+    pub fn get(&self, id: &str) -> Option<&P> {
+        self.peers.get(id).map(|e| &e.peer)
+    }
+
+    pub fn peers(&self) -> impl Iterator<Item = (&PeerId, &P)> {
+        self.peers.iter().map(|(id, e)| (id, &e.peer))
+    }
+
+    /// Adds a peer. A second live connection claiming an id in use is refused
+    /// ([`RelayError::PeerIdInUse`]); the first keeps it.
+    pub fn join(&mut self, id: PeerId, conn: ConnId, peer: P) -> Result<Joined, RelayError> {
+        let hash_map::Entry::Vacant(slot) = self.peers.entry(id.clone()) else {
+            return Err(RelayError::PeerIdInUse(id.to_string()));
+        };
+        slot.insert(Entry { conn, peer });
+        let welcome = Arc::new(Message::new(self.welcome(&id)));
+        let announcement = self.config.discovery.announce_peers.then(|| {
+            Arc::new(Message::new(Envelope::from_relay(
+                kinds::PEER_JOINED,
+                "",
+                PeerEvent { peer_id: id.as_str() },
+            )))
+        });
+        Ok(Joined {
+            welcome,
+            announcement,
+        })
+    }
+
+    /// Removes the peer if `conn` is still the connection holding its id. Returns its handle and
+    /// the `PeerLeft` announcement for [`Hub::others`] (when announcements are on).
+    pub fn leave(&mut self, id: &PeerId, conn: ConnId) -> Option<(P, Option<Arc<Message>>)> {
+        match self.peers.get(id) {
+            Some(entry) if entry.conn == conn => {}
+            _ => return None,
+        }
+        let entry = self.peers.remove(id)?;
+        let announcement = self.config.discovery.announce_peers.then(|| {
+            Arc::new(Message::new(Envelope::from_relay(
+                kinds::PEER_LEFT,
+                "",
+                PeerEvent { peer_id: id.as_str() },
+            )))
+        });
+        Some((entry.peer, announcement))
+    }
+
+    /// Every peer but `id`.
+    pub fn others<'h>(&'h self, id: &'h PeerId) -> Targets<'h, P> {
+        Targets(Selection::AllExcept {
+            peers: self.peers.iter(),
+            except: id,
+        })
+    }
+
+    /// Decides who receives `message`, sent by the connected peer `sender`, under the rules in
+    /// force. An error is for the sender only; nothing else receives the message then.
+    pub fn route<'h>(
+        &'h self,
+        sender: &'h PeerId,
+        message: &Message,
+    ) -> Result<Targets<'h, P>, RelayError> {
+        let envelope = message.envelope();
+        match self.config.routing.mode_for(&envelope.message_type) {
+            Mode::Echo => Ok(Targets::one(self.get(sender.as_str()))),
+            Mode::Broadcast => Ok(self.others(sender)),
+            Mode::Directed => {
+                let to = envelope.recipient_id.as_str();
+                if to.is_empty() {
+                    return Err(RelayError::MissingRecipient(envelope.message_type.clone()));
+                }
+                match self.get(to) {
+                    Some(peer) => Ok(Targets::one(Some(peer))),
+                    None => Err(RelayError::UnknownRecipient(
+                        crate::id::truncate_for_display(to),
+                    )),
+                }
+            }
+        }
+    }
+
+    fn welcome(&self, id: &PeerId) -> Envelope {
+        let max = self.config.discovery.welcome_peers_max;
+        let mut peers: Vec<&str> = self
+            .peers
+            .keys()
+            .filter(|p| *p != id)
+            .map(PeerId::as_str)
+            .take(max)
+            .collect();
+        peers.sort_unstable();
+        let peer_count = self.peers.len() - 1;
+        let limits = &self.config.limits;
+        Envelope::from_relay(
+            kinds::WELCOME,
+            id.as_str(),
+            Welcome {
+                peer_id: id.as_str(),
+                peers,
+                peer_count,
+                peers_truncated: peer_count > max,
+                limits: WelcomeLimits {
+                    max_message_bytes: limits.max_message_bytes,
+                    queue_capacity: limits.queue_capacity,
+                },
+                routing: &self.config.routing,
+            },
+        )
+    }
+}
+
+/// The `Error` envelope answering `error`, for the peer `recipient` (empty while the connection
+/// has no id). `message_type` is the offending envelope's type, when it is known.
+pub fn error_message(recipient: &str, error: &RelayError, message_type: Option<&str>) -> Message {
+    #[derive(Serialize)]
+    struct ErrorPayload<'a> {
+        code: &'static str,
+        message: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        message_type: Option<&'a str>,
+    }
+    Message::new(Envelope::from_relay(
+        kinds::ERROR,
+        recipient,
+        ErrorPayload {
+            code: error.code().as_str(),
+            message: error.to_string(),
+            message_type,
+        },
+    ))
+}
+
+#[derive(Serialize)]
+struct PeerEvent<'a> {
+    peer_id: &'a str,
+}
+
+#[derive(Serialize)]
+struct Welcome<'a> {
+    peer_id: &'a str,
+    /// Ids of the other peers connected now, sorted, at most `welcome_peers_max` of them.
+    peers: Vec<&'a str>,
+    peer_count: usize,
+    peers_truncated: bool,
+    limits: WelcomeLimits,
+    routing: &'a crate::config::Routing,
+}
+
+#[derive(Serialize)]
+struct WelcomeLimits {
+    max_message_bytes: usize,
+    queue_capacity: usize,
+}
+
+/// The peers one message goes to. Iterating yields each handle once.
+pub struct Targets<'h, P>(Selection<'h, P>);
+
+enum Selection<'h, P> {
+    One(Option<&'h P>),
+    AllExcept {
+        peers: hash_map::Iter<'h, PeerId, Entry<P>>,
+        except: &'h PeerId,
+    },
+}
+
+impl<'h, P> Targets<'h, P> {
+    fn one(peer: Option<&'h P>) -> Self {
+        Targets(Selection::One(peer))
+    }
+}
+
+impl<'h, P> Iterator for Targets<'h, P> {
+    type Item = &'h P;
+
+    fn next(&mut self) -> Option<&'h P> {
+        match &mut self.0 {
+            Selection::One(one) => one.take(),
+            Selection::AllExcept { peers, except } => peers
+                .find(|(id, _)| *id != *except)
+                .map(|(_, entry)| &entry.peer),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorCode;
+    use serde_json::Value;
+
+    fn hub(toml: &str) -> Hub<&'static str> {
+        let config = RelayConfig::from_toml_str(toml, "test").unwrap();
+        Hub::new(Arc::new(config))
+    }
+
+    fn id(s: &str) -> PeerId {
+        PeerId::parse(s).unwrap()
+    }
+
+    fn payload(m: &Message) -> Value {
+        serde_json::from_str(m.envelope().payload.get()).unwrap()
+    }
+
+    const RULES: &str = r#"
+        [routing]
+        default = "broadcast"
+        [routing.rules]
+        Ping = "echo"
+        LedgerSync = "directed"
+    "#;
+
+    #[test]
+    fn routing_table() {
+        let mut h = hub(RULES);
+        for (n, name) in ["a", "b", "c"].into_iter().enumerate() {
+            h.join(id(name), n as u64, name).unwrap();
+        }
+        // (message_type, recipient, expected targets or error)
+        let table: &[(&str, &str, Result<&[&str], ErrorCode>)] = &[
+            ("Ping", "", Ok(&["a"])),
+            ("Ping", "b", Ok(&["a"])),
+            ("NodeAnnounce", "", Ok(&["b", "c"])),
+            ("NodeAnnounce", "b", Ok(&["b", "c"])),
+            ("LedgerSync", "c", Ok(&["c"])),
+            ("LedgerSync", "a", Ok(&["a"])),
+            ("LedgerSync", "", Err(ErrorCode::MissingRecipient)),
+            ("LedgerSync", "zed", Err(ErrorCode::UnknownRecipient)),
+        ];
+        let sender = id("a");
+        for (ty, to, expect) in table {
+            let env = Envelope::from_parts((*ty).into(), "a".into(), (*to).into(), "1".into())
+                .unwrap();
+            let got = h
+                .route(&sender, &Message::new(env))
+                .map(|t| {
+                    let mut v: Vec<&str> = t.copied().collect();
+                    v.sort();
+                    v
+                })
+                .map_err(|e| e.code());
+            assert_eq!(got, expect.map(<[&str]>::to_vec), "{ty} to {to:?}");
+        }
+    }
+
+    #[test]
+    fn broadcast_alone_reaches_nobody() {
+        let mut h = hub("");
+        h.join(id("a"), 1, "a").unwrap();
+        let env = Envelope::from_parts("X".into(), "a".into(), "".into(), "".into()).unwrap();
+        assert_eq!(h.route(&id("a"), &Message::new(env)).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn second_claim_of_a_live_id_is_refused_and_first_keeps_it() {
+        let mut h = hub("");
+        h.join(id("a"), 1, "first").unwrap();
+        let err = h.join(id("a"), 2, "second").unwrap_err();
+        assert_eq!(err.code(), ErrorCode::PeerIdInUse);
+        assert_eq!(h.get("a"), Some(&"first"));
+        // The refused connection leaving must not remove the first.
+        assert!(h.leave(&id("a"), 2).is_none());
+        assert_eq!(h.get("a"), Some(&"first"));
+        assert!(h.leave(&id("a"), 1).is_some());
+        assert!(h.is_empty());
+        h.join(id("a"), 3, "again").unwrap();
+    }
+
+    #[test]
+    fn welcome_lists_peers_and_limits() {
+        let mut h = hub("[limits]\nqueue_capacity = 7\n[discovery]\nwelcome_peers_max = 2\n");
+        for (n, name) in ["c", "b", "a"].into_iter().enumerate() {
+            h.join(id(name), n as u64, name).unwrap();
+        }
+        let joined = h.join(id("d"), 9, "d").unwrap();
+        let w = joined.welcome.envelope();
+        assert_eq!((w.message_type.as_str(), w.sender_id.as_str(), w.recipient_id.as_str()), ("Welcome", "relay", "d"));
+        let p = payload(&joined.welcome);
+        assert_eq!(p["peer_id"], "d");
+        assert_eq!(p["peer_count"], 3);
+        assert_eq!(p["peers"].as_array().unwrap().len(), 2);
+        assert_eq!(p["peers_truncated"], true);
+        assert_eq!(p["limits"]["queue_capacity"], 7);
+        assert_eq!(p["limits"]["max_message_bytes"], 1 << 20);
+        assert_eq!(p["routing"]["default"], "broadcast");
+    }
+
+    #[test]
+    fn announcements_follow_the_switch() {
+        let mut on = hub("");
+        let j = on.join(id("a"), 1, "a").unwrap();
+        let ann = j.announcement.unwrap();
+        assert_eq!(ann.envelope().message_type, "PeerJoined");
+        assert_eq!(payload(&ann)["peer_id"], "a");
+        let (_, left) = on.leave(&id("a"), 1).unwrap();
+        assert_eq!(payload(&left.unwrap())["peer_id"], "a");
+
+        let mut off = hub("[discovery]\nannounce_peers = false\n");
+        assert!(off.join(id("a"), 1, "a").unwrap().announcement.is_none());
+        assert!(off.leave(&id("a"), 1).unwrap().1.is_none());
+    }
+
+    #[test]
+    fn others_excludes_only_the_given_peer() {
+        let mut h = hub("");
+        for (n, name) in ["a", "b", "c"].into_iter().enumerate() {
+            h.join(id(name), n as u64, name).unwrap();
+        }
+        let a = id("a");
+        let mut v: Vec<_> = h.others(&a).copied().collect();
+        v.sort();
+        assert_eq!(v, ["b", "c"]);
+    }
+
+    #[test]
+    fn error_envelope_has_code_message_and_type() {
+        let m = error_message("a", &RelayError::UnknownRecipient("z".into()), Some("LedgerSync"));
+        let p = payload(&m);
+        assert_eq!(m.envelope().message_type, "Error");
+        assert_eq!(m.envelope().recipient_id, "a");
+        assert_eq!(p["code"], "unknown_recipient");
+        assert_eq!(p["message_type"], "LedgerSync");
+        assert!(p["message"].as_str().unwrap().contains("z"));
+        let anon = error_message("", &RelayError::NotAnObject("a number"), None);
+        assert!(payload(&anon).get("message_type").is_none());
+    }
+}

@@ -1,0 +1,30 @@
+//! The routing core of gsio-relay.
+//!
+//! Every front (the native gRPC and WebSocket servers, the Cloudflare Worker) hands this crate
+//! what arrived from the network and gets back *decisions*: who receives which message, or which
+//! error answers the sender. The crate does no I/O, reads no clock and knows no async runtime, so
+//! the very same code builds for `wasm32-unknown-unknown`.
+//!
+//! # Layout
+//! - [`envelope`]: the `Envelope` domain type, its strict JSON parser (one pass, payload kept as
+//!   the sender's raw JSON text) and [`Message`], the shared, encode-once unit of delivery.
+//! - [`id`]: [`PeerId`], the validated peer identity, and the reserved relay id.
+//! - [`session`]: the identity of one connection (bound once, spoofing rejected).
+//! - [`hub`]: the peer table and the routing decision for each message ([`Hub::route`]).
+//! - [`config`]: the `relay.toml` schema, parsed then validated into [`RelayConfig`].
+//! - [`error`]: [`RelayError`], one variant per answer the relay can give, each with a stable
+//!   machine-readable code.
+
+pub mod config;
+pub mod envelope;
+pub mod error;
+pub mod hub;
+pub mod id;
+pub mod session;
+
+pub use config::{Mode, RelayConfig, Routing};
+pub use envelope::{Envelope, Message};
+pub use error::{ErrorCode, RelayError};
+pub use hub::{Hub, Joined, Targets};
+pub use id::{PeerId, RELAY_ID};
+pub use session::Session;
