@@ -1,0 +1,261 @@
+//! The gRPC front: `gsio.relay.v1.RelayService/Exchange`, one bidirectional stream per peer.
+//!
+//! Decoding a `pb::Envelope` into the core's `Envelope` and encoding a `Message` back are the
+//! only conversions, and they live here. Outbound, each message is encoded to protobuf once (the
+//! first time a gRPC recipient needs it) and the bytes are shared by every gRPC recipient: the
+//! server code is generated with `Envelope` mapped to [`WireEnvelope`], whose encoding is those
+//! bytes.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::{Buf, BufMut, Bytes};
+use futures_util::Stream;
+use gsio_relay_core::{Envelope, Message, RelayError};
+use prost::encoding::{DecodeContext, WireType};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::pb;
+use crate::peer::PeerConn;
+use crate::relay::{Outgoing, Relay};
+use crate::shutdown::{Phase, Shutdown};
+
+/// Generated server code (see `build.rs`).
+pub mod server {
+    tonic::include_proto!("server/gsio.relay.v1");
+}
+
+/// Request metadata that fixes the stream's peer id before its first envelope.
+pub const NODE_ID_METADATA: &str = "x-gsio-node-id";
+
+/// `gsio.relay.v1.Envelope` on the server's wire: decoded when it comes in, pre-encoded bytes
+/// shared by all recipients when it goes out.
+#[derive(Debug, Clone)]
+pub enum WireEnvelope {
+    Decoded(pb::Envelope),
+    Encoded(Bytes),
+}
+
+impl Default for WireEnvelope {
+    fn default() -> Self {
+        WireEnvelope::Decoded(pb::Envelope::default())
+    }
+}
+
+impl WireEnvelope {
+    /// The protobuf encoding of `message`, computed once per message.
+    pub fn of(message: &Message) -> WireEnvelope {
+        WireEnvelope::Encoded(
+            message
+                .binary(|e| {
+                    let pb = to_pb(e);
+                    Bytes::from(prost::Message::encode_to_vec(&pb))
+                })
+                .clone(),
+        )
+    }
+}
+
+impl prost::Message for WireEnvelope {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        match self {
+            WireEnvelope::Decoded(envelope) => envelope.encode_raw(buf),
+            WireEnvelope::Encoded(bytes) => buf.put_slice(bytes),
+        }
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        if let WireEnvelope::Encoded(_) = self {
+            *self = WireEnvelope::default();
+        }
+        let WireEnvelope::Decoded(envelope) = self else {
+            unreachable!("just made Decoded")
+        };
+        envelope.merge_field(tag, wire_type, buf, ctx)
+    }
+
+    fn encoded_len(&self) -> usize {
+        match self {
+            WireEnvelope::Decoded(envelope) => envelope.encoded_len(),
+            WireEnvelope::Encoded(bytes) => bytes.len(),
+        }
+    }
+
+    fn clear(&mut self) {
+        *self = WireEnvelope::default();
+    }
+}
+
+/// The core envelope as protobuf.
+pub fn to_pb(envelope: &Envelope) -> pb::Envelope {
+    pb::Envelope {
+        message_type: envelope.message_type.clone(),
+        sender_id: envelope.sender_id.clone(),
+        recipient_id: envelope.recipient_id.clone(),
+        payload_json: envelope.payload.get().to_owned(),
+    }
+}
+
+/// A protobuf envelope as the core's, checking its payload is JSON.
+pub fn from_pb(envelope: pb::Envelope) -> Result<Envelope, RelayError> {
+    Envelope::from_parts(
+        envelope.message_type,
+        envelope.sender_id,
+        envelope.recipient_id,
+        envelope.payload_json,
+    )
+}
+
+/// The status that ends a stream for `error` (only errors that end a stream get here).
+pub fn status_for(error: &RelayError) -> Status {
+    use gsio_relay_core::ErrorCode::*;
+    let text = format!("{}: {error}", error.code());
+    match error.code() {
+        InvalidPeerId | ReservedPeerId => Status::invalid_argument(text),
+        PeerIdInUse => Status::already_exists(text),
+        SlowConsumer => Status::resource_exhausted(text),
+        ShuttingDown => Status::unavailable(text),
+        _ => Status::internal(text),
+    }
+}
+
+/// The RelayService implementation.
+pub struct RelayGrpc {
+    relay: Arc<Relay>,
+    shutdown: Shutdown,
+}
+
+impl RelayGrpc {
+    pub fn new(relay: Arc<Relay>, shutdown: Shutdown) -> RelayGrpc {
+        RelayGrpc { relay, shutdown }
+    }
+}
+
+type Outbound = Pin<Box<dyn Stream<Item = Result<WireEnvelope, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl server::relay_service_server::RelayService for RelayGrpc {
+    type ExchangeStream = Outbound;
+
+    async fn exchange(
+        &self,
+        request: Request<Streaming<WireEnvelope>>,
+    ) -> Result<Response<Outbound>, Status> {
+        if self.shutdown.phase() != Phase::Running {
+            return Err(status_for(&RelayError::ShuttingDown));
+        }
+        let (mut peer, outbox) = PeerConn::open(&self.relay);
+        if let Some(value) = request.metadata().get(NODE_ID_METADATA) {
+            let id = value.to_str().map_err(|_| {
+                Status::invalid_argument(format!("{NODE_ID_METADATA} must be ASCII"))
+            })?;
+            peer.bind(id).map_err(|e| status_for(&e))?;
+        }
+        let mut inbound = request.into_inner();
+        let (reading, done) = self.shutdown.tokens();
+
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            let _reading = reading;
+            loop {
+                tokio::select! {
+                    () = shutdown.reached(Phase::StopReading) => break,
+                    next = inbound.message() => match next {
+                        Ok(Some(WireEnvelope::Decoded(envelope))) => {
+                            let size = prost::Message::encoded_len(&envelope);
+                            let limit = peer.max_message_bytes();
+                            if size > limit {
+                                let error = RelayError::MessageTooLarge { size, limit };
+                                peer.reject(error, Some(&envelope.message_type));
+                            } else {
+                                peer.receive(from_pb(envelope), None);
+                            }
+                        }
+                        Ok(Some(WireEnvelope::Encoded(_))) => unreachable!("decoding yields Decoded"),
+                        Ok(None) => break,
+                        Err(status) => {
+                            match status.code() {
+                                // A message over tonic's hard limit: the stream is unusable.
+                                tonic::Code::OutOfRange | tonic::Code::ResourceExhausted => {
+                                    tracing::debug!("gRPC stream ended: {status}");
+                                }
+                                _ => tracing::debug!("gRPC stream read failed: {status}"),
+                            }
+                            break;
+                        }
+                    },
+                }
+            }
+            // During shutdown the peer must stay registered until the close phase, so that its
+            // queue is drained rather than cut (the outbound stream ends it).
+            if shutdown.phase() != Phase::Running {
+                shutdown.reached(Phase::Close).await;
+            }
+            drop(peer);
+        });
+
+        let writer = Writer {
+            outbox,
+            shutdown: self.shutdown.clone(),
+            _done: done,
+            state: WriterState::Open,
+        };
+        let outbound = futures_util::stream::unfold(writer, |mut writer| async move {
+            let item = writer.next().await?;
+            Some((item, writer))
+        });
+                Ok(Response::new(Box::pin(outbound)))
+    }
+}
+
+/// The outbound half of one stream: what the peer's outbox yields, until it ends.
+struct Writer {
+    outbox: crate::relay::Outbox,
+    shutdown: Shutdown,
+    /// Dropped with the stream, which tells the shutdown controller this connection is done.
+    _done: crate::shutdown::DoneToken,
+    state: WriterState,
+}
+
+#[derive(PartialEq)]
+enum WriterState {
+    Open,
+    /// Shutting down: write what is queued, then end with UNAVAILABLE.
+    Draining,
+    Ended,
+}
+
+impl Writer {
+    async fn next(&mut self) -> Option<Result<WireEnvelope, Status>> {
+        if self.state == WriterState::Open {
+            let next = tokio::select! {
+                biased;
+                next = self.outbox.next() => Some(next),
+                () = self.shutdown.reached(Phase::Close) => None,
+            };
+            match next {
+                Some(Outgoing::Deliver(message)) => return Some(Ok(WireEnvelope::of(&message))),
+                Some(Outgoing::Kicked(error)) => {
+                    self.state = WriterState::Ended;
+                    return Some(Err(status_for(&error)));
+                }
+                Some(Outgoing::Finished) => return None,
+                None => self.state = WriterState::Draining,
+            }
+        }
+        if self.state == WriterState::Draining {
+            if let Some(message) = self.outbox.try_next() {
+                return Some(Ok(WireEnvelope::of(&message)));
+            }
+            self.state = WriterState::Ended;
+            return Some(Err(status_for(&RelayError::ShuttingDown)));
+        }
+        None
+    }
+}

@@ -1,0 +1,35 @@
+//! gsio-relay: the native relay server for GSIO-Net.
+//!
+//! Peers exchange envelopes through it; `relay.toml` decides how each `message_type` travels
+//! (echo, broadcast, directed). The routing decisions come from the `gsio-relay-core` crate,
+//! which the Cloudflare Worker in `worker/` runs too.
+//!
+//! # Layout
+//! - [`config`]: loading `relay.toml` with `RELAY_` environment overrides (figment).
+//! - [`server`]: binds both fronts, runs them, shuts them down gracefully.
+//! - [`ws`]: the WebSocket front (JSON text frames).
+//! - [`grpc`]: the gRPC front (`RelayService/Exchange`) and the proto conversions.
+//! - [`peer`]: one connection, front-independent: identity, admission, routing, delivery.
+//! - [`relay`]: state shared by all connections (the hub, counters) and the bounded per-peer
+//!   queues with their slow-consumer policy.
+//! - [`shutdown`]: the two-phase graceful shutdown.
+//! - [`pb`]: the generated protobuf types and client (what a node author uses too).
+
+pub mod config;
+pub mod grpc;
+pub mod peer;
+pub mod relay;
+pub mod server;
+pub mod shutdown;
+pub mod ws;
+
+/// Generated from `proto/gsio/relay/v1/relay.proto`: messages and the client.
+pub mod pb {
+    tonic::include_proto!("gsio.relay.v1");
+
+    /// The encoded descriptor set, served by reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("relay_descriptor");
+}
+
+pub use server::Server;

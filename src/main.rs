@@ -1,0 +1,90 @@
+//! `gsio-relay`: runs the relay on a `relay.toml`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use gsio_relay::Server;
+
+/// GSIO-Net relay: a WebSocket front for browsers and a gRPC RelayService for nodes, routing
+/// envelopes by the rules in relay.toml.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// The configuration file. Any key can be overridden by an environment variable such as
+    /// RELAY_ROUTING__DEFAULT=echo (sections separated by "__").
+    #[arg(long, short, default_value = "relay.toml", env = "RELAY_CONFIG")]
+    config: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let config = match gsio_relay::config::load(&args.config) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: invalid configuration\n{error}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: gsio_relay_core::RelayConfig) -> anyhow::Result<()> {
+    let server = Server::bind(config).await?;
+    tracing::info!(
+        websocket = %format!("ws://{}", server.ws_addr()),
+        grpc = %server.grpc_addr(),
+        "gsio-relay listening"
+    );
+    server.run(shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!("cannot listen for Ctrl-C: {error}");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!("cannot listen for SIGTERM: {error}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

@@ -1,0 +1,195 @@
+//! One peer's connection, whichever front it came through: identity, admission, routing and
+//! delivery. The fronts only decode frames into calls here and write what the [`Outbox`]
+//! yields; every decision is the core's.
+//!
+//! Ordering: a connection's inbound envelopes are handled one after another, and each delivery
+//! is a FIFO queue push, so messages from one sender to one recipient arrive in the order sent.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use gsio_relay_core::hub::{error_message, ConnId};
+use gsio_relay_core::{Envelope, Message, PeerId, RelayError, Session};
+use tokio::sync::mpsc;
+
+use crate::relay::{queue, Kick, Outbox, PeerHandle, Refused, Relay, Stats};
+
+/// The relay side of one connected peer. Dropping it removes the peer from the hub (and
+/// announces `PeerLeft`).
+pub struct PeerConn {
+    relay: Arc<Relay>,
+    /// Tells this connection apart from a later one that takes the same id.
+    conn: ConnId,
+    session: Session,
+    /// This connection's own queue, for the replies (Welcome, Error) only it receives.
+    queue: mpsc::Sender<Arc<Message>>,
+    kick: Arc<Kick>,
+    /// Copied from the config at connect time: checked on every frame.
+    max_message_bytes: usize,
+}
+
+impl PeerConn {
+    /// A new, still anonymous connection, and the outbox its writer drains.
+    pub fn open(relay: &Arc<Relay>) -> (PeerConn, Outbox) {
+        let config = relay.config();
+        let (tx, kick, outbox) = queue(config.limits.queue_capacity);
+        Stats::bump(&relay.stats.connections, 1);
+        let conn = PeerConn {
+            relay: relay.clone(),
+            conn: relay.next_conn_id(),
+            session: Session::new(),
+            queue: tx,
+            kick,
+            max_message_bytes: config.limits.max_message_bytes,
+        };
+        (conn, outbox)
+    }
+
+    pub fn id(&self) -> Option<&PeerId> {
+        self.session.id()
+    }
+
+    pub fn max_message_bytes(&self) -> usize {
+        self.max_message_bytes
+    }
+
+    /// Fixes the identity before any envelope (`?node_id=`, `x-gsio-node-id`). On error the
+    /// front reports it and closes: a connection that asked for an id it cannot have is not
+    /// left half-open under another one.
+    pub fn bind(&mut self, raw: &str) -> Result<(), RelayError> {
+        let id = PeerId::parse(raw)?;
+        self.join(id)
+    }
+
+    /// One WebSocket text frame: parsed once; forwarded as the sender's own text when the relay
+    /// does not change it.
+    pub fn receive_text(&mut self, text: &str, original: Bytes) {
+        if text.len() > self.max_message_bytes {
+            return self.reject(
+                RelayError::MessageTooLarge {
+                    size: text.len(),
+                    limit: self.max_message_bytes,
+                },
+                None,
+            );
+        }
+        let envelope = Envelope::parse_json(text);
+        self.receive(envelope, Some(original));
+    }
+
+    /// One envelope (or the reason it could not be decoded). `original` is its JSON text when
+    /// the front has it.
+    pub fn receive(&mut self, envelope: Result<Envelope, RelayError>, original: Option<Bytes>) {
+        let mut envelope = match envelope {
+            Ok(envelope) => envelope,
+            Err(error) => return self.reject(error, None),
+        };
+        let admitted = match self.session.admit(&mut envelope) {
+            Ok(admitted) => admitted,
+            Err(error) => return self.reject(error, Some(&envelope.message_type)),
+        };
+        if let Some(id) = admitted.claim {
+            if let Err(error) = self.join(id) {
+                return self.reject(error, Some(&envelope.message_type));
+            }
+        }
+        let message = match original {
+            Some(json) if !admitted.rewritten => Message::with_json(envelope, json),
+            _ => Message::new(envelope),
+        };
+        self.route(Arc::new(message));
+    }
+
+    /// Answers this connection with an `Error` envelope; the connection stays open.
+    pub fn reject(&self, error: RelayError, message_type: Option<&str>) {
+        let recipient = self.session.id().map_or("", PeerId::as_str);
+        tracing::debug!(conn = self.conn, peer = recipient, code = %error.code(), "rejected: {error}");
+        Stats::bump(&self.relay.stats.errors_sent, 1);
+        self.reply(Arc::new(error_message(recipient, &error, message_type)));
+    }
+
+    fn reply(&self, message: Arc<Message>) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.queue.try_send(message) {
+            if self
+                .kick
+                .kick(RelayError::SlowConsumer(self.queue.max_capacity()))
+            {
+                Stats::bump(&self.relay.stats.slow_consumer_disconnects, 1);
+            }
+        }
+    }
+
+    fn join(&mut self, id: PeerId) -> Result<(), RelayError> {
+        let handle = PeerHandle::new(id.clone(), self.queue.clone(), self.kick.clone());
+        {
+            let mut hub = self.relay.write_hub();
+            let joined = hub.join(id.clone(), self.conn, handle)?;
+            // Queued under the lock, so the Welcome comes before anything routed to this peer.
+            self.reply(joined.welcome);
+            if let Some(announcement) = joined.announcement {
+                for peer in hub.others(&id) {
+                    let _ = peer.offer(announcement.clone());
+                }
+            }
+        }
+        tracing::info!(conn = self.conn, peer = %id, "peer joined");
+        self.session.bind(id);
+        Ok(())
+    }
+
+    fn route(&self, message: Arc<Message>) {
+        let sender = self
+            .session
+            .id()
+            .expect("admission binds the session before routing");
+        let mut refused: Vec<PeerId> = Vec::new();
+        let routed = {
+            let hub = self.relay.read_hub();
+            hub.route(sender, &message).map(|targets| {
+                let mut delivered = 0;
+                for peer in targets {
+                    match peer.offer(message.clone()) {
+                        Ok(()) => delivered += 1,
+                        Err(Refused::SlowConsumer { newly }) => {
+                            if newly {
+                                Stats::bump(&self.relay.stats.slow_consumer_disconnects, 1);
+                                tracing::warn!(peer = %peer.id, "slow consumer disconnected: outbound queue full");
+                            }
+                            refused.push(peer.id.clone());
+                        }
+                        Err(Refused::Gone) => {}
+                    }
+                }
+                delivered
+            })
+        };
+        let message_type = message.envelope().message_type.as_str();
+        match routed {
+            Ok(delivered) => {
+                Stats::bump(&self.relay.stats.messages_routed, 1);
+                Stats::bump(&self.relay.stats.deliveries, delivered);
+            }
+            Err(error) => self.reject(error, Some(message_type)),
+        }
+        for slow in refused {
+            self.reject(RelayError::RecipientQueueFull(slow.to_string()), Some(message_type));
+        }
+    }
+}
+
+impl Drop for PeerConn {
+    fn drop(&mut self) {
+        let Some(id) = self.session.id() else {
+            return;
+        };
+        let mut hub = self.relay.write_hub();
+        if let Some((_, announcement)) = hub.leave(id, self.conn) {
+            if let Some(announcement) = announcement {
+                for peer in hub.others(id) {
+                    let _ = peer.offer(announcement.clone());
+                }
+            }
+            tracing::info!(conn = self.conn, peer = %id, "peer left");
+        }
+    }
+}

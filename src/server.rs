@@ -1,0 +1,247 @@
+//! Binding both fronts and running them until a shutdown signal (see [`crate::shutdown`]).
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use gsio_relay_core::RelayConfig;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tonic::transport::server::{Connected, TcpConnectInfo};
+
+use crate::grpc::server::relay_service_server::RelayServiceServer;
+use crate::grpc::RelayGrpc;
+use crate::relay::{Relay, Stats};
+use crate::shutdown::{Controller, Phase};
+use crate::ws;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr} ({key}): {source}")]
+    Bind {
+        addr: SocketAddr,
+        key: &'static str,
+        source: io::Error,
+    },
+    #[error("gRPC server failed: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    #[error("gRPC reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// Both fronts, bound and ready to run.
+pub struct Server {
+    ws: TcpListener,
+    grpc: TcpListener,
+    relay: Arc<Relay>,
+    config: Arc<RelayConfig>,
+}
+
+async fn listen(addr: SocketAddr, key: &'static str) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, key, source })
+}
+
+impl Server {
+    /// Binds the WebSocket and gRPC listeners (port 0 picks a free port).
+    pub async fn bind(config: RelayConfig) -> Result<Server, ServerError> {
+        let ws = listen(config.server.ws_listen, "server.ws_listen").await?;
+        let grpc = listen(config.server.grpc_listen, "server.grpc_listen").await?;
+        let config = Arc::new(config);
+        Ok(Server {
+            ws,
+            grpc,
+            relay: Relay::new(config.clone()),
+            config,
+        })
+    }
+
+    pub fn ws_addr(&self) -> SocketAddr {
+        self.ws.local_addr().expect("bound listener has an address")
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc.local_addr().expect("bound listener has an address")
+    }
+
+    pub fn relay(&self) -> Arc<Relay> {
+        self.relay.clone()
+    }
+
+    /// Serves until `signal` resolves, then shuts down gracefully: stop reading, deliver what is
+    /// queued, tell every peer, and return once the last connection is done (or the grace
+    /// period has passed).
+    pub async fn run(self, signal: impl Future<Output = ()>) -> Result<(), ServerError> {
+        let Server {
+            ws,
+            grpc,
+            relay,
+            config,
+        } = self;
+        let controller = Controller::new();
+        let slots = Arc::new(Semaphore::new(config.server.max_connections));
+        let hard_limit = ws::hard_frame_limit(config.limits.max_message_bytes);
+
+        let ws_task = tokio::spawn(ws::serve(
+            ws,
+            relay.clone(),
+            slots.clone(),
+            controller.subscribe(),
+        ));
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_serving::<RelayServiceServer<RelayGrpc>>()
+            .await;
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let relay_service = RelayServiceServer::new(RelayGrpc::new(
+            relay.clone(),
+            controller.subscribe(),
+        ))
+        .max_decoding_message_size(hard_limit)
+        .max_encoding_message_size(hard_limit);
+        let grpc_shutdown = controller.subscribe();
+        let grpc_server = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            .add_service(health_service)
+            .add_service(reflection().build_v1()?)
+            .add_service(reflection().build_v1alpha()?)
+            .add_service(relay_service)
+            .serve_with_incoming_shutdown(
+                limited_incoming(grpc, slots, controller.subscribe()),
+                async move { grpc_shutdown.reached(Phase::Close).await },
+            );
+        let grpc_task = tokio::spawn(grpc_server);
+
+        signal.await;
+        tracing::info!("shutting down: no new connections, delivering what is queued");
+        health
+            .set_not_serving::<RelayServiceServer<RelayGrpc>>()
+            .await;
+        let grace = Duration::from_millis(config.server.shutdown_grace_ms);
+        if !controller.shut_down(grace).await {
+            tracing::warn!("shutdown grace period over; closing the remaining connections");
+        }
+        let _ = ws_task.await;
+        match tokio::time::timeout(grace, grpc_task).await {
+            Ok(Ok(result)) => result?,
+            Ok(Err(join_error)) => tracing::error!("gRPC server task failed: {join_error}"),
+            Err(_) => tracing::warn!("gRPC connections still open after the grace period"),
+        }
+        let stats = &relay.stats;
+        tracing::info!(
+            connections = Stats::get(&stats.connections),
+            messages_routed = Stats::get(&stats.messages_routed),
+            deliveries = Stats::get(&stats.deliveries),
+            errors_sent = Stats::get(&stats.errors_sent),
+            slow_consumer_disconnects = Stats::get(&stats.slow_consumer_disconnects),
+            "relay stopped"
+        );
+        Ok(())
+    }
+}
+
+/// gRPC connections, each holding a connection slot (shared with the WebSocket front) for its
+/// lifetime; a slot is taken before `accept`.
+fn limited_incoming(
+    listener: TcpListener,
+    slots: Arc<Semaphore>,
+    shutdown: crate::shutdown::Shutdown,
+) -> impl futures_util::Stream<Item = io::Result<Limited>> {
+    futures_util::stream::unfold(listener, move |listener| {
+        let slots = slots.clone();
+        let shutdown = shutdown.clone();
+        async move {
+            let permit = tokio::select! {
+                permit = slots.acquire_owned() => permit.ok()?,
+                () = shutdown.reached(Phase::StopReading) => return None,
+            };
+            loop {
+                let accepted = tokio::select! {
+                    accepted = listener.accept() => accepted,
+                    () = shutdown.reached(Phase::StopReading) => return None,
+                };
+                match accepted {
+                    Ok((stream, _)) => {
+                        let _ = stream.set_nodelay(true);
+                        let limited = Limited {
+                            stream,
+                            _permit: permit,
+                        };
+                        return Some((Ok(limited), listener));
+                    }
+                    Err(error) => {
+                        tracing::warn!("gRPC accept failed: {error}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// A TCP stream that frees its connection slot when dropped.
+pub struct Limited {
+    stream: TcpStream,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Connected for Limited {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+impl AsyncRead for Limited {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Limited {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}

@@ -1,0 +1,254 @@
+//! The WebSocket front: one JSON envelope per text frame, for browsers and any WebSocket client.
+//!
+//! One task per connection reads frames and writes the peer's outbox, batching writes (several
+//! frames fed, one flush). The identity may be fixed by `?node_id=ID` on the URL. A frame over
+//! `limits.max_message_bytes` is answered with `message_too_large` and the connection stays; a
+//! frame so large that reading it at all would be abuse (over [`hard_frame_limit`]) closes the
+//! connection with 1009.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use gsio_relay_core::{ErrorCode, Message, RelayError};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{self, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
+
+use crate::peer::PeerConn;
+use crate::relay::{Outbox, Outgoing, Relay};
+use crate::shutdown::{Phase, Shutdown};
+
+/// A client must finish the WebSocket handshake within this time.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// At most this many queued frames are written before one flush.
+const WRITE_BATCH: usize = 64;
+
+/// The largest frame read at all: above `limit` but below this, the frame is refused with an
+/// error envelope; above this, the connection is closed.
+pub fn hard_frame_limit(limit: usize) -> usize {
+    limit.saturating_mul(2).max(limit + 64 * 1024)
+}
+
+fn ws_config(max_message_bytes: usize) -> WebSocketConfig {
+    let hard = hard_frame_limit(max_message_bytes);
+    WebSocketConfig::default()
+        // Small buffers: most peers are idle most of the time.
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(16 * 1024)
+        .max_message_size(Some(hard))
+        .max_frame_size(Some(hard))
+}
+
+/// Accepts WebSocket connections until shutdown. A connection slot is taken before `accept`,
+/// so past `server.max_connections` new clients wait in the kernel's backlog.
+pub async fn serve(
+    listener: TcpListener,
+    relay: Arc<Relay>,
+    slots: Arc<Semaphore>,
+    shutdown: Shutdown,
+) {
+    loop {
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => permit.expect("semaphore never closed"),
+            () = shutdown.reached(Phase::StopReading) => return,
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = shutdown.reached(Phase::StopReading) => return,
+        };
+        match accepted {
+            Ok((stream, _addr)) => {
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(connection(stream, relay.clone(), shutdown.clone(), permit));
+            }
+            Err(error) => {
+                // Out of file descriptors and the like: wait instead of spinning.
+                tracing::warn!("WebSocket accept failed: {error}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// The `node_id` query parameter of the handshake request, if any.
+fn node_id_param(request: &Request) -> Option<String> {
+    request.uri().query().and_then(|query| {
+        query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("node_id="))
+            .map(str::to_owned)
+    })
+}
+
+async fn connection(
+    stream: TcpStream,
+    relay: Arc<Relay>,
+    shutdown: Shutdown,
+    _permit: OwnedSemaphorePermit,
+) {
+    let (reading, _done) = shutdown.tokens();
+    let max_message_bytes = relay.config().limits.max_message_bytes;
+    let mut node_id = None;
+    let handshake = tokio_tungstenite::accept_hdr_async_with_config(
+        stream,
+        |request: &Request, response: Response| {
+            node_id = node_id_param(request);
+            Ok(response)
+        },
+        Some(ws_config(max_message_bytes)),
+    );
+    let mut ws = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(error)) => return tracing::debug!("WebSocket handshake failed: {error}"),
+        Err(_) => return tracing::debug!("WebSocket handshake timed out"),
+    };
+
+    let (mut peer, mut outbox) = PeerConn::open(&relay);
+    if let Some(id) = node_id {
+        if let Err(error) = peer.bind(&id) {
+            peer.reject(error.clone(), None);
+            let _ = write_queued(&mut ws, &mut outbox).await;
+            let _ = ws.close(Some(close_frame(&error))).await;
+            return;
+        }
+    }
+
+    let mut reading = Some(reading);
+    let ending = loop {
+        tokio::select! {
+            biased;
+            () = shutdown.reached(Phase::StopReading), if reading.is_some() => {
+                reading = None;
+            }
+            () = shutdown.reached(Phase::Close) => break End::Shutdown,
+            next = outbox.next() => match next {
+                Outgoing::Deliver(message) => {
+                    if write_batch(&mut ws, &mut outbox, message).await.is_err() {
+                        break End::Gone;
+                    }
+                }
+                Outgoing::Kicked(error) => break End::Kicked(error),
+                Outgoing::Finished => break End::Gone,
+            },
+            frame = ws.next(), if reading.is_some() => match frame {
+                Some(Ok(tungstenite::Message::Text(text))) => {
+                    peer.receive_text(text.as_str(), text.clone().into());
+                }
+                Some(Ok(tungstenite::Message::Binary(_))) => peer.reject(
+                    RelayError::UnsupportedFrame(
+                        "binary frames are not accepted; send each envelope as a JSON text frame",
+                    ),
+                    None,
+                ),
+                // tungstenite answers pings itself; the pong goes out with the next flush.
+                Some(Ok(tungstenite::Message::Ping(_))) => {
+                    if ws.flush().await.is_err() {
+                        break End::Gone;
+                    }
+                }
+                Some(Ok(tungstenite::Message::Pong(_) | tungstenite::Message::Frame(_))) => {}
+                // The client closes; tungstenite replies, and the stream then ends.
+                Some(Ok(tungstenite::Message::Close(_))) => {}
+                Some(Err(tungstenite::Error::Capacity(error))) => {
+                    tracing::debug!("closing a connection that sent an oversized frame: {error}");
+                    let limit = peer.max_message_bytes();
+                    break End::Close(CloseFrame {
+                        code: CloseCode::Size,
+                        reason: Utf8Bytes::from(format!(
+                            "message_too_large: frame over {} bytes",
+                            hard_frame_limit(limit)
+                        )),
+                    });
+                }
+                Some(Err(error)) => {
+                    tracing::debug!("WebSocket read failed: {error}");
+                    break End::Gone;
+                }
+                None => break End::Gone,
+            },
+        }
+    };
+
+    match ending {
+        End::Gone => {}
+        End::Kicked(error) => {
+            let _ = ws.close(Some(close_frame(&error))).await;
+        }
+        End::Close(frame) => {
+            let _ = ws.close(Some(frame)).await;
+        }
+        End::Shutdown => {
+            if write_queued(&mut ws, &mut outbox).await.is_ok() {
+                let _ = ws.close(Some(close_frame(&RelayError::ShuttingDown))).await;
+            }
+        }
+    }
+    drop(peer);
+}
+
+enum End {
+    /// The client went away (or the socket failed): nothing more to say.
+    Gone,
+    /// Disconnected by the relay for this reason (slow consumer).
+    Kicked(RelayError),
+    Close(CloseFrame),
+    Shutdown,
+}
+
+/// The close frame telling a peer why the relay ends its connection. The reason starts with
+/// the error code.
+fn close_frame(error: &RelayError) -> CloseFrame {
+    let code = match error.code() {
+        ErrorCode::ShuttingDown => CloseCode::Away,
+        _ => CloseCode::Policy,
+    };
+    let mut reason = format!("{}: {error}", error.code());
+    // A close reason is at most 123 bytes.
+    if reason.len() > 123 {
+        let mut end = 120;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+    }
+    CloseFrame {
+        code,
+        reason: Utf8Bytes::from(reason),
+    }
+}
+
+fn text_frame(message: &Message) -> tungstenite::Message {
+    // SAFETY: `Message::json` is UTF-8 by construction (a `String` or a text frame's bytes).
+    tungstenite::Message::Text(unsafe { Utf8Bytes::from_bytes_unchecked(message.json().clone()) })
+}
+
+type Ws = WebSocketStream<TcpStream>;
+
+/// Writes `first` and whatever else is queued (up to a batch), then flushes once.
+async fn write_batch(
+    ws: &mut Ws,
+    outbox: &mut Outbox,
+    first: Arc<Message>,
+) -> Result<(), tungstenite::Error> {
+    ws.feed(text_frame(&first)).await?;
+    for _ in 1..WRITE_BATCH {
+        let Some(message) = outbox.try_next() else {
+            break;
+        };
+        ws.feed(text_frame(&message)).await?;
+    }
+    ws.flush().await
+}
+
+/// Writes everything queued now.
+async fn write_queued(ws: &mut Ws, outbox: &mut Outbox) -> Result<(), tungstenite::Error> {
+    while let Some(message) = outbox.try_next() {
+        ws.feed(text_frame(&message)).await?;
+    }
+    ws.flush().await
+}
