@@ -73,8 +73,12 @@ impl PeerConn {
                 None,
             );
         }
-        let envelope = Envelope::parse_json(text);
-        self.receive(envelope, Some(original));
+        match Envelope::parse_json_checked(text) {
+            Ok((envelope, true)) => self.receive(Ok(envelope), Some(original)),
+            // Re-encoded, so that recipients see all four fields.
+            Ok((envelope, false)) => self.receive(Ok(envelope), None),
+            Err(error) => self.receive(Err(error), None),
+        }
     }
 
     /// One envelope (or the reason it could not be decoded). `original` is its JSON text when

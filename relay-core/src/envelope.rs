@@ -61,6 +61,13 @@ impl Envelope {
     /// Parses one envelope from JSON text in a single pass. Every way the text can be wrong has
     /// its own [`RelayError`].
     pub fn parse_json(text: &str) -> Result<Envelope, RelayError> {
+        Envelope::parse_json_checked(text).map(|(envelope, _)| envelope)
+    }
+
+    /// Like [`Envelope::parse_json`], also telling whether the text is *complete*: all four
+    /// fields present, ids as strings (not `null`). Only a complete text may be forwarded as is;
+    /// recipients always see all four fields.
+    pub fn parse_json_checked(text: &str) -> Result<(Envelope, bool), RelayError> {
         let mut problem = None;
         let mut de = serde_json::Deserializer::from_str(text);
         let fields = match de.deserialize_any(FieldsVisitor {
@@ -76,12 +83,16 @@ impl Envelope {
         if message_type.is_empty() {
             return Err(RelayError::MissingMessageType);
         }
-        Ok(Envelope {
+        let is_string = |raw: Option<&RawValue>| raw.is_some_and(|r| r.get().starts_with('"'));
+        let complete =
+            is_string(fields.sender_id) && is_string(fields.recipient_id) && fields.payload.is_some();
+        let envelope = Envelope {
             message_type,
             sender_id: string_field(fields.sender_id, "sender_id")?,
             recipient_id: string_field(fields.recipient_id, "recipient_id")?,
             payload: fields.payload.map_or_else(null_payload, RawValue::to_owned),
-        })
+        };
+        Ok((envelope, complete))
     }
 
     /// Builds an envelope from parts that arrived separately (the gRPC front), checking that
@@ -353,6 +364,20 @@ mod tests {
         ] {
             let text = format!(r#"{{"message_type":"T","payload":{payload}}}"#);
             assert_eq!(env(&text).payload.get(), payload);
+        }
+    }
+
+    #[test]
+    fn only_texts_with_all_four_fields_are_complete() {
+        let cases = [
+            (r#"{"message_type":"T","sender_id":"a","recipient_id":"","payload":1}"#, true),
+            (r#"{"message_type":"T","sender_id":"a","recipient_id":""}"#, false),
+            (r#"{"message_type":"T","sender_id":null,"recipient_id":"","payload":1}"#, false),
+            (r#"{"message_type":"T","sender_id":"a","recipient_id":null,"payload":1}"#, false),
+            (r#"{"message_type":"T","recipient_id":"","payload":1}"#, false),
+        ];
+        for (text, complete) in cases {
+            assert_eq!(Envelope::parse_json_checked(text).unwrap().1, complete, "{text}");
         }
     }
 

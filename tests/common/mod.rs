@@ -1,0 +1,334 @@
+//! Shared by the integration tests: a real relay on 127.0.0.1 with ephemeral ports, and real
+//! clients for both fronts (tokio-tungstenite, the generated tonic client).
+#![allow(dead_code)]
+
+pub mod conformance;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use gsio_relay::pb;
+use gsio_relay::pb::relay_service_client::RelayServiceClient;
+use gsio_relay_core::RelayConfig;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long a test waits for something that should arrive.
+pub const ARRIVES: Duration = Duration::from_secs(10);
+/// How long a test waits to be sure something does not arrive.
+pub const QUIET: Duration = Duration::from_millis(300);
+
+pub fn repo_path(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+/// The shipped relay.toml, on ephemeral ports.
+pub fn shipped_config() -> RelayConfig {
+    let text = std::fs::read_to_string(repo_path("relay.toml")).unwrap();
+    let mut config = RelayConfig::from_toml_str(&text, "relay.toml").unwrap();
+    config.server.ws_listen = "127.0.0.1:0".parse().unwrap();
+    config.server.grpc_listen = "127.0.0.1:0".parse().unwrap();
+    config
+}
+
+/// A relay running in this process.
+pub struct TestRelay {
+    pub ws_url: String,
+    pub grpc_url: String,
+    pub relay: std::sync::Arc<gsio_relay::relay::Relay>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), gsio_relay::server::ServerError>>>,
+}
+
+impl TestRelay {
+    pub async fn start() -> TestRelay {
+        TestRelay::start_with(shipped_config()).await
+    }
+
+    pub async fn start_with(config: RelayConfig) -> TestRelay {
+        let server = gsio_relay::Server::bind(config).await.expect("bind");
+        let ws_url = format!("ws://{}", server.ws_addr());
+        let grpc_url = format!("http://{}", server.grpc_addr());
+        let relay = server.relay();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.run(async {
+            let _ = stopped.await;
+        }));
+        TestRelay {
+            ws_url,
+            grpc_url,
+            relay,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Starts the graceful shutdown and returns the server task, to await its end.
+    pub fn shut_down(&mut self) -> JoinHandle<Result<(), gsio_relay::server::ServerError>> {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap()
+    }
+
+    pub async fn ws(&self, id: &str) -> WsPeer {
+        let mut peer = WsPeer::connect(&format!("{}/?node_id={id}", self.ws_url)).await;
+        peer.expect_welcome(id).await;
+        peer
+    }
+
+    pub async fn grpc(&self, id: &str) -> GrpcPeer {
+        let mut peer = GrpcPeer::connect(&self.grpc_url, Some(id)).await.unwrap();
+        peer.expect_welcome(id).await;
+        peer
+    }
+}
+
+/// An envelope as a test client received it; the payload is kept as raw text, so payload
+/// fidelity can be checked to the byte.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Got {
+    pub message_type: String,
+    pub sender_id: String,
+    pub recipient_id: String,
+    #[serde(deserialize_with = "raw_text")]
+    pub payload: String,
+}
+
+fn raw_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let raw: Box<RawValue> = Deserialize::deserialize(d)?;
+    Ok(raw.get().to_owned())
+}
+
+impl Got {
+    pub fn payload_json(&self) -> Value {
+        serde_json::from_str(&self.payload).unwrap()
+    }
+
+    /// The `code` of an `Error` envelope.
+    pub fn error_code(&self) -> String {
+        assert_eq!(self.message_type, "Error", "expected an Error, got {self:?}");
+        self.payload_json()["code"].as_str().unwrap().to_owned()
+    }
+}
+
+/// An envelope to send, as JSON text.
+pub fn envelope(message_type: &str, sender: &str, recipient: &str, payload: &str) -> String {
+    format!(
+        r#"{{"message_type":{},"sender_id":{},"recipient_id":{},"payload":{payload}}}"#,
+        Value::from(message_type),
+        Value::from(sender),
+        Value::from(recipient)
+    )
+}
+
+/// Common to both kinds of test peer.
+#[allow(async_fn_in_trait)]
+pub trait Peer {
+    async fn send(&mut self, message_type: &str, sender: &str, recipient: &str, payload: &str);
+    /// The next envelope, within [`ARRIVES`].
+    async fn recv(&mut self) -> Got;
+    /// Some envelope arrives within `wait`, or none.
+    async fn try_recv(&mut self, wait: Duration) -> Option<Got>;
+
+    async fn expect_welcome(&mut self, id: &str) -> Value {
+        let got = self.recv().await;
+        assert_eq!(got.message_type, "Welcome", "{got:?}");
+        assert_eq!((got.sender_id.as_str(), got.recipient_id.as_str()), ("relay", id));
+        let payload = got.payload_json();
+        assert_eq!(payload["peer_id"], id);
+        payload
+    }
+
+    /// The next envelope that is not a PeerJoined/PeerLeft announcement.
+    async fn recv_skipping_announcements(&mut self) -> Got {
+        loop {
+            let got = self.recv().await;
+            if got.message_type != "PeerJoined" && got.message_type != "PeerLeft" {
+                return got;
+            }
+        }
+    }
+
+    async fn expect_error(&mut self, code: &str) -> Got {
+        let got = self.recv_skipping_announcements().await;
+        assert_eq!(got.error_code(), code, "{got:?}");
+        got
+    }
+
+    async fn expect_silence(&mut self) {
+        if let Some(got) = self.try_recv(QUIET).await {
+            panic!("expected nothing, got {got:?}");
+        }
+    }
+}
+
+/// A WebSocket client (tokio-tungstenite).
+pub struct WsPeer {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl WsPeer {
+    pub async fn connect(url: &str) -> WsPeer {
+        let (ws, _) = tokio::time::timeout(ARRIVES, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("connect timed out")
+            .unwrap_or_else(|e| panic!("connect {url}: {e}"));
+        WsPeer { ws }
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws.send(WsMessage::text(text)).await.unwrap();
+    }
+
+    pub async fn send_frame(&mut self, frame: WsMessage) {
+        self.ws.send(frame).await.unwrap();
+    }
+
+    /// The next text frame's raw text.
+    pub async fn recv_text(&mut self) -> String {
+        match self.recv_frame(ARRIVES).await {
+            Some(WsMessage::Text(text)) => text.to_string(),
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+
+    /// The next frame other than ping/pong, within `wait`; `None` on timeout.
+    pub async fn recv_frame(&mut self, wait: Duration) -> Option<WsMessage> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => return None,
+                Ok(None) => panic!("connection ended"),
+                Ok(Some(Err(e))) => panic!("read failed: {e}"),
+                Ok(Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_)))) => continue,
+                Ok(Some(Ok(frame))) => return Some(frame),
+            }
+        }
+    }
+
+    /// Reads until the relay closes; returns the close frame's code and reason.
+    pub async fn expect_close(&mut self) -> (u16, String) {
+        loop {
+            match tokio::time::timeout(ARRIVES, self.ws.next()).await {
+                Err(_) => panic!("no close within {ARRIVES:?}"),
+                Ok(Some(Ok(WsMessage::Close(Some(frame))))) => {
+                    return (frame.code.into(), frame.reason.to_string())
+                }
+                Ok(Some(Ok(WsMessage::Close(None)))) => return (1005, String::new()),
+                Ok(Some(Ok(_))) => continue,
+                Ok(Some(Err(e))) => panic!("read failed before close: {e}"),
+                Ok(None) => panic!("connection ended without a close frame"),
+            }
+        }
+    }
+}
+
+impl Peer for WsPeer {
+    async fn send(&mut self, message_type: &str, sender: &str, recipient: &str, payload: &str) {
+        self.send_text(&envelope(message_type, sender, recipient, payload))
+            .await;
+    }
+
+    async fn recv(&mut self) -> Got {
+        let text = self.recv_text().await;
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("bad envelope {text}: {e}"))
+    }
+
+    async fn try_recv(&mut self, wait: Duration) -> Option<Got> {
+        match self.recv_frame(wait).await? {
+            WsMessage::Text(text) => Some(serde_json::from_str(&text).unwrap()),
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+}
+
+/// A gRPC client: the generated tonic client over one `Exchange` stream.
+pub struct GrpcPeer {
+    pub tx: mpsc::Sender<pb::Envelope>,
+    pub inbound: tonic::Streaming<pb::Envelope>,
+}
+
+impl GrpcPeer {
+    /// Opens a stream, with `x-gsio-node-id` metadata when `id` is given.
+    pub async fn connect(url: &str, id: Option<&str>) -> Result<GrpcPeer, tonic::Status> {
+        let mut client = RelayServiceClient::connect(url.to_owned())
+            .await
+            .unwrap_or_else(|e| panic!("connect {url}: {e}"));
+        let (tx, rx) = mpsc::channel(1024);
+        let mut request = tonic::Request::new(ReceiverStream::new(rx));
+        if let Some(id) = id {
+            request
+                .metadata_mut()
+                .insert("x-gsio-node-id", id.parse().unwrap());
+        }
+        let inbound = client.exchange(request).await?.into_inner();
+        Ok(GrpcPeer { tx, inbound })
+    }
+
+    pub async fn send_pb(&mut self, envelope: pb::Envelope) {
+        self.tx.send(envelope).await.unwrap();
+    }
+
+    /// The status the stream ends with (skipping any envelopes before it).
+    pub async fn expect_status(&mut self) -> tonic::Status {
+        loop {
+            match tokio::time::timeout(ARRIVES, self.inbound.message()).await {
+                Err(_) => panic!("stream did not end within {ARRIVES:?}"),
+                Ok(Ok(Some(_))) => continue,
+                Ok(Ok(None)) => return tonic::Status::ok(""),
+                Ok(Err(status)) => return status,
+            }
+        }
+    }
+}
+
+fn got_from_pb(e: pb::Envelope) -> Got {
+    Got {
+        message_type: e.message_type,
+        sender_id: e.sender_id,
+        recipient_id: e.recipient_id,
+        payload: e.payload_json,
+    }
+}
+
+impl Peer for GrpcPeer {
+    async fn send(&mut self, message_type: &str, sender: &str, recipient: &str, payload: &str) {
+        self.send_pb(pb::Envelope {
+            message_type: message_type.into(),
+            sender_id: sender.into(),
+            recipient_id: recipient.into(),
+            payload_json: payload.into(),
+        })
+        .await;
+    }
+
+    async fn recv(&mut self) -> Got {
+        self.try_recv(ARRIVES)
+            .await
+            .unwrap_or_else(|| panic!("nothing arrived within {ARRIVES:?}"))
+    }
+
+    async fn try_recv(&mut self, wait: Duration) -> Option<Got> {
+        match tokio::time::timeout(wait, self.inbound.message()).await {
+            Err(_) => None,
+            Ok(Ok(Some(e))) => Some(got_from_pb(e)),
+            Ok(Ok(None)) => panic!("stream ended"),
+            Ok(Err(status)) => panic!("stream failed: {status}"),
+        }
+    }
+}
+
+/// Builds an `tungstenite` binary frame (for the unsupported-frame test).
+pub fn binary(bytes: &[u8]) -> WsMessage {
+    WsMessage::Binary(bytes.to_vec().into())
+}
+
+pub use tungstenite::Message as Frame;
