@@ -162,7 +162,6 @@ impl server::relay_service_server::RelayService for RelayGrpc {
 
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
-            let _reading = reading;
             loop {
                 tokio::select! {
                     () = shutdown.reached(Phase::StopReading) => break,
@@ -192,6 +191,7 @@ impl server::relay_service_server::RelayService for RelayGrpc {
                     },
                 }
             }
+            drop(reading);
             // During shutdown the peer must stay registered until the close phase, so that its
             // queue is drained rather than cut (the outbound stream ends it).
             if shutdown.phase() != Phase::Running {
@@ -245,8 +245,9 @@ impl Writer {
                     self.state = WriterState::Ended;
                     return Some(Err(status_for(&error)));
                 }
-                Some(Outgoing::Finished) => return None,
-                None => self.state = WriterState::Draining,
+                // The peer left. If that is the shutdown, the client must still be told.
+                Some(Outgoing::Finished) if self.shutdown.phase() == Phase::Running => return None,
+                Some(Outgoing::Finished) | None => self.state = WriterState::Draining,
             }
         }
         if self.state == WriterState::Draining {

@@ -154,7 +154,7 @@ impl Server {
 }
 
 /// gRPC connections, each holding a connection slot (shared with the WebSocket front) for its
-/// lifetime; a slot is taken before `accept`.
+/// lifetime, taken right after `accept` (see [`ws::serve`]).
 fn limited_incoming(
     listener: TcpListener,
     slots: Arc<Semaphore>,
@@ -164,29 +164,29 @@ fn limited_incoming(
         let slots = slots.clone();
         let shutdown = shutdown.clone();
         async move {
-            let permit = tokio::select! {
-                permit = slots.acquire_owned() => permit.ok()?,
-                () = shutdown.reached(Phase::StopReading) => return None,
-            };
             loop {
                 let accepted = tokio::select! {
                     accepted = listener.accept() => accepted,
                     () = shutdown.reached(Phase::StopReading) => return None,
                 };
-                match accepted {
-                    Ok((stream, _)) => {
-                        let _ = stream.set_nodelay(true);
-                        let limited = Limited {
-                            stream,
-                            _permit: permit,
-                        };
-                        return Some((Ok(limited), listener));
-                    }
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
                     Err(error) => {
                         tracing::warn!("gRPC accept failed: {error}");
                         tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
                     }
-                }
+                };
+                let permit = tokio::select! {
+                    permit = slots.acquire_owned() => permit.ok()?,
+                    () = shutdown.reached(Phase::StopReading) => return None,
+                };
+                let _ = stream.set_nodelay(true);
+                let limited = Limited {
+                    stream,
+                    _permit: permit,
+                };
+                return Some((Ok(limited), listener));
             }
         }
     })

@@ -7,7 +7,10 @@
 //!    (WebSocket close 1001, gRPC `UNAVAILABLE`), and ends. The server waits for the last
 //!    [`DoneToken`], bounded by `server.shutdown_grace_ms`.
 
-use tokio::sync::{mpsc, watch};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{watch, Notify};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Phase {
@@ -20,18 +23,56 @@ pub enum Phase {
 #[derive(Clone)]
 pub struct Shutdown {
     phase: watch::Receiver<Phase>,
-    reading: mpsc::Sender<()>,
-    done: mpsc::Sender<()>,
+    reading: Arc<Tally>,
+    done: Arc<Tally>,
+}
+
+/// How many tokens of one kind are alive; wakes the controller when none are.
+#[derive(Default)]
+struct Tally {
+    alive: AtomicUsize,
+    none_left: Notify,
+}
+
+impl Tally {
+    fn take(self: &Arc<Self>) -> Token {
+        self.alive.fetch_add(1, Ordering::SeqCst);
+        Token(self.clone())
+    }
+
+    /// Resolves when no token is alive. Cancel safe.
+    async fn all_returned(&self) {
+        loop {
+            let notified = self.none_left.notified();
+            tokio::pin!(notified);
+            // Register before checking, so a token dropped in between is not missed.
+            notified.as_mut().enable();
+            if self.alive.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+struct Token(Arc<Tally>);
+
+impl Drop for Token {
+    fn drop(&mut self) {
+        if self.0.alive.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.none_left.notify_waiters();
+        }
+    }
 }
 
 /// Held while a connection may still read (and so route) envelopes.
-pub struct ReadingToken(#[allow(dead_code)] mpsc::Sender<()>);
+pub struct ReadingToken(#[allow(dead_code)] Token);
 /// Held until a connection has finished writing.
-pub struct DoneToken(#[allow(dead_code)] mpsc::Sender<()>);
+pub struct DoneToken(#[allow(dead_code)] Token);
 
 impl Shutdown {
     pub fn tokens(&self) -> (ReadingToken, DoneToken) {
-        (ReadingToken(self.reading.clone()), DoneToken(self.done.clone()))
+        (ReadingToken(self.reading.take()), DoneToken(self.done.take()))
     }
 
     pub fn phase(&self) -> Phase {
@@ -49,40 +90,35 @@ impl Shutdown {
 /// The server's side: moves the phases and waits for the connections.
 pub struct Controller {
     phase: watch::Sender<Phase>,
-    reading: mpsc::Receiver<()>,
-    done: mpsc::Receiver<()>,
-    shutdown: Option<Shutdown>,
+    shutdown: Shutdown,
 }
 
 impl Controller {
     pub fn new() -> Controller {
         let (phase_tx, phase_rx) = watch::channel(Phase::Running);
-        let (reading_tx, reading_rx) = mpsc::channel(1);
-        let (done_tx, done_rx) = mpsc::channel(1);
         Controller {
             phase: phase_tx,
-            reading: reading_rx,
-            done: done_rx,
-            shutdown: Some(Shutdown {
+            shutdown: Shutdown {
                 phase: phase_rx,
-                reading: reading_tx,
-                done: done_tx,
-            }),
+                reading: Arc::default(),
+                done: Arc::default(),
+            },
         }
     }
 
     pub fn subscribe(&self) -> Shutdown {
-        self.shutdown.clone().expect("subscribe before shutdown starts")
+        self.shutdown.clone()
     }
 
     /// Runs both phases; returns false if the grace period ran out with connections left.
-    pub async fn shut_down(mut self, grace: std::time::Duration) -> bool {
-        drop(self.shutdown.take());
+    pub async fn shut_down(self, grace: std::time::Duration) -> bool {
         let deadline = tokio::time::Instant::now() + grace;
         self.phase.send_replace(Phase::StopReading);
-        let stopped = tokio::time::timeout_at(deadline, self.reading.recv()).await.is_ok();
+        let reading = self.shutdown.reading.all_returned();
+        let stopped = tokio::time::timeout_at(deadline, reading).await.is_ok();
         self.phase.send_replace(Phase::Close);
-        let done = tokio::time::timeout_at(deadline, self.done.recv()).await.is_ok();
+        let done = self.shutdown.done.all_returned();
+        let done = tokio::time::timeout_at(deadline, done).await.is_ok();
         stopped && done
     }
 }

@@ -44,8 +44,10 @@ fn ws_config(max_message_bytes: usize) -> WebSocketConfig {
         .max_frame_size(Some(hard))
 }
 
-/// Accepts WebSocket connections until shutdown. A connection slot is taken before `accept`,
-/// so past `server.max_connections` new clients wait in the kernel's backlog.
+/// Accepts WebSocket connections until shutdown. Each connection needs a slot (shared with the
+/// gRPC front) before it is served; while none is free, this loop waits and accepts nobody
+/// else, so past `server.max_connections` new clients wait in the kernel's backlog. (Taking the
+/// slot after `accept` keeps an idle front from holding one that the other front needs.)
 pub async fn serve(
     listener: TcpListener,
     relay: Arc<Relay>,
@@ -53,25 +55,25 @@ pub async fn serve(
     shutdown: Shutdown,
 ) {
     loop {
-        let permit = tokio::select! {
-            permit = slots.clone().acquire_owned() => permit.expect("semaphore never closed"),
-            () = shutdown.reached(Phase::StopReading) => return,
-        };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             () = shutdown.reached(Phase::StopReading) => return,
         };
-        match accepted {
-            Ok((stream, _addr)) => {
-                let _ = stream.set_nodelay(true);
-                tokio::spawn(connection(stream, relay.clone(), shutdown.clone(), permit));
-            }
+        let stream = match accepted {
+            Ok((stream, _addr)) => stream,
             Err(error) => {
                 // Out of file descriptors and the like: wait instead of spinning.
                 tracing::warn!("WebSocket accept failed: {error}");
                 tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
             }
-        }
+        };
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => permit.expect("semaphore never closed"),
+            () = shutdown.reached(Phase::StopReading) => return,
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(connection(stream, relay.clone(), shutdown.clone(), permit));
     }
 }
 

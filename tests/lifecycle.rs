@@ -1,0 +1,179 @@
+//! Slow consumers and graceful shutdown.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{shipped_config, Frame, GrpcPeer, Peer, TestRelay, WsPeer};
+use gsio_relay::relay::Stats;
+
+/// A payload large enough that the kernel's socket buffers fill after a few dozen messages.
+fn chunk() -> String {
+    format!("\"{}\"", "z".repeat(64 * 1024))
+}
+
+#[tokio::test]
+async fn a_peer_that_stops_reading_is_disconnected_and_senders_are_told() {
+    let mut config = shipped_config();
+    config.limits.queue_capacity = 8;
+    let relay = TestRelay::start_with(config).await;
+    let mut sender = relay.ws("sender").await;
+    let mut fast = relay.ws("fast").await;
+    let mut stalled = relay.ws("stalled").await; // never reads until the end
+    for _ in 0..2 {
+        assert_eq!(sender.recv().await.message_type, "PeerJoined");
+    }
+    assert_eq!(fast.recv().await.message_type, "PeerJoined");
+
+    // A reader task keeps up with "fast" while the sender floods.
+    let fast_reader = tokio::spawn(async move {
+        let mut count = 0usize;
+        loop {
+            let got = fast.recv().await;
+            if got.message_type == "PeerLeft" {
+                assert_eq!(got.payload_json()["peer_id"], "stalled");
+                return count;
+            }
+            assert_eq!(got.message_type, "NodeAnnounce");
+            count += 1;
+        }
+    });
+
+    let payload = chunk();
+    let mut sent = 0usize;
+    let mut told = None;
+    for _ in 0..5000 {
+        sender.send("NodeAnnounce", "sender", "", &payload).await;
+        sent += 1;
+        if let Some(got) = sender.try_recv(Duration::from_millis(1)).await {
+            told = Some(got);
+            break;
+        }
+    }
+    let told = told.expect("the sender was never told about the stalled peer");
+    assert_eq!(told.error_code(), "recipient_queue_full");
+    assert!(told.payload_json()["message"].as_str().unwrap().contains("stalled"));
+
+    // The stalled peer, when it finally reads, finds what was queued and then the reason.
+    let (code, reason) = stalled.expect_close().await;
+    assert_eq!(code, 1008);
+    assert!(reason.starts_with("slow_consumer"), "{reason}");
+
+    // The reading peer got every message: one stalled peer did not stall the relay.
+    let delivered = tokio::time::timeout(Duration::from_secs(30), fast_reader)
+        .await
+        .expect("fast reader stalled")
+        .unwrap();
+    assert_eq!(delivered, sent);
+    assert_eq!(Stats::get(&relay.relay.stats.slow_consumer_disconnects), 1);
+    assert_eq!(relay.relay.peer_ids(), ["fast", "sender"]);
+}
+
+#[tokio::test]
+async fn a_stalled_grpc_peer_ends_with_resource_exhausted() {
+    let mut config = shipped_config();
+    config.limits.queue_capacity = 8;
+    let relay = TestRelay::start_with(config).await;
+    let mut sender = relay.ws("sender").await;
+    let mut stalled = relay.grpc("g-stalled").await;
+    assert_eq!(sender.recv().await.message_type, "PeerJoined");
+    let payload = chunk();
+    let mut told = false;
+    for _ in 0..5000 {
+        sender.send("NodeAnnounce", "sender", "", &payload).await;
+        if let Some(got) = sender.try_recv(Duration::from_millis(1)).await {
+            assert_eq!(got.error_code(), "recipient_queue_full");
+            told = true;
+            break;
+        }
+    }
+    assert!(told, "the sender was never told");
+    let status = stalled.expect_status().await;
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().starts_with("slow_consumer"), "{status:?}");
+}
+
+#[tokio::test]
+async fn shutdown_delivers_what_is_queued_and_tells_every_peer() {
+    let mut relay_config = shipped_config();
+    // Far longer than the test waits: finishing only because the grace period ran out (a
+    // connection that never let go) fails the test.
+    relay_config.server.shutdown_grace_ms = 120_000;
+    let mut relay = TestRelay::start_with(relay_config).await;
+    let mut ws_sender = relay.ws("ws-sender").await;
+    let mut grpc_receiver = relay.grpc("grpc-receiver").await;
+    let mut ws_receiver = relay.ws("ws-receiver").await;
+    for _ in 0..2 {
+        assert_eq!(ws_sender.recv().await.message_type, "PeerJoined");
+    }
+    assert_eq!(grpc_receiver.recv().await.message_type, "PeerJoined");
+
+    const BURST: usize = 500;
+    for seq in 0..BURST {
+        futures_util::SinkExt::feed(
+            &mut ws_sender.ws,
+            Frame::text(common::envelope("NodeAnnounce", "ws-sender", "", &seq.to_string())),
+        )
+        .await
+        .unwrap();
+    }
+    futures_util::SinkExt::flush(&mut ws_sender.ws).await.unwrap();
+    // Let the relay read the burst (it is routed on arrival), then stop it.
+    let first = ws_receiver.recv().await;
+    assert_eq!(first.payload, "0");
+    let server = relay.shut_down();
+
+    for seq in 1..BURST {
+        assert_eq!(ws_receiver.recv().await.payload, seq.to_string());
+    }
+    let (code, reason) = ws_receiver.expect_close().await;
+    assert_eq!(code, 1001);
+    assert!(reason.starts_with("shutting_down"), "{reason}");
+
+    for seq in 0..BURST {
+        assert_eq!(grpc_receiver.recv().await.payload, seq.to_string());
+    }
+    let status = grpc_receiver.expect_status().await;
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+
+    assert_eq!(ws_sender.expect_close().await.0, 1001);
+    tokio::time::timeout(Duration::from_secs(30), server)
+        .await
+        .expect("server did not finish shutting down")
+        .unwrap()
+        .unwrap();
+    // Nothing listens any more.
+    let url = relay.ws_url.clone();
+    assert!(tokio_tungstenite::connect_async(url).await.is_err());
+}
+
+#[tokio::test]
+async fn connections_past_the_limit_wait_until_a_slot_frees() {
+    let mut config = shipped_config();
+    config.server.max_connections = 1;
+    let relay = TestRelay::start_with(config).await;
+    let first = relay.ws("one").await;
+    let url = format!("{}/?node_id=two", relay.ws_url);
+    let waiting = tokio::spawn(async move { WsPeer::connect(&url).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "second connection was served past the limit");
+    assert_eq!(relay.relay.peer_ids(), ["one"]);
+    drop(first);
+    let mut second = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("second connection never served")
+        .unwrap();
+    second.expect_welcome("two").await;
+    // The gRPC front shares the limit: a stream opened now waits too.
+    let grpc_url = relay.grpc_url.clone();
+    let grpc = tokio::spawn(async move { GrpcPeer::connect(&grpc_url, Some("three")).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!grpc.is_finished());
+    drop(second);
+    let mut third = tokio::time::timeout(Duration::from_secs(10), grpc)
+        .await
+        .expect("gRPC connection never served")
+        .unwrap()
+        .unwrap();
+    third.expect_welcome("three").await;
+}
