@@ -51,22 +51,33 @@ pub fn extract(figment: &Figment, path: &Path) -> Result<RelayConfig, ConfigErro
         ConfigError::Invalid(lines.join("\n"))
     })?;
     config.validate().map_err(|invalid| {
-        let source = figment
-            .find_metadata(&invalid.key)
-            .and_then(|m| m.source.as_ref().map(ToString::to_string))
-            .unwrap_or_else(|| path.display().to_string());
+        let keys: Vec<&str> = invalid.key.split('.').collect();
+        let source = source_of(figment.find_metadata(&invalid.key), &keys, path);
         ConfigError::Invalid(format!("{source}: {invalid}"))
     })
+}
+
+/// Where a value came from: the file's path, or the environment variable's name.
+fn source_of(metadata: Option<&figment::Metadata>, keys: &[&str], path: &Path) -> String {
+    match metadata {
+        Some(metadata) => match &metadata.source {
+            Some(figment::Source::File(file)) => file.display().to_string(),
+            Some(other) => other.to_string(),
+            // The environment is the only source without one: name the variable.
+            None => format!(
+                "environment variable {ENV_PREFIX}{}",
+                keys.join("__").to_uppercase()
+            ),
+        },
+        None => path.display().to_string(),
+    }
 }
 
 /// One figment error as "source: key: message". figment's own Display puts the source last,
 /// and omits the file for TOML syntax errors (they carry only the line), so build it here.
 fn describe(error: &figment::Error, path: &Path) -> String {
-    let source = error
-        .metadata
-        .as_ref()
-        .and_then(|m| m.source.as_ref().map(ToString::to_string))
-        .unwrap_or_else(|| path.display().to_string());
+    let keys: Vec<&str> = error.path.iter().map(String::as_str).collect();
+    let source = source_of(error.metadata.as_ref(), &keys, path);
     let key = error.path.join(".");
     let kind = error.kind.to_string();
     if key.is_empty() {

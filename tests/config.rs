@@ -1,0 +1,149 @@
+//! relay.toml: the shipped file, the fixture folders, and what the binary does with a bad one.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{repo_path, Peer, WsPeer};
+use gsio_relay::config;
+use gsio_relay_core::Mode;
+
+#[test]
+fn the_shipped_relay_toml_is_valid_and_documents_every_mode() {
+    let config = config::load(&repo_path("relay.toml")).unwrap();
+    assert_eq!(config.server.ws_listen.to_string(), "127.0.0.1:8787");
+    assert_eq!(config.server.grpc_listen.to_string(), "127.0.0.1:50051");
+    let modes: Vec<Mode> = config.routing.rules.values().copied().collect();
+    for mode in [Mode::Echo, Mode::Broadcast, Mode::Directed] {
+        assert!(modes.contains(&mode), "no rule uses {mode}");
+    }
+    // The Worker parses the same file with the core's own parser: it must agree.
+    let text = std::fs::read_to_string(repo_path("relay.toml")).unwrap();
+    let core = gsio_relay_core::RelayConfig::from_toml_str(&text, "relay.toml").unwrap();
+    assert_eq!(core, config);
+}
+
+fn toml_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn valid_fixtures_load() {
+    let files = toml_files(&repo_path("tests/fixtures/config/valid"));
+    assert!(files.len() >= 3, "the valid fixtures are gone");
+    for file in files {
+        config::load(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    }
+}
+
+/// Each invalid fixture starts with `# expect: a | b | c`: the error must contain each part.
+#[test]
+fn invalid_fixtures_fail_naming_file_and_key() {
+    let files = toml_files(&repo_path("tests/fixtures/config/invalid"));
+    assert!(files.len() >= 10, "the invalid fixtures are gone");
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let expect = text
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("# expect: "))
+            .unwrap_or_else(|| panic!("{} lacks its # expect: line", file.display()));
+        let error = match config::load(&file) {
+            Ok(_) => panic!("{} loaded", file.display()),
+            Err(e) => e.to_string(),
+        };
+        for part in expect.split(" | ") {
+            assert!(error.contains(part), "{}: {error:?} lacks {part:?}", file.display());
+        }
+    }
+}
+
+const BIN: &str = env!("CARGO_BIN_EXE_gsio-relay");
+
+#[test]
+fn the_binary_exits_non_zero_naming_the_problem() {
+    let cases = [
+        ("tests/fixtures/config/invalid/syntax-error.toml", &["syntax-error.toml", "line 4"][..]),
+        ("tests/fixtures/config/invalid/unknown-mode.toml", &["unknown-mode.toml", "routing.default", "directed"]),
+        ("tests/fixtures/config/absent.toml", &["absent.toml", "not found"]),
+    ];
+    for (file, wanted) in cases {
+        let output = Command::new(BIN)
+            .args(["--config", file])
+            .current_dir(repo_path(""))
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{file}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        for w in wanted {
+            assert!(stderr.contains(w), "{file}: {stderr}");
+        }
+    }
+    // An environment override is named as the source of its bad value.
+    let output = Command::new(BIN)
+        .args(["--config", "relay.toml"])
+        .current_dir(repo_path(""))
+        .env("RELAY_ROUTING__DEFAULT", "sideways")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("RELAY_ROUTING__DEFAULT") && stderr.contains("sideways"), "{stderr}");
+}
+
+/// The real binary: starts on a config file, serves a WebSocket peer, and on SIGTERM tells it
+/// and exits 0. Ports come from the environment (RELAY_SERVER__*), which also tests overrides.
+#[tokio::test]
+async fn the_binary_serves_and_stops_cleanly_on_sigterm() {
+    let mut child = Command::new(BIN)
+        .args(["--config", "relay.toml"])
+        .current_dir(repo_path(""))
+        .env("RELAY_SERVER__WS_LISTEN", "127.0.0.1:0")
+        .env("RELAY_SERVER__GRPC_LISTEN", "127.0.0.1:0")
+        .env("RELAY_ROUTING__DEFAULT", "echo")
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (url_tx, url_rx) = std::sync::mpsc::channel();
+    let log = std::thread::spawn(move || {
+        let mut lines = Vec::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(at) = line.find("ws://") {
+                let url: String = line[at..].chars().take_while(|c| !c.is_whitespace()).collect();
+                let _ = url_tx.send(url);
+            }
+            lines.push(line);
+        }
+        lines
+    });
+    let url = url_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the relay did not log its address");
+
+    let mut peer = WsPeer::connect(&format!("{url}/?node_id=cli")).await;
+    peer.expect_welcome("cli").await;
+    // RELAY_ROUTING__DEFAULT=echo applies to types without a rule.
+    peer.send("Unruled", "cli", "", "1").await;
+    assert_eq!(peer.recv().await.message_type, "Unruled");
+
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let (code, _) = peer.expect_close().await;
+    assert_eq!(code, 1001);
+    let status = child.wait().unwrap();
+    let lines = log.join().unwrap();
+    assert!(status.success(), "exit {status:?}: {lines:#?}");
+    assert!(lines.iter().any(|l| l.contains("relay stopped")), "{lines:#?}");
+}
