@@ -44,10 +44,7 @@ pub fn load(path: &Path) -> Result<RelayConfig, ConfigError> {
 /// Extracts and validates a config from `figment`; `path` names the file in messages.
 pub fn extract(figment: &Figment, path: &Path) -> Result<RelayConfig, ConfigError> {
     let config: RelayConfig = figment.extract().map_err(|errors| {
-        let lines: Vec<String> = errors
-            .into_iter()
-            .map(|e| describe(&e, path))
-            .collect();
+        let lines: Vec<String> = errors.into_iter().map(|e| describe(&e, path)).collect();
         ConfigError::Invalid(lines.join("\n"))
     })?;
     config.validate().map_err(|invalid| {
@@ -123,14 +120,23 @@ mod tests {
         Jail::expect_with(|jail| {
             jail.create_file("bad.toml", "[routing]\n\ndefault = \"shout\"\n")?;
             let err = load(Path::new("bad.toml")).unwrap_err().to_string();
-            assert!(err.contains("bad.toml") && err.contains("routing.default"), "{err}");
+            assert!(
+                err.contains("bad.toml") && err.contains("routing.default"),
+                "{err}"
+            );
 
             jail.create_file("syntax.toml", "[routing]\ndefault = \n")?;
             let err = load(Path::new("syntax.toml")).unwrap_err().to_string();
-            assert!(err.contains("syntax.toml") && err.contains("line 2"), "{err}");
+            assert!(
+                err.contains("syntax.toml") && err.contains("line 2"),
+                "{err}"
+            );
 
             let err = load(Path::new("absent.toml")).unwrap_err().to_string();
-            assert!(err.contains("absent.toml") && err.contains("not found"), "{err}");
+            assert!(
+                err.contains("absent.toml") && err.contains("not found"),
+                "{err}"
+            );
             Ok(())
         });
     }

@@ -210,7 +210,7 @@ impl server::relay_service_server::RelayService for RelayGrpc {
             let item = writer.next().await?;
             Some((item, writer))
         });
-                Ok(Response::new(Box::pin(outbound)))
+        Ok(Response::new(Box::pin(outbound)))
     }
 }
 

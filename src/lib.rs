@@ -28,8 +28,7 @@ pub mod pb {
     tonic::include_proto!("gsio.relay.v1");
 
     /// The encoded descriptor set, served by reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        tonic::include_file_descriptor_set!("relay_descriptor");
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("relay_descriptor");
 }
 
 pub use server::Server;

@@ -176,7 +176,10 @@ impl PeerConn {
             Err(error) => self.reject(error, Some(message_type)),
         }
         for slow in refused {
-            self.reject(RelayError::RecipientQueueFull(slow.to_string()), Some(message_type));
+            self.reject(
+                RelayError::RecipientQueueFull(slow.to_string()),
+                Some(message_type),
+            );
         }
     }
 }

@@ -64,7 +64,11 @@ impl Relay {
 
     /// Ids of the peers connected now, sorted.
     pub fn peer_ids(&self) -> Vec<String> {
-        let mut ids: Vec<String> = self.read_hub().peers().map(|(id, _)| id.to_string()).collect();
+        let mut ids: Vec<String> = self
+            .read_hub()
+            .peers()
+            .map(|(id, _)| id.to_string())
+            .collect();
         ids.sort();
         ids
     }
@@ -72,11 +76,15 @@ impl Relay {
     pub(crate) fn read_hub(&self) -> std::sync::RwLockReadGuard<'_, Hub<PeerHandle>> {
         // A panic while holding the lock cannot leave the hub half-updated (every update is a
         // single map operation), so a poisoned lock is still safe to use.
-        self.hub.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.hub
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub(crate) fn write_hub(&self) -> std::sync::RwLockWriteGuard<'_, Hub<PeerHandle>> {
-        self.hub.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.hub
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

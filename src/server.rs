@@ -68,7 +68,9 @@ impl Server {
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {
-        self.grpc.local_addr().expect("bound listener has an address")
+        self.grpc
+            .local_addr()
+            .expect("bound listener has an address")
     }
 
     pub fn relay(&self) -> Arc<Relay> {
@@ -97,20 +99,16 @@ impl Server {
         ));
 
         let (health, health_service) = tonic_health::server::health_reporter();
-        health
-            .set_serving::<RelayServiceServer<RelayGrpc>>()
-            .await;
+        health.set_serving::<RelayServiceServer<RelayGrpc>>().await;
         let reflection = || {
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         };
-        let relay_service = RelayServiceServer::new(RelayGrpc::new(
-            relay.clone(),
-            controller.subscribe(),
-        ))
-        .max_decoding_message_size(hard_limit)
-        .max_encoding_message_size(hard_limit);
+        let relay_service =
+            RelayServiceServer::new(RelayGrpc::new(relay.clone(), controller.subscribe()))
+                .max_decoding_message_size(hard_limit)
+                .max_encoding_message_size(hard_limit);
         let grpc_shutdown = controller.subscribe();
         let grpc_server = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))

@@ -72,7 +72,10 @@ pub struct DoneToken(#[allow(dead_code)] Token);
 
 impl Shutdown {
     pub fn tokens(&self) -> (ReadingToken, DoneToken) {
-        (ReadingToken(self.reading.take()), DoneToken(self.done.take()))
+        (
+            ReadingToken(self.reading.take()),
+            DoneToken(self.done.take()),
+        )
     }
 
     pub fn phase(&self) -> Phase {

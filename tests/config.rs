@@ -62,7 +62,11 @@ fn invalid_fixtures_fail_naming_file_and_key() {
             Err(e) => e.to_string(),
         };
         for part in expect.split(" | ") {
-            assert!(error.contains(part), "{}: {error:?} lacks {part:?}", file.display());
+            assert!(
+                error.contains(part),
+                "{}: {error:?} lacks {part:?}",
+                file.display()
+            );
         }
     }
 }
@@ -72,9 +76,18 @@ const BIN: &str = env!("CARGO_BIN_EXE_gsio-relay");
 #[test]
 fn the_binary_exits_non_zero_naming_the_problem() {
     let cases = [
-        ("tests/fixtures/config/invalid/syntax-error.toml", &["syntax-error.toml", "line 4"][..]),
-        ("tests/fixtures/config/invalid/unknown-mode.toml", &["unknown-mode.toml", "routing.default", "directed"]),
-        ("tests/fixtures/config/absent.toml", &["absent.toml", "not found"]),
+        (
+            "tests/fixtures/config/invalid/syntax-error.toml",
+            &["syntax-error.toml", "line 4"][..],
+        ),
+        (
+            "tests/fixtures/config/invalid/unknown-mode.toml",
+            &["unknown-mode.toml", "routing.default", "directed"],
+        ),
+        (
+            "tests/fixtures/config/absent.toml",
+            &["absent.toml", "not found"],
+        ),
     ];
     for (file, wanted) in cases {
         let output = Command::new(BIN)
@@ -98,7 +111,10 @@ fn the_binary_exits_non_zero_naming_the_problem() {
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("RELAY_ROUTING__DEFAULT") && stderr.contains("sideways"), "{stderr}");
+    assert!(
+        stderr.contains("RELAY_ROUTING__DEFAULT") && stderr.contains("sideways"),
+        "{stderr}"
+    );
 }
 
 /// The real binary: starts on a config file, serves a WebSocket peer, and on SIGTERM tells it
@@ -122,7 +138,10 @@ async fn the_binary_serves_and_stops_cleanly_on_sigterm() {
         let mut lines = Vec::new();
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if let Some(at) = line.find("ws://") {
-                let url: String = line[at..].chars().take_while(|c| !c.is_whitespace()).collect();
+                let url: String = line[at..]
+                    .chars()
+                    .take_while(|c| !c.is_whitespace())
+                    .collect();
                 let _ = url_tx.send(url);
             }
             lines.push(line);
@@ -145,5 +164,8 @@ async fn the_binary_serves_and_stops_cleanly_on_sigterm() {
     let status = child.wait().unwrap();
     let lines = log.join().unwrap();
     assert!(status.success(), "exit {status:?}: {lines:#?}");
-    assert!(lines.iter().any(|l| l.contains("relay stopped")), "{lines:#?}");
+    assert!(
+        lines.iter().any(|l| l.contains("relay stopped")),
+        "{lines:#?}"
+    );
 }

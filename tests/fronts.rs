@@ -74,7 +74,11 @@ async fn every_mode_works_in_all_four_directions() {
         for peer in [&mut r, &mut o] {
             let got = peer.recv().await;
             assert_eq!(
-                (got.message_type.as_str(), got.sender_id.as_str(), got.payload.as_str()),
+                (
+                    got.message_type.as_str(),
+                    got.sender_id.as_str(),
+                    got.payload.as_str()
+                ),
                 ("NodeAnnounce", "sender", r#"{"n":1}"#),
                 "{case}"
             );
@@ -82,11 +86,19 @@ async fn every_mode_works_in_all_four_directions() {
         // directed: only the recipient.
         s.send("LedgerSync", "sender", "receiver", "[7]").await;
         let got = r.recv().await;
-        assert_eq!((got.recipient_id.as_str(), got.payload.as_str()), ("receiver", "[7]"), "{case}");
+        assert_eq!(
+            (got.recipient_id.as_str(), got.payload.as_str()),
+            ("receiver", "[7]"),
+            "{case}"
+        );
         // echo: only the sender.
         s.send("Ping", "", "", "true").await;
         let got = s.recv().await;
-        assert_eq!((got.message_type.as_str(), got.sender_id.as_str()), ("Ping", "sender"), "{case}");
+        assert_eq!(
+            (got.message_type.as_str(), got.sender_id.as_str()),
+            ("Ping", "sender"),
+            "{case}"
+        );
         // Nothing else arrived anywhere.
         s.expect_silence().await;
         r.expect_silence().await;
@@ -174,13 +186,19 @@ async fn grpc_bad_envelopes_get_error_envelopes_and_the_stream_survives() {
         (bad("NodeAnnounce", "", "1 2"), "invalid_field"),
         (bad("LedgerSync", "ghost", "1"), "unknown_recipient"),
         (bad("LedgerSync", "", "1"), "missing_recipient"),
-        (bad("NodeAnnounce", "", &format!("\"{}\"", "y".repeat(1 << 20))), "message_too_large"),
+        (
+            bad("NodeAnnounce", "", &format!("\"{}\"", "y".repeat(1 << 20))),
+            "message_too_large",
+        ),
     ];
     for (envelope, code) in cases {
         g.send_pb(envelope).await;
         let error = g.recv().await;
         assert_eq!(error.error_code(), code);
-        assert_eq!((error.sender_id.as_str(), error.recipient_id.as_str()), ("relay", "g"));
+        assert_eq!(
+            (error.sender_id.as_str(), error.recipient_id.as_str()),
+            ("relay", "g")
+        );
     }
     g.send("Ping", "g", "", "\"alive\"").await;
     assert_eq!(g.recv().await.payload, "\"alive\"");

@@ -52,7 +52,10 @@ async fn a_peer_that_stops_reading_is_disconnected_and_senders_are_told() {
     }
     let told = told.expect("the sender was never told about the stalled peer");
     assert_eq!(told.error_code(), "recipient_queue_full");
-    assert!(told.payload_json()["message"].as_str().unwrap().contains("stalled"));
+    assert!(told.payload_json()["message"]
+        .as_str()
+        .unwrap()
+        .contains("stalled"));
 
     // The stalled peer, when it finally reads, finds what was queued and then the reason.
     let (code, reason) = stalled.expect_close().await;
@@ -112,12 +115,19 @@ async fn shutdown_delivers_what_is_queued_and_tells_every_peer() {
     for seq in 0..BURST {
         futures_util::SinkExt::feed(
             &mut ws_sender.ws,
-            Frame::text(common::envelope("NodeAnnounce", "ws-sender", "", &seq.to_string())),
+            Frame::text(common::envelope(
+                "NodeAnnounce",
+                "ws-sender",
+                "",
+                &seq.to_string(),
+            )),
         )
         .await
         .unwrap();
     }
-    futures_util::SinkExt::flush(&mut ws_sender.ws).await.unwrap();
+    futures_util::SinkExt::flush(&mut ws_sender.ws)
+        .await
+        .unwrap();
     // Let the relay read the burst (it is routed on arrival), then stop it.
     let first = ws_receiver.recv().await;
     assert_eq!(first.payload, "0");
@@ -156,7 +166,10 @@ async fn connections_past_the_limit_wait_until_a_slot_frees() {
     let url = format!("{}/?node_id=two", relay.ws_url);
     let waiting = tokio::spawn(async move { WsPeer::connect(&url).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!waiting.is_finished(), "second connection was served past the limit");
+    assert!(
+        !waiting.is_finished(),
+        "second connection was served past the limit"
+    );
     assert_eq!(relay.relay.peer_ids(), ["one"]);
     drop(first);
     let mut second = tokio::time::timeout(Duration::from_secs(10), waiting)

@@ -205,8 +205,7 @@ impl RelayConfig {
     /// Parses TOML text (the Worker's embedded `relay.toml`) and validates it. `source` names the
     /// file in errors.
     pub fn from_toml_str(text: &str, source: &str) -> Result<RelayConfig, String> {
-        let config: RelayConfig =
-            toml::from_str(text).map_err(|e| format!("{source}: {e}"))?;
+        let config: RelayConfig = toml::from_str(text).map_err(|e| format!("{source}: {e}"))?;
         config.validate().map_err(|e| format!("{source}: {e}"))
     }
 
@@ -238,10 +237,7 @@ impl RelayConfig {
             );
         }
         if self.server.max_connections == 0 {
-            return bad(
-                "server.max_connections",
-                "must be at least 1".to_owned(),
-            );
+            return bad("server.max_connections", "must be at least 1".to_owned());
         }
         let (ws, grpc) = (self.server.ws_listen, self.server.grpc_listen);
         if ws == grpc && ws.port() != 0 {
@@ -293,15 +289,39 @@ mod tests {
     #[test]
     fn errors_name_file_key_and_line() {
         let cases: &[(&str, &[&str])] = &[
-            ("[routing]\ndefault = \"shout\"\n", &["t.toml", "line 2", "echo", "broadcast", "directed"]),
-            ("[routing]\ndefualt = \"echo\"\n", &["t.toml", "line 2", "defualt"]),
-            ("[limits]\nmax_message_bytes = \"big\"\n", &["t.toml", "line 2", "max_message_bytes"]),
+            (
+                "[routing]\ndefault = \"shout\"\n",
+                &["t.toml", "line 2", "echo", "broadcast", "directed"],
+            ),
+            (
+                "[routing]\ndefualt = \"echo\"\n",
+                &["t.toml", "line 2", "defualt"],
+            ),
+            (
+                "[limits]\nmax_message_bytes = \"big\"\n",
+                &["t.toml", "line 2", "max_message_bytes"],
+            ),
             ("[limits\n", &["t.toml", "line 1"]),
-            ("[limits]\nmax_message_bytes = 10\n", &["t.toml", "limits.max_message_bytes", "out of range"]),
-            ("[limits]\nqueue_capacity = 0\n", &["t.toml", "limits.queue_capacity"]),
-            ("[server]\nmax_connections = 0\n", &["t.toml", "server.max_connections"]),
-            ("[server]\nws_listen = \"127.0.0.1:9\"\ngrpc_listen = \"127.0.0.1:9\"\n", &["server.grpc_listen"]),
-            ("[server]\nws_listen = \"localhost\"\n", &["t.toml", "ws_listen", "line 2"]),
+            (
+                "[limits]\nmax_message_bytes = 10\n",
+                &["t.toml", "limits.max_message_bytes", "out of range"],
+            ),
+            (
+                "[limits]\nqueue_capacity = 0\n",
+                &["t.toml", "limits.queue_capacity"],
+            ),
+            (
+                "[server]\nmax_connections = 0\n",
+                &["t.toml", "server.max_connections"],
+            ),
+            (
+                "[server]\nws_listen = \"127.0.0.1:9\"\ngrpc_listen = \"127.0.0.1:9\"\n",
+                &["server.grpc_listen"],
+            ),
+            (
+                "[server]\nws_listen = \"localhost\"\n",
+                &["t.toml", "ws_listen", "line 2"],
+            ),
             ("[routing.rules]\n\"\" = \"echo\"\n", &["routing.rules"]),
         ];
         for (text, wanted) in cases {

@@ -84,8 +84,9 @@ impl Envelope {
             return Err(RelayError::MissingMessageType);
         }
         let is_string = |raw: Option<&RawValue>| raw.is_some_and(|r| r.get().starts_with('"'));
-        let complete =
-            is_string(fields.sender_id) && is_string(fields.recipient_id) && fields.payload.is_some();
+        let complete = is_string(fields.sender_id)
+            && is_string(fields.recipient_id)
+            && fields.payload.is_some();
         let envelope = Envelope {
             message_type,
             sender_id: string_field(fields.sender_id, "sender_id")?,
@@ -337,7 +338,9 @@ mod tests {
 
     #[test]
     fn parses_the_browser_example() {
-        let e = env(r#"{"message_type":"NodeAnnounce","sender_id":"node-id","recipient_id":"","payload":{"node_id":"node-id"}}"#);
+        let e = env(
+            r#"{"message_type":"NodeAnnounce","sender_id":"node-id","recipient_id":"","payload":{"node_id":"node-id"}}"#,
+        );
         assert_eq!(e.message_type, "NodeAnnounce");
         assert_eq!(e.sender_id, "node-id");
         assert_eq!(e.recipient_id, "");
@@ -370,21 +373,43 @@ mod tests {
     #[test]
     fn only_texts_with_all_four_fields_are_complete() {
         let cases = [
-            (r#"{"message_type":"T","sender_id":"a","recipient_id":"","payload":1}"#, true),
-            (r#"{"message_type":"T","sender_id":"a","recipient_id":""}"#, false),
-            (r#"{"message_type":"T","sender_id":null,"recipient_id":"","payload":1}"#, false),
-            (r#"{"message_type":"T","sender_id":"a","recipient_id":null,"payload":1}"#, false),
-            (r#"{"message_type":"T","recipient_id":"","payload":1}"#, false),
+            (
+                r#"{"message_type":"T","sender_id":"a","recipient_id":"","payload":1}"#,
+                true,
+            ),
+            (
+                r#"{"message_type":"T","sender_id":"a","recipient_id":""}"#,
+                false,
+            ),
+            (
+                r#"{"message_type":"T","sender_id":null,"recipient_id":"","payload":1}"#,
+                false,
+            ),
+            (
+                r#"{"message_type":"T","sender_id":"a","recipient_id":null,"payload":1}"#,
+                false,
+            ),
+            (
+                r#"{"message_type":"T","recipient_id":"","payload":1}"#,
+                false,
+            ),
         ];
         for (text, complete) in cases {
-            assert_eq!(Envelope::parse_json_checked(text).unwrap().1, complete, "{text}");
+            assert_eq!(
+                Envelope::parse_json_checked(text).unwrap().1,
+                complete,
+                "{text}"
+            );
         }
     }
 
     #[test]
     fn escaped_strings_are_decoded() {
         let e = env(r#"{"message_type":"A\u0042","sender_id":"n\u002d1"}"#);
-        assert_eq!((e.message_type.as_str(), e.sender_id.as_str()), ("AB", "n-1"));
+        assert_eq!(
+            (e.message_type.as_str(), e.sender_id.as_str()),
+            ("AB", "n-1")
+        );
     }
 
     #[test]
@@ -404,9 +429,18 @@ mod tests {
             (r#"{"message_type":""}"#, ErrorCode::MissingMessageType),
             (r#"{"message_type":null}"#, ErrorCode::MissingMessageType),
             (r#"{"message_type":7}"#, ErrorCode::InvalidField),
-            (r#"{"message_type":"T","sender_id":5}"#, ErrorCode::InvalidField),
-            (r#"{"message_type":"T","recipient_id":["x"]}"#, ErrorCode::InvalidField),
-            (r#"{"message_type":"T","message_type":"U"}"#, ErrorCode::InvalidField),
+            (
+                r#"{"message_type":"T","sender_id":5}"#,
+                ErrorCode::InvalidField,
+            ),
+            (
+                r#"{"message_type":"T","recipient_id":["x"]}"#,
+                ErrorCode::InvalidField,
+            ),
+            (
+                r#"{"message_type":"T","message_type":"U"}"#,
+                ErrorCode::InvalidField,
+            ),
             (r#"{"message_type":"T","extra":1}"#, ErrorCode::UnknownField),
         ];
         for (text, code) in cases {
@@ -434,17 +468,28 @@ mod tests {
         let payload = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
         let text = format!(r#"{{"message_type":"T","payload":{payload}}}"#);
         let parsed = Envelope::parse_json(&text).map_err(|e| e.code());
-        assert!(parsed.as_ref().is_ok_and(|e| e.payload.get() == payload), "{:?}", parsed.err());
-        let unbalanced = format!(r#"{{"message_type":"T","payload":{}}}"#, "[".repeat(100_000));
+        assert!(
+            parsed.as_ref().is_ok_and(|e| e.payload.get() == payload),
+            "{:?}",
+            parsed.err()
+        );
+        let unbalanced = format!(
+            r#"{{"message_type":"T","payload":{}}}"#,
+            "[".repeat(100_000)
+        );
         assert_eq!(
-            Envelope::parse_json(&unbalanced).map(|_| ()).map_err(|e| e.code()),
+            Envelope::parse_json(&unbalanced)
+                .map(|_| ())
+                .map_err(|e| e.code()),
             Err(ErrorCode::InvalidJson)
         );
     }
 
     #[test]
     fn json_round_trips() {
-        let e = env(r#"{"message_type":"T","sender_id":"a","recipient_id":"b","payload":[1, 2.50, 18446744073709551616]}"#);
+        let e = env(
+            r#"{"message_type":"T","sender_id":"a","recipient_id":"b","payload":[1, 2.50, 18446744073709551616]}"#,
+        );
         assert_eq!(env(&e.to_json()), e);
         assert!(e.to_json().contains("[1, 2.50, 18446744073709551616]"));
     }

@@ -93,7 +93,9 @@ pub enum RelayError {
         field: &'static str,
         expected: &'static str,
     },
-    #[error("unknown field `{0}`; an envelope has message_type, sender_id, recipient_id and payload")]
+    #[error(
+        "unknown field `{0}`; an envelope has message_type, sender_id, recipient_id and payload"
+    )]
     UnknownField(String),
     #[error("the message is {size} bytes, over the limit of {limit} bytes")]
     MessageTooLarge { size: usize, limit: usize },
@@ -156,7 +158,10 @@ mod tests {
         for code in ErrorCode::ALL {
             let s = code.as_str();
             assert!(seen.insert(s), "duplicate code {s}");
-            assert!(s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'), "{s}");
+            assert!(
+                s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{s}"
+            );
         }
     }
 }

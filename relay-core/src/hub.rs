@@ -97,7 +97,9 @@ impl<P> Hub<P> {
             Arc::new(Message::new(Envelope::from_relay(
                 kinds::PEER_JOINED,
                 "",
-                PeerEvent { peer_id: id.as_str() },
+                PeerEvent {
+                    peer_id: id.as_str(),
+                },
             )))
         });
         Ok(Joined {
@@ -118,7 +120,9 @@ impl<P> Hub<P> {
             Arc::new(Message::new(Envelope::from_relay(
                 kinds::PEER_LEFT,
                 "",
-                PeerEvent { peer_id: id.as_str() },
+                PeerEvent {
+                    peer_id: id.as_str(),
+                },
             )))
         });
         Some((entry.peer, announcement))
@@ -307,8 +311,8 @@ mod tests {
         ];
         let sender = id("a");
         for (ty, to, expect) in table {
-            let env = Envelope::from_parts((*ty).into(), "a".into(), (*to).into(), "1".into())
-                .unwrap();
+            let env =
+                Envelope::from_parts((*ty).into(), "a".into(), (*to).into(), "1".into()).unwrap();
             let got = h
                 .route(&sender, &Message::new(env))
                 .map(|t| {
@@ -352,7 +356,14 @@ mod tests {
         }
         let joined = h.join(id("d"), 9, "d").unwrap();
         let w = joined.welcome.envelope();
-        assert_eq!((w.message_type.as_str(), w.sender_id.as_str(), w.recipient_id.as_str()), ("Welcome", "relay", "d"));
+        assert_eq!(
+            (
+                w.message_type.as_str(),
+                w.sender_id.as_str(),
+                w.recipient_id.as_str()
+            ),
+            ("Welcome", "relay", "d")
+        );
         let p = payload(&joined.welcome);
         assert_eq!(p["peer_id"], "d");
         assert_eq!(p["peer_count"], 3);
@@ -392,7 +403,11 @@ mod tests {
 
     #[test]
     fn error_envelope_has_code_message_and_type() {
-        let m = error_message("a", &RelayError::UnknownRecipient("z".into()), Some("LedgerSync"));
+        let m = error_message(
+            "a",
+            &RelayError::UnknownRecipient("z".into()),
+            Some("LedgerSync"),
+        );
         let p = payload(&m);
         assert_eq!(m.envelope().message_type, "Error");
         assert_eq!(m.envelope().recipient_id, "a");

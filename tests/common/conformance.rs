@@ -79,7 +79,10 @@ async fn identity_from_first_envelope(net: Net) {
     a.send("Ping", "n1", "", r#"{"seq":1}"#).await;
     a.expect_welcome("n1").await;
     let echo = a.recv().await;
-    assert_eq!((echo.message_type.as_str(), echo.sender_id.as_str()), ("Ping", "n1"));
+    assert_eq!(
+        (echo.message_type.as_str(), echo.sender_id.as_str()),
+        ("Ping", "n1")
+    );
     // The id is now fixed: another one is spoofing.
     a.send("Ping", "n2", "", "1").await;
     a.expect_error("spoofed_sender").await;
@@ -105,7 +108,11 @@ async fn echo_returns_to_sender_only(net: Net) {
     a.send("Ping", "a", "", r#"{"t":1}"#).await;
     let got = a.recv().await;
     assert_eq!(
-        (got.message_type.as_str(), got.sender_id.as_str(), got.payload.as_str()),
+        (
+            got.message_type.as_str(),
+            got.sender_id.as_str(),
+            got.payload.as_str()
+        ),
         ("Ping", "a", r#"{"t":1}"#)
     );
     b.expect_silence().await;
@@ -138,7 +145,11 @@ async fn directed_reaches_only_the_recipient(net: Net) {
     a.send("LedgerSync", "a", "c", r#"{"block":7}"#).await;
     let got = c.recv_skipping_announcements().await;
     assert_eq!(
-        (got.message_type.as_str(), got.sender_id.as_str(), got.recipient_id.as_str()),
+        (
+            got.message_type.as_str(),
+            got.sender_id.as_str(),
+            got.recipient_id.as_str()
+        ),
         ("LedgerSync", "a", "c")
     );
     assert_eq!(got.payload, r#"{"block":7}"#);
@@ -178,7 +189,10 @@ async fn empty_sender_is_filled_in(net: Net) {
     a.send_text(r#"{"message_type":"NodeAnnounce","payload":[1,2]}"#)
         .await;
     let got = b.recv().await;
-    assert_eq!((got.sender_id.as_str(), got.recipient_id.as_str()), ("a", ""));
+    assert_eq!(
+        (got.sender_id.as_str(), got.recipient_id.as_str()),
+        ("a", "")
+    );
     assert_eq!(got.payload, "[1,2]");
     let _ = a.recv().await; // PeerJoined b
 }
@@ -187,7 +201,10 @@ async fn peers_learn_of_joins_and_leaves(net: Net) {
     let mut a = net.peer("a").await;
     let mut b = net.peer("b").await;
     let joined = a.recv().await;
-    assert_eq!((joined.message_type.as_str(), joined.sender_id.as_str()), ("PeerJoined", "relay"));
+    assert_eq!(
+        (joined.message_type.as_str(), joined.sender_id.as_str()),
+        ("PeerJoined", "relay")
+    );
     assert_eq!(joined.payload_json()["peer_id"], "b");
     b.ws.close(None).await.unwrap();
     let left = a.recv().await;
@@ -221,11 +238,23 @@ async fn malformed_frames_get_errors_and_the_connection_survives(net: Net) {
         ("[1,2,3]", "not_an_object"),
         ("42", "not_an_object"),
         ("{}", "missing_message_type"),
-        (r#"{"message_type":"","sender_id":"a"}"#, "missing_message_type"),
+        (
+            r#"{"message_type":"","sender_id":"a"}"#,
+            "missing_message_type",
+        ),
         (r#"{"message_type":5,"sender_id":"a"}"#, "invalid_field"),
-        (r#"{"message_type":"Ping","sender_id":["a"]}"#, "invalid_field"),
-        (r#"{"message_type":"Ping","recipient_id":7}"#, "invalid_field"),
-        (r#"{"message_type":"Ping","sender_id":"a","colour":"red"}"#, "unknown_field"),
+        (
+            r#"{"message_type":"Ping","sender_id":["a"]}"#,
+            "invalid_field",
+        ),
+        (
+            r#"{"message_type":"Ping","recipient_id":7}"#,
+            "invalid_field",
+        ),
+        (
+            r#"{"message_type":"Ping","sender_id":"a","colour":"red"}"#,
+            "unknown_field",
+        ),
     ];
     for (text, code) in cases {
         a.send_text(text).await;
@@ -241,7 +270,10 @@ async fn malformed_frames_get_errors_and_the_connection_survives(net: Net) {
 }
 
 async fn invalid_ids_are_refused(net: Net) {
-    for (id, code) in [("bad%20id", "invalid_peer_id"), ("relay", "reserved_peer_id")] {
+    for (id, code) in [
+        ("bad%20id", "invalid_peer_id"),
+        ("relay", "reserved_peer_id"),
+    ] {
         let mut peer = WsPeer::connect(&net.url(&format!("?node_id={id}"))).await;
         peer.expect_error(code).await;
         let (close, _) = peer.expect_close().await;
@@ -262,7 +294,10 @@ async fn oversized_frame_is_refused_and_the_connection_survives(net: Net) {
     let big = format!("\"{}\"", "x".repeat(1_048_576));
     a.send("NodeAnnounce", "a", "", &big).await;
     let error = a.expect_error("message_too_large").await;
-    assert!(error.payload_json()["message"].as_str().unwrap().contains("1048576"));
+    assert!(error.payload_json()["message"]
+        .as_str()
+        .unwrap()
+        .contains("1048576"));
     b.expect_silence().await;
     a.send("Ping", "a", "", "1").await;
     assert_eq!(a.recv().await.message_type, "Ping");
@@ -298,10 +333,16 @@ async fn payloads_arrive_exactly(net: Net) {
     for payload in payloads {
         let text = envelope("NodeAnnounce", "a", "", payload);
         a.send_text(&text).await;
-        assert_eq!(b.recv_text().await, text, "payload {}", &payload[..payload.len().min(40)]);
+        assert_eq!(
+            b.recv_text().await,
+            text,
+            "payload {}",
+            &payload[..payload.len().min(40)]
+        );
     }
     // Absent payload means null.
-    a.send_text(r#"{"message_type":"Ping","sender_id":"a"}"#).await;
+    a.send_text(r#"{"message_type":"Ping","sender_id":"a"}"#)
+        .await;
     let echo = a.recv().await;
     assert_eq!(echo.payload_json(), Value::Null);
 }

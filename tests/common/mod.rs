@@ -114,7 +114,10 @@ impl Got {
 
     /// The `code` of an `Error` envelope.
     pub fn error_code(&self) -> String {
-        assert_eq!(self.message_type, "Error", "expected an Error, got {self:?}");
+        assert_eq!(
+            self.message_type, "Error",
+            "expected an Error, got {self:?}"
+        );
         self.payload_json()["code"].as_str().unwrap().to_owned()
     }
 }
@@ -141,7 +144,10 @@ pub trait Peer {
     async fn expect_welcome(&mut self, id: &str) -> Value {
         let got = self.recv().await;
         assert_eq!(got.message_type, "Welcome", "{got:?}");
-        assert_eq!((got.sender_id.as_str(), got.recipient_id.as_str()), ("relay", id));
+        assert_eq!(
+            (got.sender_id.as_str(), got.recipient_id.as_str()),
+            ("relay", id)
+        );
         let payload = got.payload_json();
         assert_eq!(payload["peer_id"], id);
         payload
