@@ -179,7 +179,7 @@ fn limited_incoming(
                     permit = slots.acquire_owned() => permit.ok()?,
                     () = shutdown.reached(Phase::StopReading) => return None,
                 };
-                let _ = stream.set_nodelay(true);
+                ws::tune(&stream);
                 let limited = Limited {
                     stream,
                     _permit: permit,
