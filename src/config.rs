@@ -12,7 +12,7 @@ use gsio_relay_core::RelayConfig;
 
 /// Prefix of the environment variables that override `relay.toml`; `__` separates sections:
 /// `RELAY_ROUTING__DEFAULT=echo` sets `routing.default`.
-pub const ENV_PREFIX: &str = "RELAY_";
+pub use gsio_relay_core::config::ENV_PREFIX;
 
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]

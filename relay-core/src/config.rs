@@ -194,6 +194,24 @@ pub struct InvalidConfig {
     pub message: String,
 }
 
+/// Prefix of the variables that override `relay.toml` keys; `__` separates the section and key.
+pub const ENV_PREFIX: &str = "RELAY_";
+
+fn set_path(table: &mut toml::Table, keys: &[&str], value: toml::Value) -> Result<(), String> {
+    let (last, sections) = keys.split_last().ok_or("no key")?;
+    let mut at = table;
+    for section in sections {
+        let entry = at
+            .entry(section.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        at = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("`{section}` is not a section"))?;
+    }
+    at.insert(last.to_string(), value);
+    Ok(())
+}
+
 /// The smallest `limits.max_message_bytes`: room for an envelope with a modest payload.
 pub const MIN_MESSAGE_BYTES: usize = 256;
 /// The largest `limits.max_message_bytes`.
@@ -207,6 +225,45 @@ impl RelayConfig {
     pub fn from_toml_str(text: &str, source: &str) -> Result<RelayConfig, String> {
         let config: RelayConfig = toml::from_str(text).map_err(|e| format!("{source}: {e}"))?;
         config.validate().map_err(|e| format!("{source}: {e}"))
+    }
+
+    /// Parses TOML text, with `RELAY_<SECTION>__<KEY>` variables laid over it (the Worker's
+    /// `[vars]`, the same names the native relay takes from its environment), and validates
+    /// the result. A variable's value is read as a TOML value (`8192`, `true`, `"echo"`), or
+    /// else as a plain string (`echo`). Errors name the file or the variable.
+    pub fn from_toml_with_vars<'v>(
+        text: &str,
+        source: &str,
+        vars: impl IntoIterator<Item = (&'v str, &'v str)>,
+    ) -> Result<RelayConfig, String> {
+        let mut table: toml::Table = text.parse().map_err(|e| format!("{source}: {e}"))?;
+        let mut named = Vec::new();
+        for (name, value) in vars {
+            let path = name
+                .strip_prefix(ENV_PREFIX)
+                .filter(|rest| !rest.is_empty())
+                .ok_or_else(|| format!("{name}: not a {ENV_PREFIX} variable"))?
+                .to_ascii_lowercase();
+            let keys: Vec<&str> = path.split("__").collect();
+            let value = format!("v = {value}")
+                .parse::<toml::Table>()
+                .ok()
+                .and_then(|mut parsed| parsed.remove("v"))
+                .unwrap_or_else(|| toml::Value::String(value.to_owned()));
+            set_path(&mut table, &keys, value).map_err(|e| format!("{name}: {e}"))?;
+            named.push((keys.join("."), name));
+        }
+        let blame = |message: String| {
+            // Blame the variable whose key the message names, else the file.
+            match named.iter().find(|(key, _)| message.contains(key.as_str())) {
+                Some((_, name)) => format!("{name}: {message}"),
+                None => format!("{source}: {message}"),
+            }
+        };
+        let config: RelayConfig = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| blame(e.to_string()))?;
+        config.validate().map_err(|e| blame(e.to_string()))
     }
 
     /// Checks what the types alone cannot; the error names the key.
@@ -283,6 +340,46 @@ mod tests {
         ];
         for (ty, mode) in table {
             assert_eq!(c.routing.mode_for(ty), mode, "{ty}");
+        }
+    }
+
+    #[test]
+    fn vars_override_the_file_like_the_environment_does() {
+        let file = "[routing]\ndefault = \"broadcast\"\n";
+        let c = RelayConfig::from_toml_with_vars(
+            file,
+            "relay.toml",
+            [
+                ("RELAY_ROUTING__DEFAULT", "echo"),
+                ("RELAY_LIMITS__MAX_MESSAGE_BYTES", "4096"),
+                ("RELAY_DISCOVERY__ANNOUNCE_PEERS", "false"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.routing.default, Mode::Echo);
+        assert_eq!(c.limits.max_message_bytes, 4096);
+        assert!(!c.discovery.announce_peers);
+
+        let cases: &[(&str, &str, &[&str])] = &[
+            (
+                "RELAY_ROUTING__DEFAULT",
+                "sideways",
+                &["RELAY_ROUTING__DEFAULT", "sideways", "directed"],
+            ),
+            (
+                "RELAY_LIMITS__QUEUE_CAPACITY",
+                "0",
+                &["RELAY_LIMITS__QUEUE_CAPACITY", "limits.queue_capacity"],
+            ),
+            ("RELAY_LIMITS__TYPO", "1", &["typo"]),
+            ("ROUTING__DEFAULT", "echo", &["ROUTING__DEFAULT", "RELAY_"]),
+        ];
+        for (name, value, wanted) in cases {
+            let err = RelayConfig::from_toml_with_vars(file, "relay.toml", [(*name, *value)])
+                .unwrap_err();
+            for w in *wanted {
+                assert!(err.contains(w), "{name}={value}: {err:?} lacks {w:?}");
+            }
         }
     }
 

@@ -108,6 +108,24 @@ impl<P> Hub<P> {
         })
     }
 
+    /// Re-registers a peer that is already connected, known from somewhere other than this hub
+    /// (the Worker rebuilds its hub from socket attachments after hibernation). No Welcome, no
+    /// announcement. Returns false, changing nothing, if the id is taken.
+    pub fn restore(&mut self, id: PeerId, conn: ConnId, peer: P) -> bool {
+        match self.peers.entry(id) {
+            hash_map::Entry::Vacant(slot) => {
+                slot.insert(Entry { conn, peer });
+                true
+            }
+            hash_map::Entry::Occupied(_) => false,
+        }
+    }
+
+    /// The connection holding `id`, if any.
+    pub fn conn_of(&self, id: &str) -> Option<ConnId> {
+        self.peers.get(id).map(|e| e.conn)
+    }
+
     /// Removes the peer if `conn` is still the connection holding its id. Returns its handle and
     /// the `PeerLeft` announcement for [`Hub::others`] (when announcements are on).
     pub fn leave(&mut self, id: &PeerId, conn: ConnId) -> Option<(P, Option<Arc<Message>>)> {
@@ -346,6 +364,19 @@ mod tests {
         assert!(h.leave(&id("a"), 1).is_some());
         assert!(h.is_empty());
         h.join(id("a"), 3, "again").unwrap();
+    }
+
+    #[test]
+    fn restore_is_silent_and_respects_taken_ids() {
+        let mut h = hub("");
+        assert!(h.restore(id("a"), 1, "a"));
+        assert!(!h.restore(id("a"), 2, "imposter"));
+        assert_eq!((h.get("a"), h.conn_of("a")), (Some(&"a"), Some(1)));
+        // A restored peer is a full member: it is routed to and leaves normally.
+        h.join(id("b"), 3, "b").unwrap();
+        let b = id("b");
+        assert_eq!(h.others(&b).copied().collect::<Vec<_>>(), ["a"]);
+        assert!(h.leave(&id("a"), 1).is_some());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod conformance;
+pub mod wrangler;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

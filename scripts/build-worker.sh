@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Builds the Cloudflare Worker (worker/) into worker/build/ with worker-build, without touching
+# the network.
+#
+# This is the one definition of the Worker build: wrangler.toml's [build] command runs it, so
+# `wrangler dev` and `wrangler deploy` build exactly what a manual run builds.
+#
+#   scripts/build-worker.sh            release build (what wrangler runs)
+#   scripts/build-worker.sh --dev      any arguments go to worker-build, and force a build
+#
+# worker-build would download wasm-bindgen, wasm-opt and esbuild; each *_BIN variable below
+# points it at a local copy instead (scripts/setup-worker.sh installs them). Set any of them
+# yourself to override.
+#
+# Without arguments the build is skipped when the last release build started after every input
+# last changed (worker/src, worker/Cargo.toml, relay-core/, the workspace Cargo.toml and
+# Cargo.lock), so that each `wrangler dev` start does not spend seconds on cargo, wasm-bindgen
+# and wasm-opt for nothing. GSIO_WORKER_FORCE_BUILD=1 builds anyway. A new path dependency of
+# the worker crate must be added to `inputs` below.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+worker="$root/worker"
+out="$worker/build"
+node_bin="$worker/node_modules/.bin"
+cargo_bin="${CARGO_HOME:-$HOME/.cargo}/bin"
+export PATH="$cargo_bin:$PATH"
+
+die() {
+	echo "build-worker: $*" >&2
+	exit 1
+}
+
+inputs=("$worker/src" "$worker/Cargo.toml" "$root/relay-core" "$root/Cargo.toml" "$root/Cargo.lock")
+# Written when a release build succeeds; its mtime is when that build started, so an input saved
+# during the build still counts as newer.
+stamp="$out/.release-build"
+
+up_to_date() {
+	[[ -f "$stamp" && -f "$out/index.js" && -f "$out/index_bg.wasm" ]] || return 1
+	local input
+	for input in "${inputs[@]}"; do
+		[[ -e "$input" ]] || continue
+		if [[ -n "$(find "$input" -newer "$stamp" -print -quit)" ]]; then
+			return 1
+		fi
+	done
+}
+
+if [[ $# -eq 0 && "${GSIO_WORKER_FORCE_BUILD:-0}" != 1 ]] && up_to_date; then
+	echo "build-worker: worker/build is up to date (GSIO_WORKER_FORCE_BUILD=1 to rebuild)"
+	exit 0
+fi
+
+# The wasm-bindgen CLI must be the very version of the wasm-bindgen crate in Cargo.lock: their
+# interface schema must match, and a mismatch fails late with a cryptic message.
+locked_bindgen="$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/version = |"/, ""); print; exit }' "$root/Cargo.lock" 2>/dev/null || true)"
+
+export WASM_BINDGEN_BIN="${WASM_BINDGEN_BIN:-$(command -v wasm-bindgen || true)}"
+export WASM_OPT_BIN="${WASM_OPT_BIN:-$node_bin/wasm-opt}"
+export ESBUILD_BIN="${ESBUILD_BIN:-$node_bin/esbuild}"
+
+command -v worker-build >/dev/null || die "worker-build not found; run scripts/setup-worker.sh"
+[[ -x "$WASM_BINDGEN_BIN" ]] || die "wasm-bindgen not found${WASM_BINDGEN_BIN:+ at $WASM_BINDGEN_BIN}; run scripts/setup-worker.sh"
+[[ -x "$WASM_OPT_BIN" ]] || die "wasm-opt not found at $WASM_OPT_BIN; run scripts/setup-worker.sh"
+[[ -x "$ESBUILD_BIN" ]] || die "esbuild not found at $ESBUILD_BIN; run scripts/setup-worker.sh"
+if [[ -n "$locked_bindgen" ]]; then
+	have_bindgen="$("$WASM_BINDGEN_BIN" --version | awk '{ print $2 }')"
+	[[ "$have_bindgen" == "$locked_bindgen" ]] ||
+		die "wasm-bindgen CLI is $have_bindgen but Cargo.lock has $locked_bindgen; run scripts/setup-worker.sh"
+fi
+
+args=("$@")
+[[ ${#args[@]} -gt 0 ]] || args=(--release)
+
+mkdir -p "$out"
+rm -f "$stamp"
+started="$(mktemp "$out/.build-started.XXXXXX")"
+trap 'rm -f "$started"' EXIT
+
+cd "$worker"
+echo "build-worker: worker-build ${args[*]} (wasm-bindgen $WASM_BINDGEN_BIN, wasm-opt $WASM_OPT_BIN, esbuild $ESBUILD_BIN)"
+worker-build "${args[@]}"
+
+if [[ "${args[*]}" == --release ]]; then
+	mv "$started" "$stamp"
+fi

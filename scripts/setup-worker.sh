@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Installs what building and running the Cloudflare Worker (worker/) needs, and nothing that is
+# already there at the right version: the wasm32 target, worker-build, the wasm-bindgen CLI that
+# matches Cargo.lock, and worker/node_modules (wrangler, workerd, esbuild, binaryen's wasm-opt)
+# from worker/package-lock.json. Safe to run again; every step says what it does or skips.
+#
+# Needs rustup, cargo, node and npm, and reaches only crates.io and the npm registry.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cargo_bin="${CARGO_HOME:-$HOME/.cargo}/bin"
+export PATH="$cargo_bin:$PATH"
+
+# worker-build's minor version must match the worker crate's (0.8.x here), and its patch
+# release is pinned for reproducible output.
+worker_build_version=0.8.7
+
+say() {
+	echo "setup-worker: $*"
+}
+
+# The version of a CLI, or nothing when it is not installed.
+cli_version() {
+	command -v "$1" >/dev/null || return 0
+	"$1" --version 2>/dev/null | awk '{ print $NF }'
+}
+
+# The wasm-bindgen crate in Cargo.lock; failing that (no lockfile yet), the exact pin in
+# worker/Cargo.toml.
+locked_bindgen() {
+	local version=""
+	if [[ -f "$root/Cargo.lock" ]]; then
+		version="$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/version = |"/, ""); print; exit }' "$root/Cargo.lock")"
+	fi
+	if [[ -z "$version" ]]; then
+		version="$(sed -n 's/^wasm-bindgen = "=\(.*\)"$/\1/p' "$root/worker/Cargo.toml")"
+	fi
+	[[ -n "$version" ]] || {
+		echo "setup-worker: no wasm-bindgen version in Cargo.lock or worker/Cargo.toml" >&2
+		exit 1
+	}
+	echo "$version"
+}
+
+if rustup target list --installed | grep -qx wasm32-unknown-unknown; then
+	say "rust target wasm32-unknown-unknown: present"
+else
+	say "rust target wasm32-unknown-unknown: adding"
+	rustup target add wasm32-unknown-unknown
+fi
+
+have="$(cli_version worker-build)"
+if [[ "$have" == "$worker_build_version" ]]; then
+	say "worker-build $have: present"
+else
+	say "worker-build: installing $worker_build_version (found: ${have:-none})"
+	cargo install --locked worker-build --version "$worker_build_version"
+fi
+
+want="$(locked_bindgen)"
+have="$(cli_version wasm-bindgen)"
+if [[ "$have" == "$want" ]]; then
+	say "wasm-bindgen-cli $have: present"
+else
+	say "wasm-bindgen-cli: installing $want (found: ${have:-none})"
+	cargo install --locked wasm-bindgen-cli --version "$want"
+fi
+
+# npm ci writes node_modules/.package-lock.json; older than package-lock.json means stale.
+cd "$root/worker"
+if [[ -f node_modules/.package-lock.json && ! package-lock.json -nt node_modules/.package-lock.json ]]; then
+	say "worker/node_modules: up to date with package-lock.json"
+else
+	say "worker/node_modules: npm ci"
+	npm ci --no-audit --no-fund
+fi
+
+say "done"

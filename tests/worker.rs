@@ -1,0 +1,159 @@
+//! The Cloudflare Worker in real workerd (`wrangler dev`, from worker/node_modules): the
+//! conformance table, routing after the room loses its memory, `[vars]` overrides, and an
+//! offline dry-run deploy. `scripts/test.sh` installs and builds what these need.
+
+mod common;
+
+use std::process::Command;
+
+use common::conformance::{Net, SCENARIOS};
+use common::wrangler::WranglerDev;
+use common::{repo_path, Peer, WsPeer};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_passes_the_conformance_table() {
+    let dev = WranglerDev::start();
+    assert!(SCENARIOS.len() >= 15, "the table lost scenarios");
+    for (name, scenario) in SCENARIOS {
+        eprintln!("scenario: {name}");
+        // A network of its own for each scenario: a fresh Durable Object.
+        scenario(Net {
+            base: dev.url(&format!("/conformance-{name}")),
+        })
+        .await;
+    }
+}
+
+/// Drops the room's in-memory state as an eviction from memory would.
+async fn forget(dev: &WranglerDev, network: &str) {
+    let url = format!("http://127.0.0.1:{}{network}?__forget", dev.port);
+    let status = tokio::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", url_port(&url))).unwrap();
+        use std::io::{Read, Write};
+        let path = &url[url.find(network_start(&url)).unwrap()..];
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        response
+    })
+    .await
+    .unwrap();
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+}
+
+fn url_port(url: &str) -> u16 {
+    let after = url.trim_start_matches("http://127.0.0.1:");
+    after[..after.find('/').unwrap()].parse().unwrap()
+}
+
+fn network_start(url: &str) -> &str {
+    let after = url.trim_start_matches("http://");
+    &after[after.find('/').unwrap()..after.find('/').unwrap() + 1]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routing_survives_a_room_that_lost_its_memory() {
+    let dev = WranglerDev::start_with_vars(&[("RELAY_TEST_HOOKS", "1")]);
+    let net = Net {
+        base: dev.url("/hibernation"),
+    };
+    let mut a = net.peer("a").await;
+    let mut b = net.peer("b").await;
+    assert_eq!(a.recv().await.message_type, "PeerJoined");
+
+    forget(&dev, "/hibernation").await;
+    // Directed routing finds b from the sockets' attachments alone.
+    a.send("LedgerSync", "a", "b", "1").await;
+    assert_eq!(b.recv().await.payload, "1");
+    // Identity is still enforced: a is still a.
+    a.send("LedgerSync", "b", "a", "1").await;
+    a.expect_error("spoofed_sender").await;
+    // The id is still taken.
+    let mut imposter = WsPeer::connect(&net.url("?node_id=b")).await;
+    imposter.expect_error("peer_id_in_use").await;
+
+    forget(&dev, "/hibernation").await;
+    let mut c = net.peer("c").await;
+    assert_eq!(a.recv().await.payload_json()["peer_id"], "c");
+    assert_eq!(b.recv().await.payload_json()["peer_id"], "c");
+    forget(&dev, "/hibernation").await;
+    b.ws.close(None).await.unwrap();
+    let left = a.recv().await;
+    assert_eq!(
+        (
+            left.message_type.as_str(),
+            left.payload_json()["peer_id"].as_str()
+        ),
+        ("PeerLeft", Some("b"))
+    );
+    assert_eq!(c.recv().await.message_type, "PeerLeft");
+    // Broadcast reaches exactly the peers still connected.
+    c.send("NodeAnnounce", "c", "", "\"hi\"").await;
+    assert_eq!(a.recv().await.payload, "\"hi\"");
+    c.expect_silence().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vars_override_relay_toml_and_bad_ones_are_reported() {
+    let dev = WranglerDev::start_with_vars(&[
+        ("RELAY_ROUTING__DEFAULT", "echo"),
+        ("RELAY_LIMITS__MAX_MESSAGE_BYTES", "4096"),
+    ]);
+    let mut a = WsPeer::connect(&dev.url("/vars?node_id=a")).await;
+    let welcome = a.expect_welcome("a").await;
+    assert_eq!(welcome["limits"]["max_message_bytes"], 4096);
+    assert_eq!(welcome["routing"]["default"], "echo");
+    a.send("Unruled", "a", "", "1").await;
+    assert_eq!(a.recv().await.message_type, "Unruled");
+    a.send("Unruled", "a", "", &format!("\"{}\"", "x".repeat(5000)))
+        .await;
+    a.expect_error("message_too_large").await;
+    drop(a);
+    drop(dev);
+
+    let dev = WranglerDev::start_with_vars(&[("RELAY_ROUTING__DEFAULT", "sideways")]);
+    let url = dev.url("/bad-config?node_id=a");
+    let error = tokio_tungstenite::connect_async(url)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("500"), "{error}");
+}
+
+#[test]
+fn dry_run_deploy_builds_the_bundle_offline() {
+    let out = std::env::temp_dir().join(format!("gsio-relay-dry-run-{}", std::process::id()));
+    let output = Command::new("node")
+        .arg(repo_path("worker/node_modules/wrangler/bin/wrangler.js"))
+        .args(["deploy", "--dry-run", "--outdir"])
+        .arg(&out)
+        .current_dir(repo_path(""))
+        .env("WRANGLER_SEND_METRICS", "false")
+        .env("WRANGLER_SEND_ERROR_REPORTS", "false")
+        .env("CLOUDFLARE_CF_FETCH_ENABLED", "false")
+        .env("WRANGLER_HIDE_BANNER", "true")
+        .output()
+        .expect("run wrangler (scripts/setup-worker.sh installs it)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{text}");
+    let size = text
+        .lines()
+        .find(|l| l.contains("Total Upload"))
+        .unwrap_or_else(|| panic!("no bundle size in: {text}"));
+    println!("dry-run deploy: {}", size.trim());
+    assert!(
+        text.contains("RELAY_ROOM") && text.contains("RelayRoom"),
+        "{text}"
+    );
+    let bundle = std::fs::read_dir(&out).unwrap().count();
+    assert!(bundle > 0, "nothing written to {}", out.display());
+    let _ = std::fs::remove_dir_all(&out);
+}
