@@ -24,35 +24,23 @@ async fn worker_passes_the_conformance_table() {
     }
 }
 
-/// Drops the room's in-memory state as an eviction from memory would.
+/// Drops the room's in-memory state as an eviction from memory would (the test hook is on only
+/// where `RELAY_TEST_HOOKS=1`).
 async fn forget(dev: &WranglerDev, network: &str) {
-    let url = format!("http://127.0.0.1:{}{network}?__forget", dev.port);
-    let status = tokio::task::spawn_blocking(move || {
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", url_port(&url))).unwrap();
+    let port = dev.port;
+    let request =
+        format!("GET {network}?__forget HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    let response = tokio::task::spawn_blocking(move || {
         use std::io::{Read, Write};
-        let path = &url[url.find(network_start(&url)).unwrap()..];
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream.write_all(request.as_bytes()).unwrap();
         let mut response = String::new();
         stream.read_to_string(&mut response).unwrap();
         response
     })
     .await
     .unwrap();
-    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
-}
-
-fn url_port(url: &str) -> u16 {
-    let after = url.trim_start_matches("http://127.0.0.1:");
-    after[..after.find('/').unwrap()].parse().unwrap()
-}
-
-fn network_start(url: &str) -> &str {
-    let after = url.trim_start_matches("http://");
-    &after[after.find('/').unwrap()..after.find('/').unwrap() + 1]
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
