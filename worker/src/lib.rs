@@ -350,6 +350,10 @@ impl RelayRoom {
         // Forget the id on the socket too, in case the runtime still lists it on a rebuild.
         let _ = ws.serialize_attachment(&attachment);
         let mut room = self.room();
+        // A table rebuilt just now may lack this socket (the runtime stops listing a socket
+        // once it closes); its attachment still proves it held the id, unless another
+        // connection holds it now.
+        room.hub.restore(id.clone(), attachment.conn, ws.clone());
         if let Some((_, Some(announcement))) = room.hub.leave(&id, attachment.conn) {
             for peer in room.hub.others(&id) {
                 send(peer, &announcement);
