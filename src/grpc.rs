@@ -17,13 +17,17 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::pb;
 use crate::peer::PeerConn;
-use crate::relay::{Outgoing, Relay};
+use crate::relay::{Relay, Signal};
 use crate::shutdown::{Phase, Shutdown};
 
 /// Generated server code (see `build.rs`).
 pub mod server {
     tonic::include_proto!("server/gsio.relay.v1");
 }
+
+/// The tasks of one stream, each with its slot in the stream's [`Signal`].
+const WRITER: usize = 0;
+const READER: usize = 1;
 
 /// Request metadata that fixes the stream's peer id before its first envelope.
 pub const NODE_ID_METADATA: &str = "x-gsio-node-id";
@@ -161,20 +165,19 @@ impl server::relay_service_server::RelayService for RelayGrpc {
         let (reading, done) = self.shutdown.tokens();
 
         let shutdown = self.shutdown.clone();
+        let signal = outbox.signal();
+        let registration = self.shutdown.register(&signal);
+        let reader_signal = signal.clone();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
-                    () = shutdown.reached(Phase::StopReading) => break,
+                    // Shutdown, or disconnected as a slow consumer: leave the hub now, even if
+                    // the client has stopped polling the response stream that would say why.
+                    _ = reader_signal.raised(READER, Signal::KICKED | Signal::STOP_READING) => break,
                     next = inbound.message() => match next {
                         Ok(Some(WireEnvelope::Decoded(envelope))) => {
                             let size = prost::Message::encoded_len(&envelope);
-                            let limit = peer.max_message_bytes();
-                            if size > limit {
-                                let error = RelayError::MessageTooLarge { size, limit };
-                                peer.reject(error, Some(&envelope.message_type));
-                            } else {
-                                peer.receive(from_pb(envelope), None);
-                            }
+                            peer.receive_decoded(from_pb(envelope), size);
                         }
                         Ok(Some(WireEnvelope::Encoded(_))) => unreachable!("decoding yields Decoded"),
                         Ok(None) => break,
@@ -202,7 +205,9 @@ impl server::relay_service_server::RelayService for RelayGrpc {
 
         let writer = Writer {
             outbox,
-            shutdown: self.shutdown.clone(),
+            signal,
+            _registration: registration,
+            running: self.shutdown.clone(),
             _done: done,
             state: WriterState::Open,
         };
@@ -217,7 +222,10 @@ impl server::relay_service_server::RelayService for RelayGrpc {
 /// The outbound half of one stream: what the peer's outbox yields, until it ends.
 struct Writer {
     outbox: crate::relay::Outbox,
-    shutdown: Shutdown,
+    /// Kicked (slow consumer) or shutdown's close phase.
+    signal: Arc<Signal>,
+    _registration: crate::shutdown::Registration,
+    running: Shutdown,
     /// Dropped with the stream, which tells the shutdown controller this connection is done.
     _done: crate::shutdown::DoneToken,
     state: WriterState,
@@ -231,23 +239,38 @@ enum WriterState {
     Ended,
 }
 
+enum Event {
+    Message(Option<Arc<Message>>),
+    Kicked(RelayError),
+    Closing,
+}
+
 impl Writer {
     async fn next(&mut self) -> Option<Result<WireEnvelope, Status>> {
         if self.state == WriterState::Open {
-            let next = tokio::select! {
+            let event = tokio::select! {
                 biased;
-                next = self.outbox.next() => Some(next),
-                () = self.shutdown.reached(Phase::Close) => None,
+                raised = self.signal.raised(WRITER, Signal::KICKED | Signal::CLOSE) => {
+                    if raised & Signal::KICKED != 0 {
+                        Event::Kicked(self.signal.reason())
+                    } else {
+                        Event::Closing
+                    }
+                }
+                message = self.outbox.recv() => Event::Message(message),
             };
-            match next {
-                Some(Outgoing::Deliver(message)) => return Some(Ok(WireEnvelope::of(&message))),
-                Some(Outgoing::Kicked(error)) => {
+            match event {
+                Event::Message(Some(message)) => return Some(Ok(WireEnvelope::of(&message))),
+                Event::Kicked(error) => {
                     self.state = WriterState::Ended;
                     return Some(Err(status_for(&error)));
                 }
                 // The peer left. If that is the shutdown, the client must still be told.
-                Some(Outgoing::Finished) if self.shutdown.phase() == Phase::Running => return None,
-                Some(Outgoing::Finished) | None => self.state = WriterState::Draining,
+                Event::Message(None) if self.running.phase() == Phase::Running => {
+                    self.state = WriterState::Ended;
+                    return None;
+                }
+                Event::Message(None) | Event::Closing => self.state = WriterState::Draining,
             }
         }
         if self.state == WriterState::Draining {

@@ -9,10 +9,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use gsio_relay_core::hub::{error_message, ConnId};
-use gsio_relay_core::{Envelope, Message, PeerId, RelayError, Session};
+use gsio_relay_core::{Envelope, Inbound, Message, PeerId, Rejection, RelayError, Session};
 use tokio::sync::mpsc;
 
-use crate::relay::{queue, Kick, Outbox, PeerHandle, Refused, Relay, Stats};
+use crate::relay::{queue, Outbox, PeerHandle, Refused, Relay, Signal, Stats};
 
 /// The relay side of one connected peer. Dropping it removes the peer from the hub (and
 /// announces `PeerLeft`).
@@ -23,24 +23,30 @@ pub struct PeerConn {
     session: Session,
     /// This connection's own queue, for the replies (Welcome, Error) only it receives.
     queue: mpsc::Sender<Arc<Message>>,
-    kick: Arc<Kick>,
+    signal: Arc<Signal>,
     /// Copied from the config at connect time: checked on every frame.
     max_message_bytes: usize,
+    /// Counted here and added to the shared [`Stats`] when the connection ends, so that the
+    /// hot path does not bounce shared counters between cores.
+    routed: u64,
+    delivered: u64,
 }
 
 impl PeerConn {
     /// A new, still anonymous connection, and the outbox its writer drains.
     pub fn open(relay: &Arc<Relay>) -> (PeerConn, Outbox) {
         let config = relay.config();
-        let (tx, kick, outbox) = queue(config.limits.queue_capacity);
+        let (tx, signal, outbox) = queue(config.limits.queue_capacity);
         Stats::bump(&relay.stats.connections, 1);
         let conn = PeerConn {
             relay: relay.clone(),
             conn: relay.next_conn_id(),
             session: Session::new(),
             queue: tx,
-            kick,
+            signal,
             max_message_bytes: config.limits.max_message_bytes,
+            routed: 0,
+            delivered: 0,
         };
         (conn, outbox)
     }
@@ -64,44 +70,33 @@ impl PeerConn {
     /// One WebSocket text frame: parsed once; forwarded as the sender's own text when the relay
     /// does not change it.
     pub fn receive_text(&mut self, text: &str, original: Bytes) {
-        if text.len() > self.max_message_bytes {
-            return self.reject(
-                RelayError::MessageTooLarge {
-                    size: text.len(),
-                    limit: self.max_message_bytes,
-                },
-                None,
-            );
-        }
-        match Envelope::parse_json_checked(text) {
-            Ok((envelope, true)) => self.receive(Ok(envelope), Some(original)),
-            // Re-encoded, so that recipients see all four fields.
-            Ok((envelope, false)) => self.receive(Ok(envelope), None),
-            Err(error) => self.receive(Err(error), None),
-        }
+        let inbound = self
+            .session
+            .accept_text(text, original, self.max_message_bytes);
+        self.dispatch(inbound);
     }
 
-    /// One envelope (or the reason it could not be decoded). `original` is its JSON text when
-    /// the front has it.
-    pub fn receive(&mut self, envelope: Result<Envelope, RelayError>, original: Option<Bytes>) {
-        let mut envelope = match envelope {
-            Ok(envelope) => envelope,
-            Err(error) => return self.reject(error, None),
+    /// One envelope decoded by the gRPC front (or why it could not be), `size` bytes on the
+    /// wire.
+    pub fn receive_decoded(&mut self, envelope: Result<Envelope, RelayError>, size: usize) {
+        let inbound = self
+            .session
+            .accept_decoded(envelope, size, self.max_message_bytes);
+        self.dispatch(inbound);
+    }
+
+    fn dispatch(&mut self, inbound: Result<Inbound, Rejection>) {
+        let inbound = match inbound {
+            Ok(inbound) => inbound,
+            Err(rejected) => return self.reject(rejected.error, rejected.message_type.as_deref()),
         };
-        let admitted = match self.session.admit(&mut envelope) {
-            Ok(admitted) => admitted,
-            Err(error) => return self.reject(error, Some(&envelope.message_type)),
-        };
-        if let Some(id) = admitted.claim {
+        if let Some(id) = inbound.claim {
             if let Err(error) = self.join(id) {
-                return self.reject(error, Some(&envelope.message_type));
+                let message_type = &inbound.message.envelope().message_type;
+                return self.reject(error, Some(message_type));
             }
         }
-        let message = match original {
-            Some(json) if !admitted.rewritten => Message::with_json(envelope, json),
-            _ => Message::new(envelope),
-        };
-        self.route(Arc::new(message));
+        self.route(Arc::new(inbound.message));
     }
 
     /// Answers this connection with an `Error` envelope; the connection stays open.
@@ -115,7 +110,7 @@ impl PeerConn {
     fn reply(&self, message: Arc<Message>) {
         if let Err(mpsc::error::TrySendError::Full(_)) = self.queue.try_send(message) {
             if self
-                .kick
+                .signal
                 .kick(RelayError::SlowConsumer(self.queue.max_capacity()))
             {
                 Stats::bump(&self.relay.stats.slow_consumer_disconnects, 1);
@@ -124,7 +119,7 @@ impl PeerConn {
     }
 
     fn join(&mut self, id: PeerId) -> Result<(), RelayError> {
-        let handle = PeerHandle::new(id.clone(), self.queue.clone(), self.kick.clone());
+        let handle = PeerHandle::new(id.clone(), self.queue.clone(), self.signal.clone());
         {
             let mut hub = self.relay.write_hub();
             let joined = hub.join(id.clone(), self.conn, handle)?;
@@ -141,7 +136,7 @@ impl PeerConn {
         Ok(())
     }
 
-    fn route(&self, message: Arc<Message>) {
+    fn route(&mut self, message: Arc<Message>) {
         let sender = self
             .session
             .id()
@@ -170,8 +165,8 @@ impl PeerConn {
         let message_type = message.envelope().message_type.as_str();
         match routed {
             Ok(delivered) => {
-                Stats::bump(&self.relay.stats.messages_routed, 1);
-                Stats::bump(&self.relay.stats.deliveries, delivered);
+                self.routed += 1;
+                self.delivered += delivered;
             }
             Err(error) => self.reject(error, Some(message_type)),
         }
@@ -186,6 +181,8 @@ impl PeerConn {
 
 impl Drop for PeerConn {
     fn drop(&mut self) {
+        Stats::bump(&self.relay.stats.messages_routed, self.routed);
+        Stats::bump(&self.relay.stats.deliveries, self.delivered);
         let Some(id) = self.session.id() else {
             return;
         };

@@ -9,12 +9,13 @@
 //! So one stalled peer never stalls a sender, and nothing is dropped without somebody being
 //! told.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
+use futures_util::task::AtomicWaker;
 use gsio_relay_core::hub::ConnId;
 use gsio_relay_core::{Hub, Message, PeerId, RelayConfig, RelayError};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 
 /// Shared by every connection of both fronts.
 pub struct Relay {
@@ -93,7 +94,7 @@ impl Relay {
 pub struct PeerHandle {
     pub(crate) id: PeerId,
     queue: mpsc::Sender<Arc<Message>>,
-    kick: Arc<Kick>,
+    signal: Arc<Signal>,
 }
 
 /// Why the queue refused a message.
@@ -112,7 +113,7 @@ impl PeerHandle {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => {
                 let newly = self
-                    .kick
+                    .signal
                     .kick(RelayError::SlowConsumer(self.queue.max_capacity()));
                 Err(Refused::SlowConsumer { newly })
             }
@@ -121,51 +122,77 @@ impl PeerHandle {
     }
 }
 
-/// A one-way switch that tells a connection's writer to close, bypassing its (full) queue.
+/// Out-of-band events for one connection: it was kicked (slow consumer), or shutdown reached a
+/// phase. A connection's loop checks them with one atomic load per turn; registering to be woken
+/// is an [`AtomicWaker`] (no lock, and no work at all when the waker is unchanged).
 #[derive(Default)]
-pub(crate) struct Kick {
+pub struct Signal {
+    raised: AtomicU8,
+    /// Why the connection was kicked; set once, before [`Signal::KICKED`] is raised.
     reason: OnceLock<RelayError>,
-    notify: Notify,
+    /// One waker per waiting task: slot 0 for a connection's writer, 1 for a gRPC reader.
+    wakers: [AtomicWaker; 2],
 }
 
-impl Kick {
-    /// Returns true the first time (later kicks keep the first reason).
+impl Signal {
+    pub const KICKED: u8 = 1;
+    pub const STOP_READING: u8 = 2;
+    pub const CLOSE: u8 = 4;
+
+    /// Kicks the connection; returns true the first time (later kicks keep the first reason).
     pub(crate) fn kick(&self, reason: RelayError) -> bool {
         let first = self.reason.set(reason).is_ok();
         if first {
-            // notify_one stores a permit when nobody waits yet, so the kick is never missed.
-            self.notify.notify_one();
+            self.raise(Signal::KICKED);
         }
         first
+    }
+
+    pub(crate) fn raise(&self, events: u8) {
+        self.raised.fetch_or(events, Ordering::SeqCst);
+        for waker in &self.wakers {
+            waker.wake();
+        }
+    }
+
+    /// Resolves with the raised events among `mask`, for the task waiting in `slot`. Cancel
+    /// safe, and cheap to create anew on every turn of a loop.
+    pub async fn raised(&self, slot: usize, mask: u8) -> u8 {
+        std::future::poll_fn(|cx| {
+            let raised = self.raised.load(Ordering::SeqCst) & mask;
+            if raised != 0 {
+                return std::task::Poll::Ready(raised);
+            }
+            self.wakers[slot].register(cx.waker());
+            // Raised between the check and the registration: do not sleep through it.
+            match self.raised.load(Ordering::SeqCst) & mask {
+                0 => std::task::Poll::Pending,
+                raised => std::task::Poll::Ready(raised),
+            }
+        })
+        .await
+    }
+
+    /// Why the connection was kicked.
+    pub fn reason(&self) -> RelayError {
+        self.reason
+            .get()
+            .cloned()
+            .unwrap_or(RelayError::ShuttingDown)
     }
 }
 
 /// The receiving end of one peer's queue, owned by its writer.
 pub struct Outbox {
     rx: mpsc::Receiver<Arc<Message>>,
-    kick: Arc<Kick>,
-}
-
-/// What a writer has to do next.
-pub enum Outgoing {
-    Deliver(Arc<Message>),
-    /// Close the connection: this peer was disconnected for this reason.
-    Kicked(RelayError),
-    /// The peer left and everything queued for it was delivered.
-    Finished,
+    signal: Arc<Signal>,
 }
 
 impl Outbox {
-    /// The next thing to write. Cancel safe: both branches are.
-    pub async fn next(&mut self) -> Outgoing {
-        tokio::select! {
-            biased;
-            () = self.kick.notify.notified() => Outgoing::Kicked(self.kicked_reason()),
-            message = self.rx.recv() => match message {
-                Some(message) => Outgoing::Deliver(message),
-                None => Outgoing::Finished,
-            },
-        }
+    /// The next queued message; `None` once the peer has left and everything queued for it was
+    /// taken. Cancel safe.
+    pub async fn recv(&mut self) -> Option<Arc<Message>> {
+        self.rx.recv().await
     }
 
     /// A message already queued, without waiting (for batching writes and for draining).
@@ -173,28 +200,25 @@ impl Outbox {
         self.rx.try_recv().ok()
     }
 
-    fn kicked_reason(&self) -> RelayError {
-        self.kick
-            .reason
-            .get()
-            .cloned()
-            .unwrap_or(RelayError::ShuttingDown)
+    /// This connection's out-of-band events.
+    pub fn signal(&self) -> Arc<Signal> {
+        self.signal.clone()
     }
 }
 
 /// A peer's queue: the sending side for handles, the receiving side for its writer.
-pub(crate) fn queue(capacity: usize) -> (mpsc::Sender<Arc<Message>>, Arc<Kick>, Outbox) {
+pub(crate) fn queue(capacity: usize) -> (mpsc::Sender<Arc<Message>>, Arc<Signal>, Outbox) {
     let (tx, rx) = mpsc::channel(capacity);
-    let kick = Arc::new(Kick::default());
+    let signal = Arc::new(Signal::default());
     let outbox = Outbox {
         rx,
-        kick: kick.clone(),
+        signal: signal.clone(),
     };
-    (tx, kick, outbox)
+    (tx, signal, outbox)
 }
 
 impl PeerHandle {
-    pub(crate) fn new(id: PeerId, queue: mpsc::Sender<Arc<Message>>, kick: Arc<Kick>) -> Self {
-        PeerHandle { id, queue, kick }
+    pub(crate) fn new(id: PeerId, queue: mpsc::Sender<Arc<Message>>, signal: Arc<Signal>) -> Self {
+        PeerHandle { id, queue, signal }
     }
 }

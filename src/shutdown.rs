@@ -7,10 +7,13 @@
 //!    (WebSocket close 1001, gRPC `UNAVAILABLE`), and ends. The server waits for the last
 //!    [`DoneToken`], bounded by `server.shutdown_grace_ms`.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
 use tokio::sync::{watch, Notify};
+
+use crate::relay::Signal;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Phase {
@@ -25,6 +28,38 @@ pub struct Shutdown {
     phase: watch::Receiver<Phase>,
     reading: Arc<Tally>,
     done: Arc<Tally>,
+    /// The live connections' signals, raised at each phase: a busy connection loop then checks
+    /// one atomic instead of polling this shared channel on every frame.
+    signals: Arc<Registry>,
+}
+
+#[derive(Default)]
+struct Registry {
+    /// std `Mutex`: held briefly, never across an `.await`; taken once per connection and at
+    /// each phase change, never per message.
+    live: Mutex<HashMap<u64, Weak<Signal>>>,
+    next: AtomicU64,
+}
+
+/// Keeps a connection's signal registered; removes it when dropped.
+pub struct Registration {
+    registry: Arc<Registry>,
+    key: u64,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut live = self.registry.live.lock().unwrap_or_else(|p| p.into_inner());
+        live.remove(&self.key);
+    }
+}
+
+fn phase_events(phase: Phase) -> u8 {
+    match phase {
+        Phase::Running => 0,
+        Phase::StopReading => Signal::STOP_READING,
+        Phase::Close => Signal::STOP_READING | Signal::CLOSE,
+    }
 }
 
 /// How many tokens of one kind are alive; wakes the controller when none are.
@@ -82,6 +117,23 @@ impl Shutdown {
         *self.phase.borrow()
     }
 
+    /// Raises the shutdown's phases on `signal` from now on (and at once, if one was reached).
+    pub fn register(&self, signal: &Arc<Signal>) -> Registration {
+        let key = self.signals.next.fetch_add(1, Ordering::Relaxed);
+        let mut live = self.signals.live.lock().unwrap_or_else(|p| p.into_inner());
+        live.insert(key, Arc::downgrade(signal));
+        // Read under the lock: the controller changes the phase before it takes the lock.
+        let events = phase_events(self.phase());
+        if events != 0 {
+            signal.raise(events);
+        }
+        drop(live);
+        Registration {
+            registry: self.signals.clone(),
+            key,
+        }
+    }
+
     /// Resolves once the phase is at least `phase`. Cancel safe.
     pub async fn reached(&self, phase: Phase) {
         let mut rx = self.phase.clone();
@@ -105,6 +157,7 @@ impl Controller {
                 phase: phase_rx,
                 reading: Arc::default(),
                 done: Arc::default(),
+                signals: Arc::default(),
             },
         }
     }
@@ -113,13 +166,26 @@ impl Controller {
         self.shutdown.clone()
     }
 
+    fn enter(&self, phase: Phase) {
+        self.phase.send_replace(phase);
+        let live = self
+            .shutdown
+            .signals
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for signal in live.values().filter_map(Weak::upgrade) {
+            signal.raise(phase_events(phase));
+        }
+    }
+
     /// Runs both phases; returns false if the grace period ran out with connections left.
     pub async fn shut_down(self, grace: std::time::Duration) -> bool {
         let deadline = tokio::time::Instant::now() + grace;
-        self.phase.send_replace(Phase::StopReading);
+        self.enter(Phase::StopReading);
         let reading = self.shutdown.reading.all_returned();
         let stopped = tokio::time::timeout_at(deadline, reading).await.is_ok();
-        self.phase.send_replace(Phase::Close);
+        self.enter(Phase::Close);
         let done = self.shutdown.done.all_returned();
         let done = tokio::time::timeout_at(deadline, done).await.is_ok();
         stopped && done

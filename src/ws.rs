@@ -20,11 +20,15 @@ use tokio_tungstenite::tungstenite::{self, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::peer::PeerConn;
-use crate::relay::{Outbox, Outgoing, Relay};
+use crate::relay::{Outbox, Relay, Signal};
 use crate::shutdown::{Phase, Shutdown};
 
 /// A client must finish the WebSocket handshake within this time.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The connection task's slot in its [`Signal`].
+const WRITER: usize = 0;
+/// How long the relay keeps trying to tell a peer why its connection ends.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// At most this many queued frames are written before one flush.
 const WRITE_BATCH: usize = 64;
 
@@ -34,7 +38,8 @@ pub fn hard_frame_limit(limit: usize) -> usize {
     limit.saturating_mul(2).max(limit + 64 * 1024)
 }
 
-fn ws_config(max_message_bytes: usize) -> WebSocketConfig {
+/// The WebSocket settings of every relay connection (the benchmark's floor uses them too).
+pub fn ws_config(max_message_bytes: usize) -> WebSocketConfig {
     let hard = hard_frame_limit(max_message_bytes);
     WebSocketConfig::default()
         // Small buffers: most peers are idle most of the time.
@@ -89,14 +94,13 @@ pub(crate) fn tune(stream: &TcpStream) {
     let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive);
 }
 
-/// The `node_id` query parameter of the handshake request, if any.
+/// The `node_id` query parameter of the handshake request, if any, percent-decoded (as the
+/// Worker reads it).
 fn node_id_param(request: &Request) -> Option<String> {
-    request.uri().query().and_then(|query| {
-        query
-            .split('&')
-            .find_map(|pair| pair.strip_prefix("node_id="))
-            .map(str::to_owned)
-    })
+    let query = request.uri().query()?;
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(key, _)| key == "node_id")
+        .map(|(_, value)| value.into_owned())
 }
 
 async fn connection(
@@ -123,6 +127,8 @@ async fn connection(
     };
 
     let (mut peer, mut outbox) = PeerConn::open(&relay);
+    let signal = outbox.signal();
+    let _registration = shutdown.register(&signal);
     if let Some(id) = node_id {
         if let Err(error) = peer.bind(&id) {
             peer.reject(error.clone(), None);
@@ -133,21 +139,36 @@ async fn connection(
     }
 
     let mut reading = Some(reading);
+    let mut watching = Signal::KICKED | Signal::STOP_READING | Signal::CLOSE;
     let ending = loop {
         tokio::select! {
             biased;
-            () = shutdown.reached(Phase::StopReading), if reading.is_some() => {
+            raised = signal.raised(WRITER, watching) => {
+                if raised & Signal::KICKED != 0 {
+                    break End::Kicked(signal.reason());
+                }
+                if raised & Signal::CLOSE != 0 {
+                    break End::Shutdown;
+                }
                 reading = None;
+                watching &= !Signal::STOP_READING;
             }
-            () = shutdown.reached(Phase::Close) => break End::Shutdown,
-            next = outbox.next() => match next {
-                Outgoing::Deliver(message) => {
-                    if write_batch(&mut ws, &mut outbox, message).await.is_err() {
-                        break End::Gone;
+            next = outbox.recv() => match next {
+                Some(message) => {
+                    // A peer that stopped reading blocks this write; its queue then fills and
+                    // the kick ends the connection.
+                    tokio::select! {
+                        written = write_batch(&mut ws, &mut outbox, message) => {
+                            if written.is_err() {
+                                break End::Gone;
+                            }
+                        }
+                        _ = signal.raised(WRITER, Signal::KICKED) => {
+                            break End::Kicked(signal.reason());
+                        }
                     }
                 }
-                Outgoing::Kicked(error) => break End::Kicked(error),
-                Outgoing::Finished => break End::Gone,
+                None => break End::Gone,
             },
             frame = ws.next(), if reading.is_some() => match frame {
                 Some(Ok(tungstenite::Message::Text(text))) => {
@@ -189,20 +210,25 @@ async fn connection(
     };
 
     match ending {
-        End::Gone => {}
+        End::Gone => drop(peer),
         End::Kicked(error) => {
-            let _ = ws.close(Some(close_frame(&error))).await;
+            // Out of the hub first: others must stop routing to it while it is being closed.
+            drop(peer);
+            close(&mut ws, close_frame(&error)).await;
         }
         End::Close(frame) => {
-            let _ = ws.close(Some(frame)).await;
+            drop(peer);
+            close(&mut ws, frame).await;
         }
         End::Shutdown => {
-            if write_queued(&mut ws, &mut outbox).await.is_ok() {
-                let _ = ws.close(Some(close_frame(&RelayError::ShuttingDown))).await;
+            // Still in the hub while its queue drains (nothing is routed any more).
+            let drained = tokio::time::timeout(CLOSE_TIMEOUT, write_queued(&mut ws, &mut outbox));
+            if let Ok(Ok(())) = drained.await {
+                close(&mut ws, close_frame(&RelayError::ShuttingDown)).await;
             }
+            drop(peer);
         }
     }
-    drop(peer);
 }
 
 enum End {
@@ -212,6 +238,11 @@ enum End {
     Kicked(RelayError),
     Close(CloseFrame),
     Shutdown,
+}
+
+/// Sends a close frame, bounded in time: a peer that does not read may never take it.
+async fn close(ws: &mut Ws, frame: CloseFrame) {
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(Some(frame))).await;
 }
 
 /// The close frame telling a peer why the relay ends its connection. The reason starts with

@@ -32,7 +32,7 @@ async fn a_peer_that_stops_reading_is_disconnected_and_senders_are_told() {
             let got = fast.recv().await;
             if got.message_type == "PeerLeft" {
                 assert_eq!(got.payload_json()["peer_id"], "stalled");
-                return count;
+                return (count, fast); // still connected
             }
             assert_eq!(got.message_type, "NodeAnnounce");
             count += 1;
@@ -57,13 +57,23 @@ async fn a_peer_that_stops_reading_is_disconnected_and_senders_are_told() {
         .unwrap()
         .contains("stalled"));
 
-    // The stalled peer, when it finally reads, finds what was queued and then the reason.
+    // It is out of the relay even though it never reads again (its writer was blocked on a
+    // full socket when the queue overflowed).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while relay.relay.peer_ids().contains(&"stalled".to_owned()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stalled peer was never removed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // When it finally reads, it finds what was queued and then the reason.
     let (code, reason) = stalled.expect_close().await;
     assert_eq!(code, 1008);
     assert!(reason.starts_with("slow_consumer"), "{reason}");
 
     // The reading peer got every message: one stalled peer did not stall the relay.
-    let delivered = tokio::time::timeout(Duration::from_secs(30), fast_reader)
+    let (delivered, _fast) = tokio::time::timeout(Duration::from_secs(30), fast_reader)
         .await
         .expect("fast reader stalled")
         .unwrap();
@@ -91,6 +101,15 @@ async fn a_stalled_grpc_peer_ends_with_resource_exhausted() {
         }
     }
     assert!(told, "the sender was never told");
+    // Out of the relay at once, though it has not read (so has not seen the status) yet.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while relay.relay.peer_ids().contains(&"g-stalled".to_owned()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stalled peer was never removed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let status = stalled.expect_status().await;
     assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
     assert!(status.message().starts_with("slow_consumer"), "{status:?}");

@@ -161,11 +161,15 @@ fn string_field(raw: Option<&RawValue>, field: &'static str) -> Result<String, R
     if text == "null" {
         return Ok(String::new());
     }
-    if !text.starts_with('"') {
+    let Some(inner) = text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) else {
         return Err(RelayError::InvalidField {
             field,
             expected: "a string",
         });
+    };
+    // The parser has already validated the string; without escapes it is the text itself.
+    if !inner.contains('\\') {
+        return Ok(inner.to_owned());
     }
     serde_json::from_str(text).map_err(|e| RelayError::InvalidJson(e.to_string()))
 }

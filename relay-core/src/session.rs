@@ -5,7 +5,9 @@
 //! envelope. After that, an envelope naming another sender is refused as spoofed, and an empty
 //! `sender_id` is filled in with the connection's id.
 
-use crate::envelope::Envelope;
+use bytes::Bytes;
+
+use crate::envelope::{Envelope, Message};
 use crate::error::RelayError;
 use crate::id::PeerId;
 
@@ -26,7 +28,95 @@ pub struct Admitted {
     pub rewritten: bool,
 }
 
+/// An envelope admitted from a connection, ready to route.
+#[derive(Debug)]
+pub struct Inbound {
+    /// See [`Admitted::claim`]: join the hub under this id first.
+    pub claim: Option<PeerId>,
+    pub message: Message,
+}
+
+/// An envelope refused: answer the connection with an `Error` envelope for `error`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Rejection {
+    pub error: RelayError,
+    /// The offending envelope's type, when it got far enough to have one.
+    pub message_type: Option<String>,
+}
+
+impl From<RelayError> for Rejection {
+    fn from(error: RelayError) -> Rejection {
+        Rejection {
+            error,
+            message_type: None,
+        }
+    }
+}
+
 impl Session {
+    /// One JSON text frame, of at most `max_bytes`: size, parse, identity, in that order. The
+    /// sender's own text (`original`, the same bytes as `text`) becomes the message's JSON when
+    /// the relay has nothing to change in it, so it is forwarded without re-encoding.
+    pub fn accept_text(
+        &self,
+        text: &str,
+        original: Bytes,
+        max_bytes: usize,
+    ) -> Result<Inbound, Rejection> {
+        if text.len() > max_bytes {
+            return Err(RelayError::MessageTooLarge {
+                size: text.len(),
+                limit: max_bytes,
+            }
+            .into());
+        }
+        let (envelope, complete) = Envelope::parse_json_checked(text)?;
+        self.accept_envelope(envelope, complete.then_some(original))
+    }
+
+    /// One envelope decoded by a front (gRPC), `size` bytes on the wire.
+    pub fn accept_decoded(
+        &self,
+        envelope: Result<Envelope, RelayError>,
+        size: usize,
+        max_bytes: usize,
+    ) -> Result<Inbound, Rejection> {
+        if size > max_bytes {
+            return Err(Rejection {
+                error: RelayError::MessageTooLarge {
+                    size,
+                    limit: max_bytes,
+                },
+                message_type: envelope.ok().map(|e| e.message_type),
+            });
+        }
+        self.accept_envelope(envelope?, None)
+    }
+
+    fn accept_envelope(
+        &self,
+        mut envelope: Envelope,
+        original: Option<Bytes>,
+    ) -> Result<Inbound, Rejection> {
+        let admitted = match self.admit(&mut envelope) {
+            Ok(admitted) => admitted,
+            Err(error) => {
+                return Err(Rejection {
+                    error,
+                    message_type: Some(envelope.message_type),
+                })
+            }
+        };
+        let message = match original {
+            Some(json) if !admitted.rewritten => Message::with_json(envelope, json),
+            _ => Message::new(envelope),
+        };
+        Ok(Inbound {
+            claim: admitted.claim,
+            message,
+        })
+    }
+
     pub fn new() -> Session {
         Session::default()
     }
@@ -72,6 +162,50 @@ impl Session {
 mod tests {
     use super::*;
     use crate::error::ErrorCode;
+
+    #[test]
+    fn accepted_text_is_forwarded_as_sent_only_when_unchanged() {
+        let mut bound = Session::new();
+        bound.bind(PeerId::parse("a").unwrap());
+        let cases = [
+            // (text, forwarded as sent)
+            (
+                r#"{"message_type":"T","sender_id":"a","recipient_id":"","payload": 1}"#,
+                true,
+            ),
+            (
+                r#"{"message_type":"T","sender_id":"","recipient_id":"","payload":1}"#,
+                false,
+            ),
+            (r#"{"message_type":"T","sender_id":"a","payload":1}"#, false),
+        ];
+        for (text, as_sent) in cases {
+            let inbound = bound
+                .accept_text(text, Bytes::from_static(text.as_bytes()), 1024)
+                .unwrap();
+            assert_eq!(inbound.message.json_str() == text, as_sent, "{text}");
+            assert_eq!(inbound.message.envelope().sender_id, "a");
+        }
+    }
+
+    #[test]
+    fn rejections_carry_the_type_when_known() {
+        let s = Session::new();
+        let text = r#"{"message_type":"T","sender_id":""}"#;
+        let rejected = s.accept_text(text, Bytes::new(), 1024).unwrap_err();
+        assert_eq!(rejected.error.code(), ErrorCode::IdentityRequired);
+        assert_eq!(rejected.message_type.as_deref(), Some("T"));
+        let rejected = s.accept_text(text, Bytes::new(), 10).unwrap_err();
+        assert_eq!(rejected.error.code(), ErrorCode::MessageTooLarge);
+        let rejected = s.accept_text("[]", Bytes::new(), 10).unwrap_err();
+        assert_eq!(
+            (rejected.error.code(), rejected.message_type),
+            (ErrorCode::NotAnObject, None)
+        );
+        let envelope = Envelope::from_parts("T".into(), "".into(), "".into(), "".into());
+        let rejected = s.accept_decoded(envelope, 99, 10).unwrap_err();
+        assert_eq!(rejected.message_type.as_deref(), Some("T"));
+    }
 
     fn env(sender: &str) -> Envelope {
         Envelope::from_parts("T".into(), sender.into(), "".into(), "".into()).unwrap()

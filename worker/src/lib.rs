@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use gsio_relay_core::hub::{error_message, ConnId};
-use gsio_relay_core::{Envelope, Hub, Message, PeerId, RelayConfig, RelayError, Session};
+use gsio_relay_core::{Hub, Message, PeerId, RelayConfig, RelayError, Session};
 use serde::{Deserialize, Serialize};
 use worker::{
     durable_object, event, Context, DurableObject, Env, Request, Response, Result, State,
@@ -281,18 +281,6 @@ impl RelayRoom {
     }
 
     fn receive(&self, ws: &WebSocket, attachment: &mut PeerAttachment, text: String) {
-        let limit = self.max_message_bytes();
-        if text.len() > limit {
-            let error = RelayError::MessageTooLarge {
-                size: text.len(),
-                limit,
-            };
-            return reject(ws, attachment, error, None);
-        }
-        let (mut envelope, complete) = match Envelope::parse_json_checked(&text) {
-            Ok(parsed) => parsed,
-            Err(error) => return reject(ws, attachment, error, None),
-        };
         let mut session = Session::new();
         if let Some(id) = attachment
             .peer_id
@@ -301,21 +289,28 @@ impl RelayRoom {
         {
             session.bind(id);
         }
-        let admitted = match session.admit(&mut envelope) {
-            Ok(admitted) => admitted,
-            Err(error) => return reject(ws, attachment, error, Some(&envelope.message_type)),
+        // The frame's own bytes, shared (not copied) by every recipient it is forwarded to.
+        let original = Bytes::from(text);
+        let text = std::str::from_utf8(&original).expect("a String is UTF-8");
+        let inbound = match session.accept_text(text, original.clone(), self.max_message_bytes()) {
+            Ok(inbound) => inbound,
+            Err(rejected) => {
+                return reject(
+                    ws,
+                    attachment,
+                    rejected.error,
+                    rejected.message_type.as_deref(),
+                )
+            }
         };
-        if let Some(id) = admitted.claim {
+        let message = inbound.message;
+        let message_type = message.envelope().message_type.as_str();
+        if let Some(id) = inbound.claim {
             if let Err(error) = self.join(ws, attachment, id.clone()) {
-                return reject(ws, attachment, error, Some(&envelope.message_type));
+                return reject(ws, attachment, error, Some(message_type));
             }
             session.bind(id);
         }
-        let message = if complete && !admitted.rewritten {
-            Message::with_json(envelope, Bytes::from(text))
-        } else {
-            Message::new(envelope)
-        };
         let sender = session.id().expect("admission binds the session");
         let room = self.room();
         match room.hub.route(sender, &message) {
@@ -326,12 +321,7 @@ impl RelayRoom {
             }
             Err(error) => {
                 drop(room);
-                reject(
-                    ws,
-                    attachment,
-                    error,
-                    Some(&message.envelope().message_type),
-                );
+                reject(ws, attachment, error, Some(message_type));
             }
         }
     }

@@ -1,0 +1,900 @@
+//! The bench's clients and one traffic run: real WebSocket (tokio-tungstenite) and gRPC (the
+//! generated tonic client) connections over loopback, senders, receivers, and the coordinator
+//! that starts them, stops them and adds up what arrived.
+//!
+//! # Flow control
+//! The relay disconnects a peer whose queue fills (its slow-consumer policy), so "as fast as
+//! possible" must mean "as fast as it is delivered": each sender keeps at most `window` messages
+//! in flight towards each of its receivers (sent minus that receiver's count). Receivers count
+//! every stamped message and wake a waiting sender through its [`Gate`]. The window is below the
+//! relay's queue capacity, so a consumer that keeps reading is never disconnected; at a fixed
+//! rate the window only binds if the target cannot keep up (the achieved rate then shows it).
+//!
+//! # Bounds
+//! A sender stops at its deadline or after `max_per_sender` messages, whichever is first; the
+//! drain after it is bounded in time; every connect and every wait has a timeout.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use gsio_relay::pb;
+use gsio_relay::pb::relay_service_client::RelayServiceClient;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::WebSocketStream;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::proc::{LogWatch, Meter};
+use crate::stats::{Latency, ProcUsage, Tally};
+use crate::wire::{self, now_ns, Route, Stamp};
+
+/// A connect (TCP, handshake, Welcome) must finish within this.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+/// Messages fed before one flush.
+const SEND_BATCH: u64 = 32;
+/// The relay's default `limits.max_message_bytes`; the client accepts frames that large.
+pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
+/// Outbound queue of a gRPC client stream (as the integration tests use).
+const GRPC_QUEUE: usize = 1024;
+
+pub type Ws = WebSocketStream<TcpStream>;
+
+/// `127.0.0.1:PORT` from `ws://127.0.0.1:PORT[/]`.
+pub fn ws_host(url: &str) -> Result<&str> {
+    let rest = url
+        .strip_prefix("ws://")
+        .ok_or_else(|| anyhow!("not a ws:// URL: {url}"))?;
+    Ok(rest.trim_end_matches('/'))
+}
+
+/// A WebSocket peer with a fixed id; returns once its Welcome has arrived.
+pub async fn ws_connect(url: &str, id: &str) -> Result<Ws> {
+    let host = ws_host(url)?;
+    let connect = async {
+        let tcp = TcpStream::connect(host).await?;
+        tcp.set_nodelay(true)?;
+        let (mut ws, _) = tokio_tungstenite::client_async_with_config(
+            format!("ws://{host}/?node_id={id}"),
+            tcp,
+            Some(crate::floor::ws_config(MAX_MESSAGE_BYTES)),
+        )
+        .await?;
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(text))) if wire::is_welcome_text(&text) => return Ok(ws),
+                Some(Ok(Message::Text(text))) => bail!("expected a Welcome, got {text}"),
+                Some(Ok(Message::Close(frame))) => bail!("closed at connect: {frame:?}"),
+                Some(Ok(_)) => continue,
+                Some(Err(error)) => return Err(error.into()),
+                None => bail!("connection ended before the Welcome"),
+            }
+        }
+    };
+    tokio::time::timeout(CONNECT_TIMEOUT, connect)
+        .await
+        .map_err(|_| anyhow!("{id}: no Welcome within {CONNECT_TIMEOUT:?}"))?
+        .with_context(|| format!("WebSocket peer {id}"))
+}
+
+/// One HTTP/2 connection to the gRPC front.
+pub async fn grpc_channel(url: &str) -> Result<Channel> {
+    let endpoint = Endpoint::from_shared(url.to_owned())?
+        .tcp_nodelay(true)
+        .connect_timeout(CONNECT_TIMEOUT);
+    tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect())
+        .await
+        .map_err(|_| anyhow!("gRPC connect to {url} timed out"))?
+        .with_context(|| format!("gRPC connect to {url}"))
+}
+
+/// One open `Exchange` stream: what the client sends into, and what it reads.
+pub type GrpcStream = (mpsc::Sender<pb::Envelope>, tonic::Streaming<pb::Envelope>);
+
+/// One `Exchange` stream on `channel`, id fixed by metadata; returns once its Welcome arrived.
+pub async fn grpc_open(channel: Channel, id: &str) -> Result<GrpcStream> {
+    let open = async {
+        let mut client = RelayServiceClient::new(channel);
+        let (tx, rx) = mpsc::channel(GRPC_QUEUE);
+        let mut request = tonic::Request::new(ReceiverStream::new(rx));
+        request.metadata_mut().insert("x-gsio-node-id", id.parse()?);
+        let mut inbound = client.exchange(request).await?.into_inner();
+        match inbound.message().await? {
+            Some(envelope) if envelope.message_type == "Welcome" => Ok((tx, inbound)),
+            Some(envelope) => bail!("expected a Welcome, got {envelope:?}"),
+            None => bail!("stream ended before the Welcome"),
+        }
+    };
+    tokio::time::timeout(CONNECT_TIMEOUT, open)
+        .await
+        .map_err(|_| anyhow!("{id}: no Welcome within {CONNECT_TIMEOUT:?}"))?
+        .with_context(|| format!("gRPC peer {id}"))
+}
+
+/// The sending half of a peer.
+pub enum Tx {
+    Ws(SplitSink<Ws, Message>),
+    Grpc(mpsc::Sender<pb::Envelope>),
+}
+
+impl Tx {
+    async fn feed(&mut self, route: &Route, stamp: Stamp) -> Result<()> {
+        match self {
+            Tx::Ws(sink) => Ok(sink.feed(Message::text(route.ws_text(stamp))).await?),
+            Tx::Grpc(tx) => tx
+                .send(pb::Envelope {
+                    message_type: route.message_type.to_owned(),
+                    sender_id: route.sender.clone(),
+                    recipient_id: route.recipient.clone(),
+                    payload_json: wire::payload_json(stamp),
+                })
+                .await
+                .map_err(|_| anyhow!("gRPC stream closed")),
+        }
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        match self {
+            Tx::Ws(sink) => Ok(sink.flush().await?),
+            Tx::Grpc(_) => Ok(()),
+        }
+    }
+}
+
+/// The receiving half of a peer.
+pub enum Rx {
+    Ws(SplitStream<Ws>),
+    /// A receive-only peer: no split needed.
+    WsOwned(Ws),
+    Grpc(tonic::Streaming<pb::Envelope>),
+}
+
+/// One thing a receiver read.
+#[derive(Debug)]
+enum Incoming {
+    Stamp(Stamp),
+    Error(String),
+    Other,
+    Ended(String),
+}
+
+impl Rx {
+    /// Cancel safe: each arm is a stream's `next`.
+    async fn next(&mut self) -> Incoming {
+        match self {
+            Rx::Ws(stream) => ws_incoming(stream.next().await),
+            Rx::WsOwned(ws) => ws_incoming(ws.next().await),
+            Rx::Grpc(stream) => match stream.message().await {
+                Ok(Some(envelope)) => match wire::scan(&envelope.payload_json) {
+                    Some(stamp) => Incoming::Stamp(stamp),
+                    None if envelope.message_type == "Error" => {
+                        Incoming::Error(format!("gRPC Error envelope: {}", envelope.payload_json))
+                    }
+                    None => Incoming::Other,
+                },
+                Ok(None) => Incoming::Ended("gRPC stream ended".to_owned()),
+                Err(status) => Incoming::Ended(format!("gRPC status: {status}")),
+            },
+        }
+    }
+}
+
+fn ws_incoming(frame: Option<Result<Message, tungstenite::Error>>) -> Incoming {
+    match frame {
+        Some(Ok(Message::Text(text))) => match wire::scan(&text) {
+            Some(stamp) => Incoming::Stamp(stamp),
+            None if wire::is_error_text(&text) => Incoming::Error(text.to_string()),
+            None => Incoming::Other,
+        },
+        Some(Ok(Message::Close(frame))) => {
+            Incoming::Ended(format!("closed by the server: {frame:?}"))
+        }
+        Some(Ok(_)) => Incoming::Other,
+        Some(Err(error)) => Incoming::Ended(format!("WebSocket error: {error}")),
+        None => Incoming::Ended("WebSocket ended".to_owned()),
+    }
+}
+
+/// Where a sender waits for its window to open.
+pub struct Gate {
+    /// The count the sender waits for its receivers to reach (`u64::MAX`: not waiting).
+    wake_at: AtomicU64,
+    notify: Notify,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Gate {
+            wake_at: AtomicU64::new(u64::MAX),
+            notify: Notify::new(),
+        }
+    }
+}
+
+/// One sender → one receiver: how many of the sender's messages the receiver has counted, and
+/// how many it should get.
+pub struct Link {
+    received: AtomicU64,
+    expected: AtomicU64,
+    gate: Arc<Gate>,
+}
+
+impl Link {
+    pub fn new(gate: &Arc<Gate>) -> Arc<Link> {
+        Arc::new(Link {
+            received: AtomicU64::new(0),
+            expected: AtomicU64::new(0),
+            gate: gate.clone(),
+        })
+    }
+
+    /// Counts one message; the receiver that reaches the count its sender waits for wakes it
+    /// (each receiver once per wait, so a fan-out publisher is not woken per message).
+    fn delivered(&self) {
+        // SeqCst pairs with the sender's store of `wake_at` then load of `received`: at least
+        // one side sees the other's write, so a wake-up is never missed.
+        let count = self.received.fetch_add(1, Ordering::SeqCst) + 1;
+        if count == self.gate.wake_at.load(Ordering::SeqCst) {
+            self.gate.notify.notify_one();
+        }
+    }
+
+    fn received(&self) -> u64 {
+        self.received.load(Ordering::SeqCst)
+    }
+}
+
+fn min_received(links: &[Arc<Link>]) -> u64 {
+    links.iter().map(|l| l.received()).min().unwrap_or(u64::MAX)
+}
+
+/// How fast senders send.
+#[derive(Debug, Clone, Copy)]
+pub enum Pacing {
+    /// As fast as the window allows.
+    Max,
+    /// This many messages per second per sender, with burst catch-up after a late timer.
+    PerSender(f64),
+}
+
+/// The bounds of one run.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    pub pacing: Pacing,
+    pub duration: Duration,
+    pub max_per_sender: u64,
+    /// Messages in flight per (sender, receiver).
+    pub window: u64,
+    /// How long to wait for in-flight messages after sending stops.
+    pub drain: Duration,
+}
+
+/// The receivers' count at which a sender with a full window (`sent` sent) resumes: half a
+/// window behind.
+pub fn resume_at(sent: u64, window: u64) -> u64 {
+    sent.saturating_sub(window / 2)
+}
+
+/// How many messages a paced sender owes at `elapsed` after its start, having sent `sent`: the
+/// first is due at once, then one every 1/rate seconds.
+pub fn due(elapsed: Duration, rate: f64, sent: u64) -> u64 {
+    let should = (elapsed.as_secs_f64() * rate).floor() as u64 + 1;
+    should.saturating_sub(sent)
+}
+
+pub struct SenderSpec {
+    pub tx: Tx,
+    pub route: Route,
+    pub links: Vec<Arc<Link>>,
+    pub gate: Arc<Gate>,
+}
+
+pub struct ReceiverSpec {
+    pub rx: Rx,
+    /// The link it counts for; `None` for a peer that only watches for errors (the publisher).
+    pub link: Option<Arc<Link>>,
+}
+
+/// Everything connected for one run.
+#[derive(Default)]
+pub struct Topology {
+    pub senders: Vec<SenderSpec>,
+    pub receivers: Vec<ReceiverSpec>,
+}
+
+struct SenderOutcome {
+    failure: Option<String>,
+    /// Held until the run ends: dropping a gRPC sender would end its stream, and with it the
+    /// peer's receiving side.
+    tx: Tx,
+}
+
+async fn run_sender(
+    spec: SenderSpec,
+    plan: Plan,
+    start: Instant,
+    sent_count: Arc<AtomicU64>,
+) -> SenderOutcome {
+    let SenderSpec {
+        mut tx,
+        route,
+        links,
+        gate,
+    } = spec;
+    let deadline = start + plan.duration;
+    let mut sent = 0u64;
+    // min(received) over the links, as last read.
+    let mut acked = 0u64;
+    let failure = loop {
+        let now = Instant::now();
+        if now >= deadline || sent >= plan.max_per_sender {
+            break None;
+        }
+        let mut room = (acked + plan.window).saturating_sub(sent);
+        if room == 0 {
+            acked = min_received(&links);
+            room = (acked + plan.window).saturating_sub(sent);
+        }
+        if room < (plan.window / 2).max(1) && room < plan.max_per_sender - sent {
+            // The window is (nearly) full: resume once every receiver is within half a window,
+            // so that sending restarts with room for many messages, not one per wake-up.
+            let resume_at = resume_at(sent, plan.window);
+            gate.wake_at.store(resume_at, Ordering::SeqCst);
+            loop {
+                acked = min_received(&links);
+                if acked >= resume_at || Instant::now() >= deadline {
+                    break;
+                }
+                let wake = deadline.min(Instant::now() + Duration::from_millis(10));
+                let _ = tokio::time::timeout_at(wake.into(), gate.notify.notified()).await;
+            }
+            gate.wake_at.store(u64::MAX, Ordering::SeqCst);
+            continue;
+        }
+        let owed = match plan.pacing {
+            Pacing::Max => SEND_BATCH,
+            Pacing::PerSender(rate) => {
+                let owed = due(now - start, rate, sent);
+                if owed == 0 {
+                    let next = start + Duration::from_secs_f64(sent as f64 / rate);
+                    tokio::time::sleep_until(next.min(deadline).into()).await;
+                    continue;
+                }
+                owed
+            }
+        };
+        let batch = room
+            .min(owed)
+            .min(SEND_BATCH)
+            .min(plan.max_per_sender - sent);
+        let mut failed = None;
+        for _ in 0..batch {
+            let stamp = Stamp {
+                seq: sent,
+                ts: now_ns(),
+            };
+            if let Err(error) = tx.feed(&route, stamp).await {
+                failed = Some(format!("{}: send failed: {error:#}", route.sender));
+                break;
+            }
+            sent += 1;
+        }
+        sent_count.store(sent, Ordering::SeqCst);
+        if failed.is_some() {
+            break failed;
+        }
+        if let Err(error) = tx.flush().await {
+            break Some(format!("{}: flush failed: {error:#}", route.sender));
+        }
+    };
+    let _ = tx.flush().await;
+    SenderOutcome { failure, tx }
+}
+
+struct ReceiverOutcome {
+    tally: Tally,
+    latency: Latency,
+    /// When the last stamped message arrived (bench clock), 0 if none.
+    last_ns: u64,
+    errors: u64,
+    first_error: Option<String>,
+    /// Why the connection ended before the run did.
+    ended: Option<String>,
+}
+
+async fn run_receiver(spec: ReceiverSpec, mut stop: watch::Receiver<bool>) -> ReceiverOutcome {
+    let ReceiverSpec { mut rx, link } = spec;
+    let mut outcome = ReceiverOutcome {
+        tally: Tally::default(),
+        latency: Latency::default(),
+        last_ns: 0,
+        errors: 0,
+        first_error: None,
+        ended: None,
+    };
+    let stopped = stop.wait_for(|stop| *stop);
+    tokio::pin!(stopped);
+    loop {
+        tokio::select! {
+            // Frames first: `stopped` is polled only when no frame is ready.
+            biased;
+            incoming = rx.next() => match incoming {
+                Incoming::Stamp(stamp) => {
+                    let now = now_ns();
+                    outcome.tally.record(stamp.seq);
+                    outcome.latency.record_ns(now.saturating_sub(stamp.ts));
+                    outcome.last_ns = now;
+                    if let Some(link) = &link {
+                        link.delivered();
+                    }
+                }
+                Incoming::Error(text) => {
+                    outcome.errors += 1;
+                    outcome.first_error.get_or_insert(text);
+                }
+                Incoming::Other => {}
+                Incoming::Ended(reason) => {
+                    outcome.ended = Some(reason);
+                    break;
+                }
+            },
+            _ = &mut stopped => break,
+        }
+    }
+    outcome
+}
+
+/// What one run measured.
+pub struct TrafficOutcome {
+    pub sent: u64,
+    pub expected: u64,
+    pub received: u64,
+    pub lost: u64,
+    pub gaps: u64,
+    pub late: u64,
+    pub elapsed_s: f64,
+    pub latency: Latency,
+    pub errors: u64,
+    pub first_error: Option<String>,
+    pub disconnects: u64,
+    pub first_disconnect: Option<String>,
+    pub server_warnings: u64,
+    pub server: Option<ProcUsage>,
+    pub client: ProcUsage,
+}
+
+/// Runs `topology` under `plan`: receivers first, then senders until their bounds, then a
+/// bounded drain, then everything is stopped and counted. `server` is measured if its PID is
+/// known; its log's warnings are counted if given.
+pub async fn run_traffic(
+    topology: Topology,
+    plan: Plan,
+    server_pid: Option<u32>,
+    server_log: Option<&LogWatch>,
+) -> TrafficOutcome {
+    let Topology { senders, receivers } = topology;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let receiver_links: Vec<Option<Arc<Link>>> = receivers.iter().map(|r| r.link.clone()).collect();
+    let receiver_tasks: Vec<JoinHandle<ReceiverOutcome>> = receivers
+        .into_iter()
+        .map(|spec| tokio::spawn(run_receiver(spec, stop_rx.clone())))
+        .collect();
+
+    let warnings_before = server_log.map_or(0, LogWatch::warning_count);
+    let meter = Meter::start(server_pid);
+    let start = Instant::now();
+    let start_ns = now_ns();
+    let mut sender_links = Vec::new();
+    let mut sent_counts = Vec::new();
+    let mut sender_tasks = Vec::new();
+    for spec in senders {
+        let count = Arc::new(AtomicU64::new(0));
+        sender_links.push(spec.links.clone());
+        sent_counts.push(count.clone());
+        sender_tasks.push(tokio::spawn(run_sender(spec, plan, start, count)));
+    }
+
+    // Senders stop by themselves at their deadline; this bound only catches a stuck write.
+    let sender_bound = start + plan.duration + Duration::from_secs(30);
+    let mut failures = Vec::new();
+    let mut held = Vec::new();
+    for task in sender_tasks {
+        let abort = task.abort_handle();
+        match tokio::time::timeout_at(sender_bound.into(), task).await {
+            Ok(Ok(outcome)) => {
+                failures.extend(outcome.failure);
+                held.push(outcome.tx);
+            }
+            Ok(Err(join_error)) => failures.push(format!("sender task failed: {join_error}")),
+            Err(_) => {
+                abort.abort();
+                failures.push("sender stuck past its deadline".to_owned());
+            }
+        }
+    }
+    let mut sent = 0;
+    for (links, count) in sender_links.iter().zip(&sent_counts) {
+        let count = count.load(Ordering::SeqCst);
+        sent += count;
+        for link in links {
+            link.expected.fetch_add(count, Ordering::SeqCst);
+        }
+    }
+
+    // Drain: until every link has what it expects, or the bound.
+    let all_links: Vec<Arc<Link>> = sender_links.into_iter().flatten().collect();
+    let drain_end = Instant::now() + plan.drain;
+    while Instant::now() < drain_end
+        && all_links
+            .iter()
+            .any(|l| l.received() < l.expected.load(Ordering::SeqCst))
+    {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let (server, client) = meter.finish();
+    let server_warnings = server_log.map_or(0, LogWatch::warning_count) - warnings_before;
+    let _ = stop_tx.send(true);
+
+    let mut result = TrafficOutcome {
+        sent,
+        expected: 0,
+        received: 0,
+        lost: 0,
+        gaps: 0,
+        late: 0,
+        elapsed_s: 0.0,
+        latency: Latency::default(),
+        errors: 0,
+        first_error: None,
+        disconnects: failures.len() as u64,
+        first_disconnect: failures.first().cloned(),
+        server_warnings,
+        server,
+        client,
+    };
+    let mut last_ns = start_ns;
+    for (task, link) in receiver_tasks.into_iter().zip(receiver_links) {
+        let expected = link
+            .as_ref()
+            .map_or(0, |l| l.expected.load(Ordering::SeqCst));
+        result.expected += expected;
+        match tokio::time::timeout(Duration::from_secs(10), task).await {
+            Ok(Ok(outcome)) => {
+                result.received += outcome.tally.received;
+                result.lost += outcome.tally.lost(expected);
+                result.gaps += outcome.tally.gaps;
+                result.late += outcome.tally.late;
+                result.latency.merge(&outcome.latency);
+                result.errors += outcome.errors;
+                if result.first_error.is_none() {
+                    result.first_error = outcome.first_error;
+                }
+                if let Some(reason) = outcome.ended {
+                    result.disconnects += 1;
+                    result.first_disconnect.get_or_insert(reason);
+                }
+                last_ns = last_ns.max(outcome.last_ns);
+            }
+            _ => {
+                // Its count is unknown: all of it is counted lost.
+                result.lost += expected;
+                result.disconnects += 1;
+                result
+                    .first_disconnect
+                    .get_or_insert_with(|| "receiver did not stop".to_owned());
+            }
+        }
+    }
+    drop(held);
+    result.elapsed_s = if result.received > 0 {
+        (last_ns - start_ns) as f64 / 1e9
+    } else {
+        start.elapsed().as_secs_f64()
+    };
+    result
+}
+
+/// Opens `count` items with `open(i)`, at most `parallel` at once, in index order; failures are
+/// counted and the first kept.
+pub async fn open_many<T, F, Fut>(
+    count: usize,
+    parallel: usize,
+    open: F,
+) -> (Vec<(usize, T)>, usize, Option<String>)
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut opened: Vec<(usize, T)> = Vec::with_capacity(count);
+    let mut failures = 0;
+    let mut first_failure = None;
+    let mut results = futures_util::stream::iter(0..count)
+        .map(|i| {
+            let fut = open(i);
+            async move { (i, fut.await) }
+        })
+        .buffer_unordered(parallel.max(1));
+    while let Some((i, result)) = results.next().await {
+        match result {
+            Ok(item) => opened.push((i, item)),
+            Err(error) => {
+                failures += 1;
+                first_failure.get_or_insert_with(|| format!("{error:#}"));
+            }
+        }
+    }
+    opened.sort_by_key(|(i, _)| *i);
+    (opened, failures, first_failure)
+}
+
+/// A number unique to each topology in this process, put in its peer ids: a new run never
+/// asks for an id that a closing connection of the previous run may still hold.
+pub fn next_tag() -> usize {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Which front a peer uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Front {
+    Ws,
+    Grpc,
+}
+
+/// A connected peer, both halves.
+pub struct Peer {
+    pub tx: Tx,
+    pub rx: Rx,
+}
+
+/// Connects one peer on `front` (a gRPC peer gets its own HTTP/2 connection, as a node would).
+pub async fn connect_peer(front: Front, ws_url: &str, grpc_url: &str, id: &str) -> Result<Peer> {
+    match front {
+        Front::Ws => {
+            let (sink, stream) = ws_connect(ws_url, id).await?.split();
+            Ok(Peer {
+                tx: Tx::Ws(sink),
+                rx: Rx::Ws(stream),
+            })
+        }
+        Front::Grpc => {
+            let channel = grpc_channel(grpc_url).await?;
+            let (tx, inbound) = grpc_open(channel, id).await?;
+            Ok(Peer {
+                tx: Tx::Grpc(tx),
+                rx: Rx::Grpc(inbound),
+            })
+        }
+    }
+}
+
+/// `pairs` pairs `p<n>a` (on `a`) ↔ `p<n>b` (on `b`), each sending directed messages to its
+/// partner (`n` is the pair's number plus a per-run offset; the floor pairs ids by that shape).
+pub async fn pairs_topology(
+    pairs: usize,
+    a: Front,
+    b: Front,
+    ws_url: &str,
+    grpc_url: &str,
+) -> Result<Topology> {
+    let base = next_tag() * 1_000_000;
+    let (peers, failures, first) = open_many(pairs * 2, 64, |i| {
+        let (front, side) = if i % 2 == 0 { (a, 'a') } else { (b, 'b') };
+        let id = format!("p{}{side}", base + i / 2);
+        async move { connect_peer(front, ws_url, grpc_url, &id).await }
+    })
+    .await;
+    if failures > 0 {
+        bail!(
+            "{failures} of {} peers failed to connect; first: {}",
+            pairs * 2,
+            first.unwrap_or_default()
+        );
+    }
+    let mut topology = Topology::default();
+    let mut peers = peers.into_iter().map(|(_, peer)| peer);
+    for i in 0..pairs {
+        let (pa, pb) = (
+            peers.next().expect("counted"),
+            peers.next().expect("counted"),
+        );
+        let (ida, idb) = (format!("p{}a", base + i), format!("p{}b", base + i));
+        let (gate_a, gate_b) = (Arc::new(Gate::default()), Arc::new(Gate::default()));
+        let (a_to_b, b_to_a) = (Link::new(&gate_a), Link::new(&gate_b));
+        topology.senders.push(SenderSpec {
+            tx: pa.tx,
+            route: Route::new(wire::DIRECTED_TYPE, &ida, &idb),
+            links: vec![a_to_b.clone()],
+            gate: gate_a,
+        });
+        topology.senders.push(SenderSpec {
+            tx: pb.tx,
+            route: Route::new(wire::DIRECTED_TYPE, &idb, &ida),
+            links: vec![b_to_a.clone()],
+            gate: gate_b,
+        });
+        topology.receivers.push(ReceiverSpec {
+            rx: pb.rx,
+            link: Some(a_to_b),
+        });
+        topology.receivers.push(ReceiverSpec {
+            rx: pa.rx,
+            link: Some(b_to_a),
+        });
+    }
+    Ok(topology)
+}
+
+/// One WebSocket publisher `pub<tag>` broadcasting to `subscribers` WebSocket subscribers
+/// `s<tag>_<i>`.
+pub async fn fanout_topology(subscribers: usize, ws_url: &str) -> Result<Topology> {
+    let tag = next_tag();
+    let (subs, failures, first) = open_many(subscribers, 64, |i| {
+        let id = format!("s{tag}_{i}");
+        async move { ws_connect(ws_url, &id).await }
+    })
+    .await;
+    if failures > 0 {
+        bail!(
+            "{failures} of {subscribers} subscribers failed to connect; first: {}",
+            first.unwrap_or_default()
+        );
+    }
+    let publisher = format!("pub{tag}");
+    let (sink, stream) = ws_connect(ws_url, &publisher).await?.split();
+    let gate = Arc::new(Gate::default());
+    let mut topology = Topology::default();
+    let mut links = Vec::with_capacity(subscribers);
+    for (_, ws) in subs {
+        let link = Link::new(&gate);
+        links.push(link.clone());
+        topology.receivers.push(ReceiverSpec {
+            rx: Rx::WsOwned(ws),
+            link: Some(link),
+        });
+    }
+    // The publisher's own inbound side: only errors could come (broadcast skips the sender).
+    topology.receivers.push(ReceiverSpec {
+        rx: Rx::Ws(stream),
+        link: None,
+    });
+    topology.senders.push(SenderSpec {
+        tx: Tx::Ws(sink),
+        route: Route::new(wire::BROADCAST_TYPE, &publisher, ""),
+        links,
+        gate,
+    });
+    Ok(topology)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_message_is_due_at_once_then_one_per_period() {
+        let ms = Duration::from_millis;
+        // 100 msgs/s: one every 10 ms.
+        assert_eq!(due(ms(0), 100.0, 0), 1);
+        assert_eq!(due(ms(0), 100.0, 1), 0);
+        assert_eq!(due(ms(9), 100.0, 1), 0);
+        assert_eq!(due(ms(10), 100.0, 1), 1);
+        // A timer that fires late owes the backlog (burst catch-up).
+        assert_eq!(due(ms(55), 100.0, 1), 5);
+        // Ahead of schedule owes nothing.
+        assert_eq!(due(ms(20), 100.0, 10), 0);
+    }
+
+    #[test]
+    fn a_paced_sender_sends_rate_times_duration() {
+        // Over 5 s at 250/s, the owed count at the deadline is 1250 (+ the one at t=0).
+        assert_eq!(due(Duration::from_millis(4_999), 250.0, 0), 1250);
+    }
+
+    #[test]
+    fn a_link_wakes_its_sender_once_when_reaching_the_resume_count() {
+        let gate = Arc::new(Gate::default());
+        let link = Link::new(&gate);
+        link.delivered();
+        assert_eq!(link.received(), 1);
+        gate.wake_at.store(resume_at(1003, 1000), Ordering::SeqCst);
+        assert_eq!(gate.wake_at.load(Ordering::SeqCst), 503);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            for _ in 1..502 {
+                link.delivered();
+            }
+            // Not there yet: no wake-up.
+            let early =
+                tokio::time::timeout(Duration::from_millis(20), gate.notify.notified()).await;
+            assert!(early.is_err());
+            link.delivered();
+            link.delivered();
+            // Reached once: one stored permit, so a sender that waits now returns at once.
+            tokio::time::timeout(Duration::from_secs(5), gate.notify.notified())
+                .await
+                .expect("permit stored");
+        });
+        assert_eq!(resume_at(10, 1000), 0);
+    }
+
+    #[test]
+    fn the_slowest_receiver_holds_the_window() {
+        let gate = Arc::new(Gate::default());
+        let links: Vec<_> = (0..3).map(|_| Link::new(&gate)).collect();
+        for _ in 0..5 {
+            links[0].delivered();
+        }
+        links[1].delivered();
+        for _ in 0..3 {
+            links[2].delivered();
+        }
+        assert_eq!(min_received(&links), 1);
+        assert_eq!(min_received(&[]), u64::MAX);
+    }
+
+    #[test]
+    fn ws_urls_give_their_host() {
+        assert_eq!(ws_host("ws://127.0.0.1:8787").unwrap(), "127.0.0.1:8787");
+        assert_eq!(ws_host("ws://127.0.0.1:8787/").unwrap(), "127.0.0.1:8787");
+        assert!(ws_host("http://127.0.0.1:1").is_err());
+    }
+
+    /// The whole counting path, over real sockets to a real floor: every message sent is
+    /// counted once, nothing is lost, and a receiver whose sender stops short shows the loss.
+    #[test]
+    fn a_run_against_the_floor_counts_everything() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            drop(listener);
+            tokio::spawn(crate::floor::run(addr, 4096, MAX_MESSAGE_BYTES));
+            let url = format!("ws://{addr}");
+            // Wait for the floor to listen (bounded).
+            for _ in 0..100 {
+                if TcpStream::connect(addr).await.is_ok() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let plan = Plan {
+                pacing: Pacing::Max,
+                duration: Duration::from_secs(30),
+                max_per_sender: 500,
+                window: 64,
+                drain: Duration::from_secs(10),
+            };
+            let topology = fanout_topology(3, &url).await.unwrap();
+            let outcome = run_traffic(topology, plan, None, None).await;
+            assert_eq!(outcome.sent, 500);
+            assert_eq!(outcome.expected, 1500);
+            assert_eq!(outcome.received, 1500);
+            assert_eq!((outcome.lost, outcome.gaps, outcome.late), (0, 0, 0));
+            assert_eq!(outcome.latency.count(), 1500);
+            assert_eq!(outcome.disconnects, 0);
+
+            let topology = pairs_topology(2, Front::Ws, Front::Ws, &url, "")
+                .await
+                .unwrap();
+            let outcome = run_traffic(topology, plan, None, None).await;
+            assert_eq!(outcome.sent, 2000);
+            assert_eq!(outcome.expected, 2000);
+            assert_eq!(outcome.received, 2000);
+            assert_eq!(outcome.lost, 0);
+        });
+    }
+}

@@ -1,0 +1,514 @@
+//! The processes under test and what /proc says about them.
+//!
+//! The relay (the `gsio-relay` binary next to this one) and the floor (this binary's hidden
+//! `floor` subcommand) each run as a child process held by a [`Child`] guard: dropping the guard
+//! kills the child by its PID, and every child also gets `PR_SET_PDEATHSIG` so it dies with the
+//! bench even if the bench is killed outright. Children are spawned from the main thread (the
+//! death signal follows the spawning *thread*), which is why scenarios spawn from the task that
+//! `block_on` runs, never from a spawned task.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::stats::ProcUsage;
+
+/// How long a child may take to print its addresses.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a relay may take to stop on SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+/// Relay warning/error lines kept for the report (the rest are only counted).
+const KEPT_WARNINGS: usize = 20;
+
+/// Raises this process's soft open-file limit to the hard one (children inherit it). Returns
+/// (soft, hard) after the change.
+// rlim_t is u64 on Linux x86_64, not everywhere.
+#[allow(clippy::unnecessary_cast)]
+pub fn raise_nofile_limit() -> (u64, u64) {
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
+    unsafe {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return (0, 0);
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+        (limit.rlim_cur as u64, limit.rlim_max as u64)
+    }
+}
+
+/// A spawned child, killed (SIGKILL, by PID) when dropped.
+pub struct Child {
+    name: &'static str,
+    child: std::process::Child,
+    /// Lines the child logged on stderr at WARN or ERROR, the first few kept.
+    pub log: Arc<LogWatch>,
+}
+
+/// What a child's stderr said, read by a thread for the child's whole life (a pipe nobody reads
+/// would block the child once full).
+#[derive(Default)]
+pub struct LogWatch {
+    pub warnings: AtomicU64,
+    pub kept: Mutex<Vec<String>>,
+    /// The relay's final counters ("relay stopped ..."), once it has stopped.
+    pub stopped_line: Mutex<Option<String>>,
+}
+
+impl LogWatch {
+    fn note(&self, line: &str) {
+        let line = strip_ansi(line);
+        if line.contains(" WARN ") || line.contains(" ERROR ") {
+            self.warnings.fetch_add(1, Ordering::Relaxed);
+            let mut kept = self.kept.lock().expect("not poisoned");
+            if kept.len() < KEPT_WARNINGS {
+                kept.push(line.trim().to_owned());
+            }
+        }
+        if line.contains("relay stopped") {
+            *self.stopped_line.lock().expect("not poisoned") = Some(line.trim().to_owned());
+        }
+    }
+
+    pub fn warning_count(&self) -> u64 {
+        self.warnings.load(Ordering::Relaxed)
+    }
+}
+
+impl Child {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, then wait (bounded); SIGKILL if it does not stop. Returns the exit status text.
+    pub fn stop(mut self) -> String {
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: signalling our own child by PID.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                // The reader thread may still be reading the last lines.
+                std::thread::sleep(Duration::from_millis(50));
+                return format!("{status}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!(
+            "{} did not stop within {STOP_TIMEOUT:?}; killing it",
+            self.name
+        );
+        "killed after SIGTERM timeout".to_owned()
+        // Drop kills it.
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+fn die_with_parent(command: &mut Command) {
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
+
+/// A relay process and the addresses it listens on.
+pub struct RelayProcess {
+    pub child: Child,
+    /// `ws://127.0.0.1:PORT`
+    pub ws_url: String,
+    /// `http://127.0.0.1:PORT`
+    pub grpc_url: String,
+}
+
+/// The `gsio-relay` binary beside this one.
+pub fn relay_binary() -> Result<PathBuf> {
+    let path = std::env::current_exe()?.with_file_name("gsio-relay");
+    if !path.is_file() {
+        bail!(
+            "{} not found: build both binaries with `cargo build --release --bins` \
+             (or give --url to bench a relay that is already running)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Starts the relay on `config` with ephemeral ports, announcements off, and `extra` env
+/// overrides; waits for its "listening" line.
+pub fn spawn_relay(config: &Path, extra: &[(String, String)]) -> Result<RelayProcess> {
+    let binary = relay_binary()?;
+    let mut command = Command::new(&binary);
+    command
+        .arg("--config")
+        .arg(config)
+        .env("NO_COLOR", "1")
+        .env("RUST_LOG", "info")
+        .env("RELAY_SERVER__WS_LISTEN", "127.0.0.1:0")
+        .env("RELAY_SERVER__GRPC_LISTEN", "127.0.0.1:0")
+        .env("RELAY_SERVER__MAX_CONNECTIONS", "100000")
+        .env("RELAY_DISCOVERY__ANNOUNCE_PEERS", "false")
+        .env("RELAY_ROUTING__DEFAULT", "broadcast")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (key, value) in extra {
+        command.env(key, value);
+    }
+    die_with_parent(&mut command);
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("cannot start {}", binary.display()))?;
+    let stderr = child.stderr.take().expect("piped");
+    let log = Arc::new(LogWatch::default());
+    let guard = Child {
+        name: "gsio-relay",
+        child,
+        log: log.clone(),
+    };
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        let mut early = Vec::new();
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if let Some(sender) = &tx {
+                if line.contains("websocket=") {
+                    let _ = sender.send(line.clone());
+                    tx = None;
+                } else if early.len() < 50 {
+                    early.push(line.clone());
+                }
+            }
+            log.note(&line);
+        }
+        // Ended before the listening line: pass on what it said instead.
+        if let Some(sender) = tx {
+            let _ = sender.send(format!("EXITED\n{}", early.join("\n")));
+        }
+    });
+    let line = rx
+        .recv_timeout(START_TIMEOUT)
+        .map_err(|_| anyhow!("gsio-relay printed no listening line within {START_TIMEOUT:?}"))?;
+    if let Some(said) = line.strip_prefix("EXITED\n") {
+        bail!("gsio-relay exited at start:\n{said}");
+    }
+    let (ws, grpc) = parse_listening(&line)
+        .ok_or_else(|| anyhow!("cannot read the relay's addresses from: {line}"))?;
+    Ok(RelayProcess {
+        child: guard,
+        ws_url: ws,
+        grpc_url: format!("http://{grpc}"),
+    })
+}
+
+/// (`ws://...`, `host:port`) from the relay's "gsio-relay listening" log line.
+pub fn parse_listening(line: &str) -> Option<(String, String)> {
+    let line = strip_ansi(line);
+    let field = |key: &str| {
+        let at = line.find(key)? + key.len();
+        let value: String = line[at..]
+            .chars()
+            .take_while(|c| !c.is_whitespace())
+            .collect();
+        (!value.is_empty()).then_some(value)
+    };
+    let ws = field("websocket=")?;
+    let grpc = field("grpc=")?;
+    ws.starts_with("ws://").then_some((ws, grpc))
+}
+
+/// Removes ANSI colour sequences (`ESC [ ... letter`).
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A floor process and its address.
+pub struct FloorProcess {
+    pub child: Child,
+    pub ws_url: String,
+}
+
+/// Re-executes this binary as `floor`, with the relay's queue capacity and frame limits.
+pub fn spawn_floor(queue_capacity: usize, max_message_bytes: usize) -> Result<FloorProcess> {
+    let exe = std::env::current_exe()?;
+    let mut command = Command::new(&exe);
+    command
+        .arg("floor")
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .arg("--queue-capacity")
+        .arg(queue_capacity.to_string())
+        .arg("--max-message-bytes")
+        .arg(max_message_bytes.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    die_with_parent(&mut command);
+    let mut child = command.spawn().context("cannot start the floor")?;
+    let stdout = child.stdout.take().expect("piped");
+    let guard = Child {
+        name: "floor",
+        child,
+        log: Arc::new(LogWatch::default()),
+    };
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(sender) = tx.take() {
+                let _ = sender.send(line);
+            }
+        }
+    });
+    let line = rx
+        .recv_timeout(START_TIMEOUT)
+        .map_err(|_| anyhow!("the floor printed no address within {START_TIMEOUT:?}"))?;
+    let ws_url = line
+        .strip_prefix("floor listening ")
+        .ok_or_else(|| anyhow!("unexpected floor output: {line}"))?
+        .trim()
+        .to_owned();
+    Ok(FloorProcess {
+        child: guard,
+        ws_url,
+    })
+}
+
+/// One reading of a process's CPU time and memory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProcSample {
+    /// utime + stime, in clock ticks.
+    pub cpu_ticks: u64,
+    pub rss_kib: u64,
+    pub hwm_kib: u64,
+}
+
+/// Reads /proc/<pid>/stat and /proc/<pid>/status (`pid` None: this process).
+pub fn sample(pid: Option<u32>) -> Result<ProcSample> {
+    let dir = match pid {
+        Some(pid) => format!("/proc/{pid}"),
+        None => "/proc/self".to_owned(),
+    };
+    let stat = std::fs::read_to_string(format!("{dir}/stat"))
+        .with_context(|| format!("cannot read {dir}/stat"))?;
+    let status = std::fs::read_to_string(format!("{dir}/status"))
+        .with_context(|| format!("cannot read {dir}/status"))?;
+    let cpu_ticks = parse_stat_cpu(&stat).ok_or_else(|| anyhow!("bad {dir}/stat"))?;
+    Ok(ProcSample {
+        cpu_ticks,
+        rss_kib: status_kib(&status, "VmRSS:").unwrap_or(0),
+        hwm_kib: status_kib(&status, "VmHWM:").unwrap_or(0),
+    })
+}
+
+/// utime + stime from a /proc/<pid>/stat line. The command name (field 2) may hold spaces and
+/// parentheses, so fields are counted from the last ')'.
+pub fn parse_stat_cpu(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After ')': state is field 3, so utime (14) and stime (15) are at 11 and 12.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// A `Key:   1234 kB` line of /proc/<pid>/status, in KiB.
+pub fn status_kib(status: &str, key: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(key))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+}
+
+pub fn clock_ticks_per_second() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 {
+        ticks as f64
+    } else {
+        100.0
+    }
+}
+
+/// CPU % and RSS between two samples taken `wall` apart.
+pub fn usage(before: ProcSample, after: ProcSample, wall: Duration) -> ProcUsage {
+    let secs = wall.as_secs_f64().max(1e-9);
+    let cpu_s = after.cpu_ticks.saturating_sub(before.cpu_ticks) as f64 / clock_ticks_per_second();
+    ProcUsage {
+        cpu_pct: 100.0 * cpu_s / secs,
+        cpu_s,
+        rss_before_kib: before.rss_kib,
+        rss_after_kib: after.rss_kib,
+        rss_peak_kib: after.hwm_kib,
+    }
+}
+
+/// Sampling one process (the server, when its PID is known) and this one over a run.
+pub struct Meter {
+    pid: Option<u32>,
+    started: Instant,
+    server: Option<ProcSample>,
+    client: ProcSample,
+}
+
+impl Meter {
+    pub fn start(pid: Option<u32>) -> Meter {
+        Meter {
+            pid,
+            started: Instant::now(),
+            server: pid.and_then(|pid| sample(Some(pid)).ok()),
+            client: sample(None).unwrap_or_default(),
+        }
+    }
+
+    /// (server, client) usage since `start`.
+    pub fn finish(&self) -> (Option<ProcUsage>, ProcUsage) {
+        let wall = self.started.elapsed();
+        let server = match (self.server, self.pid) {
+            (Some(before), Some(pid)) => sample(Some(pid))
+                .ok()
+                .map(|after| usage(before, after, wall)),
+            _ => None,
+        };
+        let client = usage(self.client, sample(None).unwrap_or_default(), wall);
+        (server, client)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_ticks_are_utime_plus_stime() {
+        let stat = "1234 (gsio relay) S 1 1234 1234 0 -1 4194560 1500 0 0 0 250 75 0 0 20 0 \
+                    4 0 100 123456 789 18446744073709551615";
+        assert_eq!(parse_stat_cpu(stat), Some(325));
+        // A name with a ')' inside.
+        let odd = "9 (a) b) R 1 1 1 0 -1 0 0 0 0 0 7 3 0 0 20 0 1 0 1 1 1 1";
+        assert_eq!(parse_stat_cpu(odd), Some(10));
+        assert_eq!(parse_stat_cpu("garbage"), None);
+    }
+
+    #[test]
+    fn status_lines_give_kib() {
+        let status = "Name:\tgsio-relay\nVmHWM:\t   20480 kB\nVmRSS:\t   10240 kB\nThreads:\t3\n";
+        assert_eq!(status_kib(status, "VmRSS:"), Some(10240));
+        assert_eq!(status_kib(status, "VmHWM:"), Some(20480));
+        assert_eq!(status_kib(status, "VmSwap:"), None);
+    }
+
+    #[test]
+    fn this_process_can_be_sampled() {
+        let s = sample(None).unwrap();
+        assert!(s.rss_kib > 0);
+        assert!(s.hwm_kib >= s.rss_kib);
+    }
+
+    #[test]
+    fn usage_is_cpu_time_over_wall_time() {
+        let before = ProcSample {
+            cpu_ticks: 100,
+            rss_kib: 1000,
+            hwm_kib: 1000,
+        };
+        let after = ProcSample {
+            cpu_ticks: 100 + clock_ticks_per_second() as u64,
+            rss_kib: 3000,
+            hwm_kib: 4000,
+        };
+        let u = usage(before, after, Duration::from_secs(2));
+        assert!((u.cpu_pct - 50.0).abs() < 1e-9);
+        assert!((u.cpu_s - 1.0).abs() < 1e-9);
+        assert_eq!(
+            (u.rss_before_kib, u.rss_after_kib, u.rss_peak_kib),
+            (1000, 3000, 4000)
+        );
+    }
+
+    #[test]
+    fn the_listening_line_gives_both_addresses() {
+        let plain = "2025-01-01T00:00:00.000000Z  INFO gsio_relay: gsio-relay listening \
+                     websocket=ws://127.0.0.1:41234 grpc=127.0.0.1:41235";
+        assert_eq!(
+            parse_listening(plain),
+            Some(("ws://127.0.0.1:41234".into(), "127.0.0.1:41235".into()))
+        );
+        let coloured = "\u{1b}[2m2025\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m gsio-relay listening \
+                        \u{1b}[3mwebsocket\u{1b}[0m\u{1b}[2m=\u{1b}[0mws://127.0.0.1:1 \
+                        \u{1b}[3mgrpc\u{1b}[0m\u{1b}[2m=\u{1b}[0m127.0.0.1:2";
+        assert_eq!(
+            parse_listening(coloured),
+            Some(("ws://127.0.0.1:1".into(), "127.0.0.1:2".into()))
+        );
+        assert_eq!(parse_listening("INFO something else"), None);
+    }
+
+    #[test]
+    fn warnings_are_counted_and_the_first_kept() {
+        let log = LogWatch::default();
+        log.note("2025 INFO gsio_relay: peer joined");
+        log.note("2025  WARN gsio_relay::peer: slow consumer disconnected: outbound queue full");
+        log.note("2025 ERROR x: y");
+        log.note("2025  INFO gsio_relay::server: relay stopped connections=3");
+        assert_eq!(log.warning_count(), 2);
+        assert_eq!(log.kept.lock().unwrap().len(), 2);
+        assert!(log
+            .stopped_line
+            .lock()
+            .unwrap()
+            .as_ref()
+            .unwrap()
+            .contains("connections=3"));
+    }
+
+    #[test]
+    fn the_nofile_limit_is_raised_to_the_hard_one() {
+        let (soft, hard) = raise_nofile_limit();
+        assert_eq!(soft, hard);
+    }
+}

@@ -1,0 +1,507 @@
+//! Counting what arrived and summarising a run: per-receiver [`Tally`] (received, gaps, late),
+//! [`Latency`] histograms, and the [`RunResult`] printed as a table and as one JSON line.
+//!
+//! Loss is always *expected minus received*: a receiver expects every message its sender(s)
+//! reported as sent, and counts only messages carrying a bench stamp. Gaps and late (repeated or
+//! out-of-order) sequence numbers are reported beside it, so a duplicate can never hide a loss.
+
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+
+/// What one receiver saw of one sender's sequence (seq 0, 1, 2, ... in order).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Messages with a bench stamp.
+    pub received: u64,
+    /// The sequence number expected next.
+    next_seq: u64,
+    /// Sequence numbers skipped over (a later one came first).
+    pub gaps: u64,
+    /// Sequence numbers at or below one already seen: duplicates or reordering.
+    pub late: u64,
+}
+
+impl Tally {
+    pub fn record(&mut self, seq: u64) {
+        self.received += 1;
+        if seq == self.next_seq {
+            self.next_seq += 1;
+        } else if seq > self.next_seq {
+            self.gaps += seq - self.next_seq;
+            self.next_seq = seq + 1;
+        } else {
+            self.late += 1;
+        }
+    }
+
+    /// Expected minus received (never negative: extra messages show up as `late`).
+    pub fn lost(&self, expected: u64) -> u64 {
+        expected.saturating_sub(self.received)
+    }
+}
+
+/// Latencies in microseconds (3 significant digits), plus the exact maximum in nanoseconds.
+#[derive(Clone)]
+pub struct Latency {
+    hist: Histogram<u64>,
+    max_ns: u64,
+}
+
+/// The largest latency the histogram holds (longer ones are clamped; `max` stays exact).
+const LATENCY_MAX_US: u64 = 120_000_000;
+
+impl Default for Latency {
+    fn default() -> Self {
+        Latency {
+            hist: Histogram::new_with_bounds(1, LATENCY_MAX_US, 3).expect("valid bounds"),
+            max_ns: 0,
+        }
+    }
+}
+
+impl Latency {
+    pub fn record_ns(&mut self, ns: u64) {
+        self.max_ns = self.max_ns.max(ns);
+        self.hist
+            .saturating_record((ns / 1_000).clamp(1, LATENCY_MAX_US));
+    }
+
+    pub fn merge(&mut self, other: &Latency) {
+        self.max_ns = self.max_ns.max(other.max_ns);
+        self.hist
+            .add(&other.hist)
+            .expect("histograms share their bounds");
+    }
+
+    #[cfg(test)]
+    pub fn count(&self) -> u64 {
+        self.hist.len()
+    }
+
+    /// p50, p99 and max in milliseconds; `None` when nothing was recorded.
+    pub fn summary(&self) -> Option<LatencySummary> {
+        if self.hist.is_empty() {
+            return None;
+        }
+        let ms = |us: u64| us as f64 / 1_000.0;
+        Some(LatencySummary {
+            p50_ms: ms(self.hist.value_at_quantile(0.50)),
+            p99_ms: ms(self.hist.value_at_quantile(0.99)),
+            max_ms: self.max_ns as f64 / 1e6,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LatencySummary {
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+/// CPU and memory of one process over a run (from /proc).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcUsage {
+    /// CPU time over wall time, in percent of one core (up to 100 × cores).
+    pub cpu_pct: f64,
+    /// CPU seconds used over the run.
+    pub cpu_s: f64,
+    pub rss_before_kib: u64,
+    pub rss_after_kib: u64,
+    /// The process's peak RSS so far (VmHWM).
+    pub rss_peak_kib: u64,
+}
+
+/// One traffic run against one target.
+#[derive(Debug, Clone)]
+pub struct RunResult {
+    pub scenario: &'static str,
+    /// "max" or "fixed".
+    pub mode: &'static str,
+    /// "relay" or "floor".
+    pub target: &'static str,
+    /// "ws", "grpc" or "bridge" (gRPC and WebSocket peers paired).
+    pub transport: &'static str,
+    pub senders: usize,
+    pub receivers: usize,
+    /// The requested rate in deliveries/s (fixed mode).
+    pub target_rate: Option<f64>,
+    pub sent: u64,
+    pub expected: u64,
+    pub received: u64,
+    pub lost: u64,
+    pub gaps: u64,
+    pub late: u64,
+    /// From the first send to the last delivery.
+    pub elapsed_s: f64,
+    pub latency: Option<LatencySummary>,
+    /// Error envelopes (or error statuses) received by any client.
+    pub errors: u64,
+    pub first_error: Option<String>,
+    /// Connections that ended before the run did.
+    pub disconnects: u64,
+    pub first_disconnect: Option<String>,
+    /// Warnings the relay logged during the run (e.g. slow consumers).
+    pub server_warnings: u64,
+    pub server: Option<ProcUsage>,
+    pub client: ProcUsage,
+}
+
+impl RunResult {
+    /// Delivered messages per second.
+    pub fn rate(&self) -> f64 {
+        if self.elapsed_s > 0.0 {
+            self.received as f64 / self.elapsed_s
+        } else {
+            0.0
+        }
+    }
+
+    /// CPU time a process spent per delivered message, in microseconds.
+    pub fn cpu_us_per_delivery(&self, usage: &ProcUsage) -> Option<f64> {
+        (self.received > 0).then(|| usage.cpu_s * 1e6 / self.received as f64)
+    }
+
+    pub fn to_json(&self) -> Value {
+        let usage = |u: &ProcUsage| {
+            json!({
+                "cpu_pct": round(u.cpu_pct, 1),
+                "cpu_s": round(u.cpu_s, 3),
+                "rss_before_kib": u.rss_before_kib,
+                "rss_after_kib": u.rss_after_kib,
+                "rss_peak_kib": u.rss_peak_kib,
+            })
+        };
+        json!({
+            "scenario": self.scenario,
+            "mode": self.mode,
+            "target": self.target,
+            "transport": self.transport,
+            "senders": self.senders,
+            "receivers": self.receivers,
+            "target_rate": self.target_rate,
+            "sent": self.sent,
+            "expected": self.expected,
+            "received": self.received,
+            "lost": self.lost,
+            "gaps": self.gaps,
+            "late": self.late,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "delivered_per_s": round(self.rate(), 0),
+            "latency_ms": self.latency.map(|l| json!({
+                "p50": round(l.p50_ms, 3), "p99": round(l.p99_ms, 3), "max": round(l.max_ms, 3)
+            })),
+            "errors": self.errors,
+            "first_error": self.first_error,
+            "disconnects": self.disconnects,
+            "first_disconnect": self.first_disconnect,
+            "server_warnings": self.server_warnings,
+            "server": self.server.as_ref().map(usage),
+            "server_cpu_us_per_delivery": self
+                .server
+                .and_then(|s| self.cpu_us_per_delivery(&s))
+                .map(|us| round(us, 3)),
+            "client": usage(&self.client),
+        })
+    }
+}
+
+pub fn round(value: f64, places: i32) -> f64 {
+    let scale = 10f64.powi(places);
+    (value * scale).round() / scale
+}
+
+/// A table: one column per run, then one column per later run comparing it to the first (the
+/// baseline), e.g. relay ÷ floor. Ratios are shown on the rows where they mean something.
+pub fn print_table(title: &str, runs: &[&RunResult], labels: &[&str]) {
+    assert_eq!(runs.len(), labels.len());
+    println!("\n{title}");
+    let mut header = format!("  {:<28}", "");
+    for label in labels {
+        header.push_str(&format!("{label:>14}"));
+    }
+    for label in labels.iter().skip(1) {
+        header.push_str(&format!("{:>18}", format!("{label}/{}", labels[0])));
+    }
+    println!("{header}");
+
+    let row = |name: &str, values: Vec<Option<f64>>, places: usize, ratio: bool| {
+        let mut line = format!("  {name:<28}");
+        for value in &values {
+            match value {
+                Some(v) => line.push_str(&format!("{:>14}", fmt_num(*v, places))),
+                None => line.push_str(&format!("{:>14}", "-")),
+            }
+        }
+        if ratio {
+            for value in values.iter().skip(1) {
+                match (values[0], value) {
+                    (Some(first), Some(v)) if first != 0.0 => {
+                        line.push_str(&format!("{:>18.2}", v / first))
+                    }
+                    _ => line.push_str(&format!("{:>18}", "")),
+                }
+            }
+        }
+        println!("{line}");
+    };
+    let all = |f: &dyn Fn(&RunResult) -> Option<f64>| runs.iter().map(|r| f(r)).collect();
+    row("delivered msgs/s", all(&|r| Some(r.rate())), 0, true);
+    if runs.iter().any(|r| r.target_rate.is_some()) {
+        row("requested msgs/s", all(&|r| r.target_rate), 0, false);
+    }
+    row("sent", all(&|r| Some(r.sent as f64)), 0, false);
+    row(
+        "expected deliveries",
+        all(&|r| Some(r.expected as f64)),
+        0,
+        false,
+    );
+    row("received", all(&|r| Some(r.received as f64)), 0, false);
+    row(
+        "LOST (expected-received)",
+        all(&|r| Some(r.lost as f64)),
+        0,
+        false,
+    );
+    row(
+        "gaps / late seq",
+        all(&|r| Some((r.gaps + r.late) as f64)),
+        0,
+        false,
+    );
+    row(
+        "latency p50 ms",
+        all(&|r| r.latency.map(|l| l.p50_ms)),
+        3,
+        true,
+    );
+    row(
+        "latency p99 ms",
+        all(&|r| r.latency.map(|l| l.p99_ms)),
+        3,
+        true,
+    );
+    row(
+        "latency max ms",
+        all(&|r| r.latency.map(|l| l.max_ms)),
+        3,
+        true,
+    );
+    row("errors received", all(&|r| Some(r.errors as f64)), 0, false);
+    row(
+        "disconnects",
+        all(&|r| Some(r.disconnects as f64)),
+        0,
+        false,
+    );
+    row(
+        "server warnings logged",
+        all(&|r| Some(r.server_warnings as f64)),
+        0,
+        false,
+    );
+    row(
+        "server CPU % (1 core=100)",
+        all(&|r| r.server.map(|s| s.cpu_pct)),
+        0,
+        true,
+    );
+    row(
+        "server CPU us per delivery",
+        all(&|r| r.server.and_then(|s| r.cpu_us_per_delivery(&s))),
+        3,
+        true,
+    );
+    row(
+        "server RSS MiB at end",
+        all(&|r| r.server.map(|s| mib(s.rss_after_kib))),
+        1,
+        true,
+    );
+    row(
+        "server RSS MiB peak",
+        all(&|r| r.server.map(|s| mib(s.rss_peak_kib))),
+        1,
+        true,
+    );
+    row(
+        "bench client CPU %",
+        all(&|r| Some(r.client.cpu_pct)),
+        0,
+        false,
+    );
+    for (run, label) in runs.iter().zip(labels) {
+        if let Some(error) = &run.first_error {
+            println!("  {label}: first error: {error}");
+        }
+        if let Some(reason) = &run.first_disconnect {
+            println!("  {label}: first disconnect: {reason}");
+        }
+    }
+}
+
+pub fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// A number with thousands separators (integers) or fixed decimals.
+pub fn fmt_num(value: f64, places: usize) -> String {
+    if places > 0 {
+        return format!("{value:.places$}");
+    }
+    let rounded = value.round();
+    let negative = rounded < 0.0;
+    let digits = format!("{}", rounded.abs() as u64);
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if negative {
+        format!("-{out}")
+    } else {
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_order_delivery_has_no_loss() {
+        let mut tally = Tally::default();
+        for seq in 0..100 {
+            tally.record(seq);
+        }
+        assert_eq!(tally.received, 100);
+        assert_eq!((tally.gaps, tally.late), (0, 0));
+        assert_eq!(tally.lost(100), 0);
+    }
+
+    #[test]
+    fn a_missing_middle_is_a_gap_and_a_loss() {
+        let mut tally = Tally::default();
+        for seq in (0..10).filter(|s| *s != 4 && *s != 5) {
+            tally.record(seq);
+        }
+        assert_eq!(tally.received, 8);
+        assert_eq!(tally.gaps, 2);
+        assert_eq!(tally.late, 0);
+        assert_eq!(tally.lost(10), 2);
+    }
+
+    #[test]
+    fn a_missing_tail_is_a_loss_without_a_gap() {
+        let mut tally = Tally::default();
+        for seq in 0..7 {
+            tally.record(seq);
+        }
+        assert_eq!(tally.gaps, 0);
+        assert_eq!(tally.lost(10), 3);
+    }
+
+    #[test]
+    fn duplicates_are_late_and_do_not_hide_a_loss_in_the_gap_count() {
+        let mut tally = Tally::default();
+        for seq in [0, 1, 1, 3, 2] {
+            tally.record(seq);
+        }
+        assert_eq!(tally.received, 5);
+        assert_eq!(tally.gaps, 1);
+        assert_eq!(tally.late, 2);
+        // Five arrived for four expected: no loss by count, but gaps and late say why.
+        assert_eq!(tally.lost(4), 0);
+    }
+
+    #[test]
+    fn nothing_received_loses_everything() {
+        assert_eq!(Tally::default().lost(250), 250);
+        assert_eq!(Tally::default().lost(0), 0);
+    }
+
+    #[test]
+    fn percentiles_come_from_the_recorded_values() {
+        let mut latency = Latency::default();
+        // 1..=100 ms
+        for ms in 1..=100u64 {
+            latency.record_ns(ms * 1_000_000);
+        }
+        let s = latency.summary().unwrap();
+        assert!((s.p50_ms - 50.0).abs() < 0.1, "{s:?}");
+        assert!((s.p99_ms - 99.0).abs() < 0.1, "{s:?}");
+        assert_eq!(s.max_ms, 100.0);
+        assert_eq!(latency.count(), 100);
+    }
+
+    #[test]
+    fn merged_histograms_count_everything_and_keep_the_max() {
+        let mut a = Latency::default();
+        let mut b = Latency::default();
+        for _ in 0..99 {
+            a.record_ns(1_000_000);
+        }
+        b.record_ns(7_654_321);
+        a.merge(&b);
+        assert_eq!(a.count(), 100);
+        let s = a.summary().unwrap();
+        assert!((s.p50_ms - 1.0).abs() < 0.01);
+        assert_eq!(s.max_ms, 7.654321);
+    }
+
+    #[test]
+    fn tiny_and_huge_latencies_are_clamped_but_the_max_is_exact() {
+        let mut latency = Latency::default();
+        latency.record_ns(10);
+        latency.record_ns(1_000_000_000_000);
+        assert_eq!(latency.count(), 2);
+        assert_eq!(latency.summary().unwrap().max_ms, 1e6);
+        assert!(Latency::default().summary().is_none());
+    }
+
+    #[test]
+    fn numbers_are_readable() {
+        assert_eq!(fmt_num(0.0, 0), "0");
+        assert_eq!(fmt_num(999.0, 0), "999");
+        assert_eq!(fmt_num(1000.0, 0), "1,000");
+        assert_eq!(fmt_num(1234567.4, 0), "1,234,567");
+        assert_eq!(fmt_num(-1234.0, 0), "-1,234");
+        assert_eq!(fmt_num(1.23456, 3), "1.235");
+    }
+
+    #[test]
+    fn the_json_line_carries_loss_and_rate() {
+        let run = RunResult {
+            scenario: "fanout",
+            mode: "max",
+            target: "relay",
+            transport: "ws",
+            senders: 1,
+            receivers: 2,
+            target_rate: None,
+            sent: 10,
+            expected: 20,
+            received: 19,
+            lost: 1,
+            gaps: 1,
+            late: 0,
+            elapsed_s: 0.5,
+            latency: None,
+            errors: 0,
+            first_error: None,
+            disconnects: 0,
+            first_disconnect: None,
+            server_warnings: 0,
+            server: None,
+            client: ProcUsage::default(),
+        };
+        let line = run.to_json();
+        assert_eq!(line["lost"], 1);
+        assert_eq!(line["delivered_per_s"], 38.0);
+        assert_eq!(line["target"], "relay");
+        assert!(!line.to_string().contains('\n'));
+    }
+}
