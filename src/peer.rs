@@ -10,9 +10,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use gsio_relay_core::hub::{error_message, ConnId};
 use gsio_relay_core::{Envelope, Inbound, Message, PeerId, Rejection, RelayError, Session};
-use tokio::sync::mpsc;
 
-use crate::relay::{queue, Outbox, PeerHandle, Refused, Relay, Signal, Stats};
+use crate::relay::{queue, Outbox, PeerHandle, PushError, QueueTx, Refused, Relay, Signal, Stats};
 
 /// The relay side of one connected peer. Dropping it removes the peer from the hub (and
 /// announces `PeerLeft`).
@@ -22,7 +21,7 @@ pub struct PeerConn {
     conn: ConnId,
     session: Session,
     /// This connection's own queue, for the replies (Welcome, Error) only it receives.
-    queue: mpsc::Sender<Arc<Message>>,
+    queue: QueueTx,
     signal: Arc<Signal>,
     /// Copied from the config at connect time: checked on every frame.
     max_message_bytes: usize,
@@ -108,10 +107,10 @@ impl PeerConn {
     }
 
     fn reply(&self, message: Arc<Message>) {
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.queue.try_send(message) {
+        if let Err(PushError::Full) = self.queue.push(message) {
             if self
                 .signal
-                .kick(RelayError::SlowConsumer(self.queue.max_capacity()))
+                .kick(RelayError::SlowConsumer(self.queue.capacity()))
             {
                 Stats::bump(&self.relay.stats.slow_consumer_disconnects, 1);
             }

@@ -299,9 +299,11 @@ impl Message {
     /// A message whose JSON text is already known: `json` must be a UTF-8 encoding of exactly
     /// this envelope (the sender's frame, when admission left it unchanged).
     pub fn with_json(envelope: Envelope, json: Bytes) -> Message {
-        let message = Message::new(envelope);
-        let _ = message.json.set(json);
-        message
+        Message {
+            envelope,
+            json: OnceLock::from(json),
+            binary: OnceLock::new(),
+        }
     }
 
     pub fn envelope(&self) -> &Envelope {
