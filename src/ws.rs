@@ -42,8 +42,9 @@ pub fn hard_frame_limit(limit: usize) -> usize {
 pub fn ws_config(max_message_bytes: usize) -> WebSocketConfig {
     let hard = hard_frame_limit(max_message_bytes);
     WebSocketConfig::default()
-        // Small buffers: most peers are idle most of the time.
-        .read_buffer_size(4 * 1024)
+        // Small buffers: most peers are idle most of the time (2 KiB keeps an idle peer under
+        // 8 KiB of server memory; relay-bench conns). Larger frames grow the buffer as needed.
+        .read_buffer_size(2 * 1024)
         .write_buffer_size(16 * 1024)
         .max_message_size(Some(hard))
         .max_frame_size(Some(hard))

@@ -114,7 +114,8 @@ pub struct Discovery {
     #[serde(default = "default_true")]
     pub announce_peers: bool,
     /// At most this many ids in a `Welcome`'s `peers` list (`peer_count` is always exact), so a
-    /// join into a large network stays cheap.
+    /// join into a large network stays cheap: a long Welcome costs time to write and leaves the
+    /// connection's write buffer grown for as long as it lives.
     #[serde(default = "default_welcome_peers_max")]
     pub welcome_peers_max: usize,
 }
@@ -180,7 +181,7 @@ fn default_true() -> bool {
     true
 }
 fn default_welcome_peers_max() -> usize {
-    1000
+    100
 }
 fn default_mode() -> Mode {
     Mode::Broadcast
