@@ -28,4 +28,4 @@ step "build the Worker"
 bash scripts/build-worker.sh
 
 step "tests: core, native relay, Worker in workerd"
-cargo test --workspace --exclude gsio-relay-worker --all-targets
+cargo test --workspace --exclude gsio-relay-worker --all-targets --no-fail-fast

@@ -253,18 +253,9 @@ fn close_frame(error: &RelayError) -> CloseFrame {
         ErrorCode::ShuttingDown => CloseCode::Away,
         _ => CloseCode::Policy,
     };
-    let mut reason = format!("{}: {error}", error.code());
-    // A close reason is at most 123 bytes.
-    if reason.len() > 123 {
-        let mut end = 120;
-        while !reason.is_char_boundary(end) {
-            end -= 1;
-        }
-        reason.truncate(end);
-    }
     CloseFrame {
         code,
-        reason: Utf8Bytes::from(reason),
+        reason: Utf8Bytes::from(error.close_reason()),
     }
 }
 

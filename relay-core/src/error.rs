@@ -124,6 +124,21 @@ pub enum RelayError {
 }
 
 impl RelayError {
+    /// The reason of a WebSocket close frame for this error: the code, then the message, cut to
+    /// the 123 bytes a close frame allows (on a character boundary).
+    pub fn close_reason(&self) -> String {
+        const MAX: usize = 123;
+        let mut reason = format!("{}: {self}", self.code());
+        if reason.len() > MAX {
+            let mut end = MAX;
+            while !reason.is_char_boundary(end) {
+                end -= 1;
+            }
+            reason.truncate(end);
+        }
+        reason
+    }
+
     pub fn code(&self) -> ErrorCode {
         match self {
             RelayError::InvalidJson(_) => ErrorCode::InvalidJson,
@@ -151,6 +166,20 @@ impl RelayError {
 mod tests {
     use super::*;
     use std::collections::HashSet;
+
+    #[test]
+    fn close_reasons_start_with_the_code_and_fit_a_close_frame() {
+        let long = RelayError::UnknownRecipient("é".repeat(200));
+        let reason = long.close_reason();
+        assert!(
+            reason.len() <= 123 && reason.starts_with("unknown_recipient: "),
+            "{reason}"
+        );
+        assert_eq!(
+            RelayError::ShuttingDown.close_reason(),
+            "shutting_down: the relay is shutting down"
+        );
+    }
 
     #[test]
     fn codes_are_unique_snake_case() {

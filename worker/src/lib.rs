@@ -370,17 +370,9 @@ fn reject(
     send(ws, &error_message(recipient, &error, message_type));
 }
 
-/// Closes a socket with a reason that starts with the error code (at most 123 bytes).
+/// Closes a socket, telling why (the reason starts with the error code).
 fn close(ws: &WebSocket, code: u16, error: &RelayError) {
-    let mut reason = format!("{}: {error}", error.code());
-    if reason.len() > 123 {
-        let mut end = 120;
-        while !reason.is_char_boundary(end) {
-            end -= 1;
-        }
-        reason.truncate(end);
-    }
-    if let Err(error) = ws.close(Some(code), Some(reason)) {
+    if let Err(error) = ws.close(Some(code), Some(error.close_reason())) {
         worker::console_warn!("gsio-relay: close failed: {error}");
     }
 }

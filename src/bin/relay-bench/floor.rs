@@ -24,16 +24,10 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 
 /// As in the relay's WebSocket front.
 const WRITE_BATCH: usize = 64;
-
-/// The relay's own `ws_config` (src/ws.rs): same buffers, same limits.
-pub fn ws_config(max_message_bytes: usize) -> WebSocketConfig {
-    gsio_relay::ws::ws_config(max_message_bytes)
-}
 
 /// Where a connection's frames go, decided once from its id.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,7 +121,8 @@ async fn connection(
             }
             Ok(response)
         },
-        Some(ws_config(max_message_bytes)),
+        // The relay's own settings: same buffers, same limits.
+        Some(gsio_relay::ws::ws_config(max_message_bytes)),
     );
     let Ok(mut ws) = handshake.await else { return };
     let destination = destination(&id);
@@ -240,16 +235,5 @@ mod tests {
         for (id, expected) in table {
             assert_eq!(destination(id), expected, "{id}");
         }
-    }
-
-    #[test]
-    fn the_floor_uses_the_relays_websocket_limits() {
-        let config = ws_config(1 << 20);
-        assert_eq!(config.read_buffer_size, 4 * 1024);
-        assert_eq!(config.write_buffer_size, 16 * 1024);
-        assert_eq!(
-            config.max_message_size,
-            Some(gsio_relay::ws::hard_frame_limit(1 << 20))
-        );
     }
 }

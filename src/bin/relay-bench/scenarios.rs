@@ -331,32 +331,52 @@ pub async fn fanout(settings: &Settings, report: &mut Report) -> Result<()> {
         by_mode.push(runs);
     }
     let (max, fixed) = (&by_mode[0], &by_mode[1]);
-    let ratio = max[1].rate() / max[0].rate().max(1e-9);
-    report.check(
+    ratio_check(
+        report,
         &format!("fan-out 1x{n} deliveries/s, max rate, relay/floor"),
-        format!(
-            "{:.2} ({} / {})",
-            ratio,
-            fmt_num(max[1].rate(), 0),
-            fmt_num(max[0].rate(), 0)
-        ),
-        ">= 0.90",
-        Some(ratio >= 0.9),
+        max,
+        0.9,
     );
-    report.check(
+    p99_check(
+        report,
         &format!(
             "fan-out p99 latency at {} deliveries/s (relay)",
             fmt_num(settings.fanout_rate, 0)
         ),
-        format!("{:.3} ms (floor {:.3} ms)", p99(&fixed[1]), p99(&fixed[0])),
-        "<= 10 ms",
-        Some(p99(&fixed[1]) <= 10.0),
+        fixed,
+        10.0,
     );
     no_loss_check(report, "fan-out max rate (relay)", &max[1]);
     no_loss_check(report, "fan-out fixed rate (relay)", &fixed[1]);
     relay.stop(report);
     floor.stop(report);
     Ok(())
+}
+
+/// The max-rate target: relay throughput (`runs[1]`) over the floor's (`runs[0]`).
+fn ratio_check(report: &mut Report, name: &str, runs: &[RunResult], at_least: f64) {
+    let ratio = runs[1].rate() / runs[0].rate().max(1e-9);
+    report.check(
+        name,
+        format!(
+            "{:.2} ({} / {})",
+            ratio,
+            fmt_num(runs[1].rate(), 0),
+            fmt_num(runs[0].rate(), 0)
+        ),
+        &format!(">= {at_least:.2}"),
+        Some(ratio >= at_least),
+    );
+}
+
+/// The fixed-rate latency target, on the relay's run (`runs[1]`), the floor's beside it.
+fn p99_check(report: &mut Report, name: &str, runs: &[RunResult], at_most_ms: f64) {
+    report.check(
+        name,
+        format!("{:.3} ms (floor {:.3} ms)", p99(&runs[1]), p99(&runs[0])),
+        &format!("<= {at_most_ms} ms"),
+        Some(p99(&runs[1]) <= at_most_ms),
+    );
 }
 
 pub async fn directed(settings: &Settings, report: &mut Report) -> Result<()> {
@@ -408,27 +428,21 @@ pub async fn directed(settings: &Settings, report: &mut Report) -> Result<()> {
         by_mode.push(runs);
     }
     let (max, fixed) = (&by_mode[0], &by_mode[1]);
-    let ratio = max[1].rate() / max[0].rate().max(1e-9);
     report.directed_max = Some(max[1].rate());
-    report.check(
+    ratio_check(
+        report,
         &format!("directed {pairs} pairs msgs/s, max rate, relay/floor"),
-        format!(
-            "{:.2} ({} / {})",
-            ratio,
-            fmt_num(max[1].rate(), 0),
-            fmt_num(max[0].rate(), 0)
-        ),
-        ">= 0.70",
-        Some(ratio >= 0.7),
+        max,
+        0.7,
     );
-    report.check(
+    p99_check(
+        report,
         &format!(
             "directed p99 latency at {} msgs/s (relay)",
             fmt_num(settings.directed_rate, 0)
         ),
-        format!("{:.3} ms (floor {:.3} ms)", p99(&fixed[1]), p99(&fixed[0])),
-        "<= 5 ms",
-        Some(p99(&fixed[1]) <= 5.0),
+        fixed,
+        5.0,
     );
     no_loss_check(report, "directed max rate (relay)", &max[1]);
     no_loss_check(report, "directed fixed rate (relay)", &fixed[1]);
