@@ -27,10 +27,10 @@ cargo check -p gsio-relay-core --target wasm32-unknown-unknown
 step "build the Worker"
 bash scripts/build-worker.sh
 
-step "tests: core, native relay, Worker in workerd"
-cargo test --workspace --exclude gsio-relay-worker --all-targets --no-fail-fast
-
 step "the Worker's deploy bundle (offline dry run)"
 dist="$root/target/worker-dry-run"
 node worker/node_modules/wrangler/bin/wrangler.js deploy --dry-run --outdir "$dist" 2>&1 |
 	grep -E "Total Upload|RELAY_ROOM" || true
+
+step "tests: core, native relay, Worker in workerd"
+cargo test --workspace --exclude gsio-relay-worker --all-targets --no-fail-fast
