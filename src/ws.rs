@@ -121,7 +121,9 @@ async fn connection(
         },
         Some(ws_config(max_message_bytes)),
     );
-    let mut ws = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+    // Boxed: the handshake's state is large and short-lived; inline, it would size the
+    // connection's task for its whole life (the task is most of an idle peer's memory).
+    let mut ws = match tokio::time::timeout(HANDSHAKE_TIMEOUT, Box::pin(handshake)).await {
         Ok(Ok(ws)) => ws,
         Ok(Err(error)) => return tracing::debug!("WebSocket handshake failed: {error}"),
         Err(_) => return tracing::debug!("WebSocket handshake timed out"),
@@ -210,6 +212,12 @@ async fn connection(
         }
     };
 
+    // Boxed for the same reason as the handshake: only the ending needs this state.
+    Box::pin(finish(ws, outbox, peer, ending)).await;
+}
+
+/// Ends a connection: out of the hub, and the peer told why, within [`CLOSE_TIMEOUT`].
+async fn finish(mut ws: Ws, mut outbox: Outbox, peer: PeerConn, ending: End) {
     match ending {
         End::Gone => drop(peer),
         End::Kicked(error) => {
