@@ -79,18 +79,17 @@ impl Envelope {
         de.end()
             .map_err(|e| RelayError::InvalidJson(e.to_string()))?;
 
-        let message_type = string_field(fields.message_type, "message_type")?;
+        let message_type = fields.message_type.flatten().unwrap_or_default();
         if message_type.is_empty() {
             return Err(RelayError::MissingMessageType);
         }
-        let is_string = |raw: Option<&RawValue>| raw.is_some_and(|r| r.get().starts_with('"'));
-        let complete = is_string(fields.sender_id)
-            && is_string(fields.recipient_id)
+        let complete = matches!(fields.sender_id, Some(Some(_)))
+            && matches!(fields.recipient_id, Some(Some(_)))
             && fields.payload.is_some();
         let envelope = Envelope {
             message_type,
-            sender_id: string_field(fields.sender_id, "sender_id")?,
-            recipient_id: string_field(fields.recipient_id, "recipient_id")?,
+            sender_id: fields.sender_id.flatten().unwrap_or_default(),
+            recipient_id: fields.recipient_id.flatten().unwrap_or_default(),
             payload: fields.payload.map_or_else(null_payload, RawValue::to_owned),
         };
         Ok((envelope, complete))
@@ -153,33 +152,85 @@ impl Envelope {
     }
 }
 
-fn string_field(raw: Option<&RawValue>, field: &'static str) -> Result<String, RelayError> {
-    let Some(raw) = raw else {
-        return Ok(String::new());
-    };
-    let text = raw.get();
-    if text == "null" {
-        return Ok(String::new());
-    }
-    let Some(inner) = text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) else {
-        return Err(RelayError::InvalidField {
-            field,
-            expected: "a string",
-        });
-    };
-    // The parser has already validated the string; without escapes it is the text itself.
-    if !inner.contains('\\') {
-        return Ok(inner.to_owned());
-    }
-    serde_json::from_str(text).map_err(|e| RelayError::InvalidJson(e.to_string()))
-}
-
+/// The four fields as read: each `None` when absent; the ids and type `Some(None)` when `null`.
 #[derive(Default)]
 struct Fields<'de> {
-    message_type: Option<&'de RawValue>,
-    sender_id: Option<&'de RawValue>,
-    recipient_id: Option<&'de RawValue>,
+    message_type: Option<Option<String>>,
+    sender_id: Option<Option<String>>,
+    recipient_id: Option<Option<String>>,
+    /// Kept as the sender's raw text, never built into a tree.
     payload: Option<&'de RawValue>,
+}
+
+/// Reads one string-or-null field in the parser's single pass (no second scan), recording a
+/// value of another type as [`RelayError::InvalidField`] naming the field.
+struct StringField<'p> {
+    field: &'static str,
+    problem: &'p mut Option<RelayError>,
+}
+
+impl<'de> de::DeserializeSeed<'de> for StringField<'_> {
+    type Value = Option<String>;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Option<String>, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for StringField<'_> {
+    type Value = Option<String>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Option<String>, E> {
+        Ok(Some(v.to_owned()))
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Option<String>, E> {
+        Ok(Some(v))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Option<String>, E> {
+        Ok(None)
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Option<String>, E> {
+        self.wrong_type()
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Option<String>, E> {
+        self.wrong_type()
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Option<String>, E> {
+        self.wrong_type()
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Option<String>, E> {
+        self.wrong_type()
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, _: A) -> Result<Option<String>, A::Error> {
+        self.wrong_type()
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, _: A) -> Result<Option<String>, A::Error> {
+        self.wrong_type()
+    }
+}
+
+impl StringField<'_> {
+    fn wrong_type<T, E: de::Error>(self) -> Result<T, E> {
+        let problem = RelayError::InvalidField {
+            field: self.field,
+            expected: "a string",
+        };
+        let text = problem.to_string();
+        *self.problem = Some(problem);
+        Err(E::custom(text))
+    }
 }
 
 /// Reads the top-level object, keeping each value as raw JSON. It records *why* it failed in
@@ -244,20 +295,30 @@ impl<'de> Visitor<'de> for FieldsVisitor<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields<'de>, A::Error> {
         let mut fields = Fields::default();
         while let Some(key) = map.next_key::<Key>()? {
-            let (slot, name) = match key {
-                Key::MessageType => (&mut fields.message_type, "message_type"),
-                Key::SenderId => (&mut fields.sender_id, "sender_id"),
-                Key::RecipientId => (&mut fields.recipient_id, "recipient_id"),
-                Key::Payload => (&mut fields.payload, "payload"),
-                Key::Other(name) => return self.refuse(RelayError::UnknownField(name)),
+            let (present, name) = match &key {
+                Key::MessageType => (fields.message_type.is_some(), "message_type"),
+                Key::SenderId => (fields.sender_id.is_some(), "sender_id"),
+                Key::RecipientId => (fields.recipient_id.is_some(), "recipient_id"),
+                Key::Payload => (fields.payload.is_some(), "payload"),
+                Key::Other(name) => return self.refuse(RelayError::UnknownField(name.clone())),
             };
-            if slot.is_some() {
+            if present {
                 return self.refuse(RelayError::InvalidField {
                     field: name,
                     expected: "given once (it appears twice)",
                 });
             }
-            *slot = Some(map.next_value()?);
+            let string = StringField {
+                field: name,
+                problem: &mut *self.problem,
+            };
+            match key {
+                Key::MessageType => fields.message_type = Some(map.next_value_seed(string)?),
+                Key::SenderId => fields.sender_id = Some(map.next_value_seed(string)?),
+                Key::RecipientId => fields.recipient_id = Some(map.next_value_seed(string)?),
+                Key::Payload => fields.payload = Some(map.next_value()?),
+                Key::Other(_) => unreachable!("refused above"),
+            }
         }
         Ok(fields)
     }
