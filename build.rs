@@ -4,7 +4,8 @@
 //! Two passes over the same file descriptor set:
 //! - messages and the client, into `OUT_DIR` (the `pb` module; also what node authors get);
 //! - the server, into `OUT_DIR/server`, with `Envelope` mapped to `crate::grpc::WireEnvelope`,
-//!   a type whose encoding can be bytes encoded once and shared by every recipient.
+//!   a type whose encoding can be bytes encoded once and shared by every recipient, and the
+//!   codec set to `crate::grpc::RelayCodec` (prost with smaller per-stream buffers).
 
 use std::path::PathBuf;
 
@@ -29,6 +30,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(false)
         .out_dir(&server_out)
         .extern_path(".gsio.relay.v1.Envelope", "crate::grpc::WireEnvelope")
+        .codec_path("crate::grpc::RelayCodec")
         .compile_fds(fds)?;
     Ok(())
 }
