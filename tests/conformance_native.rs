@@ -17,3 +17,13 @@ async fn native_relay_passes_the_conformance_table() {
         .await;
     }
 }
+
+#[tokio::test]
+async fn the_readme_browser_snippet_works() {
+    let relay = TestRelay::start().await;
+    common::readme_snippet_works_against(
+        &relay.ws_url,
+        &format!("{}/?node_id=observer", relay.ws_url),
+    )
+    .await;
+}

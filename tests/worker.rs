@@ -44,6 +44,14 @@ async fn forget(dev: &WranglerDev, network: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_browser_snippet_works_unchanged() {
+    let dev = WranglerDev::start();
+    // The snippet's URL has no path: the default network, "/".
+    let base = format!("ws://127.0.0.1:{}", dev.port);
+    common::readme_snippet_works_against(&base, &dev.url("/?node_id=observer")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routing_survives_a_room_that_lost_its_memory() {
     let dev = WranglerDev::start_with_vars(&[("RELAY_TEST_HOOKS", "1")]);
     let net = Net {

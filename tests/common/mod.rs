@@ -333,6 +333,87 @@ impl Peer for GrpcPeer {
     }
 }
 
+/// Runs the README's browser snippet ("From a browser"), taken from README.md itself, in
+/// Node.js's WHATWG `WebSocket` (the browser API), against `url` instead of
+/// `ws://127.0.0.1:8787`. Returns what the snippet logged (one JSON value per message) once the
+/// first message (the Welcome) has arrived and the socket has closed.
+pub async fn run_readme_snippet(url: &str) -> Vec<Value> {
+    let readme = std::fs::read_to_string(repo_path("README.md")).unwrap();
+    let section = &readme[readme
+        .find("## From a browser")
+        .expect("README has the snippet")..];
+    let start = section.find("```js\n").expect("a js block") + "```js\n".len();
+    let snippet = &section[start..start + section[start..].find("```").unwrap()];
+    assert!(
+        snippet.contains("new WebSocket(\"ws://127.0.0.1:8787\")"),
+        "{snippet}"
+    );
+    let snippet = snippet.replace("ws://127.0.0.1:8787", url);
+    let script = format!(
+        "console.log = (value) => process.stdout.write(JSON.stringify(value) + \"\\n\");\n\
+         setTimeout(() => {{ console.error(\"no message within 10 s\"); process.exit(1); }}, 10000);\n\
+         {snippet}\n\
+         const logIt = ws.onmessage;\n\
+         ws.onmessage = (event) => {{ logIt(event); ws.close(); }};\n\
+         ws.onclose = () => process.exit(0);\n\
+         ws.onerror = (event) => {{ console.error(\"error\", event.message); process.exit(1); }};\n"
+    );
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("node")
+            .args([
+                "--experimental-websocket",
+                "--no-warnings",
+                "--input-type=module",
+                "-e",
+            ])
+            .arg(script)
+            .output()
+            .expect("run node")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "snippet failed: {}\n{stdout}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+/// The README snippet against the network at `base_url` (`ws://host:port/...`): an observer
+/// peer sees the snippet's node join and its `NodeAnnounce`, exactly as the snippet sent it,
+/// and the snippet's Welcome lists the observer.
+pub async fn readme_snippet_works_against(base_url: &str, observer_url: &str) {
+    let mut observer = WsPeer::connect(observer_url).await;
+    observer.expect_welcome("observer").await;
+    let logged = run_readme_snippet(base_url).await;
+    let welcome = &logged[0];
+    assert_eq!(welcome["message_type"], "Welcome", "{logged:?}");
+    assert_eq!(welcome["payload"]["peer_id"], "node-id");
+    assert_eq!(welcome["payload"]["peers"], serde_json::json!(["observer"]));
+    let joined = observer.recv().await;
+    assert_eq!(
+        (
+            joined.message_type.as_str(),
+            joined.payload_json()["peer_id"].as_str()
+        ),
+        ("PeerJoined", Some("node-id"))
+    );
+    let announce = observer.recv().await;
+    assert_eq!(
+        (
+            announce.message_type.as_str(),
+            announce.sender_id.as_str(),
+            announce.payload.as_str()
+        ),
+        ("NodeAnnounce", "node-id", r#"{"node_id":"node-id"}"#)
+    );
+}
+
 /// Builds an `tungstenite` binary frame (for the unsupported-frame test).
 pub fn binary(bytes: &[u8]) -> WsMessage {
     WsMessage::Binary(bytes.to_vec().into())
