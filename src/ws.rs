@@ -249,9 +249,16 @@ enum End {
     Shutdown,
 }
 
-/// Sends a close frame, bounded in time: a peer that does not read may never take it.
+/// Sends a close frame and waits for the peer's reply, bounded in time (a peer that does not
+/// read may never take it). Waiting matters: closing the socket with the peer's bytes unread
+/// makes the kernel send a reset, which can discard our close frame before the peer reads it.
 async fn close(ws: &mut Ws, frame: CloseFrame) {
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(Some(frame))).await;
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        if ws.close(Some(frame)).await.is_ok() {
+            while let Some(Ok(_)) = ws.next().await {}
+        }
+    })
+    .await;
 }
 
 /// The close frame telling a peer why the relay ends its connection. The reason starts with

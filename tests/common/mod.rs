@@ -226,10 +226,17 @@ impl WsPeer {
         loop {
             match tokio::time::timeout(ARRIVES, self.ws.next()).await {
                 Err(_) => panic!("no close within {ARRIVES:?}"),
-                Ok(Some(Ok(WsMessage::Close(Some(frame))))) => {
-                    return (frame.code.into(), frame.reason.to_string())
+                Ok(Some(Ok(WsMessage::Close(frame)))) => {
+                    // Keep reading, as a browser does: tungstenite sends the close reply and
+                    // the stream ends.
+                    let _ = tokio::time::timeout(ARRIVES, async {
+                        while let Some(Ok(_)) = self.ws.next().await {}
+                    })
+                    .await;
+                    return frame.map_or((1005, String::new()), |f| {
+                        (f.code.into(), f.reason.to_string())
+                    });
                 }
-                Ok(Some(Ok(WsMessage::Close(None)))) => return (1005, String::new()),
                 Ok(Some(Ok(_))) => continue,
                 Ok(Some(Err(e))) => panic!("read failed before close: {e}"),
                 Ok(None) => panic!("connection ended without a close frame"),
