@@ -257,6 +257,49 @@ async fn measure(
     result
 }
 
+/// A WebSocket scenario at max rate, then at the fixed `(pacing, rate)`, each on the floor and
+/// then the relay with the same clients; prints a table per mode. Returns `[max, fixed]`, each
+/// `[floor, relay]`.
+async fn floor_and_relay<'t, F, Fut>(
+    settings: &Settings,
+    targets: [&'t Target; 2],
+    scenario: &'static str,
+    (fixed_pacing, fixed_rate): (Pacing, f64),
+    topology: F,
+    title: impl Fn(Option<f64>) -> String,
+) -> Result<Vec<Vec<RunResult>>>
+where
+    F: Fn(&'t Target) -> Fut,
+    Fut: std::future::Future<Output = Result<clients::Topology>>,
+{
+    let modes = [
+        ("max", Pacing::Max, None),
+        ("fixed", fixed_pacing, Some(fixed_rate)),
+    ];
+    let mut by_mode = Vec::new();
+    for (mode, pacing, target_rate) in modes {
+        let spec = RunSpec {
+            scenario,
+            mode,
+            transport: "ws",
+            target_rate,
+        };
+        let mut runs = Vec::new();
+        for target in targets {
+            let topology = topology(target).await?;
+            let plan = plan(settings, pacing, settings.duration);
+            runs.push(measure(settings, target, &spec, topology, plan).await);
+        }
+        print_table(
+            &title(target_rate),
+            &[&runs[0], &runs[1]],
+            &["floor", "relay"],
+        );
+        by_mode.push(runs);
+    }
+    Ok(by_mode)
+}
+
 fn plan(settings: &Settings, pacing: Pacing, duration: Duration) -> Plan {
     Plan {
         pacing,
@@ -289,47 +332,22 @@ pub async fn fanout(settings: &Settings, report: &mut Report) -> Result<()> {
     let floor = Target::floor(settings)?;
     let relay = Target::relay(settings)?;
     let publisher_rate = settings.fanout_rate / n as f64;
-    let modes = [
-        ("max", Pacing::Max, None),
-        (
-            "fixed",
-            Pacing::PerSender(publisher_rate),
-            Some(settings.fanout_rate),
-        ),
-    ];
-    let mut by_mode = Vec::new();
-    for (mode, pacing, target_rate) in modes {
-        let spec = RunSpec {
-            scenario: "fanout",
-            mode,
-            transport: "ws",
-            target_rate,
-        };
-        let mut runs = Vec::new();
-        for target in [&floor, &relay] {
-            let topology = clients::fanout_topology(n, &target.ws_url).await?;
-            runs.push(
-                measure(
-                    settings,
-                    target,
-                    &spec,
-                    topology,
-                    plan(settings, pacing, settings.duration),
-                )
-                .await,
-            );
-        }
-        let title = match target_rate {
+    let by_mode = floor_and_relay(
+        settings,
+        [&floor, &relay],
+        "fanout",
+        (Pacing::PerSender(publisher_rate), settings.fanout_rate),
+        |target| clients::fanout_topology(n, &target.ws_url),
+        |rate| match rate {
             None => format!("fanout, max rate: deliveries/s (1 x {n})"),
             Some(rate) => format!(
                 "fanout, fixed {} deliveries/s ({} msgs/s x {n})",
                 fmt_num(rate, 0),
                 fmt_num(publisher_rate, 1)
             ),
-        };
-        print_table(&title, &[&runs[0], &runs[1]], &["floor", "relay"]);
-        by_mode.push(runs);
-    }
+        },
+    )
+    .await?;
     let (max, fixed) = (&by_mode[0], &by_mode[1]);
     ratio_check(
         report,
@@ -385,48 +403,22 @@ pub async fn directed(settings: &Settings, report: &mut Report) -> Result<()> {
     let floor = Target::floor(settings)?;
     let relay = Target::relay(settings)?;
     let per_sender = settings.directed_rate / (2 * pairs) as f64;
-    let modes = [
-        ("max", Pacing::Max, None),
-        (
-            "fixed",
-            Pacing::PerSender(per_sender),
-            Some(settings.directed_rate),
-        ),
-    ];
-    let mut by_mode = Vec::new();
-    for (mode, pacing, target_rate) in modes {
-        let spec = RunSpec {
-            scenario: "directed",
-            mode,
-            transport: "ws",
-            target_rate,
-        };
-        let mut runs = Vec::new();
-        for target in [&floor, &relay] {
-            let topology =
-                clients::pairs_topology(pairs, Front::Ws, Front::Ws, &target.ws_url, "").await?;
-            runs.push(
-                measure(
-                    settings,
-                    target,
-                    &spec,
-                    topology,
-                    plan(settings, pacing, settings.duration),
-                )
-                .await,
-            );
-        }
-        let title = match target_rate {
+    let by_mode = floor_and_relay(
+        settings,
+        [&floor, &relay],
+        "directed",
+        (Pacing::PerSender(per_sender), settings.directed_rate),
+        |target| clients::pairs_topology(pairs, Front::Ws, Front::Ws, &target.ws_url, ""),
+        |rate| match rate {
             None => format!("directed, max rate: msgs/s ({pairs} pairs)"),
             Some(rate) => format!(
                 "directed, fixed {} msgs/s ({pairs} pairs, {} msgs/s per peer)",
                 fmt_num(rate, 0),
                 fmt_num(per_sender, 1)
             ),
-        };
-        print_table(&title, &[&runs[0], &runs[1]], &["floor", "relay"]);
-        by_mode.push(runs);
-    }
+        },
+    )
+    .await?;
     let (max, fixed) = (&by_mode[0], &by_mode[1]);
     report.directed_max = Some(max[1].rate());
     ratio_check(
