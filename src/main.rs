@@ -57,40 +57,37 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: gsio_relay_core::RelayConfig) -> anyhow::Result<()> {
+    // Installed before anything listens: a SIGTERM that arrives as soon as the relay says it is
+    // listening must start a graceful shutdown, not kill the process by default.
+    let shutdown = shutdown_signal()?;
     let server = Server::bind(config).await?;
     tracing::info!(
         websocket = %format!("ws://{}", server.ws_addr()),
         grpc = %server.grpc_addr(),
         "gsio-relay listening"
     );
-    server.run(shutdown_signal()).await?;
+    server.run(shutdown).await?;
     Ok(())
 }
 
-/// Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(error) = tokio::signal::ctrl_c().await {
-            tracing::error!("cannot listen for Ctrl-C: {error}");
-            std::future::pending::<()>().await;
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM; the handlers are registered when this is called.
+#[cfg(unix)]
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {},
+            _ = terminate.recv() => {},
         }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::error!("cannot listen for SIGTERM: {error}");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
-    }
+    })
+}
+
+/// Resolves on Ctrl-C.
+#[cfg(not(unix))]
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }
