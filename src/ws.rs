@@ -21,7 +21,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::peer::PeerConn;
 use crate::relay::{Outbox, Relay, Signal};
-use crate::shutdown::{Phase, Shutdown};
+use crate::shutdown::Shutdown;
 
 /// A client must finish the WebSocket handshake within this time.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -50,49 +50,19 @@ pub fn ws_config(max_message_bytes: usize) -> WebSocketConfig {
         .max_frame_size(Some(hard))
 }
 
-/// Accepts WebSocket connections until shutdown. Each connection needs a slot (shared with the
-/// gRPC front) before it is served; while none is free, this loop waits and accepts nobody
-/// else, so past `server.max_connections` new clients wait in the kernel's backlog. (Taking the
-/// slot after `accept` keeps an idle front from holding one that the other front needs.)
+/// Accepts WebSocket connections until shutdown, each once it has a connection slot (see
+/// [`crate::server::accept_with_slot`]).
 pub async fn serve(
     listener: TcpListener,
     relay: Arc<Relay>,
     slots: Arc<Semaphore>,
     shutdown: Shutdown,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = shutdown.reached(Phase::StopReading) => return,
-        };
-        let stream = match accepted {
-            Ok((stream, _addr)) => stream,
-            Err(error) => {
-                // Out of file descriptors and the like: wait instead of spinning.
-                tracing::warn!("WebSocket accept failed: {error}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let permit = tokio::select! {
-            permit = slots.clone().acquire_owned() => permit.expect("semaphore never closed"),
-            () = shutdown.reached(Phase::StopReading) => return,
-        };
-        tune(&stream);
+    while let Some((stream, permit)) =
+        crate::server::accept_with_slot(&listener, &slots, &shutdown, "WebSocket").await
+    {
         tokio::spawn(connection(stream, relay.clone(), shutdown.clone(), permit));
     }
-}
-
-/// No Nagle delay (envelopes are small and latency matters), and TCP keepalive so that a peer
-/// whose machine vanished is noticed (and its id freed) in about a minute and a half, at no cost
-/// to idle connections in the relay itself.
-pub(crate) fn tune(stream: &TcpStream) {
-    let _ = stream.set_nodelay(true);
-    let keepalive = socket2::TcpKeepalive::new()
-        .with_time(Duration::from_secs(45))
-        .with_interval(Duration::from_secs(15))
-        .with_retries(3);
-    let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive);
 }
 
 /// The `node_id` query parameter of the handshake request, if any, percent-decoded (as the

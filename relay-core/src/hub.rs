@@ -121,11 +121,6 @@ impl<P> Hub<P> {
         }
     }
 
-    /// The connection holding `id`, if any.
-    pub fn conn_of(&self, id: &str) -> Option<ConnId> {
-        self.peers.get(id).map(|e| e.conn)
-    }
-
     /// Removes the peer if `conn` is still the connection holding its id. Returns its handle and
     /// the `PeerLeft` announcement for [`Hub::others`] (when announcements are on).
     pub fn leave(&mut self, id: &PeerId, conn: ConnId) -> Option<(P, Option<Arc<Message>>)> {
@@ -371,7 +366,9 @@ mod tests {
         let mut h = hub("");
         assert!(h.restore(id("a"), 1, "a"));
         assert!(!h.restore(id("a"), 2, "imposter"));
-        assert_eq!((h.get("a"), h.conn_of("a")), (Some(&"a"), Some(1)));
+        // Still the first connection's: the refused one cannot remove it.
+        assert_eq!(h.get("a"), Some(&"a"));
+        assert!(h.leave(&id("a"), 2).is_none());
         // A restored peer is a full member: it is routed to and leaves normally.
         h.join(id("b"), 3, "b").unwrap();
         let b = id("b");
