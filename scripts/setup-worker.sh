@@ -19,6 +19,19 @@ say() {
 	echo "setup-worker: $*"
 }
 
+# Installs one crate's binaries at an exact version. `--locked` first: the tool's own lockfile is
+# what its authors tested. That lockfile can pin a dependency version the registry no longer
+# serves (yanked or never mirrored), and then cargo refuses at once; the same exact version of
+# the tool is then built against the newest compatible dependencies instead.
+install_exact() {
+	local crate="$1" version="$2"
+	if cargo install --locked "$crate" --version "$version"; then
+		return 0
+	fi
+	say "$crate $version: its lockfile cannot be satisfied from the registry; resolving its dependencies afresh"
+	cargo install "$crate" --version "$version"
+}
+
 # The version of a CLI, or nothing when it is not installed.
 cli_version() {
 	command -v "$1" >/dev/null || return 0
@@ -54,7 +67,7 @@ if [[ "$have" == "$worker_build_version" ]]; then
 	say "worker-build $have: present"
 else
 	say "worker-build: installing $worker_build_version (found: ${have:-none})"
-	cargo install --locked worker-build --version "$worker_build_version"
+	install_exact worker-build "$worker_build_version"
 fi
 
 want="$(locked_bindgen)"
@@ -63,7 +76,7 @@ if [[ "$have" == "$want" ]]; then
 	say "wasm-bindgen-cli $have: present"
 else
 	say "wasm-bindgen-cli: installing $want (found: ${have:-none})"
-	cargo install --locked wasm-bindgen-cli --version "$want"
+	install_exact wasm-bindgen-cli "$want"
 fi
 
 # npm ci writes node_modules/.package-lock.json; older than package-lock.json means stale.
