@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use bytes::{Buf, BufMut, Bytes};
 use futures_util::Stream;
-use gsio_relay_core::{Envelope, Message, RelayError};
+use gsio_relay_core::{Envelope, Input, Message, RelayError, Step};
 use prost::encoding::{DecodeContext, WireType};
 use tonic::codec::{BufferSettings, Codec};
 use tonic::{Request, Response, Status, Streaming};
@@ -152,17 +152,13 @@ pub fn from_pb(envelope: pb::Envelope) -> Result<Envelope, RelayError> {
     )
 }
 
-/// The status that ends a stream for `error` (only errors that end a stream get here).
+/// The status that ends a stream for `error`: the core's code, and a message that starts with
+/// the error code.
 pub fn status_for(error: &RelayError) -> Status {
-    use gsio_relay_core::ErrorCode::*;
-    let text = format!("{}: {error}", error.code());
-    match error.code() {
-        InvalidPeerId | ReservedPeerId => Status::invalid_argument(text),
-        PeerIdInUse => Status::already_exists(text),
-        SlowConsumer => Status::resource_exhausted(text),
-        ShuttingDown => Status::unavailable(text),
-        _ => Status::internal(text),
-    }
+    Status::new(
+        tonic::Code::from_i32(error.grpc_code()),
+        format!("{}: {error}", error.code()),
+    )
 }
 
 /// The RelayService implementation.
@@ -195,7 +191,9 @@ impl server::relay_service_server::RelayService for RelayGrpc {
             let id = value.to_str().map_err(|_| {
                 Status::invalid_argument(format!("{NODE_ID_METADATA} must be ASCII"))
             })?;
-            peer.bind(id).map_err(|e| status_for(&e))?;
+            if let Step::Close(error) = peer.claim(id) {
+                return Err(status_for(&error));
+            }
         }
         let mut inbound = request.into_inner();
         let (reading, done) = self.shutdown.tokens();
@@ -213,7 +211,11 @@ impl server::relay_service_server::RelayService for RelayGrpc {
                     next = inbound.message() => match next {
                         Ok(Some(WireEnvelope::Decoded(envelope))) => {
                             let size = prost::Message::encoded_len(&envelope);
-                            peer.receive_decoded(from_pb(envelope), size);
+                            let input = Input::Decoded { envelope: from_pb(envelope), size };
+                            if let Step::Close(error) = peer.input(input) {
+                                tracing::debug!("gRPC stream ended by the relay: {error}");
+                                break;
+                            }
                         }
                         Ok(Some(WireEnvelope::Encoded(_))) => unreachable!("decoding yields Decoded"),
                         Ok(None) => break,

@@ -14,7 +14,7 @@ use std::sync::{Arc, OnceLock, RwLock};
 
 use futures_util::task::AtomicWaker;
 use gsio_relay_core::hub::ConnId;
-use gsio_relay_core::{Hub, Message, PeerId, RelayConfig, RelayError};
+use gsio_relay_core::{Hub, Link, Message, Refused, RelayConfig, RelayError, Table};
 use tokio::sync::mpsc;
 
 /// Shared by every connection of both fronts.
@@ -56,7 +56,12 @@ impl Relay {
     }
 
     pub fn config(&self) -> Arc<RelayConfig> {
-        self.read_hub().config().clone()
+        Table::read(&self.hub).config().clone()
+    }
+
+    /// The peer table, for the core's [`gsio_relay_core::Connection`].
+    pub(crate) fn table(&self) -> &RwLock<Hub<PeerHandle>> {
+        &self.hub
     }
 
     pub(crate) fn next_conn_id(&self) -> ConnId {
@@ -65,34 +70,18 @@ impl Relay {
 
     /// Ids of the peers connected now, sorted.
     pub fn peer_ids(&self) -> Vec<String> {
-        let mut ids: Vec<String> = self
-            .read_hub()
+        let mut ids: Vec<String> = Table::read(&self.hub)
             .peers()
             .map(|(id, _)| id.to_string())
             .collect();
         ids.sort();
         ids
     }
-
-    pub(crate) fn read_hub(&self) -> std::sync::RwLockReadGuard<'_, Hub<PeerHandle>> {
-        // A panic while holding the lock cannot leave the hub half-updated (every update is a
-        // single map operation), so a poisoned lock is still safe to use.
-        self.hub
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    pub(crate) fn write_hub(&self) -> std::sync::RwLockWriteGuard<'_, Hub<PeerHandle>> {
-        self.hub
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
 }
 
 /// How other connections reach one peer: its queue, and the switch that disconnects it.
 #[derive(Clone)]
 pub struct PeerHandle {
-    pub(crate) id: PeerId,
     queue: QueueTx,
     signal: Arc<Signal>,
 }
@@ -135,19 +124,10 @@ impl QueueTx {
     }
 }
 
-/// Why the queue refused a message.
-pub(crate) enum Refused {
-    /// The peer is not reading; it has been told and is being disconnected. `newly` is true for
-    /// the refusal that triggered the disconnect (count it once).
-    SlowConsumer { newly: bool },
-    /// The peer's connection is already ending.
-    Gone,
-}
-
-impl PeerHandle {
+impl Link for PeerHandle {
     /// Queues `message` without waiting; a full queue disconnects the peer (see the module doc).
-    pub(crate) fn offer(&self, message: Arc<Message>) -> Result<(), Refused> {
-        match self.queue.push(message) {
+    fn send(&self, message: &Arc<Message>) -> Result<(), Refused> {
+        match self.queue.push(message.clone()) {
             Ok(()) => Ok(()),
             Err(PushError::Full) => {
                 let newly = self
@@ -249,8 +229,8 @@ impl Outbox {
     }
 }
 
-/// A peer's queue: the sending side for handles, the receiving side for its writer.
-pub(crate) fn queue(capacity: usize) -> (QueueTx, Arc<Signal>, Outbox) {
+/// A peer's queue: the handle others reach it by, and the receiving side for its writer.
+pub(crate) fn queue(capacity: usize) -> (PeerHandle, Outbox) {
     let (tx, rx) = mpsc::unbounded_channel();
     let depth = Arc::new(Depth {
         queued: AtomicUsize::new(0),
@@ -262,11 +242,9 @@ pub(crate) fn queue(capacity: usize) -> (QueueTx, Arc<Signal>, Outbox) {
         depth: depth.clone(),
         signal: signal.clone(),
     };
-    (QueueTx { tx, depth }, signal, outbox)
-}
-
-impl PeerHandle {
-    pub(crate) fn new(id: PeerId, queue: QueueTx, signal: Arc<Signal>) -> Self {
-        PeerHandle { id, queue, signal }
-    }
+    let handle = PeerHandle {
+        queue: QueueTx { tx, depth },
+        signal,
+    };
+    (handle, outbox)
 }

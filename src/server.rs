@@ -89,7 +89,7 @@ impl Server {
         } = self;
         let controller = Controller::new();
         let slots = Arc::new(Semaphore::new(config.server.max_connections));
-        let hard_limit = ws::hard_frame_limit(config.limits.max_message_bytes);
+        let hard_limit = config.limits.hard_frame_bytes();
 
         let ws_task = tokio::spawn(ws::serve(
             ws,

@@ -1,16 +1,18 @@
 //! The WebSocket front: one JSON envelope per text frame, for browsers and any WebSocket client.
 //!
 //! One task per connection reads frames and writes the peer's outbox, batching writes (several
-//! frames fed, one flush). The identity may be fixed by `?node_id=ID` on the URL. A frame over
-//! `limits.max_message_bytes` is answered with `message_too_large` and the connection stays; a
-//! frame so large that reading it at all would be abuse (over [`hard_frame_limit`]) closes the
-//! connection with 1009.
+//! frames fed, one flush). The identity may be fixed by `?node_id=ID` on the URL. Every protocol
+//! decision (errors, close codes and reasons) is the core's [`gsio_relay_core::Connection`]'s;
+//! this module moves frames and carries out its [`Step`]s. A frame over the hard limit
+//! ([`gsio_relay_core::config::Limits::hard_frame_bytes`]) is not read at all.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use bytestring::ByteString;
 use futures_util::{SinkExt, StreamExt};
-use gsio_relay_core::{ErrorCode, Message, RelayError};
+use gsio_relay_core::{Input, Message, RelayError, Step};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
@@ -32,15 +34,8 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// At most this many queued frames are written before one flush.
 const WRITE_BATCH: usize = 64;
 
-/// The largest frame read at all: above `limit` but below this, the frame is refused with an
-/// error envelope; above this, the connection is closed.
-pub fn hard_frame_limit(limit: usize) -> usize {
-    limit.saturating_mul(2).max(limit + 64 * 1024)
-}
-
-/// The WebSocket settings of every relay connection (the benchmark's floor uses them too).
-pub fn ws_config(max_message_bytes: usize) -> WebSocketConfig {
-    let hard = hard_frame_limit(max_message_bytes);
+/// The WebSocket settings of every relay connection; `hard` is the largest frame read at all.
+pub fn ws_config(hard: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         // Small buffers: most peers are idle most of the time (2 KiB keeps an idle peer under
         // 8 KiB of server memory; relay-bench conns). Larger frames grow the buffer as needed.
@@ -81,7 +76,7 @@ async fn connection(
     _permit: OwnedSemaphorePermit,
 ) {
     let (reading, _done) = shutdown.tokens();
-    let max_message_bytes = relay.config().limits.max_message_bytes;
+    let hard_frame_bytes = relay.config().limits.hard_frame_bytes();
     let mut node_id = None;
     let handshake = tokio_tungstenite::accept_hdr_async_with_config(
         stream,
@@ -89,7 +84,7 @@ async fn connection(
             node_id = node_id_param(request);
             Ok(response)
         },
-        Some(ws_config(max_message_bytes)),
+        Some(ws_config(hard_frame_bytes)),
     );
     // Boxed: the handshake's state is large and short-lived; inline, it would size the
     // connection's task for its whole life (the task is most of an idle peer's memory).
@@ -103,8 +98,7 @@ async fn connection(
     let signal = outbox.signal();
     let _registration = shutdown.register(&signal);
     if let Some(id) = node_id {
-        if let Err(error) = peer.bind(&id) {
-            peer.reject(error.clone(), None);
+        if let Step::Close(error) = peer.claim(&id) {
             let _ = write_queued(&mut ws, &mut outbox).await;
             let _ = ws.close(Some(close_frame(&error))).await;
             return;
@@ -145,14 +139,15 @@ async fn connection(
             },
             frame = ws.next(), if reading.is_some() => match frame {
                 Some(Ok(tungstenite::Message::Text(text))) => {
-                    peer.receive_text(text.as_str(), text.clone().into());
+                    if let Step::Close(error) = peer.input(text_input(text)) {
+                        break End::Kicked(error);
+                    }
                 }
-                Some(Ok(tungstenite::Message::Binary(_))) => peer.reject(
-                    RelayError::UnsupportedFrame(
-                        "binary frames are not accepted; send each envelope as a JSON text frame",
-                    ),
-                    None,
-                ),
+                Some(Ok(tungstenite::Message::Binary(_))) => {
+                    if let Step::Close(error) = peer.input(Input::Binary) {
+                        break End::Kicked(error);
+                    }
+                }
                 // tungstenite answers pings itself; the pong goes out with the next flush.
                 Some(Ok(tungstenite::Message::Ping(_))) => {
                     if ws.flush().await.is_err() {
@@ -163,15 +158,11 @@ async fn connection(
                 // The client closes; tungstenite replies, and the stream then ends.
                 Some(Ok(tungstenite::Message::Close(_))) => {}
                 Some(Err(tungstenite::Error::Capacity(error))) => {
-                    tracing::debug!("closing a connection that sent an oversized frame: {error}");
-                    let limit = peer.max_message_bytes();
-                    break End::Close(CloseFrame {
-                        code: CloseCode::Size,
-                        reason: Utf8Bytes::from(format!(
-                            "message_too_large: frame over {} bytes",
-                            hard_frame_limit(limit)
-                        )),
-                    });
+                    tracing::debug!("a peer sent an oversized frame: {error}");
+                    match peer.input(Input::OversizedFrame) {
+                        Step::Close(error) => break End::Kicked(error),
+                        Step::Continue => {}
+                    }
                 }
                 Some(Err(error)) => {
                     tracing::debug!("WebSocket read failed: {error}");
@@ -195,10 +186,6 @@ async fn finish(mut ws: Ws, mut outbox: Outbox, peer: PeerConn, ending: End) {
             drop(peer);
             close(&mut ws, close_frame(&error)).await;
         }
-        End::Close(frame) => {
-            drop(peer);
-            close(&mut ws, frame).await;
-        }
         End::Shutdown => {
             // Still in the hub while its queue drains (nothing is routed any more).
             let drained = tokio::time::timeout(CLOSE_TIMEOUT, write_queued(&mut ws, &mut outbox));
@@ -213,9 +200,8 @@ async fn finish(mut ws: Ws, mut outbox: Outbox, peer: PeerConn, ending: End) {
 enum End {
     /// The client went away (or the socket failed): nothing more to say.
     Gone,
-    /// Disconnected by the relay for this reason (slow consumer).
+    /// Disconnected by the relay for this reason (slow consumer, a frame it will not read).
     Kicked(RelayError),
-    Close(CloseFrame),
     Shutdown,
 }
 
@@ -231,22 +217,31 @@ async fn close(ws: &mut Ws, frame: CloseFrame) {
     .await;
 }
 
-/// The close frame telling a peer why the relay ends its connection. The reason starts with
-/// the error code.
+/// The close frame telling a peer why the relay ends its connection: the core's code, and a
+/// reason that starts with the error code.
 fn close_frame(error: &RelayError) -> CloseFrame {
-    let code = match error.code() {
-        ErrorCode::ShuttingDown => CloseCode::Away,
-        _ => CloseCode::Policy,
-    };
     CloseFrame {
-        code,
+        code: CloseCode::from(error.ws_close_code()),
         reason: Utf8Bytes::from(error.close_reason()),
     }
 }
 
+/// `message` as a text frame. Its JSON is UTF-8 by its type (`ByteString`); tungstenite checks
+/// it again (a pass over the bytes, no copy), which keeps this crate free of `unsafe`.
 fn text_frame(message: &Message) -> tungstenite::Message {
-    // SAFETY: `Message::json` is UTF-8 by construction (a `String` or a text frame's bytes).
-    tungstenite::Message::Text(unsafe { Utf8Bytes::from_bytes_unchecked(message.json().clone()) })
+    let text = Utf8Bytes::try_from(message.json().as_bytes().clone())
+        // Unreachable (the core's text is UTF-8); a copy is the safe answer all the same.
+        .unwrap_or_else(|_| Utf8Bytes::from(message.json_str()));
+    tungstenite::Message::Text(text)
+}
+
+/// A text frame as the core's input: its bytes, shared, not copied. tungstenite has checked
+/// them already; the core's text type checks again (a pass over the bytes), so that neither
+/// crate needs `unsafe` to trust the other.
+fn text_input(text: Utf8Bytes) -> Input {
+    // tungstenite never yields a text frame that is not UTF-8; were it to, the frame is
+    // refused as not being text rather than trusted.
+    ByteString::try_from(Bytes::from(text)).map_or(Input::Binary, Input::Text)
 }
 
 type Ws = WebSocketStream<TcpStream>;

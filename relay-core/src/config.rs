@@ -24,10 +24,6 @@ pub enum Mode {
     Directed,
 }
 
-impl Mode {
-    pub const NAMES: [&'static str; 3] = ["echo", "broadcast", "directed"];
-}
-
 impl fmt::Display for Mode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -95,6 +91,17 @@ pub struct Limits {
     /// slow consumer (see the README's "Slow consumers").
     #[serde(default = "default_queue_capacity")]
     pub queue_capacity: usize,
+}
+
+impl Limits {
+    /// The largest frame a front reads at all. Above `max_message_bytes` but within this, an
+    /// envelope is refused with `message_too_large` and the connection stays; above this, the
+    /// relay will not buffer the frame and the connection ends
+    /// ([`crate::RelayError::FrameTooLarge`]).
+    pub fn hard_frame_bytes(&self) -> usize {
+        let limit = self.max_message_bytes;
+        limit.saturating_mul(2).max(limit + 64 * 1024)
+    }
 }
 
 impl Default for Limits {

@@ -12,6 +12,7 @@ use std::fmt;
 use std::sync::OnceLock;
 
 use bytes::Bytes;
+use bytestring::ByteString;
 use serde::de::{self, Deserializer as _, MapAccess, Visitor};
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -344,7 +345,8 @@ impl<'de> Visitor<'de> for FieldsVisitor<'_> {
 /// opaque binary encoding that a front may attach (the native server's protobuf bytes).
 pub struct Message {
     envelope: Envelope,
-    json: OnceLock<Bytes>,
+    /// UTF-8 by its type: the sender's own frame, or the relay's encoding.
+    json: OnceLock<ByteString>,
     binary: OnceLock<Bytes>,
 }
 
@@ -357,9 +359,9 @@ impl Message {
         }
     }
 
-    /// A message whose JSON text is already known: `json` must be a UTF-8 encoding of exactly
-    /// this envelope (the sender's frame, when admission left it unchanged).
-    pub fn with_json(envelope: Envelope, json: Bytes) -> Message {
+    /// A message whose JSON text is already known: `json` must encode exactly this envelope
+    /// (the sender's frame, when admission left it unchanged).
+    pub fn with_json(envelope: Envelope, json: ByteString) -> Message {
         Message {
             envelope,
             json: OnceLock::from(json),
@@ -371,15 +373,15 @@ impl Message {
         &self.envelope
     }
 
-    /// The JSON text (valid UTF-8) of the envelope, encoded on first use.
-    pub fn json(&self) -> &Bytes {
+    /// The JSON text of the envelope, encoded on first use; cloning it shares the bytes.
+    pub fn json(&self) -> &ByteString {
         self.json
-            .get_or_init(|| Bytes::from(self.envelope.to_json()))
+            .get_or_init(|| ByteString::from(self.envelope.to_json()))
     }
 
     /// The JSON text as `&str`.
     pub fn json_str(&self) -> &str {
-        std::str::from_utf8(self.json()).expect("Message JSON is UTF-8 by construction")
+        self.json()
     }
 
     /// A front's binary encoding of the envelope, computed by `encode` on first use.
@@ -574,7 +576,7 @@ mod tests {
     #[test]
     fn message_encodes_once_and_keeps_given_json() {
         let text = r#"{ "message_type" : "T", "payload" : 1 }"#;
-        let m = Message::with_json(env(text), Bytes::from_static(text.as_bytes()));
+        let m = Message::with_json(env(text), ByteString::from_static(text));
         assert_eq!(m.json_str(), text);
         let mut calls = 0;
         for _ in 0..3 {

@@ -79,6 +79,32 @@ impl fmt::Display for ErrorCode {
     }
 }
 
+/// WebSocket close codes the relay sends (RFC 6455, section 7.4.1).
+pub mod close_code {
+    pub const NORMAL: u16 = 1000;
+    pub const GOING_AWAY: u16 = 1001;
+    pub const POLICY: u16 = 1008;
+    pub const TOO_BIG: u16 = 1009;
+
+    /// The code to answer a peer's close frame with: its own code where one may be sent back,
+    /// else [`NORMAL`] (1005, 1006 and 1015 only describe a closure, they are never sent).
+    pub fn reply_to(code: u16) -> u16 {
+        match code {
+            1000..=1003 | 1007..=1014 | 3000..=4999 => code,
+            _ => NORMAL,
+        }
+    }
+}
+
+/// gRPC status codes the relay ends streams with (`google.rpc.Code`).
+pub mod grpc_code {
+    pub const INVALID_ARGUMENT: i32 = 3;
+    pub const ALREADY_EXISTS: i32 = 6;
+    pub const RESOURCE_EXHAUSTED: i32 = 8;
+    pub const INTERNAL: i32 = 13;
+    pub const UNAVAILABLE: i32 = 14;
+}
+
 /// Why an envelope was refused or could not be delivered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RelayError {
@@ -99,6 +125,9 @@ pub enum RelayError {
     UnknownField(String),
     #[error("the message is {size} bytes, over the limit of {limit} bytes")]
     MessageTooLarge { size: usize, limit: usize },
+    /// A frame so large that the relay will not read it at all; the connection ends.
+    #[error("a frame over {limit} bytes ends the connection")]
+    FrameTooLarge { limit: usize },
     #[error("{0}")]
     UnsupportedFrame(&'static str),
     #[error("this connection has no peer id yet: set `sender_id` (or connect with ?node_id=ID)")]
@@ -139,6 +168,27 @@ impl RelayError {
         reason
     }
 
+    /// The WebSocket close code (RFC 6455, section 7.4.1) of a connection this error ends.
+    pub fn ws_close_code(&self) -> u16 {
+        match self {
+            RelayError::ShuttingDown => close_code::GOING_AWAY,
+            RelayError::FrameTooLarge { .. } => close_code::TOO_BIG,
+            _ => close_code::POLICY,
+        }
+    }
+
+    /// The gRPC status code (numeric, as in `google.rpc.Code`) that ends a stream for this
+    /// error. Only errors that end a connection get here; the rest are `Error` envelopes.
+    pub fn grpc_code(&self) -> i32 {
+        match self.code() {
+            ErrorCode::InvalidPeerId | ErrorCode::ReservedPeerId => grpc_code::INVALID_ARGUMENT,
+            ErrorCode::PeerIdInUse => grpc_code::ALREADY_EXISTS,
+            ErrorCode::SlowConsumer | ErrorCode::MessageTooLarge => grpc_code::RESOURCE_EXHAUSTED,
+            ErrorCode::ShuttingDown => grpc_code::UNAVAILABLE,
+            _ => grpc_code::INTERNAL,
+        }
+    }
+
     pub fn code(&self) -> ErrorCode {
         match self {
             RelayError::InvalidJson(_) => ErrorCode::InvalidJson,
@@ -146,7 +196,9 @@ impl RelayError {
             RelayError::MissingMessageType => ErrorCode::MissingMessageType,
             RelayError::InvalidField { .. } => ErrorCode::InvalidField,
             RelayError::UnknownField(_) => ErrorCode::UnknownField,
-            RelayError::MessageTooLarge { .. } => ErrorCode::MessageTooLarge,
+            RelayError::MessageTooLarge { .. } | RelayError::FrameTooLarge { .. } => {
+                ErrorCode::MessageTooLarge
+            }
             RelayError::UnsupportedFrame(_) => ErrorCode::UnsupportedFrame,
             RelayError::IdentityRequired => ErrorCode::IdentityRequired,
             RelayError::InvalidPeerId { .. } => ErrorCode::InvalidPeerId,
@@ -179,6 +231,37 @@ mod tests {
             RelayError::ShuttingDown.close_reason(),
             "shutting_down: the relay is shutting down"
         );
+    }
+
+    #[test]
+    fn connection_ending_errors_map_to_one_close_code_and_one_status() {
+        let table: &[(RelayError, u16, i32)] = &[
+            (RelayError::ShuttingDown, 1001, 14),
+            (RelayError::SlowConsumer(4), 1008, 8),
+            (RelayError::PeerIdInUse("a".into()), 1008, 6),
+            (RelayError::ReservedPeerId, 1008, 3),
+            (RelayError::FrameTooLarge { limit: 9 }, 1009, 8),
+        ];
+        for (error, ws, grpc) in table {
+            assert_eq!(
+                (error.ws_close_code(), error.grpc_code()),
+                (*ws, *grpc),
+                "{error}"
+            );
+        }
+        assert_eq!(
+            RelayError::FrameTooLarge { limit: 9 }.close_reason(),
+            "message_too_large: a frame over 9 bytes ends the connection"
+        );
+        for (got, sent) in [
+            (1000, 1000),
+            (1001, 1001),
+            (1005, 1000),
+            (1006, 1000),
+            (4000, 4000),
+        ] {
+            assert_eq!(close_code::reply_to(got), sent);
+        }
     }
 
     #[test]

@@ -64,11 +64,6 @@ impl<P> Hub<P> {
         &self.config
     }
 
-    /// Replaces the rules and limits; messages routed afterwards follow the new ones.
-    pub fn set_config(&mut self, config: Arc<RelayConfig>) {
-        self.config = config;
-    }
-
     pub fn len(&self) -> usize {
         self.peers.len()
     }
@@ -79,6 +74,10 @@ impl<P> Hub<P> {
 
     pub fn get(&self, id: &str) -> Option<&P> {
         self.peers.get(id).map(|e| &e.peer)
+    }
+
+    fn entry(&self, id: &str) -> Option<(&PeerId, &P)> {
+        self.peers.get_key_value(id).map(|(id, e)| (id, &e.peer))
     }
 
     pub fn peers(&self) -> impl Iterator<Item = (&PeerId, &P)> {
@@ -158,14 +157,14 @@ impl<P> Hub<P> {
     ) -> Result<Targets<'h, P>, RelayError> {
         let envelope = message.envelope();
         match self.config.routing.mode_for(&envelope.message_type) {
-            Mode::Echo => Ok(Targets::one(self.get(sender.as_str()))),
+            Mode::Echo => Ok(Targets::one(self.entry(sender.as_str()))),
             Mode::Broadcast => Ok(self.others(sender)),
             Mode::Directed => {
                 let to = envelope.recipient_id.as_str();
                 if to.is_empty() {
                     return Err(RelayError::MissingRecipient(envelope.message_type.clone()));
                 }
-                match self.get(to) {
+                match self.entry(to) {
                     Some(peer) => Ok(Targets::one(Some(peer))),
                     None => Err(RelayError::UnknownRecipient(
                         crate::id::truncate_for_display(to),
@@ -248,11 +247,11 @@ struct WelcomeLimits {
     queue_capacity: usize,
 }
 
-/// The peers one message goes to. Iterating yields each handle once.
+/// The peers one message goes to. Iterating yields each peer's id and handle once.
 pub struct Targets<'h, P>(Selection<'h, P>);
 
 enum Selection<'h, P> {
-    One(Option<&'h P>),
+    One(Option<(&'h PeerId, &'h P)>),
     AllExcept {
         peers: hash_map::Iter<'h, PeerId, Entry<P>>,
         except: &'h PeerId,
@@ -260,20 +259,20 @@ enum Selection<'h, P> {
 }
 
 impl<'h, P> Targets<'h, P> {
-    fn one(peer: Option<&'h P>) -> Self {
+    fn one(peer: Option<(&'h PeerId, &'h P)>) -> Self {
         Targets(Selection::One(peer))
     }
 }
 
 impl<'h, P> Iterator for Targets<'h, P> {
-    type Item = &'h P;
+    type Item = (&'h PeerId, &'h P);
 
-    fn next(&mut self) -> Option<&'h P> {
+    fn next(&mut self) -> Option<(&'h PeerId, &'h P)> {
         match &mut self.0 {
             Selection::One(one) => one.take(),
             Selection::AllExcept { peers, except } => peers
                 .find(|(id, _)| *id != *except)
-                .map(|(_, entry)| &entry.peer),
+                .map(|(id, entry)| (id, &entry.peer)),
         }
     }
 }
@@ -329,7 +328,7 @@ mod tests {
             let got = h
                 .route(&sender, &Message::new(env))
                 .map(|t| {
-                    let mut v: Vec<&str> = t.copied().collect();
+                    let mut v: Vec<&str> = t.map(|(_, p)| *p).collect();
                     v.sort();
                     v
                 })
@@ -372,7 +371,7 @@ mod tests {
         // A restored peer is a full member: it is routed to and leaves normally.
         h.join(id("b"), 3, "b").unwrap();
         let b = id("b");
-        assert_eq!(h.others(&b).copied().collect::<Vec<_>>(), ["a"]);
+        assert_eq!(h.others(&b).map(|(_, p)| *p).collect::<Vec<_>>(), ["a"]);
         assert!(h.leave(&id("a"), 1).is_some());
     }
 
@@ -424,7 +423,7 @@ mod tests {
             h.join(id(name), n as u64, name).unwrap();
         }
         let a = id("a");
-        let mut v: Vec<_> = h.others(&a).copied().collect();
+        let mut v: Vec<_> = h.others(&a).map(|(_, p)| *p).collect();
         v.sort();
         assert_eq!(v, ["b", "c"]);
     }

@@ -11,11 +11,16 @@
 //! - [`id`]: [`PeerId`], the validated peer identity, and the reserved relay id.
 //! - [`session`]: the identity of one connection (bound once, spoofing rejected).
 //! - [`hub`]: the peer table and the routing decision for each message ([`Hub::route`]).
+//! - [`connection`]: one connection's whole conversation as a state machine
+//!   ([`Connection`]): inputs in, deliveries through each peer's [`Link`], and when to close.
 //! - [`config`]: the `relay.toml` schema, parsed then validated into [`RelayConfig`].
 //! - [`error`]: [`RelayError`], one variant per answer the relay can give, each with a stable
 //!   machine-readable code.
 
+#![forbid(unsafe_code)]
+
 pub mod config;
+pub mod connection;
 pub mod envelope;
 pub mod error;
 pub mod hub;
@@ -23,6 +28,7 @@ pub mod id;
 pub mod session;
 
 pub use config::{Mode, RelayConfig, Routing};
+pub use connection::{Connection, Counts, Input, Link, Refused, Step, Table};
 pub use envelope::{Envelope, Message};
 pub use error::{ErrorCode, RelayError};
 pub use hub::{Hub, Joined, Targets};

@@ -5,7 +5,7 @@
 //! envelope. After that, an envelope naming another sender is refused as spoofed, and an empty
 //! `sender_id` is filled in with the connection's id.
 
-use bytes::Bytes;
+use bytestring::ByteString;
 
 use crate::envelope::{Envelope, Message};
 use crate::error::RelayError;
@@ -55,14 +55,9 @@ impl From<RelayError> for Rejection {
 
 impl Session {
     /// One JSON text frame, of at most `max_bytes`: size, parse, identity, in that order. The
-    /// sender's own text (`original`, the same bytes as `text`) becomes the message's JSON when
-    /// the relay has nothing to change in it, so it is forwarded without re-encoding.
-    pub fn accept_text(
-        &self,
-        text: &str,
-        original: Bytes,
-        max_bytes: usize,
-    ) -> Result<Inbound, Rejection> {
+    /// sender's own text becomes the message's JSON when the relay has nothing to change in it,
+    /// so it is forwarded without re-encoding.
+    pub fn accept_text(&self, text: ByteString, max_bytes: usize) -> Result<Inbound, Rejection> {
         if text.len() > max_bytes {
             return Err(RelayError::MessageTooLarge {
                 size: text.len(),
@@ -70,8 +65,8 @@ impl Session {
             }
             .into());
         }
-        let (envelope, complete) = Envelope::parse_json_checked(text)?;
-        self.accept_envelope(envelope, complete.then_some(original))
+        let (envelope, complete) = Envelope::parse_json_checked(&text)?;
+        self.accept_envelope(envelope, complete.then_some(text))
     }
 
     /// One envelope decoded by a front (gRPC), `size` bytes on the wire.
@@ -96,7 +91,7 @@ impl Session {
     fn accept_envelope(
         &self,
         mut envelope: Envelope,
-        original: Option<Bytes>,
+        original: Option<ByteString>,
     ) -> Result<Inbound, Rejection> {
         let admitted = match self.admit(&mut envelope) {
             Ok(admitted) => admitted,
@@ -123,6 +118,11 @@ impl Session {
 
     pub fn id(&self) -> Option<&PeerId> {
         self.id.as_ref()
+    }
+
+    /// Forgets the id (the connection has left); returns it.
+    pub fn take(&mut self) -> Option<PeerId> {
+        self.id.take()
     }
 
     pub fn bind(&mut self, id: PeerId) {
@@ -181,7 +181,7 @@ mod tests {
         ];
         for (text, as_sent) in cases {
             let inbound = bound
-                .accept_text(text, Bytes::from_static(text.as_bytes()), 1024)
+                .accept_text(ByteString::from_static(text), 1024)
                 .unwrap();
             assert_eq!(inbound.message.json_str() == text, as_sent, "{text}");
             assert_eq!(inbound.message.envelope().sender_id, "a");
@@ -236,7 +236,7 @@ mod tests {
             } else {
                 &Session::new()
             };
-            match session.accept_text(&text, Bytes::from(text.clone()), 1 << 20) {
+            match session.accept_text(ByteString::from(text), 1 << 20) {
                 Ok(inbound) => assert!(!inbound.message.envelope().message_type.is_empty()),
                 Err(_) => refused += 1,
             }
@@ -251,12 +251,18 @@ mod tests {
     fn rejections_carry_the_type_when_known() {
         let s = Session::new();
         let text = r#"{"message_type":"T","sender_id":""}"#;
-        let rejected = s.accept_text(text, Bytes::new(), 1024).unwrap_err();
+        let rejected = s
+            .accept_text(ByteString::from_static(text), 1024)
+            .unwrap_err();
         assert_eq!(rejected.error.code(), ErrorCode::IdentityRequired);
         assert_eq!(rejected.message_type.as_deref(), Some("T"));
-        let rejected = s.accept_text(text, Bytes::new(), 10).unwrap_err();
+        let rejected = s
+            .accept_text(ByteString::from_static(text), 10)
+            .unwrap_err();
         assert_eq!(rejected.error.code(), ErrorCode::MessageTooLarge);
-        let rejected = s.accept_text("[]", Bytes::new(), 10).unwrap_err();
+        let rejected = s
+            .accept_text(ByteString::from_static("[]"), 10)
+            .unwrap_err();
         assert_eq!(
             (rejected.error.code(), rejected.message_type),
             (ErrorCode::NotAnObject, None)

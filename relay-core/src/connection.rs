@@ -1,0 +1,643 @@
+//! One connection's side of the protocol: a state machine without I/O.
+//!
+//! A front (the native WebSocket or gRPC server, the Worker) creates one [`Connection`] per
+//! accepted connection and feeds it what happens: an identity claimed at connect
+//! ([`Connection::claim`]), each frame or decoded envelope ([`Input`]), the end
+//! ([`Connection::leave`]). The connection runs every step of the protocol:
+//!
+//! - it sizes, parses and admits each envelope (identity bound once, spoofing refused);
+//! - it joins the peer table under the claimed id, queues the `Welcome` to the newcomer before
+//!   anything else can reach it, then announces `PeerJoined` to the others;
+//! - it routes by the `relay.toml` rules and hands each recipient the message;
+//! - it answers every refusal with an `Error` envelope addressed to the connection's id (or to
+//!   nobody, `""`, while it has none), naming the offending envelope's type when known;
+//! - it says when the connection must end and why ([`Step::Close`]), with the WebSocket close
+//!   code and gRPC status that go with the reason ([`RelayError::ws_close_code`],
+//!   [`RelayError::grpc_code`]).
+//!
+//! It delivers by calling [`Link::send`] on the recipients' links. A link only queues (it never
+//! waits), so the front decides how bytes reach sockets, and nothing here blocks.
+//!
+//! # Ordering
+//! Inputs of one connection are handled one after another, and a link keeps the order of what
+//! it is handed, so messages from one sender to one recipient arrive in the order sent. The
+//! `Welcome` is handed to the newcomer while the table is locked for its join, so nothing routed
+//! to it can overtake it.
+
+use std::ops::{Deref, DerefMut};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use bytestring::ByteString;
+
+use crate::config::RelayConfig;
+use crate::envelope::{Envelope, Message};
+use crate::error::RelayError;
+use crate::hub::{error_message, ConnId, Hub};
+use crate::id::PeerId;
+use crate::session::{Inbound, Rejection, Session};
+
+/// How the relay reaches one peer: the front's handle to its outbound queue or socket.
+pub trait Link: Clone {
+    /// Hands `message` to the peer without waiting. Messages handed to one link reach the peer
+    /// in the order they were handed.
+    fn send(&self, message: &Arc<Message>) -> Result<(), Refused>;
+}
+
+/// Why a link did not take a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The peer is not reading: its queue is full, so it is being disconnected as a slow
+    /// consumer. `newly` is true for the refusal that caused the disconnect (count it once).
+    SlowConsumer { newly: bool },
+    /// The peer's connection is already ending.
+    Gone,
+}
+
+/// The table of connected peers shared by every connection of one network.
+///
+/// Routing only reads it; join and leave write it. Implemented for `RwLock<Hub<L>>` (the
+/// native server: many connections route at once) and by the Worker over its single-threaded
+/// room. A guard is never held across anything that waits: every step here is synchronous.
+pub trait Table<L> {
+    type Read<'t>: Deref<Target = Hub<L>>
+    where
+        Self: 't;
+    type Write<'t>: DerefMut<Target = Hub<L>>
+    where
+        Self: 't;
+
+    fn read(&self) -> Self::Read<'_>;
+    fn write(&self) -> Self::Write<'_>;
+}
+
+/// A panic while the lock is held cannot leave the hub half-updated (every update is a single
+/// map operation), so a poisoned lock is still safe to use.
+impl<L> Table<L> for RwLock<Hub<L>> {
+    type Read<'t>
+        = RwLockReadGuard<'t, Hub<L>>
+    where
+        L: 't;
+    type Write<'t>
+        = RwLockWriteGuard<'t, Hub<L>>
+    where
+        L: 't;
+
+    fn read(&self) -> Self::Read<'_> {
+        RwLock::read(self).unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write(&self) -> Self::Write<'_> {
+        RwLock::write(self).unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// What arrived on a connection.
+#[derive(Debug)]
+pub enum Input {
+    /// A WebSocket text frame. It becomes the recipients' frame, unchanged and uncopied, when
+    /// the relay has nothing to change in it.
+    Text(ByteString),
+    /// A WebSocket binary frame (envelopes are text frames).
+    Binary,
+    /// A frame over [`crate::config::Limits::hard_frame_bytes`], which the front did not read.
+    OversizedFrame,
+    /// An envelope decoded by the gRPC front, or why it could not be; `size` bytes on the wire.
+    Decoded {
+        envelope: Result<Envelope, RelayError>,
+        size: usize,
+    },
+}
+
+/// What the front must do after an input.
+#[must_use]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Keep the connection open.
+    Continue,
+    /// End the connection for this reason, after writing what is queued for it: a WebSocket
+    /// close frame with [`RelayError::ws_close_code`] and [`RelayError::close_reason`], or a
+    /// gRPC status with [`RelayError::grpc_code`].
+    Close(RelayError),
+}
+
+/// What one connection did, for the front's counters.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    /// Envelopes routed (accepted and decided).
+    pub routed: u64,
+    /// Messages handed to recipients' links.
+    pub delivered: u64,
+    /// `Error` envelopes sent to this connection.
+    pub errors_sent: u64,
+    /// Peers disconnected as slow consumers by this connection's sends.
+    pub slow_consumers: u64,
+}
+
+/// One connection, from accept to close.
+pub struct Connection<L> {
+    /// Tells this connection apart from a later one that takes the same id.
+    conn: ConnId,
+    /// The identity: bound once, by [`Connection::claim`] or the first envelope.
+    session: Session,
+    /// This connection's own link, for what only it receives (Welcome, Error).
+    link: L,
+    /// Copied from the config at open: checked on every envelope.
+    max_message_bytes: usize,
+    hard_frame_bytes: usize,
+    /// Counted here, and taken by the front when it likes ([`Connection::take_counts`]), so the
+    /// hot path does not touch shared counters.
+    counts: Counts,
+}
+
+impl<L: Link> Connection<L> {
+    /// A new, still anonymous connection.
+    pub fn open(conn: ConnId, link: L, config: &RelayConfig) -> Connection<L> {
+        Connection {
+            conn,
+            session: Session::new(),
+            link,
+            max_message_bytes: config.limits.max_message_bytes,
+            hard_frame_bytes: config.limits.hard_frame_bytes(),
+            counts: Counts::default(),
+        }
+    }
+
+    /// A connection that already joined as `id` (when known) in an earlier life of the front's
+    /// state: the Worker keeps each socket's id on the socket, and resumes from it for every
+    /// message. No Welcome, no announcement.
+    pub fn resume(
+        conn: ConnId,
+        link: L,
+        id: Option<PeerId>,
+        config: &RelayConfig,
+    ) -> Connection<L> {
+        let mut connection = Connection::open(conn, link, config);
+        if let Some(id) = id {
+            connection.session.bind(id);
+        }
+        connection
+    }
+
+    pub fn id(&self) -> Option<&PeerId> {
+        self.session.id()
+    }
+
+    pub fn conn_id(&self) -> ConnId {
+        self.conn
+    }
+
+    /// Fixes the identity before any envelope (`?node_id=`, `x-gsio-node-id`). Refused, the
+    /// connection is told with an `Error` envelope and must close: a connection that asked for
+    /// an id it cannot have is not left open under another one.
+    pub fn claim(&mut self, table: &impl Table<L>, raw: &str) -> Step {
+        match PeerId::parse(raw).and_then(|id| self.join(table, id)) {
+            Ok(()) => Step::Continue,
+            Err(error) => {
+                self.reject(&error, None);
+                Step::Close(error)
+            }
+        }
+    }
+
+    /// One input: parsed, admitted, joined if it names this connection's id, routed; or
+    /// answered with an `Error` envelope.
+    pub fn input(&mut self, table: &impl Table<L>, input: Input) -> Step {
+        let inbound = match input {
+            Input::Text(text) => self.session.accept_text(text, self.max_message_bytes),
+            Input::Decoded { envelope, size } => {
+                self.session
+                    .accept_decoded(envelope, size, self.max_message_bytes)
+            }
+            Input::Binary => Err(Rejection::from(RelayError::UnsupportedFrame(
+                "binary frames are not accepted; send each envelope as a JSON text frame",
+            ))),
+            Input::OversizedFrame => {
+                return Step::Close(RelayError::FrameTooLarge {
+                    limit: self.hard_frame_bytes,
+                })
+            }
+        };
+        match inbound {
+            Ok(inbound) => self.dispatch(table, inbound),
+            Err(rejected) => self.reject(&rejected.error, rejected.message_type.as_deref()),
+        }
+        Step::Continue
+    }
+
+    /// Leaves the table (announcing `PeerLeft`), if this connection still holds its id. Safe to
+    /// call more than once, and on a table rebuilt without this connection (the Worker's, after
+    /// an eviction): the connection's own record of its id is what counts, unless another
+    /// connection holds that id now.
+    pub fn leave(&mut self, table: &impl Table<L>) {
+        let Some(id) = self.session.take() else {
+            return;
+        };
+        let mut hub = table.write();
+        hub.restore(id.clone(), self.conn, self.link.clone());
+        if let Some((_, Some(announcement))) = hub.leave(&id, self.conn) {
+            for (_, peer) in hub.others(&id) {
+                let _ = peer.send(&announcement);
+            }
+        }
+    }
+
+    /// The counts since the last call.
+    pub fn take_counts(&mut self) -> Counts {
+        std::mem::take(&mut self.counts)
+    }
+
+    fn dispatch(&mut self, table: &impl Table<L>, inbound: Inbound) {
+        if let Some(id) = inbound.claim {
+            if let Err(error) = self.join(table, id) {
+                let message_type = &inbound.message.envelope().message_type;
+                return self.reject(&error, Some(message_type));
+            }
+        }
+        self.route(table, Arc::new(inbound.message));
+    }
+
+    fn join(&mut self, table: &impl Table<L>, id: PeerId) -> Result<(), RelayError> {
+        {
+            let mut hub = table.write();
+            let joined = hub.join(id.clone(), self.conn, self.link.clone())?;
+            // Handed over under the lock, so the Welcome comes before anything routed to it.
+            self.deliver_own(&joined.welcome);
+            if let Some(announcement) = joined.announcement {
+                for (_, peer) in hub.others(&id) {
+                    let _ = peer.send(&announcement);
+                }
+            }
+        }
+        self.session.bind(id);
+        Ok(())
+    }
+
+    fn route(&mut self, table: &impl Table<L>, message: Arc<Message>) {
+        let Some(sender) = self.session.id() else {
+            // Admission binds the session before routing; nothing to route from nobody.
+            return;
+        };
+        // Filled only when a recipient is a slow consumer: no allocation otherwise.
+        let mut missed: Vec<PeerId> = Vec::new();
+        let routed = {
+            let hub = table.read();
+            hub.route(sender, &message).map(|targets| {
+                for (id, peer) in targets {
+                    match peer.send(&message) {
+                        Ok(()) => self.counts.delivered += 1,
+                        Err(Refused::SlowConsumer { newly }) => {
+                            self.counts.slow_consumers += u64::from(newly);
+                            missed.push(id.clone());
+                        }
+                        Err(Refused::Gone) => {}
+                    }
+                }
+            })
+        };
+        let message_type = message.envelope().message_type.as_str();
+        match routed {
+            Ok(()) => self.counts.routed += 1,
+            Err(error) => self.reject(&error, Some(message_type)),
+        }
+        for slow in missed {
+            self.reject(
+                &RelayError::RecipientQueueFull(slow.to_string()),
+                Some(message_type),
+            );
+        }
+    }
+
+    /// Answers this connection with an `Error` envelope; the connection stays open.
+    fn reject(&mut self, error: &RelayError, message_type: Option<&str>) {
+        let recipient = self.session.id().map_or("", PeerId::as_str);
+        self.counts.errors_sent += 1;
+        self.deliver_own(&Arc::new(error_message(recipient, error, message_type)));
+    }
+
+    fn deliver_own(&mut self, message: &Arc<Message>) {
+        if let Err(Refused::SlowConsumer { newly: true }) = self.link.send(message) {
+            self.counts.slow_consumers += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The conversation, table by table, without sockets: links are in-memory logs.
+
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    use serde_json::Value;
+
+    use super::*;
+
+    /// What one peer received, as `(message_type, sender_id, payload)`.
+    #[derive(Clone, Default)]
+    struct Log {
+        got: Rc<RefCell<Vec<Arc<Message>>>>,
+        /// Refuse everything past this many messages (a slow consumer).
+        capacity: Option<usize>,
+        kicked: Rc<RefCell<bool>>,
+    }
+
+    impl Link for Log {
+        fn send(&self, message: &Arc<Message>) -> Result<(), Refused> {
+            let mut got = self.got.borrow_mut();
+            if self.capacity.is_some_and(|c| got.len() >= c) {
+                let newly = !self.kicked.replace(true);
+                return Err(Refused::SlowConsumer { newly });
+            }
+            got.push(message.clone());
+            Ok(())
+        }
+    }
+
+    impl Log {
+        fn take(&self) -> Vec<(String, String, String)> {
+            self.got
+                .borrow_mut()
+                .drain(..)
+                .map(|m| {
+                    let e = m.envelope();
+                    (
+                        e.message_type.clone(),
+                        e.sender_id.clone(),
+                        e.payload.get().to_owned(),
+                    )
+                })
+                .collect()
+        }
+
+        fn types(&self) -> Vec<String> {
+            self.take().into_iter().map(|(t, _, _)| t).collect()
+        }
+
+        fn error_code(&self) -> String {
+            let got = self.take();
+            assert_eq!(got.len(), 1, "{got:?}");
+            assert_eq!(got[0].0, "Error", "{got:?}");
+            let payload: Value = serde_json::from_str(&got[0].2).unwrap();
+            payload["code"].as_str().unwrap().to_owned()
+        }
+    }
+
+    const RULES: &str = "[routing]\ndefault = \"broadcast\"\n[routing.rules]\nPing = \"echo\"\nSync = \"directed\"\n";
+
+    struct Net {
+        table: RwLock<Hub<Log>>,
+        config: RelayConfig,
+        next: ConnId,
+    }
+
+    impl Net {
+        fn new(toml: &str) -> Net {
+            let config = RelayConfig::from_toml_str(toml, "t.toml").unwrap();
+            Net {
+                table: RwLock::new(Hub::new(Arc::new(config.clone()))),
+                config,
+                next: 0,
+            }
+        }
+
+        fn open(&mut self, link: Log) -> Connection<Log> {
+            self.next += 1;
+            Connection::open(self.next, link, &self.config)
+        }
+
+        /// A peer that claimed `id` at connect, its Welcome taken.
+        fn peer(&mut self, id: &str) -> (Connection<Log>, Log) {
+            let log = Log::default();
+            let mut c = self.open(log.clone());
+            assert_eq!(c.claim(&self.table, id), Step::Continue);
+            assert_eq!(log.types(), ["Welcome"]);
+            (c, log)
+        }
+
+        fn text(&self, c: &mut Connection<Log>, text: &str) -> Step {
+            c.input(&self.table, Input::Text(ByteString::from(text)))
+        }
+    }
+
+    fn envelope(ty: &str, from: &str, to: &str) -> String {
+        format!(
+            r#"{{"message_type":"{ty}","sender_id":"{from}","recipient_id":"{to}","payload":1}}"#
+        )
+    }
+
+    #[test]
+    fn join_welcomes_first_then_announces_to_the_others() {
+        let mut net = Net::new(RULES);
+        let (_a, a_log) = net.peer("a");
+        let b_log = Log::default();
+        let mut b = net.open(b_log.clone());
+        assert_eq!(net.text(&mut b, &envelope("Ping", "b", "")), Step::Continue);
+        // The Welcome, then the echo: never the other way round.
+        assert_eq!(b_log.types(), ["Welcome", "Ping"]);
+        assert_eq!(
+            a_log.take(),
+            [(
+                "PeerJoined".into(),
+                "relay".into(),
+                r#"{"peer_id":"b"}"#.into()
+            )]
+        );
+        assert_eq!(b.id().map(PeerId::as_str), Some("b"));
+    }
+
+    #[test]
+    fn routing_follows_the_rules() {
+        let mut net = Net::new(RULES);
+        let (mut a, a_log) = net.peer("a");
+        let (_b, b_log) = net.peer("b");
+        let (_c, c_log) = net.peer("c");
+        a_log.take();
+        b_log.take();
+        // (envelope from a, what a, b and c receive)
+        let table: &[(&str, &[&str], &[&str], &[&str])] = &[
+            (&envelope("Ping", "a", "b"), &["Ping"], &[], &[]),
+            (&envelope("Note", "a", ""), &[], &["Note"], &["Note"]),
+            (&envelope("Sync", "a", "c"), &[], &[], &["Sync"]),
+            (&envelope("Sync", "a", "ghost"), &["Error"], &[], &[]),
+            (&envelope("Sync", "a", ""), &["Error"], &[], &[]),
+            (&envelope("Note", "b", ""), &["Error"], &[], &[]),
+            (&envelope("Note", "", ""), &[], &["Note"], &["Note"]),
+        ];
+        for (text, to_a, to_b, to_c) in table {
+            assert_eq!(net.text(&mut a, text), Step::Continue, "{text}");
+            assert_eq!(a_log.types(), *to_a, "{text}: a");
+            assert_eq!(b_log.types(), *to_b, "{text}: b");
+            assert_eq!(c_log.types(), *to_c, "{text}: c");
+        }
+        assert_eq!(a.take_counts().errors_sent, 3);
+    }
+
+    #[test]
+    fn every_refusal_is_an_error_envelope_to_the_connections_id_or_nobody() {
+        let mut net = Net::new(RULES);
+        let (_taken, _) = net.peer("taken");
+        // (input, code), on an anonymous connection and on one bound as "me".
+        let anonymous: &[(&str, &str)] = &[
+            ("{", "invalid_json"),
+            ("[1]", "not_an_object"),
+            (r#"{"payload":1}"#, "missing_message_type"),
+            (r#"{"message_type":"T","sender_id":1}"#, "invalid_field"),
+            (r#"{"message_type":"T","x":1}"#, "unknown_field"),
+            (r#"{"message_type":"T"}"#, "identity_required"),
+            (
+                r#"{"message_type":"T","sender_id":"a b"}"#,
+                "invalid_peer_id",
+            ),
+            (
+                r#"{"message_type":"T","sender_id":"relay"}"#,
+                "reserved_peer_id",
+            ),
+            (
+                r#"{"message_type":"T","sender_id":"taken"}"#,
+                "peer_id_in_use",
+            ),
+        ];
+        let log = Log::default();
+        let mut anon = net.open(log.clone());
+        for (text, code) in anonymous {
+            assert_eq!(net.text(&mut anon, text), Step::Continue);
+            let got = log.got.borrow()[0].clone();
+            assert_eq!(got.envelope().recipient_id, "", "{text}");
+            assert_eq!(log.error_code(), *code, "{text}");
+        }
+        assert!(
+            anon.id().is_none(),
+            "still anonymous, free to pick another id"
+        );
+
+        let (mut me, log) = net.peer("me");
+        assert_eq!(me.input(&net.table, Input::Binary), Step::Continue);
+        assert_eq!(log.got.borrow()[0].envelope().recipient_id, "me");
+        assert_eq!(log.error_code(), "unsupported_frame");
+        let big = format!(
+            r#"{{"message_type":"T","payload":"{}"}}"#,
+            "x".repeat(2 << 20)
+        );
+        assert_eq!(net.text(&mut me, &big), Step::Continue);
+        assert_eq!(log.error_code(), "message_too_large");
+        assert_eq!(
+            net.text(&mut me, &envelope("T", "other", "")),
+            Step::Continue
+        );
+        assert_eq!(log.error_code(), "spoofed_sender");
+    }
+
+    #[test]
+    fn errors_name_the_offending_type() {
+        let mut net = Net::new(RULES);
+        let (mut a, log) = net.peer("a");
+        let _ = net.text(&mut a, &envelope("Sync", "a", "ghost"));
+        let got = log.take();
+        let payload: Value = serde_json::from_str(&got[0].2).unwrap();
+        assert_eq!(payload["message_type"], "Sync");
+        assert_eq!(payload["code"], "unknown_recipient");
+    }
+
+    #[test]
+    fn a_refused_claim_at_connect_is_told_and_closes() {
+        let mut net = Net::new(RULES);
+        let (_a, _) = net.peer("a");
+        for (raw, code, ws, grpc) in [
+            ("a", "peer_id_in_use", 1008, 6),
+            ("bad id", "invalid_peer_id", 1008, 3),
+            ("relay", "reserved_peer_id", 1008, 3),
+        ] {
+            let log = Log::default();
+            let mut c = net.open(log.clone());
+            let Step::Close(error) = c.claim(&net.table, raw) else {
+                panic!("{raw}: not closed");
+            };
+            assert_eq!(error.code().as_str(), code);
+            assert_eq!((error.ws_close_code(), error.grpc_code()), (ws, grpc));
+            assert!(error.close_reason().starts_with(code));
+            assert_eq!(log.error_code(), code);
+        }
+    }
+
+    #[test]
+    fn an_oversized_frame_closes_with_1009() {
+        let mut net = Net::new("[limits]\nmax_message_bytes = 1000\n");
+        let (mut a, _) = net.peer("a");
+        let Step::Close(error) = a.input(&net.table, Input::OversizedFrame) else {
+            panic!("not closed");
+        };
+        assert_eq!(error.ws_close_code(), 1009);
+        assert!(error
+            .close_reason()
+            .starts_with("message_too_large: a frame over 66536 bytes"));
+    }
+
+    #[test]
+    fn leaving_announces_once_and_frees_the_id() {
+        let mut net = Net::new(RULES);
+        let (mut a, _) = net.peer("a");
+        let (_b, b_log) = net.peer("b");
+        a.leave(&net.table);
+        a.leave(&net.table);
+        assert_eq!(
+            b_log.take(),
+            [(
+                "PeerLeft".into(),
+                "relay".into(),
+                r#"{"peer_id":"a"}"#.into()
+            )]
+        );
+        let (_again, _) = net.peer("a");
+    }
+
+    #[test]
+    fn a_resumed_connection_leaves_a_table_that_forgot_it() {
+        let mut net = Net::new(RULES);
+        let (_b, b_log) = net.peer("b");
+        // The table lost "a" (an evicted Worker room rebuilt without its socket).
+        let mut a = Connection::resume(99, Log::default(), PeerId::parse("a").ok(), &net.config);
+        a.leave(&net.table);
+        assert_eq!(b_log.types(), ["PeerLeft"]);
+        // But a connection cannot remove an id another connection holds now.
+        let (_a2, _) = net.peer("a");
+        assert_eq!(b_log.types(), ["PeerJoined"]);
+        let mut stale =
+            Connection::resume(98, Log::default(), PeerId::parse("a").ok(), &net.config);
+        stale.leave(&net.table);
+        assert!(b_log.types().is_empty());
+        assert!(Table::read(&net.table).get("a").is_some());
+    }
+
+    #[test]
+    fn announcements_follow_the_switch() {
+        let mut net = Net::new("[discovery]\nannounce_peers = false\n");
+        let (mut a, a_log) = net.peer("a");
+        let (b, _) = net.peer("b");
+        drop(b);
+        a.leave(&net.table);
+        assert!(a_log.types().is_empty());
+    }
+
+    #[test]
+    fn a_slow_recipient_is_counted_once_and_every_sender_told() {
+        let mut net = Net::new(RULES);
+        let (mut a, a_log) = net.peer("a");
+        let slow = Log {
+            capacity: Some(1),
+            ..Log::default()
+        };
+        let mut s = net.open(slow.clone());
+        assert_eq!(s.claim(&net.table, "slow"), Step::Continue);
+        a_log.take();
+        for _ in 0..3 {
+            let _ = net.text(&mut a, &envelope("Sync", "a", "slow"));
+            assert_eq!(a_log.error_code(), "recipient_queue_full");
+        }
+        let counts = a.take_counts();
+        assert_eq!(
+            (counts.slow_consumers, counts.routed, counts.delivered),
+            (1, 3, 0)
+        );
+        assert_eq!(a.take_counts(), Counts::default());
+    }
+}
