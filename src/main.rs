@@ -18,8 +18,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(version)]
 struct Args {
     /// The configuration file. Any key can be overridden by an environment variable such as
-    /// RELAY_ROUTING__DEFAULT=echo (sections separated by "__").
-    #[arg(long, short, default_value = "relay.toml", env = "RELAY_CONFIG")]
+    /// GSIO_RELAY_ROUTING__DEFAULT=echo (sections separated by "__").
+    #[arg(long, short, default_value = "relay.toml", env = "GSIO_RELAY_CONFIG")]
     config: PathBuf,
 }
 

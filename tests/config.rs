@@ -106,27 +106,29 @@ fn the_binary_exits_non_zero_naming_the_problem() {
     let output = Command::new(BIN)
         .args(["--config", "relay.toml"])
         .current_dir(repo_path(""))
-        .env("RELAY_ROUTING__DEFAULT", "sideways")
+        .env("GSIO_RELAY_ROUTING__DEFAULT", "sideways")
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("RELAY_ROUTING__DEFAULT") && stderr.contains("sideways"),
+        stderr.contains("GSIO_RELAY_ROUTING__DEFAULT") && stderr.contains("sideways"),
         "{stderr}"
     );
 }
 
 /// The real binary: starts on a config file, serves a WebSocket peer, and on SIGTERM tells it
-/// and exits 0. Ports come from the environment (RELAY_SERVER__*), which also tests overrides.
+/// and exits 0. Ports come from the environment (GSIO_RELAY_SERVER__*), which also tests overrides.
 #[tokio::test]
 async fn the_binary_serves_and_stops_cleanly_on_sigterm() {
     let mut child = Command::new(BIN)
         .args(["--config", "relay.toml"])
         .current_dir(repo_path(""))
-        .env("RELAY_SERVER__WS_LISTEN", "127.0.0.1:0")
-        .env("RELAY_SERVER__GRPC_LISTEN", "127.0.0.1:0")
-        .env("RELAY_ROUTING__DEFAULT", "echo")
+        .env("GSIO_RELAY_SERVER__WS_LISTEN", "127.0.0.1:0")
+        // Another tool's variable with a similar prefix is not an override.
+        .env("RELAY_PROJECT_DIR", "/elsewhere")
+        .env("GSIO_RELAY_SERVER__GRPC_LISTEN", "127.0.0.1:0")
+        .env("GSIO_RELAY_ROUTING__DEFAULT", "echo")
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
         .stderr(Stdio::piped())
@@ -154,7 +156,7 @@ async fn the_binary_serves_and_stops_cleanly_on_sigterm() {
 
     let mut peer = WsPeer::connect(&format!("{url}/?node_id=cli")).await;
     peer.expect_welcome("cli").await;
-    // RELAY_ROUTING__DEFAULT=echo applies to types without a rule.
+    // GSIO_RELAY_ROUTING__DEFAULT=echo applies to types without a rule.
     peer.send("Unruled", "cli", "", "1").await;
     assert_eq!(peer.recv().await.message_type, "Unruled");
 

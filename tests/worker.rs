@@ -25,7 +25,7 @@ async fn worker_passes_the_conformance_table() {
 }
 
 /// Drops the room's in-memory state as an eviction from memory would (the test hook is on only
-/// where `RELAY_TEST_HOOKS=1`).
+/// where `GSIO_RELAY_TEST_HOOKS=1`).
 async fn forget(dev: &WranglerDev, network: &str) {
     let port = dev.port;
     let request =
@@ -53,7 +53,7 @@ async fn the_readme_browser_snippet_works_unchanged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routing_survives_a_room_that_lost_its_memory() {
-    let dev = WranglerDev::start_with_vars(&[("RELAY_TEST_HOOKS", "1")]);
+    let dev = WranglerDev::start_with_vars(&[("GSIO_RELAY_TEST_HOOKS", "1")]);
     let net = Net {
         base: dev.url("/hibernation"),
     };
@@ -96,8 +96,8 @@ async fn routing_survives_a_room_that_lost_its_memory() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vars_override_relay_toml_and_bad_ones_are_reported() {
     let dev = WranglerDev::start_with_vars(&[
-        ("RELAY_ROUTING__DEFAULT", "echo"),
-        ("RELAY_LIMITS__MAX_MESSAGE_BYTES", "4096"),
+        ("GSIO_RELAY_ROUTING__DEFAULT", "echo"),
+        ("GSIO_RELAY_LIMITS__MAX_MESSAGE_BYTES", "4096"),
     ]);
     let mut a = WsPeer::connect(&dev.url("/vars?node_id=a")).await;
     let welcome = a.expect_welcome("a").await;
@@ -111,7 +111,7 @@ async fn vars_override_relay_toml_and_bad_ones_are_reported() {
     drop(a);
     drop(dev);
 
-    let dev = WranglerDev::start_with_vars(&[("RELAY_ROUTING__DEFAULT", "sideways")]);
+    let dev = WranglerDev::start_with_vars(&[("GSIO_RELAY_ROUTING__DEFAULT", "sideways")]);
     let url = dev.url("/bad-config?node_id=a");
     let error = tokio_tungstenite::connect_async(url)
         .await

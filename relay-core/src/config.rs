@@ -3,8 +3,9 @@
 //!
 //! Unknown keys are rejected everywhere (`deny_unknown_fields`), so a typo never silently falls
 //! back to a default. Every section and key has a default, so an empty file is a valid config.
-//! The native server layers the file with `RELAY_`-prefixed environment variables (figment); the
-//! Worker embeds the file at build time. Both end in [`RelayConfig::validate`].
+//! Both runtimes load it the same way, [`RelayConfig::load`]: the file, then the
+//! `GSIO_RELAY_<SECTION>__<KEY>` overrides (the native relay's environment, the Worker's
+//! `[vars]`), then [`RelayConfig::validate`].
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -202,22 +203,126 @@ pub struct InvalidConfig {
     pub message: String,
 }
 
-/// Prefix of the variables that override `relay.toml` keys; `__` separates the section and key.
-pub const ENV_PREFIX: &str = "RELAY_";
+/// Prefix of the variables that override `relay.toml` keys: `GSIO_RELAY_<SECTION>__<KEY>`,
+/// e.g. `GSIO_RELAY_ROUTING__DEFAULT=echo`. Distinctive on purpose: `RELAY_` is a common prefix
+/// of other tools' settings, and a stray variable must not stop the relay. Only names with a
+/// `__` after the prefix are overrides (so `GSIO_RELAY_CONFIG`, the file's path, is not); an
+/// override naming an unknown section or key is an error, so typos are caught.
+pub const ENV_PREFIX: &str = "GSIO_RELAY_";
 
-fn set_path(table: &mut toml::Table, keys: &[&str], value: toml::Value) -> Result<(), String> {
-    let (last, sections) = keys.split_last().ok_or("no key")?;
-    let mut at = table;
-    for section in sections {
-        let entry = at
-            .entry(section.to_string())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        at = entry
-            .as_table_mut()
-            .ok_or_else(|| format!("`{section}` is not a section"))?;
+/// Why a configuration could not be loaded. Every variant names where the bad value came from.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The file is not TOML, or does not fit the schema (unknown key, wrong type or value).
+    /// `key` is the dotted key at the error's line, when there is one; toml's message shows the
+    /// line.
+    #[error("{file}: {}{message}", key.as_ref().map(|k| format!("key `{k}`: ")).unwrap_or_default())]
+    Parse {
+        file: String,
+        key: Option<String>,
+        message: String,
+    },
+    /// The file parsed, but a value cannot be used.
+    #[error("{file}: {invalid}")]
+    Invalid {
+        file: String,
+        invalid: InvalidConfig,
+    },
+    /// An override variable that names no key, whose value does not fit, or that makes the
+    /// configuration unusable.
+    #[error("{variable}: {message}")]
+    Variable { variable: String, message: String },
+}
+
+/// One override variable: its name, the dotted key it sets, and the value as TOML.
+struct Override {
+    variable: String,
+    keys: Vec<String>,
+    value: toml::Value,
+}
+
+impl Override {
+    /// `None` for a variable that is not an override (another prefix, or no `__`).
+    fn parse(name: &str, value: &str) -> Option<Override> {
+        let path = name.strip_prefix(ENV_PREFIX)?;
+        if !path.contains("__") {
+            return None;
+        }
+        let keys = path
+            .split("__")
+            .map(str::to_ascii_lowercase)
+            .collect::<Vec<_>>();
+        // A TOML value (`8192`, `true`, `"echo"`), or else the text itself (`echo`).
+        let value = format!("v = {value}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut parsed| parsed.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(value.to_owned()));
+        Some(Override {
+            variable: name.to_owned(),
+            keys,
+            value,
+        })
     }
-    at.insert(last.to_string(), value);
-    Ok(())
+
+    fn apply(&self, table: &mut toml::Table) -> Result<(), ConfigError> {
+        let refuse = |message: String| ConfigError::Variable {
+            variable: self.variable.clone(),
+            message,
+        };
+        let (last, sections) = self
+            .keys
+            .split_last()
+            .ok_or_else(|| refuse("names no key".to_owned()))?;
+        let mut at = table;
+        for section in sections {
+            let entry = at
+                .entry(section.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            at = entry
+                .as_table_mut()
+                .ok_or_else(|| refuse(format!("`{section}` is not a section")))?;
+        }
+        at.insert(last.clone(), self.value.clone());
+        Ok(())
+    }
+}
+
+/// The dotted key (`server.ws_listen`) of the `key = value` line holding byte `at` of `text`,
+/// under the last `[section]` header above it; just the section for a header line. Enough for
+/// relay.toml's shape (sections of plain keys); `None` where the line is neither.
+fn dotted_key_at(text: &str, at: usize) -> Option<String> {
+    let at = at.min(text.len());
+    let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("").trim();
+    let header = |line: &str| {
+        let name = line.strip_prefix('[')?.split(']').next()?;
+        Some(name.trim().trim_matches('[').trim().to_owned())
+    };
+    if let Some(section) = header(line) {
+        return Some(section);
+    }
+    let (key, _) = line.split_once('=')?;
+    let key = key.trim().trim_matches('"');
+    if key.is_empty() || key.starts_with('#') {
+        return None;
+    }
+    let section = text[..line_start]
+        .lines()
+        .rev()
+        .find_map(|l| header(l.trim()));
+    Some(match section {
+        Some(section) => format!("{section}.{key}"),
+        None => key.to_owned(),
+    })
+}
+
+fn from_table(table: toml::Table) -> Result<RelayConfig, String> {
+    toml::Value::Table(table)
+        .try_into::<RelayConfig>()
+        .map_err(|e| e.to_string())?
+        .validate()
+        .map_err(|e| e.to_string())
 }
 
 /// The smallest `limits.max_message_bytes`: room for an envelope with a modest payload.
@@ -228,50 +333,68 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 pub const MAX_QUEUE_CAPACITY: usize = 1_000_000;
 
 impl RelayConfig {
-    /// Parses TOML text (the Worker's embedded `relay.toml`) and validates it. `source` names the
-    /// file in errors.
-    pub fn from_toml_str(text: &str, source: &str) -> Result<RelayConfig, String> {
-        let config: RelayConfig = toml::from_str(text).map_err(|e| format!("{source}: {e}"))?;
-        config.validate().map_err(|e| format!("{source}: {e}"))
+    /// Parses TOML text and validates it, without overrides. `file` names the file in errors.
+    pub fn from_toml_str(text: &str, file: &str) -> Result<RelayConfig, ConfigError> {
+        RelayConfig::load(text, file, std::iter::empty::<(&str, &str)>())
     }
 
-    /// Parses TOML text, with `RELAY_<SECTION>__<KEY>` variables laid over it (the Worker's
-    /// `[vars]`, the same names the native relay takes from its environment), and validates
-    /// the result. A variable's value is read as a TOML value (`8192`, `true`, `"echo"`), or
-    /// else as a plain string (`echo`). Errors name the file or the variable.
-    pub fn from_toml_with_vars<'v>(
+    /// The one way both runtimes load their configuration: `relay.toml`'s text, then the
+    /// override variables among `vars` laid over it (the native relay passes its environment,
+    /// the Worker its `[vars]`), then validation. Names that are not overrides (see
+    /// [`ENV_PREFIX`]) are ignored.
+    ///
+    /// The file must be valid on its own, so that its errors name the file, the key and the
+    /// line. An error that only the overrides cause names the variable responsible.
+    pub fn load<N: AsRef<str>, V: AsRef<str>>(
         text: &str,
-        source: &str,
-        vars: impl IntoIterator<Item = (&'v str, &'v str)>,
-    ) -> Result<RelayConfig, String> {
-        let mut table: toml::Table = text.parse().map_err(|e| format!("{source}: {e}"))?;
-        let mut named = Vec::new();
-        for (name, value) in vars {
-            let path = name
-                .strip_prefix(ENV_PREFIX)
-                .filter(|rest| !rest.is_empty())
-                .ok_or_else(|| format!("{name}: not a {ENV_PREFIX} variable"))?
-                .to_ascii_lowercase();
-            let keys: Vec<&str> = path.split("__").collect();
-            let value = format!("v = {value}")
-                .parse::<toml::Table>()
-                .ok()
-                .and_then(|mut parsed| parsed.remove("v"))
-                .unwrap_or_else(|| toml::Value::String(value.to_owned()));
-            set_path(&mut table, &keys, value).map_err(|e| format!("{name}: {e}"))?;
-            named.push((keys.join("."), name));
-        }
-        let blame = |message: String| {
-            // Blame the variable whose key the message names, else the file.
-            match named.iter().find(|(key, _)| message.contains(key.as_str())) {
-                Some((_, name)) => format!("{name}: {message}"),
-                None => format!("{source}: {message}"),
-            }
+        file: &str,
+        vars: impl IntoIterator<Item = (N, V)>,
+    ) -> Result<RelayConfig, ConfigError> {
+        let parse_error = |e: toml::de::Error| ConfigError::Parse {
+            file: file.to_owned(),
+            key: e.span().and_then(|span| dotted_key_at(text, span.start)),
+            message: e.to_string(),
         };
-        let config: RelayConfig = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| blame(e.to_string()))?;
-        config.validate().map_err(|e| blame(e.to_string()))
+        let table: toml::Table = text.parse().map_err(parse_error)?;
+        let config: RelayConfig = toml::from_str(text).map_err(parse_error)?;
+        let config = config.validate().map_err(|invalid| ConfigError::Invalid {
+            file: file.to_owned(),
+            invalid,
+        })?;
+        let mut overrides: Vec<Override> = vars
+            .into_iter()
+            .filter_map(|(name, value)| Override::parse(name.as_ref(), value.as_ref()))
+            .collect();
+        if overrides.is_empty() {
+            return Ok(config);
+        }
+        // The same order whatever the environment's, so the same variables give the same result.
+        overrides.sort_by(|a, b| a.variable.cmp(&b.variable));
+        let mut merged = table.clone();
+        for o in &overrides {
+            o.apply(&mut merged)?;
+        }
+        from_table(merged).map_err(|message| {
+            // Blame the first variable that is wrong on its own; else all of them together.
+            let alone = overrides.iter().find_map(|o| {
+                let mut one = table.clone();
+                let wrong = o.apply(&mut one).err().or_else(|| {
+                    from_table(one).err().map(|message| ConfigError::Variable {
+                        variable: o.variable.clone(),
+                        message,
+                    })
+                });
+                wrong
+            });
+            alone.unwrap_or_else(|| ConfigError::Variable {
+                variable: overrides
+                    .iter()
+                    .map(|o| o.variable.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                message,
+            })
+        })
     }
 
     /// Checks what the types alone cannot; the error names the key.
@@ -354,13 +477,17 @@ mod tests {
     #[test]
     fn vars_override_the_file_like_the_environment_does() {
         let file = "[routing]\ndefault = \"broadcast\"\n";
-        let c = RelayConfig::from_toml_with_vars(
+        let c = RelayConfig::load(
             file,
             "relay.toml",
             [
-                ("RELAY_ROUTING__DEFAULT", "echo"),
-                ("RELAY_LIMITS__MAX_MESSAGE_BYTES", "4096"),
-                ("RELAY_DISCOVERY__ANNOUNCE_PEERS", "false"),
+                ("GSIO_RELAY_ROUTING__DEFAULT", "echo"),
+                ("GSIO_RELAY_LIMITS__MAX_MESSAGE_BYTES", "4096"),
+                ("GSIO_RELAY_DISCOVERY__ANNOUNCE_PEERS", "false"),
+                // Not overrides: another tool's prefix, and our own name without a key.
+                ("RELAY_PROJECT_DIR", "/somewhere"),
+                ("RELAY_ROUTING__DEFAULT", "sideways"),
+                ("GSIO_RELAY_CONFIG", "other.toml"),
             ],
         )
         .unwrap();
@@ -370,25 +497,77 @@ mod tests {
 
         let cases: &[(&str, &str, &[&str])] = &[
             (
-                "RELAY_ROUTING__DEFAULT",
+                "GSIO_RELAY_ROUTING__DEFAULT",
                 "sideways",
-                &["RELAY_ROUTING__DEFAULT", "sideways", "directed"],
+                &["GSIO_RELAY_ROUTING__DEFAULT", "sideways", "directed"],
             ),
             (
-                "RELAY_LIMITS__QUEUE_CAPACITY",
+                "GSIO_RELAY_LIMITS__QUEUE_CAPACITY",
                 "0",
-                &["RELAY_LIMITS__QUEUE_CAPACITY", "limits.queue_capacity"],
+                &["GSIO_RELAY_LIMITS__QUEUE_CAPACITY", "limits.queue_capacity"],
             ),
-            ("RELAY_LIMITS__TYPO", "1", &["typo"]),
-            ("ROUTING__DEFAULT", "echo", &["ROUTING__DEFAULT", "RELAY_"]),
+            (
+                "GSIO_RELAY_LIMITS__TYPO",
+                "1",
+                &["GSIO_RELAY_LIMITS__TYPO", "typo"],
+            ),
+            (
+                "GSIO_RELAY_ROUTNG__DEFAULT",
+                "echo",
+                &["GSIO_RELAY_ROUTNG__DEFAULT", "routng"],
+            ),
+            (
+                "GSIO_RELAY_ROUTING__DEFAULT__X",
+                "echo",
+                &["GSIO_RELAY_ROUTING__DEFAULT__X", "not a section"],
+            ),
         ];
         for (name, value, wanted) in cases {
-            let err = RelayConfig::from_toml_with_vars(file, "relay.toml", [(*name, *value)])
-                .unwrap_err();
+            let err = RelayConfig::load(file, "relay.toml", [(*name, *value)]).unwrap_err();
+            assert!(
+                matches!(&err, ConfigError::Variable { variable, .. } if variable == name),
+                "{err:?}"
+            );
+            let err = err.to_string();
             for w in *wanted {
                 assert!(err.contains(w), "{name}={value}: {err:?} lacks {w:?}");
             }
         }
+        // Each good alone, bad together: both are named.
+        let err = RelayConfig::load(
+            "",
+            "relay.toml",
+            [
+                ("GSIO_RELAY_SERVER__WS_LISTEN", "127.0.0.1:9"),
+                ("GSIO_RELAY_SERVER__GRPC_LISTEN", "127.0.0.1:9"),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("GSIO_RELAY_SERVER__WS_LISTEN")
+                && err.contains("GSIO_RELAY_SERVER__GRPC_LISTEN"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn parse_errors_name_the_dotted_key() {
+        let text = "# top\n[server]\nws_listen = 1\n\n[routing.rules]\n\"Ping\" = \"loud\"\n";
+        let at = |needle: &str| text.find(needle).unwrap();
+        assert_eq!(
+            dotted_key_at(text, at("1\n")).as_deref(),
+            Some("server.ws_listen")
+        );
+        assert_eq!(
+            dotted_key_at(text, at("loud")).as_deref(),
+            Some("routing.rules.Ping")
+        );
+        assert_eq!(
+            dotted_key_at(text, at("rules]")).as_deref(),
+            Some("routing.rules")
+        );
+        assert_eq!(dotted_key_at(text, 0), None);
     }
 
     #[test]
@@ -396,7 +575,14 @@ mod tests {
         let cases: &[(&str, &[&str])] = &[
             (
                 "[routing]\ndefault = \"shout\"\n",
-                &["t.toml", "line 2", "echo", "broadcast", "directed"],
+                &[
+                    "t.toml",
+                    "line 2",
+                    "routing.default",
+                    "echo",
+                    "broadcast",
+                    "directed",
+                ],
             ),
             (
                 "[routing]\ndefualt = \"echo\"\n",
@@ -404,7 +590,7 @@ mod tests {
             ),
             (
                 "[limits]\nmax_message_bytes = \"big\"\n",
-                &["t.toml", "line 2", "max_message_bytes"],
+                &["t.toml", "line 2", "limits.max_message_bytes"],
             ),
             ("[limits\n", &["t.toml", "line 1"]),
             (
@@ -430,7 +616,9 @@ mod tests {
             ("[routing.rules]\n\"\" = \"echo\"\n", &["routing.rules"]),
         ];
         for (text, wanted) in cases {
-            let err = RelayConfig::from_toml_str(text, "t.toml").unwrap_err();
+            let err = RelayConfig::from_toml_str(text, "t.toml")
+                .unwrap_err()
+                .to_string();
             for w in *wanted {
                 assert!(err.contains(w), "{text:?}: {err:?} lacks {w:?}");
             }

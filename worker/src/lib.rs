@@ -5,9 +5,10 @@
 //! - [`fetch`] is the Worker's entry point. It owns no state: every WebSocket upgrade goes to
 //!   the [`RelayRoom`] Durable Object named after the request path (one room per network; `/` is
 //!   the default network). Any other request gets `426 Upgrade Required`.
-//! - [`RelayRoom`] holds the peers of one network. Every decision (parsing, identity, routing,
-//!   the relay's own envelopes) is made by `gsio-relay-core`, exactly as natively; this file
-//!   only moves frames between sockets and the core.
+//! - [`RelayRoom`] holds the peers of one network. The whole conversation (parsing, identity,
+//!   Welcome and announcements, routing, errors, close codes) is `gsio-relay-core`'s
+//!   [`Connection`], exactly as natively; this file only moves frames between sockets and the
+//!   core, and keeps each socket's id on the socket.
 //!
 //! # Hibernation
 //! Sockets are accepted with the WebSocket Hibernation API, so an idle room can be evicted
@@ -19,12 +20,17 @@
 //! The repository's `relay.toml` is embedded at build time. The Worker's `[vars]` may override
 //! the keys in [`OVERRIDABLE`], with the same names as the native relay's environment variables.
 
+#![forbid(unsafe_code)]
+
 use std::cell::{RefCell, RefMut};
 use std::sync::Arc;
 
-use bytes::Bytes;
-use gsio_relay_core::hub::{error_message, ConnId};
-use gsio_relay_core::{Hub, Message, PeerId, RelayConfig, RelayError, Session};
+use bytestring::ByteString;
+use gsio_relay_core::error::close_code;
+use gsio_relay_core::hub::ConnId;
+use gsio_relay_core::{
+    Connection, Hub, Input, Link, Message, PeerId, Refused, RelayConfig, Step, Table,
+};
 use serde::{Deserialize, Serialize};
 use worker::{
     durable_object, event, Context, DurableObject, Env, Request, Response, Result, State,
@@ -39,21 +45,17 @@ const RELAY_TOML: &str = include_str!("../../relay.toml");
 
 /// The `relay.toml` keys a `[vars]` entry may override (string values: `"echo"`, `"4096"`).
 pub const OVERRIDABLE: [&str; 5] = [
-    "RELAY_ROUTING__DEFAULT",
-    "RELAY_LIMITS__MAX_MESSAGE_BYTES",
-    "RELAY_LIMITS__QUEUE_CAPACITY",
-    "RELAY_DISCOVERY__ANNOUNCE_PEERS",
-    "RELAY_DISCOVERY__WELCOME_PEERS_MAX",
+    "GSIO_RELAY_ROUTING__DEFAULT",
+    "GSIO_RELAY_LIMITS__MAX_MESSAGE_BYTES",
+    "GSIO_RELAY_LIMITS__QUEUE_CAPACITY",
+    "GSIO_RELAY_DISCOVERY__ANNOUNCE_PEERS",
+    "GSIO_RELAY_DISCOVERY__WELCOME_PEERS_MAX",
 ];
 
 /// With this var set to "1", `GET /<network>?__forget` drops the room's in-memory state, as an
 /// eviction would; the tests use it to check that routing survives on attachments alone.
-const TEST_HOOKS_VAR: &str = "RELAY_TEST_HOOKS";
+const TEST_HOOKS_VAR: &str = "GSIO_RELAY_TEST_HOOKS";
 const FORGET_QUERY: &str = "__forget";
-
-/// Close codes (RFC 6455, section 7.4.1).
-const CLOSE_NORMAL: u16 = 1000;
-const CLOSE_POLICY: u16 = 1008;
 
 #[event(start)]
 fn start() {
@@ -83,9 +85,17 @@ pub struct PeerAttachment {
     pub peer_id: Option<String>,
 }
 
+impl PeerAttachment {
+    fn id(&self) -> Option<PeerId> {
+        self.peer_id
+            .as_deref()
+            .and_then(|id| PeerId::parse(id).ok())
+    }
+}
+
 /// The in-memory side of a room: a cache of what the attachments say.
 struct Room {
-    hub: Hub<WebSocket>,
+    hub: Hub<Socket>,
     next_conn: ConnId,
 }
 
@@ -108,12 +118,10 @@ impl DurableObject for RelayRoom {
             .iter()
             .filter_map(|name| Some((*name, env.var(name).ok()?.to_string())))
             .collect();
-        let config = RelayConfig::from_toml_with_vars(
-            RELAY_TOML,
-            "relay.toml (embedded)",
-            vars.iter().map(|(name, value)| (*name, value.as_str())),
-        )
-        .map(Arc::new);
+        // The same loader as the native relay's, with [vars] in place of the environment.
+        let config = RelayConfig::load(RELAY_TOML, "relay.toml (embedded)", vars)
+            .map(Arc::new)
+            .map_err(|error| error.to_string());
         if let Err(error) = &config {
             worker::console_error!("gsio-relay: invalid configuration: {error}");
         }
@@ -153,13 +161,10 @@ impl DurableObject for RelayRoom {
         };
         server.serialize_attachment(&attachment)?;
         if let Some(raw) = node_id {
-            let joined = PeerId::parse(&raw).and_then(|id| self.join(&server, &mut attachment, id));
-            if let Err(error) = joined {
-                send(&server, &error_message("", &error, None));
-                close(&server, CLOSE_POLICY, &error);
-            }
+            let mut connection = self.connection(&server, &attachment, &config);
+            let step = connection.claim(self, &raw);
+            self.carry_out(&server, &mut attachment, &mut connection, step);
         }
-        drop(config);
         Response::from_websocket(client)
     }
 
@@ -169,6 +174,9 @@ impl DurableObject for RelayRoom {
         message: WebSocketIncomingMessage,
     ) -> Result<()> {
         // Nothing from the network may fail the room: every error is answered or logged here.
+        let Ok(config) = &self.config else {
+            return Ok(());
+        };
         let mut attachment = match ws.deserialize_attachment::<PeerAttachment>() {
             Ok(Some(attachment)) => attachment,
             other => {
@@ -176,17 +184,14 @@ impl DurableObject for RelayRoom {
                 return Ok(());
             }
         };
-        match message {
-            WebSocketIncomingMessage::String(text) => self.receive(&ws, &mut attachment, text),
-            WebSocketIncomingMessage::Binary(_) => reject(
-                &ws,
-                &attachment,
-                RelayError::UnsupportedFrame(
-                    "binary frames are not accepted; send each envelope as a JSON text frame",
-                ),
-                None,
-            ),
-        }
+        let input = match message {
+            // The frame's own bytes, shared (not copied) by every recipient it is forwarded to.
+            WebSocketIncomingMessage::String(text) => Input::Text(ByteString::from(text)),
+            WebSocketIncomingMessage::Binary(_) => Input::Binary,
+        };
+        let mut connection = self.connection(&ws, &attachment, config);
+        let step = connection.input(self, input);
+        self.carry_out(&ws, &mut attachment, &mut connection, step);
         Ok(())
     }
 
@@ -198,12 +203,8 @@ impl DurableObject for RelayRoom {
         _was_clean: bool,
     ) -> Result<()> {
         // A hibernated socket's close frame is not answered by the runtime, so reciprocate it,
-        // or the peer waits in CLOSING. Codes that must not be sent (1005, 1006, 1015) become
-        // 1000; closing an already closed socket is a no-op.
-        let code = match u16::try_from(code) {
-            Ok(code @ (1000..=1003 | 1007..=1014 | 3000..=4999)) => code,
-            _ => CLOSE_NORMAL,
-        };
+        // or the peer waits in CLOSING. Closing an already closed socket is a no-op.
+        let code = u16::try_from(code).map_or(close_code::NORMAL, close_code::reply_to);
         if let Err(error) = ws.close(Some(code), Some(reason)) {
             worker::console_warn!("gsio-relay: answering a close frame failed: {error}");
         }
@@ -240,140 +241,91 @@ impl RelayRoom {
                 continue;
             };
             next_conn = next_conn.max(attachment.conn);
-            if let Some(id) = attachment
-                .peer_id
-                .as_deref()
-                .and_then(|s| PeerId::parse(s).ok())
-            {
-                hub.restore(id, attachment.conn, ws);
+            if let Some(id) = attachment.id() {
+                hub.restore(id, attachment.conn, Socket(ws));
             }
         }
         Room { hub, next_conn }
     }
 
-    fn max_message_bytes(&self) -> usize {
-        self.config
-            .as_ref()
-            .map_or(0, |config| config.limits.max_message_bytes)
+    /// The core's connection for a socket, resumed from what its attachment remembers.
+    fn connection(
+        &self,
+        ws: &WebSocket,
+        attachment: &PeerAttachment,
+        config: &RelayConfig,
+    ) -> Connection<Socket> {
+        Connection::resume(attachment.conn, Socket(ws.clone()), attachment.id(), config)
     }
 
-    /// Adds the peer to the hub, records its id on the socket, and sends the Welcome and the
-    /// PeerJoined announcements.
-    fn join(
+    /// Carries out one step of the core's conversation: the socket remembers the id the
+    /// connection now has, and a close is sent when the core says so.
+    fn carry_out(
         &self,
         ws: &WebSocket,
         attachment: &mut PeerAttachment,
-        id: PeerId,
-    ) -> std::result::Result<(), RelayError> {
-        let mut room = self.room();
-        let joined = room.hub.join(id.clone(), attachment.conn, ws.clone())?;
-        attachment.peer_id = Some(id.to_string());
-        if let Err(error) = ws.serialize_attachment(&*attachment) {
-            worker::console_error!("gsio-relay: cannot record peer id {id}: {error}");
-        }
-        send(ws, &joined.welcome);
-        if let Some(announcement) = joined.announcement {
-            for peer in room.hub.others(&id) {
-                send(peer, &announcement);
+        connection: &mut Connection<Socket>,
+        step: Step,
+    ) {
+        let id = connection.id().map(|id| id.to_string());
+        if id != attachment.peer_id {
+            attachment.peer_id = id;
+            if let Err(error) = ws.serialize_attachment(&*attachment) {
+                worker::console_error!(
+                    "gsio-relay: cannot record the peer id on its socket: {error}"
+                );
             }
         }
-        Ok(())
-    }
-
-    fn receive(&self, ws: &WebSocket, attachment: &mut PeerAttachment, text: String) {
-        let mut session = Session::new();
-        if let Some(id) = attachment
-            .peer_id
-            .as_deref()
-            .and_then(|s| PeerId::parse(s).ok())
-        {
-            session.bind(id);
-        }
-        // The frame's own bytes, shared (not copied) by every recipient it is forwarded to.
-        let original = Bytes::from(text);
-        let text = std::str::from_utf8(&original).expect("a String is UTF-8");
-        let inbound = match session.accept_text(text, original.clone(), self.max_message_bytes()) {
-            Ok(inbound) => inbound,
-            Err(rejected) => {
-                return reject(
-                    ws,
-                    attachment,
-                    rejected.error,
-                    rejected.message_type.as_deref(),
-                )
+        if let Step::Close(error) = step {
+            if let Err(error) = ws.close(Some(error.ws_close_code()), Some(error.close_reason())) {
+                worker::console_warn!("gsio-relay: close failed: {error}");
             }
-        };
-        let message = inbound.message;
-        let message_type = message.envelope().message_type.as_str();
-        if let Some(id) = inbound.claim {
-            if let Err(error) = self.join(ws, attachment, id.clone()) {
-                return reject(ws, attachment, error, Some(message_type));
-            }
-            session.bind(id);
-        }
-        let sender = session.id().expect("admission binds the session");
-        let room = self.room();
-        match room.hub.route(sender, &message) {
-            Ok(targets) => {
-                for peer in targets {
-                    send(peer, &message);
-                }
-            }
-            Err(error) => {
-                drop(room);
-                reject(ws, attachment, error, Some(message_type));
-            }
+            self.leave(ws);
         }
     }
 
     fn leave(&self, ws: &WebSocket) {
+        let Some(config) = self.config.as_ref().ok() else {
+            return;
+        };
         let Ok(Some(mut attachment)) = ws.deserialize_attachment::<PeerAttachment>() else {
             return;
         };
-        let Some(id) = attachment
-            .peer_id
-            .take()
-            .and_then(|s| PeerId::parse(&s).ok())
-        else {
-            return;
-        };
+        let mut connection = self.connection(ws, &attachment, config);
+        connection.leave(self);
         // Forget the id on the socket too, in case the runtime still lists it on a rebuild.
-        let _ = ws.serialize_attachment(&attachment);
-        let mut room = self.room();
-        // A table rebuilt just now may lack this socket (the runtime stops listing a socket
-        // once it closes); its attachment still proves it held the id, unless another
-        // connection holds it now.
-        room.hub.restore(id.clone(), attachment.conn, ws.clone());
-        if let Some((_, Some(announcement))) = room.hub.leave(&id, attachment.conn) {
-            for peer in room.hub.others(&id) {
-                send(peer, &announcement);
-            }
+        if attachment.peer_id.take().is_some() {
+            let _ = ws.serialize_attachment(&attachment);
         }
     }
 }
 
-/// Sends one envelope; a socket that is already gone is only logged.
-fn send(ws: &WebSocket, message: &Message) {
-    if let Err(error) = ws.send_with_str(message.json_str()) {
-        worker::console_warn!("gsio-relay: send failed: {error}");
+/// The core reaches a peer of this room through its socket. workerd buffers what is sent, so
+/// sending never waits; a socket that is already gone is only logged.
+#[derive(Clone)]
+struct Socket(WebSocket);
+
+impl Link for Socket {
+    fn send(&self, message: &Arc<Message>) -> std::result::Result<(), Refused> {
+        self.0.send_with_str(message.json_str()).map_err(|error| {
+            worker::console_warn!("gsio-relay: send failed: {error}");
+            Refused::Gone
+        })
     }
 }
 
-/// Answers a bad envelope with an `Error` envelope; the socket stays open.
-fn reject(
-    ws: &WebSocket,
-    attachment: &PeerAttachment,
-    error: RelayError,
-    message_type: Option<&str>,
-) {
-    let recipient = attachment.peer_id.as_deref().unwrap_or("");
-    send(ws, &error_message(recipient, &error, message_type));
-}
+/// The room's peer table, for the core. Single-threaded: a `RefCell` borrow, never held across
+/// an `.await` (every step of the core is synchronous).
+impl Table<Socket> for RelayRoom {
+    type Read<'t> = RefMut<'t, Hub<Socket>>;
+    type Write<'t> = RefMut<'t, Hub<Socket>>;
 
-/// Closes a socket, telling why (the reason starts with the error code).
-fn close(ws: &WebSocket, code: u16, error: &RelayError) {
-    if let Err(error) = ws.close(Some(code), Some(error.close_reason())) {
-        worker::console_warn!("gsio-relay: close failed: {error}");
+    fn read(&self) -> Self::Read<'_> {
+        RefMut::map(self.room(), |room| &mut room.hub)
+    }
+
+    fn write(&self) -> Self::Write<'_> {
+        RefMut::map(self.room(), |room| &mut room.hub)
     }
 }
 
