@@ -19,8 +19,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::pb;
 use crate::peer::PeerConn;
-use crate::relay::{Relay, Signal};
+use crate::relay::Relay;
 use crate::shutdown::{Phase, Shutdown};
+use crate::signal::Signal;
 
 /// Generated server code (see `build.rs`).
 pub mod server {
@@ -257,7 +258,7 @@ impl server::relay_service_server::RelayService for RelayGrpc {
 
 /// The outbound half of one stream: what the peer's outbox yields, until it ends.
 struct Writer {
-    outbox: crate::relay::Outbox,
+    outbox: crate::queue::Outbox,
     /// Kicked (slow consumer) or shutdown's close phase.
     signal: Arc<Signal>,
     _registration: crate::shutdown::Registration,

@@ -10,17 +10,20 @@
 //! - [`ws`]: the WebSocket front (JSON text frames).
 //! - [`grpc`]: the gRPC front (`RelayService/Exchange`) and the proto conversions.
 //! - [`peer`]: one connection, front-independent: identity, admission, routing, delivery.
-//! - [`relay`]: state shared by all connections (the hub, counters) and the bounded per-peer
-//!   queues with their slow-consumer policy.
+//! - [`relay`]: state shared by all connections (the hub, connection ids, counters).
+//! - [`queue`]: the bounded per-peer queues and their slow-consumer policy.
+//! - [`signal`]: one connection's out-of-band events (kicked, shutdown's phases).
 //! - [`shutdown`]: the two-phase graceful shutdown.
 //! - [`pb`]: the generated protobuf types and client (what a node author uses too).
 
 pub mod config;
 pub mod grpc;
 pub mod peer;
+pub mod queue;
 pub mod relay;
 pub mod server;
 pub mod shutdown;
+pub mod signal;
 pub mod ws;
 
 /// Generated from `proto/gsio/relay/v1/relay.proto`: messages and the client.

@@ -11,7 +11,9 @@ use bytes::Bytes;
 use gsio_relay_core::hub::{error_message, ConnId};
 use gsio_relay_core::{Envelope, Inbound, Message, PeerId, Rejection, RelayError, Session};
 
-use crate::relay::{queue, Outbox, PeerHandle, PushError, QueueTx, Refused, Relay, Signal, Stats};
+use crate::queue::{queue, Outbox, PeerHandle, PushError, QueueTx, Refused};
+use crate::relay::{Relay, Stats};
+use crate::signal::Signal;
 
 /// The relay side of one connected peer. Dropping it removes the peer from the hub (and
 /// announces `PeerLeft`).

@@ -20,8 +20,10 @@ use tokio_tungstenite::tungstenite::{self, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::peer::PeerConn;
-use crate::relay::{Outbox, Relay, Signal};
+use crate::queue::Outbox;
+use crate::relay::Relay;
 use crate::shutdown::Shutdown;
+use crate::signal::Signal;
 
 /// A client must finish the WebSocket handshake within this time.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
