@@ -19,9 +19,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::pb;
 use crate::peer::PeerConn;
-use crate::relay::Relay;
 use crate::shutdown::{Phase, Shutdown};
 use crate::signal::Signal;
+use crate::state::Relay;
 
 /// Generated server code (see `build.rs`).
 pub mod server {

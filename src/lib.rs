@@ -10,7 +10,8 @@
 //! - [`ws`]: the WebSocket front (JSON text frames).
 //! - [`grpc`]: the gRPC front (`RelayService/Exchange`) and the proto conversions.
 //! - [`peer`]: one connection, front-independent: identity, admission, routing, delivery.
-//! - [`relay`]: state shared by all connections (the hub, connection ids, counters).
+//! - [`state`]: the [`state::Relay`] every connection shares (the hub, connection ids,
+//!   counters).
 //! - [`queue`]: the bounded per-peer queues and their slow-consumer policy.
 //! - [`signal`]: one connection's out-of-band events (kicked, shutdown's phases).
 //! - [`shutdown`]: the two-phase graceful shutdown.
@@ -20,10 +21,10 @@ pub mod config;
 pub mod grpc;
 pub mod peer;
 pub mod queue;
-pub mod relay;
 pub mod server;
 pub mod shutdown;
 pub mod signal;
+pub mod state;
 pub mod ws;
 
 /// Generated from `proto/gsio/relay/v1/relay.proto`: messages and the client.

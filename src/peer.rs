@@ -12,8 +12,8 @@ use gsio_relay_core::hub::{error_message, ConnId};
 use gsio_relay_core::{Envelope, Inbound, Message, PeerId, Rejection, RelayError, Session};
 
 use crate::queue::{queue, Outbox, PeerHandle, PushError, QueueTx, Refused};
-use crate::relay::{Relay, Stats};
 use crate::signal::Signal;
+use crate::state::{Relay, Stats};
 
 /// The relay side of one connected peer. Dropping it removes the peer from the hub (and
 /// announces `PeerLeft`).

@@ -16,8 +16,8 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 
 use crate::grpc::server::relay_service_server::RelayServiceServer;
 use crate::grpc::RelayGrpc;
-use crate::relay::{Relay, Stats};
 use crate::shutdown::{Controller, Phase};
+use crate::state::{Relay, Stats};
 use crate::ws;
 
 /// Why the server could not start.

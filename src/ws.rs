@@ -21,9 +21,9 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::peer::PeerConn;
 use crate::queue::Outbox;
-use crate::relay::Relay;
 use crate::shutdown::Shutdown;
 use crate::signal::Signal;
+use crate::state::Relay;
 
 /// A client must finish the WebSocket handshake within this time.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

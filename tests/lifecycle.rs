@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::{shipped_config, Frame, GrpcPeer, Peer, TestRelay, WsPeer};
-use gsio_relay::relay::Stats;
+use gsio_relay::state::Stats;
 
 /// A payload large enough that the kernel's socket buffers fill after a few dozen messages.
 fn chunk() -> String {

@@ -1,4 +1,4 @@
-//! The state every connection shares: the hub (peer table + rules), connection ids and
+//! The state every connection shares ([`Relay`]): the hub (peer table + rules), connection ids and
 //! counters. How one connection's messages reach another (the per-peer queues) is
 //! [`crate::queue`]'s job.
 
