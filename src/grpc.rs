@@ -17,10 +17,10 @@ use prost::encoding::{DecodeContext, WireType};
 use tonic::codec::{BufferSettings, Codec};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::events::ConnEvents;
 use crate::pb;
 use crate::peer::PeerConn;
 use crate::shutdown::{Phase, Shutdown};
-use crate::signal::Signal;
 use crate::state::Relay;
 
 /// Generated server code (see `build.rs`).
@@ -28,7 +28,7 @@ pub mod server {
     tonic::include_proto!("server/gsio.relay.v1");
 }
 
-/// The tasks of one stream, each with its slot in the stream's [`Signal`].
+/// The tasks of one stream, each with its slot in the stream's [`ConnEvents`].
 const WRITER: usize = 0;
 const READER: usize = 1;
 
@@ -202,15 +202,15 @@ impl server::relay_service_server::RelayService for RelayGrpc {
         let (reading, done) = self.shutdown.tokens();
 
         let shutdown = self.shutdown.clone();
-        let signal = outbox.signal();
-        let registration = self.shutdown.register(&signal);
-        let reader_signal = signal.clone();
+        let events = outbox.events();
+        let registration = self.shutdown.register(&events);
+        let reader_events = events.clone();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
                     // Shutdown, or disconnected as a slow consumer: leave the hub now, even if
                     // the client has stopped polling the response stream that would say why.
-                    _ = reader_signal.raised(READER, Signal::KICKED | Signal::STOP_READING) => break,
+                    _ = reader_events.raised(READER, ConnEvents::KICKED | ConnEvents::STOP_READING) => break,
                     next = inbound.message() => match next {
                         Ok(Some(WireEnvelope::Decoded(envelope))) => {
                             let size = prost::Message::encoded_len(&envelope);
@@ -242,7 +242,7 @@ impl server::relay_service_server::RelayService for RelayGrpc {
 
         let writer = Writer {
             outbox,
-            signal,
+            events,
             _registration: registration,
             running: self.shutdown.clone(),
             _done: done,
@@ -260,7 +260,7 @@ impl server::relay_service_server::RelayService for RelayGrpc {
 struct Writer {
     outbox: crate::queue::Outbox,
     /// Kicked (slow consumer) or shutdown's close phase.
-    signal: Arc<Signal>,
+    events: Arc<ConnEvents>,
     _registration: crate::shutdown::Registration,
     running: Shutdown,
     /// Dropped with the stream, which tells the shutdown controller this connection is done.
@@ -287,9 +287,9 @@ impl Writer {
         if self.state == WriterState::Open {
             let event = tokio::select! {
                 biased;
-                raised = self.signal.raised(WRITER, Signal::KICKED | Signal::CLOSE) => {
-                    if raised & Signal::KICKED != 0 {
-                        Event::Kicked(self.signal.reason())
+                raised = self.events.raised(WRITER, ConnEvents::KICKED | ConnEvents::CLOSE) => {
+                    if raised & ConnEvents::KICKED != 0 {
+                        Event::Kicked(self.events.reason())
                     } else {
                         Event::Closing
                     }

@@ -13,17 +13,17 @@
 //! - [`state`]: the [`state::Relay`] every connection shares (the hub, connection ids,
 //!   counters).
 //! - [`queue`]: the bounded per-peer queues and their slow-consumer policy.
-//! - [`signal`]: one connection's out-of-band events (kicked, shutdown's phases).
+//! - [`events`]: one connection's out-of-band events (kicked, shutdown's phases).
 //! - [`shutdown`]: the two-phase graceful shutdown.
 //! - [`pb`]: the generated protobuf types and client (what a node author uses too).
 
 pub mod config;
+pub mod events;
 pub mod grpc;
 pub mod peer;
 pub mod queue;
 pub mod server;
 pub mod shutdown;
-pub mod signal;
 pub mod state;
 pub mod ws;
 

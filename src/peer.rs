@@ -11,8 +11,8 @@ use bytes::Bytes;
 use gsio_relay_core::hub::{error_message, ConnId};
 use gsio_relay_core::{Envelope, Inbound, Message, PeerId, Rejection, RelayError, Session};
 
+use crate::events::ConnEvents;
 use crate::queue::{queue, Outbox, PeerHandle, PushError, QueueTx, Refused};
-use crate::signal::Signal;
 use crate::state::{Relay, Stats};
 
 /// The relay side of one connected peer. Dropping it removes the peer from the hub (and
@@ -24,7 +24,7 @@ pub struct PeerConn {
     session: Session,
     /// This connection's own queue, for the replies (Welcome, Error) only it receives.
     queue: QueueTx,
-    signal: Arc<Signal>,
+    signal: Arc<ConnEvents>,
     /// Copied from the config at connect time: checked on every frame.
     max_message_bytes: usize,
     /// Counted here and added to the shared [`Stats`] when the connection ends, so that the

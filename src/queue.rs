@@ -18,14 +18,14 @@ use std::sync::Arc;
 use gsio_relay_core::{Message, PeerId, RelayError};
 use tokio::sync::mpsc;
 
-use crate::signal::Signal;
+use crate::events::ConnEvents;
 
 /// How other connections reach one peer: its queue, and the switch that disconnects it.
 #[derive(Clone)]
 pub struct PeerHandle {
     pub(crate) id: PeerId,
     queue: QueueTx,
-    signal: Arc<Signal>,
+    events: Arc<ConnEvents>,
 }
 
 /// The sending side of a peer's bounded queue.
@@ -76,8 +76,8 @@ pub(crate) enum Refused {
 }
 
 impl PeerHandle {
-    pub(crate) fn new(id: PeerId, queue: QueueTx, signal: Arc<Signal>) -> Self {
-        PeerHandle { id, queue, signal }
+    pub(crate) fn new(id: PeerId, queue: QueueTx, events: Arc<ConnEvents>) -> Self {
+        PeerHandle { id, queue, events }
     }
 
     /// Queues `message` without waiting; a full queue disconnects the peer (see the module doc).
@@ -86,7 +86,7 @@ impl PeerHandle {
             Ok(()) => Ok(()),
             Err(PushError::Full) => {
                 let newly = self
-                    .signal
+                    .events
                     .kick(RelayError::SlowConsumer(self.queue.capacity()));
                 Err(Refused::SlowConsumer { newly })
             }
@@ -99,7 +99,7 @@ impl PeerHandle {
 pub struct Outbox {
     rx: mpsc::UnboundedReceiver<Arc<Message>>,
     depth: Arc<Depth>,
-    signal: Arc<Signal>,
+    events: Arc<ConnEvents>,
 }
 
 impl Outbox {
@@ -119,23 +119,23 @@ impl Outbox {
     }
 
     /// This connection's out-of-band events.
-    pub fn signal(&self) -> Arc<Signal> {
-        self.signal.clone()
+    pub fn events(&self) -> Arc<ConnEvents> {
+        self.events.clone()
     }
 }
 
 /// A peer's queue: the sending side for handles, the receiving side for its writer.
-pub(crate) fn queue(capacity: usize) -> (QueueTx, Arc<Signal>, Outbox) {
+pub(crate) fn queue(capacity: usize) -> (QueueTx, Arc<ConnEvents>, Outbox) {
     let (tx, rx) = mpsc::unbounded_channel();
     let depth = Arc::new(Depth {
         queued: AtomicUsize::new(0),
         capacity,
     });
-    let signal = Arc::new(Signal::default());
+    let events = Arc::new(ConnEvents::default());
     let outbox = Outbox {
         rx,
         depth: depth.clone(),
-        signal: signal.clone(),
+        events: events.clone(),
     };
-    (QueueTx { tx, depth }, signal, outbox)
+    (QueueTx { tx, depth }, events, outbox)
 }

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use tokio::sync::{watch, Notify};
 
-use crate::signal::Signal;
+use crate::events::ConnEvents;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Phase {
@@ -28,20 +28,20 @@ pub struct Shutdown {
     phase: watch::Receiver<Phase>,
     reading: Arc<Tally>,
     done: Arc<Tally>,
-    /// The live connections' signals, raised at each phase: a busy connection loop then checks
+    /// The live connections' event flags, raised at each phase: a busy connection loop then checks
     /// one atomic instead of polling this shared channel on every frame.
-    signals: Arc<Registry>,
+    registry: Arc<Registry>,
 }
 
 #[derive(Default)]
 struct Registry {
     /// std `Mutex`: held briefly, never across an `.await`; taken once per connection and at
     /// each phase change, never per message.
-    live: Mutex<HashMap<u64, Weak<Signal>>>,
+    live: Mutex<HashMap<u64, Weak<ConnEvents>>>,
     next: AtomicU64,
 }
 
-/// Keeps a connection's signal registered; removes it when dropped.
+/// Keeps a connection's event flags registered; removes it when dropped.
 pub struct Registration {
     registry: Arc<Registry>,
     key: u64,
@@ -57,8 +57,8 @@ impl Drop for Registration {
 fn phase_events(phase: Phase) -> u8 {
     match phase {
         Phase::Running => 0,
-        Phase::StopReading => Signal::STOP_READING,
-        Phase::Close => Signal::STOP_READING | Signal::CLOSE,
+        Phase::StopReading => ConnEvents::STOP_READING,
+        Phase::Close => ConnEvents::STOP_READING | ConnEvents::CLOSE,
     }
 }
 
@@ -117,19 +117,19 @@ impl Shutdown {
         *self.phase.borrow()
     }
 
-    /// Raises the shutdown's phases on `signal` from now on (and at once, if one was reached).
-    pub fn register(&self, signal: &Arc<Signal>) -> Registration {
-        let key = self.signals.next.fetch_add(1, Ordering::Relaxed);
-        let mut live = self.signals.live.lock().unwrap_or_else(|p| p.into_inner());
-        live.insert(key, Arc::downgrade(signal));
+    /// Raises the shutdown's phases on `conn` from now on (and at once, if one was reached).
+    pub fn register(&self, conn: &Arc<ConnEvents>) -> Registration {
+        let key = self.registry.next.fetch_add(1, Ordering::Relaxed);
+        let mut live = self.registry.live.lock().unwrap_or_else(|p| p.into_inner());
+        live.insert(key, Arc::downgrade(conn));
         // Read under the lock: the controller changes the phase before it takes the lock.
         let events = phase_events(self.phase());
         if events != 0 {
-            signal.raise(events);
+            conn.raise(events);
         }
         drop(live);
         Registration {
-            registry: self.signals.clone(),
+            registry: self.registry.clone(),
             key,
         }
     }
@@ -157,7 +157,7 @@ impl Controller {
                 phase: phase_rx,
                 reading: Arc::default(),
                 done: Arc::default(),
-                signals: Arc::default(),
+                registry: Arc::default(),
             },
         }
     }
@@ -170,12 +170,12 @@ impl Controller {
         self.phase.send_replace(phase);
         let live = self
             .shutdown
-            .signals
+            .registry
             .live
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        for signal in live.values().filter_map(Weak::upgrade) {
-            signal.raise(phase_events(phase));
+        for conn in live.values().filter_map(Weak::upgrade) {
+            conn.raise(phase_events(phase));
         }
     }
 

@@ -19,15 +19,15 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
+use crate::events::ConnEvents;
 use crate::peer::PeerConn;
 use crate::queue::Outbox;
 use crate::shutdown::Shutdown;
-use crate::signal::Signal;
 use crate::state::Relay;
 
 /// A client must finish the WebSocket handshake within this time.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// The connection task's slot in its [`Signal`].
+/// The connection task's slot in its [`ConnEvents`].
 const WRITER: usize = 0;
 /// How long the relay keeps trying to tell a peer why its connection ends.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -102,8 +102,8 @@ async fn connection(
     };
 
     let (mut peer, mut outbox) = PeerConn::open(&relay);
-    let signal = outbox.signal();
-    let _registration = shutdown.register(&signal);
+    let events = outbox.events();
+    let _registration = shutdown.register(&events);
     if let Some(id) = node_id {
         if let Err(error) = peer.bind(&id) {
             peer.reject(error.clone(), None);
@@ -114,19 +114,19 @@ async fn connection(
     }
 
     let mut reading = Some(reading);
-    let mut watching = Signal::KICKED | Signal::STOP_READING | Signal::CLOSE;
+    let mut watching = ConnEvents::KICKED | ConnEvents::STOP_READING | ConnEvents::CLOSE;
     let ending = loop {
         tokio::select! {
             biased;
-            raised = signal.raised(WRITER, watching) => {
-                if raised & Signal::KICKED != 0 {
-                    break End::Kicked(signal.reason());
+            raised = events.raised(WRITER, watching) => {
+                if raised & ConnEvents::KICKED != 0 {
+                    break End::Kicked(events.reason());
                 }
-                if raised & Signal::CLOSE != 0 {
+                if raised & ConnEvents::CLOSE != 0 {
                     break End::Shutdown;
                 }
                 reading = None;
-                watching &= !Signal::STOP_READING;
+                watching &= !ConnEvents::STOP_READING;
             }
             next = outbox.recv() => match next {
                 Some(message) => {
@@ -138,8 +138,8 @@ async fn connection(
                                 break End::Gone;
                             }
                         }
-                        _ = signal.raised(WRITER, Signal::KICKED) => {
-                            break End::Kicked(signal.reason());
+                        _ = events.raised(WRITER, ConnEvents::KICKED) => {
+                            break End::Kicked(events.reason());
                         }
                     }
                 }

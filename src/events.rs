@@ -11,15 +11,15 @@ use gsio_relay_core::RelayError;
 /// phase. A connection's loop checks them with one atomic load per turn; registering to be woken
 /// is an [`AtomicWaker`] (no lock, and no work at all when the waker is unchanged).
 #[derive(Default)]
-pub struct Signal {
+pub struct ConnEvents {
     raised: AtomicU8,
-    /// Why the connection was kicked; set once, before [`Signal::KICKED`] is raised.
+    /// Why the connection was kicked; set once, before [`ConnEvents::KICKED`] is raised.
     reason: OnceLock<RelayError>,
     /// One waker per waiting task: slot 0 for a connection's writer, 1 for a gRPC reader.
     wakers: [AtomicWaker; 2],
 }
 
-impl Signal {
+impl ConnEvents {
     pub const KICKED: u8 = 1;
     pub const STOP_READING: u8 = 2;
     pub const CLOSE: u8 = 4;
@@ -28,7 +28,7 @@ impl Signal {
     pub(crate) fn kick(&self, reason: RelayError) -> bool {
         let first = self.reason.set(reason).is_ok();
         if first {
-            self.raise(Signal::KICKED);
+            self.raise(ConnEvents::KICKED);
         }
         first
     }
