@@ -15,8 +15,29 @@ pub struct ConnEvents {
     raised: AtomicU8,
     /// Why the connection was kicked; set once, before [`ConnEvents::KICKED`] is raised.
     reason: OnceLock<RelayError>,
-    /// One waker per waiting task: slot 0 for a connection's writer, 1 for a gRPC reader.
-    wakers: [AtomicWaker; 2],
+    /// One waker per task that waits on these events (see [`Waiter`]).
+    wakers: [AtomicWaker; Waiter::COUNT],
+}
+
+/// Which of a connection's tasks is waiting: each has its own waker slot, so that one task
+/// registering does not replace the other's waker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waiter {
+    /// The task that writes to the peer (on WebSocket, the connection's only task).
+    Writer,
+    /// A gRPC stream's reader task (the WebSocket front reads in its writer's task).
+    Reader,
+}
+
+impl Waiter {
+    const COUNT: usize = 2;
+
+    fn slot(self) -> usize {
+        match self {
+            Waiter::Writer => 0,
+            Waiter::Reader => 1,
+        }
+    }
 }
 
 impl ConnEvents {
@@ -40,15 +61,15 @@ impl ConnEvents {
         }
     }
 
-    /// Resolves with the raised events among `mask`, for the task waiting in `slot`. Cancel
-    /// safe, and cheap to create anew on every turn of a loop.
-    pub async fn raised(&self, slot: usize, mask: u8) -> u8 {
+    /// Resolves with the raised events among `mask`, for the `waiter` task. Cancel safe, and
+    /// cheap to create anew on every turn of a loop.
+    pub async fn raised(&self, waiter: Waiter, mask: u8) -> u8 {
         std::future::poll_fn(|cx| {
             let raised = self.raised.load(Ordering::SeqCst) & mask;
             if raised != 0 {
                 return std::task::Poll::Ready(raised);
             }
-            self.wakers[slot].register(cx.waker());
+            self.wakers[waiter.slot()].register(cx.waker());
             // Raised between the check and the registration: do not sleep through it.
             match self.raised.load(Ordering::SeqCst) & mask {
                 0 => std::task::Poll::Pending,

@@ -17,7 +17,7 @@ use prost::encoding::{DecodeContext, WireType};
 use tonic::codec::{BufferSettings, Codec};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::events::ConnEvents;
+use crate::events::{ConnEvents, Waiter};
 use crate::pb;
 use crate::peer::PeerConn;
 use crate::shutdown::{Phase, Shutdown};
@@ -27,10 +27,6 @@ use crate::state::Relay;
 pub mod server {
     tonic::include_proto!("server/gsio.relay.v1");
 }
-
-/// The tasks of one stream, each with its slot in the stream's [`ConnEvents`].
-const WRITER: usize = 0;
-const READER: usize = 1;
 
 /// Request metadata that fixes the stream's peer id before its first envelope.
 pub const NODE_ID_METADATA: &str = "x-gsio-node-id";
@@ -210,7 +206,7 @@ impl server::relay_service_server::RelayService for RelayGrpc {
                 tokio::select! {
                     // Shutdown, or disconnected as a slow consumer: leave the hub now, even if
                     // the client has stopped polling the response stream that would say why.
-                    _ = reader_events.raised(READER, ConnEvents::KICKED | ConnEvents::STOP_READING) => break,
+                    _ = reader_events.raised(Waiter::Reader, ConnEvents::KICKED | ConnEvents::STOP_READING) => break,
                     next = inbound.message() => match next {
                         Ok(Some(WireEnvelope::Decoded(envelope))) => {
                             let size = prost::Message::encoded_len(&envelope);
@@ -287,7 +283,7 @@ impl Writer {
         if self.state == WriterState::Open {
             let event = tokio::select! {
                 biased;
-                raised = self.events.raised(WRITER, ConnEvents::KICKED | ConnEvents::CLOSE) => {
+                raised = self.events.raised(Waiter::Writer, ConnEvents::KICKED | ConnEvents::CLOSE) => {
                     if raised & ConnEvents::KICKED != 0 {
                         Event::Kicked(self.events.reason())
                     } else {

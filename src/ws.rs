@@ -19,7 +19,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
-use crate::events::ConnEvents;
+use crate::events::{ConnEvents, Waiter};
 use crate::peer::PeerConn;
 use crate::queue::Outbox;
 use crate::shutdown::Shutdown;
@@ -27,8 +27,6 @@ use crate::state::Relay;
 
 /// A client must finish the WebSocket handshake within this time.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// The connection task's slot in its [`ConnEvents`].
-const WRITER: usize = 0;
 /// How long the relay keeps trying to tell a peer why its connection ends.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// At most this many queued frames are written before one flush.
@@ -118,7 +116,7 @@ async fn connection(
     let ending = loop {
         tokio::select! {
             biased;
-            raised = events.raised(WRITER, watching) => {
+            raised = events.raised(Waiter::Writer, watching) => {
                 if raised & ConnEvents::KICKED != 0 {
                     break End::Kicked(events.reason());
                 }
@@ -138,7 +136,7 @@ async fn connection(
                                 break End::Gone;
                             }
                         }
-                        _ = events.raised(WRITER, ConnEvents::KICKED) => {
+                        _ = events.raised(Waiter::Writer, ConnEvents::KICKED) => {
                             break End::Kicked(events.reason());
                         }
                     }
