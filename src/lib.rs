@@ -8,7 +8,8 @@
 //! - [`config`]: loading `relay.toml` with `RELAY_` environment overrides (figment).
 //! - [`server`]: binds both fronts, runs them, shuts them down gracefully.
 //! - [`ws`]: the WebSocket front (JSON text frames).
-//! - [`grpc`]: the gRPC front (`RelayService/Exchange`) and the proto conversions.
+//! - [`grpc`]: the gRPC front: [`grpc::service`] (`RelayService/Exchange`) and
+//!   [`grpc::codec`] (the wire type, the codec and the proto conversions).
 //! - [`peer`]: one connection, front-independent: identity, admission, routing, delivery.
 //! - [`state`]: the [`state::Relay`] every connection shares (the hub, connection ids,
 //!   counters).
