@@ -8,10 +8,12 @@
 //!    [`DoneToken`], bounded by `server.shutdown_grace_ms`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
+use tokio_util::task::task_tracker::TaskTrackerToken;
+use tokio_util::task::TaskTracker;
 
 use crate::events::ConnEvents;
 
@@ -26,8 +28,12 @@ pub enum Phase {
 #[derive(Clone)]
 pub struct Shutdown {
     phase: watch::Receiver<Phase>,
-    reading: Arc<Tally>,
-    done: Arc<Tally>,
+    /// Connections that may still read: each holds a token of this tracker until it stops.
+    /// Tokens, not spawned tasks: a connection is not always one task (a gRPC stream is a reader
+    /// task plus a response stream polled by tonic), and what is tracked is a phase of it.
+    reading: TaskTracker,
+    /// Connections not yet done writing (same: tokens held by whatever finishes last).
+    done: TaskTracker,
     /// The live connections' event flags, raised at each phase: a busy connection loop then checks
     /// one atomic instead of polling this shared channel on every frame.
     registry: Arc<Registry>,
@@ -62,54 +68,16 @@ fn phase_events(phase: Phase) -> u8 {
     }
 }
 
-/// How many tokens of one kind are alive; wakes the controller when none are.
-#[derive(Default)]
-struct Tally {
-    alive: AtomicUsize,
-    none_left: Notify,
-}
-
-impl Tally {
-    fn take(self: &Arc<Self>) -> Token {
-        self.alive.fetch_add(1, Ordering::SeqCst);
-        Token(self.clone())
-    }
-
-    /// Resolves when no token is alive. Cancel safe.
-    async fn all_returned(&self) {
-        loop {
-            let notified = self.none_left.notified();
-            tokio::pin!(notified);
-            // Register before checking, so a token dropped in between is not missed.
-            notified.as_mut().enable();
-            if self.alive.load(Ordering::SeqCst) == 0 {
-                return;
-            }
-            notified.await;
-        }
-    }
-}
-
-struct Token(Arc<Tally>);
-
-impl Drop for Token {
-    fn drop(&mut self) {
-        if self.0.alive.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.0.none_left.notify_waiters();
-        }
-    }
-}
-
 /// Held while a connection may still read (and so route) envelopes.
-pub struct ReadingToken(#[allow(dead_code)] Token);
+pub struct ReadingToken(#[allow(dead_code)] TaskTrackerToken);
 /// Held until a connection has finished writing.
-pub struct DoneToken(#[allow(dead_code)] Token);
+pub struct DoneToken(#[allow(dead_code)] TaskTrackerToken);
 
 impl Shutdown {
     pub fn tokens(&self) -> (ReadingToken, DoneToken) {
         (
-            ReadingToken(self.reading.take()),
-            DoneToken(self.done.take()),
+            ReadingToken(self.reading.token()),
+            DoneToken(self.done.token()),
         )
     }
 
@@ -155,8 +123,8 @@ impl Controller {
             phase: phase_tx,
             shutdown: Shutdown {
                 phase: phase_rx,
-                reading: Arc::default(),
-                done: Arc::default(),
+                reading: TaskTracker::new(),
+                done: TaskTracker::new(),
                 registry: Arc::default(),
             },
         }
@@ -183,10 +151,13 @@ impl Controller {
     pub async fn shut_down(self, grace: std::time::Duration) -> bool {
         let deadline = tokio::time::Instant::now() + grace;
         self.enter(Phase::StopReading);
-        let reading = self.shutdown.reading.all_returned();
+        // Closed: `wait` resolves once no token is left (tokens taken later still count).
+        self.shutdown.reading.close();
+        let reading = self.shutdown.reading.wait();
         let stopped = tokio::time::timeout_at(deadline, reading).await.is_ok();
         self.enter(Phase::Close);
-        let done = self.shutdown.done.all_returned();
+        self.shutdown.done.close();
+        let done = self.shutdown.done.wait();
         let done = tokio::time::timeout_at(deadline, done).await.is_ok();
         stopped && done
     }
