@@ -22,7 +22,7 @@ use tokio_tungstenite::WebSocketStream;
 use crate::events::{ConnEvents, Waiter};
 use crate::peer::PeerConn;
 use crate::queue::Outbox;
-use crate::shutdown::Shutdown;
+use crate::shutdown::{Phase, Shutdown};
 use crate::state::Relay;
 
 /// A client must finish the WebSocket handshake within this time.
@@ -93,10 +93,19 @@ async fn connection(
     );
     // Boxed: the handshake's state is large and short-lived; inline, it would size the
     // connection's task for its whole life (the task is most of an idle peer's memory).
-    let mut ws = match tokio::time::timeout(HANDSHAKE_TIMEOUT, Box::pin(handshake)).await {
-        Ok(Ok(ws)) => ws,
-        Ok(Err(error)) => return tracing::debug!("WebSocket handshake failed: {error}"),
-        Err(_) => return tracing::debug!("WebSocket handshake timed out"),
+    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, Box::pin(handshake));
+    // Raced against shutdown: a client that connected but has not (or never will) finish its
+    // handshake is not a peer yet, and must not hold the shutdown for the handshake's limit.
+    // Dropping the handshake future there is fine: it owns the socket, which is then closed.
+    let mut ws = tokio::select! {
+        handshake = handshake => match handshake {
+            Ok(Ok(ws)) => ws,
+            Ok(Err(error)) => return tracing::debug!("WebSocket handshake failed: {error}"),
+            Err(_) => return tracing::debug!("WebSocket handshake timed out"),
+        },
+        () = shutdown.reached(Phase::StopReading) => {
+            return tracing::debug!("WebSocket handshake abandoned: shutting down");
+        }
     };
 
     let (mut peer, mut outbox) = PeerConn::open(&relay);

@@ -209,3 +209,38 @@ async fn connections_past_the_limit_wait_until_a_slot_frees() {
         .unwrap();
     third.expect_welcome("three").await;
 }
+
+/// The `host:port` of a `ws://` URL.
+fn ws_addr(relay: &TestRelay) -> String {
+    relay.ws_url.trim_start_matches("ws://").to_owned()
+}
+
+#[tokio::test]
+async fn a_client_that_never_sends_its_handshake_does_not_delay_shutdown() {
+    let mut config = shipped_config();
+    // Far beyond the bound below: waiting out the grace period (or the 10 s handshake limit)
+    // fails the test.
+    config.server.shutdown_grace_ms = 30_000;
+    let mut relay = TestRelay::start_with(config).await;
+    // Connects and never sends the HTTP upgrade.
+    let _half_open = tokio::net::TcpStream::connect(ws_addr(&relay))
+        .await
+        .unwrap();
+    // Accepted after it (one accept loop, in order): so the half-open one is being served.
+    let mut witness = relay.ws("witness").await;
+    let witness = tokio::spawn(async move { witness.expect_close().await });
+
+    let started = std::time::Instant::now();
+    let server = relay.shut_down();
+    tokio::time::timeout(Duration::from_secs(60), server)
+        .await
+        .expect("server did not finish shutting down")
+        .unwrap()
+        .unwrap();
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "shutdown took {took:?}: it waited for a handshake that never came"
+    );
+    assert_eq!(witness.await.unwrap().0, 1001);
+}
