@@ -114,8 +114,14 @@ async fn connection(
     if let Some(id) = node_id {
         if let Err(error) = peer.bind(&id) {
             peer.reject(error.clone(), None);
-            let _ = write_queued(&mut ws, &mut outbox).await;
-            let _ = ws.close(Some(close_frame(&error))).await;
+            // Bounded (a client that does not read cannot hold the task), and closed through
+            // `close`, which waits for the client's reply: dropping the socket with the
+            // client's first frames unread would reset the connection, and a reset can discard
+            // the Error and the close frame before the client reads them.
+            let written = tokio::time::timeout(CLOSE_TIMEOUT, write_queued(&mut ws, &mut outbox));
+            if let Ok(Ok(())) = written.await {
+                close(&mut ws, close_frame(&error)).await;
+            }
             return;
         }
     }

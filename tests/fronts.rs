@@ -7,6 +7,7 @@ use common::conformance::FIDELITY_PAYLOADS;
 use common::{Got, GrpcPeer, Peer, TestRelay, WsPeer};
 use gsio_relay::pb;
 use std::time::Duration;
+use tokio_tungstenite::tungstenite;
 
 /// A peer on either front.
 enum AnyPeer {
@@ -268,4 +269,57 @@ async fn grpc_health_and_reflection_are_served() {
         format!("{response:?}").contains("FileDescriptorResponse"),
         "{response:?}"
     );
+}
+
+/// A client refused at connect (`?node_id=` taken or invalid) that keeps sending, as a browser
+/// that sends on `open` does: it reads the Error, then the close frame 1008 with the reason, and
+/// then the connection ends in order. A relay that drops the socket right after its close frame
+/// has the client's frames arrive at a closed socket, and the kernel answers with a reset: on a
+/// real network that reset can discard the Error and the close frame on their way; on loopback
+/// they are already delivered, so the test sees the reset itself (the client's close reply
+/// fails). Repeated, alternating both refusals.
+#[tokio::test]
+async fn a_refused_node_id_gets_its_error_and_an_orderly_close() {
+    use futures_util::{SinkExt, StreamExt};
+    let relay = TestRelay::start().await;
+    let _holder = relay.ws("taken").await;
+    for round in 0..50 {
+        let (id, code) = if round % 2 == 0 {
+            ("taken", "peer_id_in_use")
+        } else {
+            ("bad%20id", "invalid_peer_id")
+        };
+        let peer = WsPeer::connect(&format!("{}/?node_id={id}", relay.ws_url)).await;
+        let (mut sink, mut stream) = peer.ws.split();
+        let sender = tokio::spawn(async move {
+            let frame = tungstenite::Message::text(common::envelope("Ping", "", "", "1"));
+            for _ in 0..10_000 {
+                // Fails once the close handshake has started (or the connection is gone).
+                if sink.send(frame.clone()).await.is_err() {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+        });
+        let got = match tokio::time::timeout(common::ARRIVES, stream.next()).await {
+            Ok(Some(Ok(tungstenite::Message::Text(text)))) => text,
+            other => panic!("round {round}: expected the Error, got {other:?}"),
+        };
+        let got: common::Got = serde_json::from_str(&got).unwrap();
+        assert_eq!(got.error_code(), code, "round {round}: {got:?}");
+        let frame = match tokio::time::timeout(common::ARRIVES, stream.next()).await {
+            Ok(Some(Ok(tungstenite::Message::Close(Some(frame))))) => frame,
+            other => panic!("round {round}: expected a close frame, got {other:?}"),
+        };
+        assert_eq!(u16::from(frame.code), 1008, "round {round}");
+        assert!(frame.reason.starts_with(code), "round {round}: {frame:?}");
+        // tungstenite sends the close reply; the relay then ends the TCP connection.
+        match tokio::time::timeout(common::ARRIVES, stream.next()).await {
+            Ok(None) => {}
+            Ok(Some(Err(error))) => panic!("round {round}: no orderly close: {error}"),
+            Ok(Some(Ok(frame))) => panic!("round {round}: unexpected {frame:?}"),
+            Err(_) => panic!("round {round}: the connection never ended"),
+        }
+        sender.await.unwrap();
+    }
 }
