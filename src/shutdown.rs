@@ -5,7 +5,8 @@
 //!    [`ReadingToken`]), so no message can be routed after this point.
 //! 2. [`Phase::Close`]: every connection writes what is still queued for it, tells its peer
 //!    (WebSocket close 1001, gRPC `UNAVAILABLE`), and ends. The server waits for the last
-//!    [`DoneToken`], bounded by `server.shutdown_grace_ms`.
+//!    [`DoneToken`]. One deadline, `server.shutdown_grace_ms` after the start, bounds both
+//!    phases and the gRPC server's own graceful end.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -147,9 +148,9 @@ impl Controller {
         }
     }
 
-    /// Runs both phases; returns false if the grace period ran out with connections left.
-    pub async fn shut_down(self, grace: std::time::Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + grace;
+    /// Runs both phases by `deadline` (the one grace period of the whole shutdown); returns
+    /// false if it passed with connections left.
+    pub async fn shut_down(self, deadline: tokio::time::Instant) -> bool {
         self.enter(Phase::StopReading);
         // Closed: `wait` resolves once no token is left (tokens taken later still count).
         self.shutdown.reading.close();

@@ -244,3 +244,43 @@ async fn a_client_that_never_sends_its_handshake_does_not_delay_shutdown() {
     );
     assert_eq!(witness.await.unwrap().0, 1001);
 }
+
+#[tokio::test]
+async fn shutdown_waits_one_grace_period_in_all() {
+    let mut config = shipped_config();
+    config.server.shutdown_grace_ms = 3_000;
+    let mut relay = TestRelay::start_with(config).await;
+    let mut sender = relay.ws("sender").await;
+    // Never reads: what is queued for it cannot be delivered, so only the grace period ends it.
+    let _stalled = relay.grpc("g-stalled").await;
+    assert_eq!(sender.recv().await.message_type, "PeerJoined");
+    // Far more than the HTTP/2 windows and socket buffers hold, well under the queue capacity.
+    let payload = chunk();
+    for _ in 0..400 {
+        sender.send("NodeAnnounce", "sender", "", &payload).await;
+    }
+    // Ping is echo: once it is back, every broadcast before it was routed.
+    sender.send("Ping", "sender", "", "1").await;
+    assert_eq!(sender.recv().await.message_type, "Ping");
+    let sender = tokio::spawn(async move { sender.expect_close().await });
+
+    let started = std::time::Instant::now();
+    let server = relay.shut_down();
+    tokio::time::timeout(Duration::from_secs(60), server)
+        .await
+        .expect("server did not finish shutting down")
+        .unwrap()
+        .unwrap();
+    let took = started.elapsed();
+    // One grace period (3 s) plus slack; applying it twice takes at least 6 s.
+    assert!(
+        took < Duration::from_millis(5_500),
+        "shutdown took {took:?}"
+    );
+    // And the stalled peer did hold the shutdown (the test is about the grace period).
+    assert!(
+        took >= Duration::from_millis(2_500),
+        "shutdown took {took:?}"
+    );
+    assert_eq!(sender.await.unwrap().0, 1001);
+}
