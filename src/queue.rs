@@ -111,6 +111,11 @@ impl Outbox {
         Some(message)
     }
 
+    /// Nothing is queued now (a message being pushed right now may not be counted yet).
+    pub fn is_empty(&self) -> bool {
+        self.depth.queued.load(Ordering::Acquire) == 0
+    }
+
     /// A message already queued, without waiting (for batching writes and for draining).
     pub fn try_next(&mut self) -> Option<Arc<Message>> {
         let message = self.rx.try_recv().ok()?;

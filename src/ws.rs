@@ -128,6 +128,8 @@ async fn connection(
 
     let mut reading = Some(reading);
     let mut watching = ConnEvents::KICKED | ConnEvents::STOP_READING | ConnEvents::CLOSE;
+    // True after a write: the next turn prefers reading (see the select below).
+    let mut read_turn = false;
     let ending = loop {
         tokio::select! {
             biased;
@@ -141,8 +143,51 @@ async fn connection(
                 reading = None;
                 watching &= !ConnEvents::STOP_READING;
             }
+            // Reading and writing take turns: after a write, the next turn reads a frame if
+            // one is there, so a peer whose queue is never empty (a steady stream to it) still
+            // has its own envelopes read. Reading is also enabled whenever nothing is queued.
+            frame = ws.next(), if reading.is_some() && (read_turn || outbox.is_empty()) => {
+                read_turn = false;
+                match frame {
+                    Some(Ok(tungstenite::Message::Text(text))) => {
+                        peer.receive_text(text.as_str(), text.clone().into());
+                    }
+                    Some(Ok(tungstenite::Message::Binary(_))) => peer.reject(
+                        RelayError::UnsupportedFrame(
+                            "binary frames are not accepted; send each envelope as a JSON text frame",
+                        ),
+                        None,
+                    ),
+                    // tungstenite answers pings itself; the pong goes out with the next flush.
+                    Some(Ok(tungstenite::Message::Ping(_))) => {
+                        if ws.flush().await.is_err() {
+                            break End::Gone;
+                        }
+                    }
+                    Some(Ok(tungstenite::Message::Pong(_) | tungstenite::Message::Frame(_))) => {}
+                    // The client closes; tungstenite replies, and the stream then ends.
+                    Some(Ok(tungstenite::Message::Close(_))) => {}
+                    Some(Err(tungstenite::Error::Capacity(error))) => {
+                        tracing::debug!("closing a connection that sent an oversized frame: {error}");
+                        let limit = peer.max_message_bytes();
+                        break End::Close(CloseFrame {
+                            code: CloseCode::Size,
+                            reason: Utf8Bytes::from(format!(
+                                "message_too_large: frame over {} bytes",
+                                hard_frame_limit(limit)
+                            )),
+                        });
+                    }
+                    Some(Err(error)) => {
+                        tracing::debug!("WebSocket read failed: {error}");
+                        break End::Gone;
+                    }
+                    None => break End::Gone,
+                }
+            }
             next = outbox.recv() => match next {
                 Some(message) => {
+                    read_turn = true;
                     // A peer that stopped reading blocks this write; its queue then fills and
                     // the kick ends the connection.
                     tokio::select! {
@@ -155,42 +200,6 @@ async fn connection(
                             break End::Kicked(events.reason());
                         }
                     }
-                }
-                None => break End::Gone,
-            },
-            frame = ws.next(), if reading.is_some() => match frame {
-                Some(Ok(tungstenite::Message::Text(text))) => {
-                    peer.receive_text(text.as_str(), text.clone().into());
-                }
-                Some(Ok(tungstenite::Message::Binary(_))) => peer.reject(
-                    RelayError::UnsupportedFrame(
-                        "binary frames are not accepted; send each envelope as a JSON text frame",
-                    ),
-                    None,
-                ),
-                // tungstenite answers pings itself; the pong goes out with the next flush.
-                Some(Ok(tungstenite::Message::Ping(_))) => {
-                    if ws.flush().await.is_err() {
-                        break End::Gone;
-                    }
-                }
-                Some(Ok(tungstenite::Message::Pong(_) | tungstenite::Message::Frame(_))) => {}
-                // The client closes; tungstenite replies, and the stream then ends.
-                Some(Ok(tungstenite::Message::Close(_))) => {}
-                Some(Err(tungstenite::Error::Capacity(error))) => {
-                    tracing::debug!("closing a connection that sent an oversized frame: {error}");
-                    let limit = peer.max_message_bytes();
-                    break End::Close(CloseFrame {
-                        code: CloseCode::Size,
-                        reason: Utf8Bytes::from(format!(
-                            "message_too_large: frame over {} bytes",
-                            hard_frame_limit(limit)
-                        )),
-                    });
-                }
-                Some(Err(error)) => {
-                    tracing::debug!("WebSocket read failed: {error}");
-                    break End::Gone;
                 }
                 None => break End::Gone,
             },

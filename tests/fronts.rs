@@ -323,3 +323,89 @@ async fn a_refused_node_id_gets_its_error_and_an_orderly_close() {
         sender.await.unwrap();
     }
 }
+
+/// A peer receiving a steady stream it cannot keep up with still has its own frames read: the
+/// relay's connection loop must not serve the outbound queue first whenever it is non-empty.
+#[tokio::test]
+async fn a_flooded_peer_still_gets_its_frames_read() {
+    use futures_util::{SinkExt, StreamExt};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let mut config = common::shipped_config();
+    config.limits.queue_capacity = 1_000_000; // the flood must not make "a" a slow consumer
+    let relay = TestRelay::start_with(config).await;
+    let mut c = relay.ws("c").await;
+    // "a" with a small receive buffer, so that the relay's writes to it block soon.
+    let addr = relay.ws_url.trim_start_matches("ws://").parse().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(64 * 1024).unwrap();
+    let stream = socket.connect(addr).await.unwrap();
+    let (ws, _) = tokio_tungstenite::client_async(format!("{}/?node_id=a", relay.ws_url), stream)
+        .await
+        .unwrap();
+    let (mut a_sink, mut a_stream) = ws.split();
+    let mut b = relay.ws("b").await;
+    assert_eq!(c.recv().await.message_type, "PeerJoined");
+    assert_eq!(c.recv().await.message_type, "PeerJoined");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    // "b" sends to "a" steadily (about 2,000 envelopes of 4 KiB a second, at most 20 s).
+    let flood = {
+        let stop = stop.clone();
+        let payload = format!("\"{}\"", "f".repeat(4096));
+        tokio::spawn(async move {
+            for _ in 0..2_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                for _ in 0..20 {
+                    let text = common::envelope("LedgerSync", "b", "a", &payload);
+                    b.ws.feed(tungstenite::Message::text(text)).await.unwrap();
+                }
+                b.ws.flush().await.unwrap();
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            b
+        })
+    };
+    // "a" reads, slower than "b" sends (at most 500 envelopes a second, at most 30 s).
+    let reader = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            for _ in 0..3_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                for _ in 0..5 {
+                    match a_stream.next().await {
+                        Some(Ok(_)) => {}
+                        other => panic!("a's connection failed: {other:?}"),
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    // Long enough for the socket buffers towards "a" to fill: from then on "a"'s queue is
+    // never empty while the flood lasts.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    a_sink
+        .send(tungstenite::Message::text(common::envelope(
+            "LedgerSync",
+            "a",
+            "c",
+            "\"from a\"",
+        )))
+        .await
+        .unwrap();
+    let got = c.try_recv(Duration::from_secs(5)).await;
+    stop.store(true, Ordering::Relaxed);
+    let got = got.expect("a's envelope was not read while a was being flooded");
+    assert_eq!(
+        (got.sender_id.as_str(), got.payload.as_str()),
+        ("a", "\"from a\"")
+    );
+    reader.await.unwrap();
+    flood.await.unwrap();
+}
