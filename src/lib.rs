@@ -8,19 +8,24 @@
 //! - [`config`]: loading `relay.toml` with `RELAY_` environment overrides (figment).
 //! - [`server`]: binds both fronts, runs them, shuts them down gracefully.
 //! - [`ws`]: the WebSocket front (JSON text frames).
-//! - [`grpc`]: the gRPC front (`RelayService/Exchange`) and the proto conversions.
+//! - [`grpc`]: the gRPC front: [`grpc::service`] (`RelayService/Exchange`) and
+//!   [`grpc::codec`] (the wire type, the codec and the proto conversions).
 //! - [`peer`]: one connection, front-independent: identity, admission, routing, delivery.
-//! - [`relay`]: state shared by all connections (the hub, counters) and the bounded per-peer
-//!   queues with their slow-consumer policy.
+//! - [`state`]: the [`state::Relay`] every connection shares (the hub, connection ids,
+//!   counters).
+//! - [`queue`]: the bounded per-peer queues and their slow-consumer policy.
+//! - [`events`]: one connection's out-of-band events (kicked, shutdown's phases).
 //! - [`shutdown`]: the two-phase graceful shutdown.
 //! - [`pb`]: the generated protobuf types and client (what a node author uses too).
 
 pub mod config;
+pub mod events;
 pub mod grpc;
 pub mod peer;
-pub mod relay;
+pub mod queue;
 pub mod server;
 pub mod shutdown;
+pub mod state;
 pub mod ws;
 
 /// Generated from `proto/gsio/relay/v1/relay.proto`: messages and the client.

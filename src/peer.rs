@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use gsio_relay_core::{Connection, Counts, Input, PeerId, Step};
 
-use crate::relay::{queue, Outbox, PeerHandle, Relay, Stats};
+use crate::queue::{queue, Outbox, PeerHandle};
+use crate::state::{Relay, Stats};
 
 /// The relay side of one connected peer. Dropping it removes the peer from the table (and
 /// announces `PeerLeft`).

@@ -16,8 +16,8 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 
 use crate::grpc::server::relay_service_server::RelayServiceServer;
 use crate::grpc::RelayGrpc;
-use crate::relay::{Relay, Stats};
 use crate::shutdown::{Controller, Phase};
+use crate::state::{Relay, Stats};
 use crate::ws;
 
 /// Why the server could not start.
@@ -128,15 +128,23 @@ impl Server {
         health
             .set_not_serving::<RelayServiceServer<RelayGrpc>>()
             .await;
-        let grace = Duration::from_millis(config.server.shutdown_grace_ms);
-        if !controller.shut_down(grace).await {
+        // One grace period for the whole shutdown: the connections and the gRPC server's own
+        // graceful end share this deadline.
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(config.server.shutdown_grace_ms);
+        if !controller.shut_down(deadline).await {
             tracing::warn!("shutdown grace period over; closing the remaining connections");
         }
         let _ = ws_task.await;
-        match tokio::time::timeout(grace, grpc_task).await {
+        let mut grpc_task = grpc_task;
+        match tokio::time::timeout_at(deadline, &mut grpc_task).await {
             Ok(Ok(result)) => result?,
             Ok(Err(join_error)) => tracing::error!("gRPC server task failed: {join_error}"),
-            Err(_) => tracing::warn!("gRPC connections still open after the grace period"),
+            Err(_) => {
+                // Not left running (detached) after `run` returns.
+                grpc_task.abort();
+                tracing::warn!("gRPC connections still open after the grace period");
+            }
         }
         let stats = &relay.stats;
         tracing::info!(

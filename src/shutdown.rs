@@ -5,15 +5,18 @@
 //!    [`ReadingToken`]), so no message can be routed after this point.
 //! 2. [`Phase::Close`]: every connection writes what is still queued for it, tells its peer
 //!    (WebSocket close 1001, gRPC `UNAVAILABLE`), and ends. The server waits for the last
-//!    [`DoneToken`], bounded by `server.shutdown_grace_ms`.
+//!    [`DoneToken`]. One deadline, `server.shutdown_grace_ms` after the start, bounds both
+//!    phases and the gRPC server's own graceful end.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
+use tokio_util::task::task_tracker::TaskTrackerToken;
+use tokio_util::task::TaskTracker;
 
-use crate::relay::Signal;
+use crate::events::ConnEvents;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Phase {
@@ -26,22 +29,26 @@ pub enum Phase {
 #[derive(Clone)]
 pub struct Shutdown {
     phase: watch::Receiver<Phase>,
-    reading: Arc<Tally>,
-    done: Arc<Tally>,
-    /// The live connections' signals, raised at each phase: a busy connection loop then checks
+    /// Connections that may still read: each holds a token of this tracker until it stops.
+    /// Tokens, not spawned tasks: a connection is not always one task (a gRPC stream is a reader
+    /// task plus a response stream polled by tonic), and what is tracked is a phase of it.
+    reading: TaskTracker,
+    /// Connections not yet done writing (same: tokens held by whatever finishes last).
+    done: TaskTracker,
+    /// The live connections' event flags, raised at each phase: a busy connection loop then checks
     /// one atomic instead of polling this shared channel on every frame.
-    signals: Arc<Registry>,
+    registry: Arc<Registry>,
 }
 
 #[derive(Default)]
 struct Registry {
     /// std `Mutex`: held briefly, never across an `.await`; taken once per connection and at
     /// each phase change, never per message.
-    live: Mutex<HashMap<u64, Weak<Signal>>>,
+    live: Mutex<HashMap<u64, Weak<ConnEvents>>>,
     next: AtomicU64,
 }
 
-/// Keeps a connection's signal registered; removes it when dropped.
+/// Keeps a connection's event flags registered; removes it when dropped.
 pub struct Registration {
     registry: Arc<Registry>,
     key: u64,
@@ -57,59 +64,21 @@ impl Drop for Registration {
 fn phase_events(phase: Phase) -> u8 {
     match phase {
         Phase::Running => 0,
-        Phase::StopReading => Signal::STOP_READING,
-        Phase::Close => Signal::STOP_READING | Signal::CLOSE,
-    }
-}
-
-/// How many tokens of one kind are alive; wakes the controller when none are.
-#[derive(Default)]
-struct Tally {
-    alive: AtomicUsize,
-    none_left: Notify,
-}
-
-impl Tally {
-    fn take(self: &Arc<Self>) -> Token {
-        self.alive.fetch_add(1, Ordering::SeqCst);
-        Token(self.clone())
-    }
-
-    /// Resolves when no token is alive. Cancel safe.
-    async fn all_returned(&self) {
-        loop {
-            let notified = self.none_left.notified();
-            tokio::pin!(notified);
-            // Register before checking, so a token dropped in between is not missed.
-            notified.as_mut().enable();
-            if self.alive.load(Ordering::SeqCst) == 0 {
-                return;
-            }
-            notified.await;
-        }
-    }
-}
-
-struct Token(Arc<Tally>);
-
-impl Drop for Token {
-    fn drop(&mut self) {
-        if self.0.alive.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.0.none_left.notify_waiters();
-        }
+        Phase::StopReading => ConnEvents::STOP_READING,
+        Phase::Close => ConnEvents::STOP_READING | ConnEvents::CLOSE,
     }
 }
 
 /// Held while a connection may still read (and so route) envelopes.
-pub struct ReadingToken(#[allow(dead_code)] Token);
+pub struct ReadingToken(#[allow(dead_code)] TaskTrackerToken);
 /// Held until a connection has finished writing.
-pub struct DoneToken(#[allow(dead_code)] Token);
+pub struct DoneToken(#[allow(dead_code)] TaskTrackerToken);
 
 impl Shutdown {
     pub fn tokens(&self) -> (ReadingToken, DoneToken) {
         (
-            ReadingToken(self.reading.take()),
-            DoneToken(self.done.take()),
+            ReadingToken(self.reading.token()),
+            DoneToken(self.done.token()),
         )
     }
 
@@ -117,19 +86,19 @@ impl Shutdown {
         *self.phase.borrow()
     }
 
-    /// Raises the shutdown's phases on `signal` from now on (and at once, if one was reached).
-    pub fn register(&self, signal: &Arc<Signal>) -> Registration {
-        let key = self.signals.next.fetch_add(1, Ordering::Relaxed);
-        let mut live = self.signals.live.lock().unwrap_or_else(|p| p.into_inner());
-        live.insert(key, Arc::downgrade(signal));
+    /// Raises the shutdown's phases on `conn` from now on (and at once, if one was reached).
+    pub fn register(&self, conn: &Arc<ConnEvents>) -> Registration {
+        let key = self.registry.next.fetch_add(1, Ordering::Relaxed);
+        let mut live = self.registry.live.lock().unwrap_or_else(|p| p.into_inner());
+        live.insert(key, Arc::downgrade(conn));
         // Read under the lock: the controller changes the phase before it takes the lock.
         let events = phase_events(self.phase());
         if events != 0 {
-            signal.raise(events);
+            conn.raise(events);
         }
         drop(live);
         Registration {
-            registry: self.signals.clone(),
+            registry: self.registry.clone(),
             key,
         }
     }
@@ -155,9 +124,9 @@ impl Controller {
             phase: phase_tx,
             shutdown: Shutdown {
                 phase: phase_rx,
-                reading: Arc::default(),
-                done: Arc::default(),
-                signals: Arc::default(),
+                reading: TaskTracker::new(),
+                done: TaskTracker::new(),
+                registry: Arc::default(),
             },
         }
     }
@@ -170,23 +139,26 @@ impl Controller {
         self.phase.send_replace(phase);
         let live = self
             .shutdown
-            .signals
+            .registry
             .live
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        for signal in live.values().filter_map(Weak::upgrade) {
-            signal.raise(phase_events(phase));
+        for conn in live.values().filter_map(Weak::upgrade) {
+            conn.raise(phase_events(phase));
         }
     }
 
-    /// Runs both phases; returns false if the grace period ran out with connections left.
-    pub async fn shut_down(self, grace: std::time::Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + grace;
+    /// Runs both phases by `deadline` (the one grace period of the whole shutdown); returns
+    /// false if it passed with connections left.
+    pub async fn shut_down(self, deadline: tokio::time::Instant) -> bool {
         self.enter(Phase::StopReading);
-        let reading = self.shutdown.reading.all_returned();
+        // Closed: `wait` resolves once no token is left (tokens taken later still count).
+        self.shutdown.reading.close();
+        let reading = self.shutdown.reading.wait();
         let stopped = tokio::time::timeout_at(deadline, reading).await.is_ok();
         self.enter(Phase::Close);
-        let done = self.shutdown.done.all_returned();
+        self.shutdown.done.close();
+        let done = self.shutdown.done.wait();
         let done = tokio::time::timeout_at(deadline, done).await.is_ok();
         stopped && done
     }

@@ -21,21 +21,21 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
+use crate::events::{ConnEvents, Waiter};
 use crate::peer::PeerConn;
-use crate::relay::{Outbox, Relay, Signal};
-use crate::shutdown::Shutdown;
+use crate::queue::Outbox;
+use crate::shutdown::{Phase, Shutdown};
+use crate::state::Relay;
 
 /// A client must finish the WebSocket handshake within this time.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// The connection task's slot in its [`Signal`].
-const WRITER: usize = 0;
 /// How long the relay keeps trying to tell a peer why its connection ends.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// At most this many queued frames are written before one flush.
 const WRITE_BATCH: usize = 64;
 
 /// The WebSocket settings of every relay connection; `hard` is the largest frame read at all.
-pub fn ws_config(hard: usize) -> WebSocketConfig {
+fn ws_config(hard: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         // Small buffers: most peers are idle most of the time (2 KiB keeps an idle peer under
         // 8 KiB of server memory; relay-bench conns). Larger frames grow the buffer as needed.
@@ -88,40 +88,96 @@ async fn connection(
     );
     // Boxed: the handshake's state is large and short-lived; inline, it would size the
     // connection's task for its whole life (the task is most of an idle peer's memory).
-    let mut ws = match tokio::time::timeout(HANDSHAKE_TIMEOUT, Box::pin(handshake)).await {
-        Ok(Ok(ws)) => ws,
-        Ok(Err(error)) => return tracing::debug!("WebSocket handshake failed: {error}"),
-        Err(_) => return tracing::debug!("WebSocket handshake timed out"),
+    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, Box::pin(handshake));
+    // Raced against shutdown: a client that connected but has not (or never will) finish its
+    // handshake is not a peer yet, and must not hold the shutdown for the handshake's limit.
+    // Dropping the handshake future there is fine: it owns the socket, which is then closed.
+    let mut ws = tokio::select! {
+        handshake = handshake => match handshake {
+            Ok(Ok(ws)) => ws,
+            Ok(Err(error)) => return tracing::debug!("WebSocket handshake failed: {error}"),
+            Err(_) => return tracing::debug!("WebSocket handshake timed out"),
+        },
+        () = shutdown.reached(Phase::StopReading) => {
+            return tracing::debug!("WebSocket handshake abandoned: shutting down");
+        }
     };
 
     let (mut peer, mut outbox) = PeerConn::open(&relay);
-    let signal = outbox.signal();
-    let _registration = shutdown.register(&signal);
+    let events = outbox.events();
+    let _registration = shutdown.register(&events);
     if let Some(id) = node_id {
         if let Step::Close(error) = peer.claim(&id) {
-            let _ = write_queued(&mut ws, &mut outbox).await;
-            let _ = ws.close(Some(close_frame(&error))).await;
+            // Bounded (a client that does not read cannot hold the task), and closed through
+            // `close`, which waits for the client's reply: dropping the socket with the
+            // client's first frames unread would reset the connection, and a reset can discard
+            // the Error and the close frame before the client reads them.
+            let written = tokio::time::timeout(CLOSE_TIMEOUT, write_queued(&mut ws, &mut outbox));
+            if let Ok(Ok(())) = written.await {
+                close(&mut ws, close_frame(&error)).await;
+            }
             return;
         }
     }
 
     let mut reading = Some(reading);
-    let mut watching = Signal::KICKED | Signal::STOP_READING | Signal::CLOSE;
+    let mut watching = ConnEvents::KICKED | ConnEvents::STOP_READING | ConnEvents::CLOSE;
+    // True after a write: the next turn prefers reading (see the select below).
+    let mut read_turn = false;
     let ending = loop {
         tokio::select! {
             biased;
-            raised = signal.raised(WRITER, watching) => {
-                if raised & Signal::KICKED != 0 {
-                    break End::Kicked(signal.reason());
+            raised = events.raised(Waiter::Writer, watching) => {
+                if raised & ConnEvents::KICKED != 0 {
+                    break End::Kicked(events.reason());
                 }
-                if raised & Signal::CLOSE != 0 {
+                if raised & ConnEvents::CLOSE != 0 {
                     break End::Shutdown;
                 }
                 reading = None;
-                watching &= !Signal::STOP_READING;
+                watching &= !ConnEvents::STOP_READING;
+            }
+            // Reading and writing take turns: after a write, the next turn reads a frame if
+            // one is there, so a peer whose queue is never empty (a steady stream to it) still
+            // has its own envelopes read. Reading is also enabled whenever nothing is queued.
+            frame = ws.next(), if reading.is_some() && (read_turn || outbox.is_empty()) => {
+                read_turn = false;
+                match frame {
+                    Some(Ok(tungstenite::Message::Text(text))) => {
+                        if let Step::Close(error) = peer.input(text_input(text)) {
+                            break End::Kicked(error);
+                        }
+                    }
+                    Some(Ok(tungstenite::Message::Binary(_))) => {
+                        if let Step::Close(error) = peer.input(Input::Binary) {
+                            break End::Kicked(error);
+                        }
+                    }
+                    // tungstenite answers pings itself; the pong goes out with the next flush.
+                    Some(Ok(tungstenite::Message::Ping(_))) => {
+                        if ws.flush().await.is_err() {
+                            break End::Gone;
+                        }
+                    }
+                    Some(Ok(tungstenite::Message::Pong(_) | tungstenite::Message::Frame(_))) => {}
+                    // The client closes; tungstenite replies, and the stream then ends.
+                    Some(Ok(tungstenite::Message::Close(_))) => {}
+                    Some(Err(tungstenite::Error::Capacity(error))) => {
+                        tracing::debug!("a peer sent an oversized frame: {error}");
+                        if let Step::Close(error) = peer.input(Input::OversizedFrame) {
+                            break End::Kicked(error);
+                        }
+                    }
+                    Some(Err(error)) => {
+                        tracing::debug!("WebSocket read failed: {error}");
+                        break End::Gone;
+                    }
+                    None => break End::Gone,
+                }
             }
             next = outbox.recv() => match next {
                 Some(message) => {
+                    read_turn = true;
                     // A peer that stopped reading blocks this write; its queue then fills and
                     // the kick ends the connection.
                     tokio::select! {
@@ -130,43 +186,10 @@ async fn connection(
                                 break End::Gone;
                             }
                         }
-                        _ = signal.raised(WRITER, Signal::KICKED) => {
-                            break End::Kicked(signal.reason());
+                        _ = events.raised(Waiter::Writer, ConnEvents::KICKED) => {
+                            break End::Kicked(events.reason());
                         }
                     }
-                }
-                None => break End::Gone,
-            },
-            frame = ws.next(), if reading.is_some() => match frame {
-                Some(Ok(tungstenite::Message::Text(text))) => {
-                    if let Step::Close(error) = peer.input(text_input(text)) {
-                        break End::Kicked(error);
-                    }
-                }
-                Some(Ok(tungstenite::Message::Binary(_))) => {
-                    if let Step::Close(error) = peer.input(Input::Binary) {
-                        break End::Kicked(error);
-                    }
-                }
-                // tungstenite answers pings itself; the pong goes out with the next flush.
-                Some(Ok(tungstenite::Message::Ping(_))) => {
-                    if ws.flush().await.is_err() {
-                        break End::Gone;
-                    }
-                }
-                Some(Ok(tungstenite::Message::Pong(_) | tungstenite::Message::Frame(_))) => {}
-                // The client closes; tungstenite replies, and the stream then ends.
-                Some(Ok(tungstenite::Message::Close(_))) => {}
-                Some(Err(tungstenite::Error::Capacity(error))) => {
-                    tracing::debug!("a peer sent an oversized frame: {error}");
-                    match peer.input(Input::OversizedFrame) {
-                        Step::Close(error) => break End::Kicked(error),
-                        Step::Continue => {}
-                    }
-                }
-                Some(Err(error)) => {
-                    tracing::debug!("WebSocket read failed: {error}");
-                    break End::Gone;
                 }
                 None => break End::Gone,
             },

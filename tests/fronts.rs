@@ -7,6 +7,7 @@ use common::conformance::FIDELITY_PAYLOADS;
 use common::{Got, GrpcPeer, Peer, TestRelay, WsPeer};
 use gsio_relay::pb;
 use std::time::Duration;
+use tokio_tungstenite::tungstenite;
 
 /// A peer on either front.
 enum AnyPeer {
@@ -268,4 +269,143 @@ async fn grpc_health_and_reflection_are_served() {
         format!("{response:?}").contains("FileDescriptorResponse"),
         "{response:?}"
     );
+}
+
+/// A client refused at connect (`?node_id=` taken or invalid) that keeps sending, as a browser
+/// that sends on `open` does: it reads the Error, then the close frame 1008 with the reason, and
+/// then the connection ends in order. A relay that drops the socket right after its close frame
+/// has the client's frames arrive at a closed socket, and the kernel answers with a reset: on a
+/// real network that reset can discard the Error and the close frame on their way; on loopback
+/// they are already delivered, so the test sees the reset itself (the client's close reply
+/// fails). Repeated, alternating both refusals.
+#[tokio::test]
+async fn a_refused_node_id_gets_its_error_and_an_orderly_close() {
+    use futures_util::{SinkExt, StreamExt};
+    let relay = TestRelay::start().await;
+    let _holder = relay.ws("taken").await;
+    for round in 0..50 {
+        let (id, code) = if round % 2 == 0 {
+            ("taken", "peer_id_in_use")
+        } else {
+            ("bad%20id", "invalid_peer_id")
+        };
+        let peer = WsPeer::connect(&format!("{}/?node_id={id}", relay.ws_url)).await;
+        let (mut sink, mut stream) = peer.ws.split();
+        let sender = tokio::spawn(async move {
+            let frame = tungstenite::Message::text(common::envelope("Ping", "", "", "1"));
+            for _ in 0..10_000 {
+                // Fails once the close handshake has started (or the connection is gone).
+                if sink.send(frame.clone()).await.is_err() {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+        });
+        let got = match tokio::time::timeout(common::ARRIVES, stream.next()).await {
+            Ok(Some(Ok(tungstenite::Message::Text(text)))) => text,
+            other => panic!("round {round}: expected the Error, got {other:?}"),
+        };
+        let got: common::Got = serde_json::from_str(&got).unwrap();
+        assert_eq!(got.error_code(), code, "round {round}: {got:?}");
+        let frame = match tokio::time::timeout(common::ARRIVES, stream.next()).await {
+            Ok(Some(Ok(tungstenite::Message::Close(Some(frame))))) => frame,
+            other => panic!("round {round}: expected a close frame, got {other:?}"),
+        };
+        assert_eq!(u16::from(frame.code), 1008, "round {round}");
+        assert!(frame.reason.starts_with(code), "round {round}: {frame:?}");
+        // tungstenite sends the close reply; the relay then ends the TCP connection.
+        match tokio::time::timeout(common::ARRIVES, stream.next()).await {
+            Ok(None) => {}
+            Ok(Some(Err(error))) => panic!("round {round}: no orderly close: {error}"),
+            Ok(Some(Ok(frame))) => panic!("round {round}: unexpected {frame:?}"),
+            Err(_) => panic!("round {round}: the connection never ended"),
+        }
+        sender.await.unwrap();
+    }
+}
+
+/// A peer receiving a steady stream it cannot keep up with still has its own frames read: the
+/// relay's connection loop must not serve the outbound queue first whenever it is non-empty.
+#[tokio::test]
+async fn a_flooded_peer_still_gets_its_frames_read() {
+    use futures_util::{SinkExt, StreamExt};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let mut config = common::shipped_config();
+    config.limits.queue_capacity = 1_000_000; // the flood must not make "a" a slow consumer
+    let relay = TestRelay::start_with(config).await;
+    let mut c = relay.ws("c").await;
+    // "a" with a small receive buffer, so that the relay's writes to it block soon.
+    let addr = relay.ws_url.trim_start_matches("ws://").parse().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(64 * 1024).unwrap();
+    let stream = socket.connect(addr).await.unwrap();
+    let (ws, _) = tokio_tungstenite::client_async(format!("{}/?node_id=a", relay.ws_url), stream)
+        .await
+        .unwrap();
+    let (mut a_sink, mut a_stream) = ws.split();
+    let mut b = relay.ws("b").await;
+    assert_eq!(c.recv().await.message_type, "PeerJoined");
+    assert_eq!(c.recv().await.message_type, "PeerJoined");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    // "b" sends to "a" steadily (about 2,000 envelopes of 4 KiB a second, at most 20 s).
+    let flood = {
+        let stop = stop.clone();
+        let payload = format!("\"{}\"", "f".repeat(4096));
+        tokio::spawn(async move {
+            for _ in 0..2_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                for _ in 0..20 {
+                    let text = common::envelope("LedgerSync", "b", "a", &payload);
+                    b.ws.feed(tungstenite::Message::text(text)).await.unwrap();
+                }
+                b.ws.flush().await.unwrap();
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            b
+        })
+    };
+    // "a" reads, slower than "b" sends (at most 500 envelopes a second, at most 30 s).
+    let reader = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            for _ in 0..3_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                for _ in 0..5 {
+                    match a_stream.next().await {
+                        Some(Ok(_)) => {}
+                        other => panic!("a's connection failed: {other:?}"),
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    // Long enough for the socket buffers towards "a" to fill: from then on "a"'s queue is
+    // never empty while the flood lasts.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    a_sink
+        .send(tungstenite::Message::text(common::envelope(
+            "LedgerSync",
+            "a",
+            "c",
+            "\"from a\"",
+        )))
+        .await
+        .unwrap();
+    let got = c.try_recv(Duration::from_secs(5)).await;
+    stop.store(true, Ordering::Relaxed);
+    let got = got.expect("a's envelope was not read while a was being flooded");
+    assert_eq!(
+        (got.sender_id.as_str(), got.payload.as_str()),
+        ("a", "\"from a\"")
+    );
+    reader.await.unwrap();
+    flood.await.unwrap();
 }

@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::{shipped_config, Frame, GrpcPeer, Peer, TestRelay, WsPeer};
-use gsio_relay::relay::Stats;
+use gsio_relay::state::Stats;
 
 /// A payload large enough that the kernel's socket buffers fill after a few dozen messages.
 fn chunk() -> String {
@@ -208,4 +208,79 @@ async fn connections_past_the_limit_wait_until_a_slot_frees() {
         .unwrap()
         .unwrap();
     third.expect_welcome("three").await;
+}
+
+/// The `host:port` of a `ws://` URL.
+fn ws_addr(relay: &TestRelay) -> String {
+    relay.ws_url.trim_start_matches("ws://").to_owned()
+}
+
+#[tokio::test]
+async fn a_client_that_never_sends_its_handshake_does_not_delay_shutdown() {
+    let mut config = shipped_config();
+    // Far beyond the bound below: waiting out the grace period (or the 10 s handshake limit)
+    // fails the test.
+    config.server.shutdown_grace_ms = 30_000;
+    let mut relay = TestRelay::start_with(config).await;
+    // Connects and never sends the HTTP upgrade.
+    let _half_open = tokio::net::TcpStream::connect(ws_addr(&relay))
+        .await
+        .unwrap();
+    // Accepted after it (one accept loop, in order): so the half-open one is being served.
+    let mut witness = relay.ws("witness").await;
+    let witness = tokio::spawn(async move { witness.expect_close().await });
+
+    let started = std::time::Instant::now();
+    let server = relay.shut_down();
+    tokio::time::timeout(Duration::from_secs(60), server)
+        .await
+        .expect("server did not finish shutting down")
+        .unwrap()
+        .unwrap();
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "shutdown took {took:?}: it waited for a handshake that never came"
+    );
+    assert_eq!(witness.await.unwrap().0, 1001);
+}
+
+#[tokio::test]
+async fn shutdown_waits_one_grace_period_in_all() {
+    let mut config = shipped_config();
+    config.server.shutdown_grace_ms = 3_000;
+    let mut relay = TestRelay::start_with(config).await;
+    let mut sender = relay.ws("sender").await;
+    // Never reads: what is queued for it cannot be delivered, so only the grace period ends it.
+    let _stalled = relay.grpc("g-stalled").await;
+    assert_eq!(sender.recv().await.message_type, "PeerJoined");
+    // Far more than the HTTP/2 windows and socket buffers hold, well under the queue capacity.
+    let payload = chunk();
+    for _ in 0..400 {
+        sender.send("NodeAnnounce", "sender", "", &payload).await;
+    }
+    // Ping is echo: once it is back, every broadcast before it was routed.
+    sender.send("Ping", "sender", "", "1").await;
+    assert_eq!(sender.recv().await.message_type, "Ping");
+    let sender = tokio::spawn(async move { sender.expect_close().await });
+
+    let started = std::time::Instant::now();
+    let server = relay.shut_down();
+    tokio::time::timeout(Duration::from_secs(60), server)
+        .await
+        .expect("server did not finish shutting down")
+        .unwrap()
+        .unwrap();
+    let took = started.elapsed();
+    // One grace period (3 s) plus slack; applying it twice takes at least 6 s.
+    assert!(
+        took < Duration::from_millis(5_500),
+        "shutdown took {took:?}"
+    );
+    // And the stalled peer did hold the shutdown (the test is about the grace period).
+    assert!(
+        took >= Duration::from_millis(2_500),
+        "shutdown took {took:?}"
+    );
+    assert_eq!(sender.await.unwrap().0, 1001);
 }

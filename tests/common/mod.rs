@@ -44,7 +44,7 @@ pub fn shipped_config() -> RelayConfig {
 pub struct TestRelay {
     pub ws_url: String,
     pub grpc_url: String,
-    pub relay: std::sync::Arc<gsio_relay::relay::Relay>,
+    pub relay: std::sync::Arc<gsio_relay::state::Relay>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), gsio_relay::server::ServerError>>>,
 }

@@ -1,156 +1,21 @@
-//! The gRPC front: `gsio.relay.v1.RelayService/Exchange`, one bidirectional stream per peer.
-//!
-//! Decoding a `pb::Envelope` into the core's `Envelope` and encoding a `Message` back are the
-//! only conversions, and they live here. Outbound, each message is encoded to protobuf once (the
-//! first time a gRPC recipient needs it) and the bytes are shared by every gRPC recipient: the
-//! server code is generated with `Envelope` mapped to [`WireEnvelope`], whose encoding is those
-//! bytes.
+//! The `RelayService` implementation: each `Exchange` stream is one peer ([`PeerConn`]), read by
+//! a spawned task and written by the response stream, both ending on the connection's events
+//! (kicked, shutdown's phases).
 
-use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use bytes::{Buf, BufMut, Bytes};
 use futures_util::Stream;
-use gsio_relay_core::{Envelope, Input, Message, RelayError, Step};
-use prost::encoding::{DecodeContext, WireType};
-use tonic::codec::{BufferSettings, Codec};
+use gsio_relay_core::{Input, Message, RelayError, Step};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::pb;
+use super::codec::{from_pb, WireEnvelope};
+use super::server;
+use super::NODE_ID_METADATA;
+use crate::events::{ConnEvents, Waiter};
 use crate::peer::PeerConn;
-use crate::relay::{Relay, Signal};
 use crate::shutdown::{Phase, Shutdown};
-
-/// Generated server code (see `build.rs`).
-pub mod server {
-    tonic::include_proto!("server/gsio.relay.v1");
-}
-
-/// The tasks of one stream, each with its slot in the stream's [`Signal`].
-const WRITER: usize = 0;
-const READER: usize = 1;
-
-/// Request metadata that fixes the stream's peer id before its first envelope.
-pub const NODE_ID_METADATA: &str = "x-gsio-node-id";
-
-/// `gsio.relay.v1.Envelope` on the server's wire: decoded when it comes in, pre-encoded bytes
-/// shared by all recipients when it goes out.
-#[derive(Debug, Clone)]
-pub enum WireEnvelope {
-    Decoded(pb::Envelope),
-    Encoded(Bytes),
-}
-
-impl Default for WireEnvelope {
-    fn default() -> Self {
-        WireEnvelope::Decoded(pb::Envelope::default())
-    }
-}
-
-impl WireEnvelope {
-    /// The protobuf encoding of `message`, computed once per message.
-    pub fn of(message: &Message) -> WireEnvelope {
-        WireEnvelope::Encoded(
-            message
-                .binary(|e| {
-                    let pb = to_pb(e);
-                    Bytes::from(prost::Message::encode_to_vec(&pb))
-                })
-                .clone(),
-        )
-    }
-}
-
-impl prost::Message for WireEnvelope {
-    fn encode_raw(&self, buf: &mut impl BufMut) {
-        match self {
-            WireEnvelope::Decoded(envelope) => envelope.encode_raw(buf),
-            WireEnvelope::Encoded(bytes) => buf.put_slice(bytes),
-        }
-    }
-
-    fn merge_field(
-        &mut self,
-        tag: u32,
-        wire_type: WireType,
-        buf: &mut impl Buf,
-        ctx: DecodeContext,
-    ) -> Result<(), prost::DecodeError> {
-        if let WireEnvelope::Encoded(_) = self {
-            *self = WireEnvelope::default();
-        }
-        let WireEnvelope::Decoded(envelope) = self else {
-            unreachable!("just made Decoded")
-        };
-        envelope.merge_field(tag, wire_type, buf, ctx)
-    }
-
-    fn encoded_len(&self) -> usize {
-        match self {
-            WireEnvelope::Decoded(envelope) => envelope.encoded_len(),
-            WireEnvelope::Encoded(bytes) => bytes.len(),
-        }
-    }
-
-    fn clear(&mut self) {
-        *self = WireEnvelope::default();
-    }
-}
-
-/// The server's codec: tonic's prost codec with 2 KiB per-stream buffers instead of 8 KiB.
-/// Every idle stream holds one for decoding and one for encoding; the buffers grow when a larger
-/// message needs it. (relay-bench conns: idle gRPC streams were the relay's largest cost.)
-pub struct RelayCodec<T, U>(PhantomData<(T, U)>);
-
-impl<T, U> Default for RelayCodec<T, U> {
-    fn default() -> Self {
-        RelayCodec(PhantomData)
-    }
-}
-
-fn stream_buffers() -> BufferSettings {
-    BufferSettings::new(2 * 1024, 32 * 1024)
-}
-
-impl<T, U> Codec for RelayCodec<T, U>
-where
-    T: prost::Message + Send + 'static,
-    U: prost::Message + Default + Send + 'static,
-{
-    type Encode = T;
-    type Decode = U;
-    type Encoder = tonic_prost::ProstEncoder<T>;
-    type Decoder = tonic_prost::ProstDecoder<U>;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        tonic_prost::ProstEncoder::new(stream_buffers())
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        tonic_prost::ProstDecoder::new(stream_buffers())
-    }
-}
-
-/// The core envelope as protobuf.
-pub fn to_pb(envelope: &Envelope) -> pb::Envelope {
-    pb::Envelope {
-        message_type: envelope.message_type.clone(),
-        sender_id: envelope.sender_id.clone(),
-        recipient_id: envelope.recipient_id.clone(),
-        payload_json: envelope.payload.get().to_owned(),
-    }
-}
-
-/// A protobuf envelope as the core's, checking its payload is JSON.
-pub fn from_pb(envelope: pb::Envelope) -> Result<Envelope, RelayError> {
-    Envelope::from_parts(
-        envelope.message_type,
-        envelope.sender_id,
-        envelope.recipient_id,
-        envelope.payload_json,
-    )
-}
+use crate::state::Relay;
 
 /// The status that ends a stream for `error`: the core's code, and a message that starts with
 /// the error code.
@@ -199,15 +64,15 @@ impl server::relay_service_server::RelayService for RelayGrpc {
         let (reading, done) = self.shutdown.tokens();
 
         let shutdown = self.shutdown.clone();
-        let signal = outbox.signal();
-        let registration = self.shutdown.register(&signal);
-        let reader_signal = signal.clone();
+        let events = outbox.events();
+        let registration = self.shutdown.register(&events);
+        let reader_events = events.clone();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
                     // Shutdown, or disconnected as a slow consumer: leave the hub now, even if
                     // the client has stopped polling the response stream that would say why.
-                    _ = reader_signal.raised(READER, Signal::KICKED | Signal::STOP_READING) => break,
+                    _ = reader_events.raised(Waiter::Reader, ConnEvents::KICKED | ConnEvents::STOP_READING) => break,
                     next = inbound.message() => match next {
                         Ok(Some(WireEnvelope::Decoded(envelope))) => {
                             let size = prost::Message::encoded_len(&envelope);
@@ -243,7 +108,7 @@ impl server::relay_service_server::RelayService for RelayGrpc {
 
         let writer = Writer {
             outbox,
-            signal,
+            events,
             _registration: registration,
             running: self.shutdown.clone(),
             _done: done,
@@ -259,9 +124,9 @@ impl server::relay_service_server::RelayService for RelayGrpc {
 
 /// The outbound half of one stream: what the peer's outbox yields, until it ends.
 struct Writer {
-    outbox: crate::relay::Outbox,
+    outbox: crate::queue::Outbox,
     /// Kicked (slow consumer) or shutdown's close phase.
-    signal: Arc<Signal>,
+    events: Arc<ConnEvents>,
     _registration: crate::shutdown::Registration,
     running: Shutdown,
     /// Dropped with the stream, which tells the shutdown controller this connection is done.
@@ -288,9 +153,9 @@ impl Writer {
         if self.state == WriterState::Open {
             let event = tokio::select! {
                 biased;
-                raised = self.signal.raised(WRITER, Signal::KICKED | Signal::CLOSE) => {
-                    if raised & Signal::KICKED != 0 {
-                        Event::Kicked(self.signal.reason())
+                raised = self.events.raised(Waiter::Writer, ConnEvents::KICKED | ConnEvents::CLOSE) => {
+                    if raised & ConnEvents::KICKED != 0 {
+                        Event::Kicked(self.events.reason())
                     } else {
                         Event::Closing
                     }
