@@ -154,7 +154,8 @@ pub fn relay_binary() -> Result<PathBuf> {
     let path = std::env::current_exe()?.with_file_name("gsio-relay");
     if !path.is_file() {
         bail!(
-            "{} not found: build both binaries with `cargo build --release --bins` \
+            "{} not found: build both binaries with \
+             `cargo build --release -p gsio-relay -p relay-bench` \
              (or give --url to bench a relay that is already running)",
             path.display()
         );

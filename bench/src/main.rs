@@ -7,7 +7,7 @@
 //! shared machine drift from run to run, the ratio much less.
 //!
 //! ```text
-//! cargo build --release --bins
+//! cargo build --release -p gsio-relay -p relay-bench
 //! target/release/relay-bench all            # every scenario (a few minutes)
 //! target/release/relay-bench fanout --quick # one scenario, small and short
 //! ```
@@ -88,7 +88,7 @@ struct Options {
     pid: Option<u32>,
     /// The relay.toml the started relay runs on (ports, announcements and max_connections are
     /// overridden by environment variables).
-    #[arg(long, global = true, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/relay.toml"))]
+    #[arg(long, global = true, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../relay.toml"))]
     config: PathBuf,
     /// An extra environment override for the started relay, e.g.
     /// --relay-env RELAY_LIMITS__QUEUE_CAPACITY=8192 (repeatable).
