@@ -34,12 +34,12 @@ const WRITE_BATCH: usize = 64;
 
 /// The largest frame read at all: above `limit` but below this, the frame is refused with an
 /// error envelope; above this, the connection is closed.
-pub fn hard_frame_limit(limit: usize) -> usize {
+pub(crate) fn hard_frame_limit(limit: usize) -> usize {
     limit.saturating_mul(2).max(limit + 64 * 1024)
 }
 
-/// The WebSocket settings of every relay connection (the benchmark's floor uses them too).
-pub fn ws_config(max_message_bytes: usize) -> WebSocketConfig {
+/// The WebSocket settings of every relay connection (relay-bench's floor keeps a copy).
+fn ws_config(max_message_bytes: usize) -> WebSocketConfig {
     let hard = hard_frame_limit(max_message_bytes);
     WebSocketConfig::default()
         // Small buffers: most peers are idle most of the time (2 KiB keeps an idle peer under

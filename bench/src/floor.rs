@@ -3,11 +3,12 @@
 //! work (JSON parsing, identity checks, routing rules) costs on top of moving frames.
 //!
 //! Kept fair, so that the ratio means something: the same tokio-tungstenite version and the same
-//! `WebSocketConfig` as the relay (4 KiB read buffer, 16 KiB write buffer, same frame limits), one
-//! task per connection that reads frames and writes its queue, a bounded queue per connection
-//! (the relay's `limits.queue_capacity`), frames shared between recipients (a `Utf8Bytes` clone
-//! is a reference count), and writes batched the way the relay batches them (up to 64 frames
-//! fed, one flush).
+//! WebSocket settings as the relay ([`ws_config`], a copy, since the relay keeps its own private:
+//! 2 KiB read buffer, 16 KiB write buffer, the relay's hard frame limit), one task per connection
+//! that reads frames and writes its queue, a bounded queue per connection (the relay's
+//! `limits.queue_capacity`), frames shared between recipients (a `Utf8Bytes` clone is a
+//! reference count), and writes batched the way the relay batches them (up to 64 frames fed, one
+//! flush).
 //!
 //! Routing without parsing: the peer id is the `?node_id=` of the handshake, as on the relay.
 //! An id `p<N>a` sends to `p<N>b` and back (the directed pairs); any other id broadcasts to every
@@ -24,10 +25,35 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 
-/// As in the relay's WebSocket front.
+/// At most this many queued frames are written before one flush (gsio-relay `src/ws.rs`,
+/// `WRITE_BATCH`).
 const WRITE_BATCH: usize = 64;
+/// The read buffer of every connection (gsio-relay `src/ws.rs`, `ws_config`:
+/// `.read_buffer_size(2 * 1024)`).
+const READ_BUFFER_BYTES: usize = 2 * 1024;
+/// The write buffer of every connection (gsio-relay `src/ws.rs`, `ws_config`:
+/// `.write_buffer_size(16 * 1024)`).
+const WRITE_BUFFER_BYTES: usize = 16 * 1024;
+
+/// The largest frame and message read at all (gsio-relay `src/ws.rs`, `hard_frame_limit`,
+/// which `ws_config` sets as both `max_message_size` and `max_frame_size`).
+pub fn hard_frame_limit(limit: usize) -> usize {
+    limit.saturating_mul(2).max(limit + 64 * 1024)
+}
+
+/// The relay's WebSocket settings (gsio-relay `src/ws.rs`, `ws_config`, private to the relay),
+/// for the floor's connections and the bench's clients alike.
+pub fn ws_config(max_message_bytes: usize) -> WebSocketConfig {
+    let hard = hard_frame_limit(max_message_bytes);
+    WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
+        .max_message_size(Some(hard))
+        .max_frame_size(Some(hard))
+}
 
 /// Where a connection's frames go, decided once from its id.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,7 +148,7 @@ async fn connection(
             Ok(response)
         },
         // The relay's own settings: same buffers, same limits.
-        Some(gsio_relay::ws::ws_config(max_message_bytes)),
+        Some(ws_config(max_message_bytes)),
     );
     let Ok(mut ws) = handshake.await else { return };
     let destination = destination(&id);
