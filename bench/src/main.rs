@@ -36,6 +36,12 @@ use clap::{Args, Parser, Subcommand};
 
 use scenarios::{Report, Settings};
 
+/// The relay's allocator (`src/main.rs` of gsio-relay sets the same one). The floor is this
+/// binary re-executed, so the floor's frames and queues are allocated the way the relay's are and
+/// the ratio does not measure allocators; the bench clients run on it too, on both targets alike.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Benchmarks the gsio-relay against a minimal forwarding floor, over real WebSocket and gRPC
 /// clients on 127.0.0.1. Prints a table per scenario and one JSON line per run.
 #[derive(Parser, Debug)]
