@@ -34,7 +34,8 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// At most this many queued frames are written before one flush.
 const WRITE_BATCH: usize = 64;
 
-/// The WebSocket settings of every relay connection; `hard` is the largest frame read at all.
+/// The WebSocket settings of every relay connection (relay-bench's floor keeps a copy); `hard`
+/// is the largest frame read at all.
 fn ws_config(hard: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         // Small buffers: most peers are idle most of the time (2 KiB keeps an idle peer under

@@ -63,7 +63,8 @@ pub async fn ws_connect(url: &str, id: &str) -> Result<Ws> {
         let (mut ws, _) = tokio_tungstenite::client_async_with_config(
             format!("ws://{host}/?node_id={id}"),
             tcp,
-            Some(gsio_relay::ws::ws_config(MAX_MESSAGE_BYTES)),
+            // The servers' settings (small buffers: the conns scenario holds thousands).
+            Some(crate::floor::ws_config(MAX_MESSAGE_BYTES)),
         )
         .await?;
         loop {

@@ -154,7 +154,8 @@ pub fn relay_binary() -> Result<PathBuf> {
     let path = std::env::current_exe()?.with_file_name("gsio-relay");
     if !path.is_file() {
         bail!(
-            "{} not found: build both binaries with `cargo build --release --bins` \
+            "{} not found: build both binaries with \
+             `cargo build --release -p gsio-relay -p relay-bench` \
              (or give --url to bench a relay that is already running)",
             path.display()
         );
@@ -172,11 +173,11 @@ pub fn spawn_relay(config: &Path, extra: &[(String, String)]) -> Result<RelayPro
         .arg(config)
         .env("NO_COLOR", "1")
         .env("RUST_LOG", "info")
-        .env("RELAY_SERVER__WS_LISTEN", "127.0.0.1:0")
-        .env("RELAY_SERVER__GRPC_LISTEN", "127.0.0.1:0")
-        .env("RELAY_SERVER__MAX_CONNECTIONS", "100000")
-        .env("RELAY_DISCOVERY__ANNOUNCE_PEERS", "false")
-        .env("RELAY_ROUTING__DEFAULT", "broadcast")
+        .env("GSIO_RELAY_SERVER__WS_LISTEN", "127.0.0.1:0")
+        .env("GSIO_RELAY_SERVER__GRPC_LISTEN", "127.0.0.1:0")
+        .env("GSIO_RELAY_SERVER__MAX_CONNECTIONS", "100000")
+        .env("GSIO_RELAY_DISCOVERY__ANNOUNCE_PEERS", "false")
+        .env("GSIO_RELAY_ROUTING__DEFAULT", "broadcast")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());

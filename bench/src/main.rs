@@ -7,7 +7,7 @@
 //! shared machine drift from run to run, the ratio much less.
 //!
 //! ```text
-//! cargo build --release --bins
+//! cargo build --release -p gsio-relay -p relay-bench
 //! target/release/relay-bench all            # every scenario (a few minutes)
 //! target/release/relay-bench fanout --quick # one scenario, small and short
 //! ```
@@ -35,6 +35,12 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use scenarios::{Report, Settings};
+
+/// The relay's allocator (`src/main.rs` of gsio-relay sets the same one). The floor is this
+/// binary re-executed, so the floor's frames and queues are allocated the way the relay's are and
+/// the ratio does not measure allocators; the bench clients run on it too, on both targets alike.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Benchmarks the gsio-relay against a minimal forwarding floor, over real WebSocket and gRPC
 /// clients on 127.0.0.1. Prints a table per scenario and one JSON line per run.
@@ -88,10 +94,10 @@ struct Options {
     pid: Option<u32>,
     /// The relay.toml the started relay runs on (ports, announcements and max_connections are
     /// overridden by environment variables).
-    #[arg(long, global = true, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/relay.toml"))]
+    #[arg(long, global = true, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../relay.toml"))]
     config: PathBuf,
     /// An extra environment override for the started relay, e.g.
-    /// --relay-env RELAY_LIMITS__QUEUE_CAPACITY=8192 (repeatable).
+    /// --relay-env GSIO_RELAY_LIMITS__QUEUE_CAPACITY=8192 (repeatable).
     #[arg(long = "relay-env", global = true, value_parser = parse_key_value)]
     relay_env: Vec<(String, String)>,
     /// A small, short run of everything (smoke test): 1 s runs, few peers, 5 s soak.
@@ -169,7 +175,7 @@ impl Options {
         if let Some((_, value)) = self
             .relay_env
             .iter()
-            .find(|(key, _)| key == "RELAY_LIMITS__QUEUE_CAPACITY")
+            .find(|(key, _)| key == "GSIO_RELAY_LIMITS__QUEUE_CAPACITY")
         {
             queue_capacity = value.parse()?;
         }
