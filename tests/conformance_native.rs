@@ -1,6 +1,7 @@
 //! The conformance table against the native relay: every scenario over the WebSocket front,
-//! and every scenario that is not about WebSocket frames over the gRPC front. One test per
-//! scenario and front, each on a relay of its own: `ws::<scenario>`, `grpc::<scenario>`.
+//! and every scenario that is not about WebSocket frames over the gRPC front and over both
+//! (peers alternating between the fronts). One test per scenario and front, each on a relay of
+//! its own: `ws::<scenario>`, `grpc::<scenario>`, `mixed::<scenario>`.
 
 mod common;
 
@@ -15,6 +16,11 @@ mod ws {
 mod grpc {
     use crate::common::conformance::GrpcNet;
     crate::any_front_scenarios!(conformance_tests!(|_| GrpcNet::native() =>));
+}
+
+mod mixed {
+    use crate::common::conformance::MixedNet;
+    crate::any_front_scenarios!(conformance_tests!(|_| MixedNet::native() =>));
 }
 
 #[test]

@@ -1,11 +1,13 @@
 //! The conformance table: the relay's protocol behaviour, written once and run against every
-//! runtime and front. The native relay runs every scenario over WebSocket and over gRPC, the
-//! Worker (under `wrangler dev`) over WebSocket. Each scenario gets a network of its own (a fresh
+//! runtime and front. The native relay runs every scenario over WebSocket, and those not about
+//! WebSocket frames over gRPC and over both fronts at once; the Worker (under `wrangler dev`)
+//! runs every scenario over WebSocket. Each scenario gets a network of its own (a fresh
 //! native relay, or a fresh Worker path) configured by the shipped `relay.toml`: `Ping` is echo,
 //! `LedgerSync` directed, everything else broadcast.
 //!
 //! # Layout
-//! - [`Network`]: how a network hands out peers ([`WsNet`], [`GrpcNet`]), and [`FrontPeer`]:
+//! - [`Network`]: how a network hands out peers ([`WsNet`], [`GrpcNet`], and [`MixedNet`] whose
+//!   peers alternate between the fronts), and [`FrontPeer`]:
 //!   what a scenario needs from a peer beyond [`Peer`] (the few steps each front does its own
 //!   way: leaving, sending fields absent, a burst without waiting).
 //! - The lists, each written once: [`any_front_scenarios!`](crate::any_front_scenarios) (generic
@@ -19,7 +21,9 @@
 
 use serde_json::Value;
 
-use super::{binary, envelope, Frame, GrpcPeer, Peer, TestRelay, WsPeer};
+use std::cell::Cell;
+
+use super::{binary, envelope, AnyPeer, Frame, GrpcPeer, Peer, TestRelay, WsPeer};
 
 /// Emits one `#[tokio::test]` per scenario name, each making a fresh network with `$network`
 /// (called with the scenario's name, e.g. for a Worker path of its own) and running the scenario
@@ -289,6 +293,87 @@ impl FrontPeer for GrpcPeer {
         drop(std::mem::replace(&mut self.tx, unused));
         let status = self.expect_status().await;
         assert_eq!(status.code(), tonic::Code::Ok, "{status:?}");
+    }
+}
+
+/// A native relay whose peers alternate between the fronts, in the order they connect: the
+/// first WebSocket, the second gRPC, and so on, so every scenario crosses fronts both ways.
+pub struct MixedNet {
+    ws: WsNet,
+    grpc: GrpcNet,
+    /// How many connections this network has handed out (or tried to).
+    connections: Cell<usize>,
+}
+
+impl MixedNet {
+    pub async fn native() -> MixedNet {
+        let relay = TestRelay::start().await;
+        MixedNet {
+            ws: WsNet {
+                base: format!("{}/", relay.ws_url),
+                relay: None,
+            },
+            grpc: GrpcNet { relay },
+            connections: Cell::new(0),
+        }
+    }
+
+    /// True when the next connection is on WebSocket.
+    fn next_on_ws(&self) -> bool {
+        let n = self.connections.get();
+        self.connections.set(n + 1);
+        n % 2 == 0
+    }
+}
+
+impl Network for MixedNet {
+    type Peer = AnyPeer;
+
+    async fn connect_as(&self, id: &str) -> AnyPeer {
+        if self.next_on_ws() {
+            AnyPeer::Ws(self.ws.connect_as(id).await)
+        } else {
+            AnyPeer::Grpc(self.grpc.connect_as(id).await)
+        }
+    }
+
+    async fn anonymous(&self) -> AnyPeer {
+        if self.next_on_ws() {
+            AnyPeer::Ws(self.ws.anonymous().await)
+        } else {
+            AnyPeer::Grpc(self.grpc.anonymous().await)
+        }
+    }
+
+    async fn expect_refused(&self, id: &str, code: &str) {
+        if self.next_on_ws() {
+            self.ws.expect_refused(id, code).await
+        } else {
+            self.grpc.expect_refused(id, code).await
+        }
+    }
+}
+
+impl FrontPeer for AnyPeer {
+    async fn send_sparse(&mut self, message_type: &str, payload: Option<&str>) {
+        match self {
+            AnyPeer::Ws(p) => p.send_sparse(message_type, payload).await,
+            AnyPeer::Grpc(p) => p.send_sparse(message_type, payload).await,
+        }
+    }
+
+    async fn send_burst(&mut self, message_type: &str, sender: &str, payloads: &[String]) {
+        match self {
+            AnyPeer::Ws(p) => p.send_burst(message_type, sender, payloads).await,
+            AnyPeer::Grpc(p) => p.send_burst(message_type, sender, payloads).await,
+        }
+    }
+
+    async fn leave(self) {
+        match self {
+            AnyPeer::Ws(p) => p.leave().await,
+            AnyPeer::Grpc(p) => p.leave().await,
+        }
     }
 }
 
