@@ -1,21 +1,31 @@
-//! The conformance table against the native relay's WebSocket front.
+//! The conformance table against the native relay: every scenario over the WebSocket front,
+//! and every scenario that is not about WebSocket frames over the gRPC front and over both
+//! (peers alternating between the fronts). One test per scenario and front, each on a relay of
+//! its own: `ws::<scenario>`, `grpc::<scenario>`, `mixed::<scenario>`.
 
 mod common;
 
-use common::conformance::{Net, SCENARIOS};
 use common::TestRelay;
 
-#[tokio::test]
-async fn native_relay_passes_the_conformance_table() {
-    assert!(SCENARIOS.len() >= 15, "the table lost scenarios");
-    for (name, scenario) in SCENARIOS {
-        eprintln!("scenario: {name}");
-        let relay = TestRelay::start().await;
-        scenario(Net {
-            base: format!("{}/", relay.ws_url),
-        })
-        .await;
-    }
+mod ws {
+    use crate::common::conformance::WsNet;
+    crate::any_front_scenarios!(conformance_tests!(|_| WsNet::native() =>));
+    crate::websocket_scenarios!(conformance_tests!(|_| WsNet::native() =>));
+}
+
+mod grpc {
+    use crate::common::conformance::GrpcNet;
+    crate::any_front_scenarios!(conformance_tests!(|_| GrpcNet::native() =>));
+}
+
+mod mixed {
+    use crate::common::conformance::MixedNet;
+    crate::any_front_scenarios!(conformance_tests!(|_| MixedNet::native() =>));
+}
+
+#[test]
+fn every_scenario_is_listed_once() {
+    common::conformance::every_scenario_is_listed_once();
 }
 
 #[tokio::test]

@@ -4,37 +4,10 @@
 mod common;
 
 use common::conformance::FIDELITY_PAYLOADS;
-use common::{Got, GrpcPeer, Peer, TestRelay, WsPeer};
+use common::{AnyPeer, GrpcPeer, Peer, TestRelay, WsPeer};
 use gsio_relay::pb;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite;
-
-/// A peer on either front.
-enum AnyPeer {
-    Ws(WsPeer),
-    Grpc(GrpcPeer),
-}
-
-impl Peer for AnyPeer {
-    async fn send(&mut self, message_type: &str, sender: &str, recipient: &str, payload: &str) {
-        match self {
-            AnyPeer::Ws(p) => p.send(message_type, sender, recipient, payload).await,
-            AnyPeer::Grpc(p) => p.send(message_type, sender, recipient, payload).await,
-        }
-    }
-    async fn recv(&mut self) -> Got {
-        match self {
-            AnyPeer::Ws(p) => p.recv().await,
-            AnyPeer::Grpc(p) => p.recv().await,
-        }
-    }
-    async fn try_recv(&mut self, wait: Duration) -> Option<Got> {
-        match self {
-            AnyPeer::Ws(p) => p.try_recv(wait).await,
-            AnyPeer::Grpc(p) => p.try_recv(wait).await,
-        }
-    }
-}
 
 #[derive(Clone, Copy, Debug)]
 enum Front {

@@ -1,27 +1,32 @@
 //! The Cloudflare Worker in real workerd (`wrangler dev`, from worker/node_modules): the
-//! conformance table, routing after the room loses its memory, `[vars]` overrides, and an
-//! offline dry-run deploy. `scripts/test.sh` installs and builds what these need.
+//! conformance table (one test per scenario, on one shared `wrangler dev`), routing after the
+//! room loses its memory, `[vars]` overrides, and an offline dry-run deploy. `scripts/test.sh`
+//! installs and builds what these need.
 
 mod common;
 
 use std::process::Command;
+use std::sync::LazyLock;
 
-use common::conformance::{Net, SCENARIOS};
+use common::conformance::{Network, WsNet};
 use common::wrangler::WranglerDev;
 use common::{repo_path, Peer, WsPeer};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn worker_passes_the_conformance_table() {
-    let dev = WranglerDev::start();
-    assert!(SCENARIOS.len() >= 15, "the table lost scenarios");
-    for (name, scenario) in SCENARIOS {
-        eprintln!("scenario: {name}");
-        // A network of its own for each scenario: a fresh Durable Object.
-        scenario(Net {
-            base: dev.url(&format!("/conformance-{name}")),
-        })
-        .await;
+/// The `wrangler dev` shared by every test here that needs no `[vars]` of its own: started by
+/// the first test to ask, never dropped; the fixture's watchdog ends it when this process exits.
+static SHARED: LazyLock<WranglerDev> = LazyLock::new(WranglerDev::start);
+
+/// The conformance table, one test per scenario, each on a network of its own (a fresh Durable
+/// Object at `/conformance-<scenario>`) of the shared `wrangler dev`.
+mod conformance {
+    use super::{WsNet, SHARED};
+
+    fn network(scenario: &str) -> std::future::Ready<WsNet> {
+        std::future::ready(WsNet::at(SHARED.url(&format!("/conformance-{scenario}"))))
     }
+
+    crate::any_front_scenarios!(conformance_tests!(network =>));
+    crate::websocket_scenarios!(conformance_tests!(network =>));
 }
 
 /// Drops the room's in-memory state as an eviction from memory would (the test hook is on only
@@ -45,7 +50,7 @@ async fn forget(dev: &WranglerDev, network: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_readme_browser_snippet_works_unchanged() {
-    let dev = WranglerDev::start();
+    let dev = &*SHARED;
     // The snippet's URL has no path: the default network, "/".
     let base = format!("ws://127.0.0.1:{}", dev.port);
     common::readme_snippet_works_against(&base, &dev.url("/?node_id=observer")).await;
@@ -54,9 +59,7 @@ async fn the_readme_browser_snippet_works_unchanged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routing_survives_a_room_that_lost_its_memory() {
     let dev = WranglerDev::start_with_vars(&[("GSIO_RELAY_TEST_HOOKS", "1")]);
-    let net = Net {
-        base: dev.url("/hibernation"),
-    };
+    let net = WsNet::at(dev.url("/hibernation"));
     let mut a = net.peer("a").await;
     let mut b = net.peer("b").await;
     assert_eq!(a.recv().await.message_type, "PeerJoined");

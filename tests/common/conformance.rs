@@ -1,72 +1,385 @@
-//! The conformance table: the WebSocket protocol's behaviour, written once and run against
-//! every runtime (the native relay, and the Worker under `wrangler dev`). Each scenario gets a
-//! network of its own (a fresh native relay, or a fresh Worker path) configured by the shipped
-//! `relay.toml`: `Ping` is echo, `LedgerSync` directed, everything else broadcast.
-
-use std::future::Future;
-use std::pin::Pin;
+//! The conformance table: the relay's protocol behaviour, written once and run against every
+//! runtime and front. The native relay runs every scenario over WebSocket, and those not about
+//! WebSocket frames over gRPC and over both fronts at once; the Worker (under `wrangler dev`)
+//! runs every scenario over WebSocket. Each scenario gets a network of its own (a fresh
+//! native relay, or a fresh Worker path) configured by the shipped `relay.toml`: `Ping` is echo,
+//! `LedgerSync` directed, everything else broadcast.
+//!
+//! # Layout
+//! - [`Network`]: how a network hands out peers ([`WsNet`], [`GrpcNet`], and [`MixedNet`] whose
+//!   peers alternate between the fronts), and [`FrontPeer`]:
+//!   what a scenario needs from a peer beyond [`Peer`] (the few steps each front does its own
+//!   way: leaving, sending fields absent, a burst without waiting).
+//! - The lists, each written once: [`any_front_scenarios!`](crate::any_front_scenarios) (generic
+//!   over the network) and [`websocket_scenarios!`](crate::websocket_scenarios) (about WebSocket
+//!   frames and URLs). [`conformance_tests!`](crate::conformance_tests) turns a list into one
+//!   `#[tokio::test]` per scenario, named after it, so a failure names its scenario and
+//!   `cargo test --test conformance_native -- grpc::directed_reaches_only_the_recipient` runs it
+//!   alone.
+//! - The scenarios: `pub async fn`s, each in exactly one list
+//!   ([`every_scenario_is_listed_once`] checks this against this file's text).
 
 use serde_json::Value;
 
-use super::{binary, envelope, Frame, Peer, WsPeer};
+use std::cell::Cell;
 
-/// One isolated network: every URL built from it reaches the same set of peers.
-pub struct Net {
-    /// `ws://host:port/path`, without a query.
-    pub base: String,
+use super::{binary, envelope, AnyPeer, Frame, GrpcPeer, Peer, TestRelay, WsPeer};
+
+/// Emits one `#[tokio::test]` per scenario name, each making a fresh network with `$network`
+/// (called with the scenario's name, e.g. for a Worker path of its own) and running the scenario
+/// of the same name on it. Invoked through a list, so the names are written once:
+///
+/// ```ignore
+/// crate::any_front_scenarios!(conformance_tests!(|_scenario| async { GrpcNet::start().await } =>));
+/// ```
+#[macro_export]
+macro_rules! conformance_tests {
+    ($network:expr => $($name:ident),+ $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                let net = ($network)(stringify!($name)).await;
+                $crate::common::conformance::$name(net).await;
+            }
+        )+
+    };
 }
 
-impl Net {
+/// The scenarios every front runs: generic over [`Network`]. Calls `$then!(<args> <names>)`.
+#[macro_export]
+macro_rules! any_front_scenarios {
+    ($then:ident!($($args:tt)*)) => {
+        $crate::$then!(
+            $($args)*
+            welcome_announces_id_peers_and_limits,
+            identity_from_first_envelope,
+            identity_required_before_any_routing,
+            echo_returns_to_sender_only,
+            broadcast_reaches_every_other_peer,
+            directed_reaches_only_the_recipient,
+            directed_to_unknown_or_empty_recipient_is_an_error,
+            spoofed_sender_is_refused,
+            empty_sender_is_filled_in,
+            peers_learn_of_joins_and_leaves,
+            second_connection_with_a_live_id_is_refused,
+            invalid_ids_are_refused,
+            oversized_message_is_refused_and_the_connection_survives,
+            payloads_arrive_exactly,
+            messages_from_one_sender_arrive_in_order,
+            a_burst_of_a_thousand_reaches_a_reading_peer,
+        );
+    };
+}
+
+/// The scenarios about WebSocket frames themselves (text, binary, malformed JSON, the sender's
+/// frame forwarded as is): they take a [`WsNet`]. Calls `$then!(<args> <names>)`.
+#[macro_export]
+macro_rules! websocket_scenarios {
+    ($then:ident!($($args:tt)*)) => {
+        $crate::$then!(
+            $($args)*
+            malformed_frames_get_errors_and_the_connection_survives,
+            unchanged_frames_are_forwarded_verbatim,
+        );
+    };
+}
+
+/// `pub const $name: &[&str]` holding a list's names (for the guard below).
+#[macro_export]
+macro_rules! scenario_names {
+    ($const:ident => $($name:ident),+ $(,)?) => {
+        pub const $const: &[&str] = &[$(stringify!($name)),+];
+    };
+}
+
+crate::any_front_scenarios!(scenario_names!(ANY_FRONT =>));
+crate::websocket_scenarios!(scenario_names!(WEBSOCKET_ONLY =>));
+
+/// The guard against a list losing scenarios: every `pub async fn` in this file is a scenario
+/// and is in exactly one list, and the lists are at least as long as they were when written.
+pub fn every_scenario_is_listed_once() {
+    assert!(
+        ANY_FRONT.len() >= 16 && WEBSOCKET_ONLY.len() >= 2,
+        "the lists lost scenarios"
+    );
+    let source = include_str!("conformance.rs");
+    let defined: Vec<&str> = source
+        .lines()
+        .filter_map(|line| line.strip_prefix("pub async fn "))
+        .map(|rest| rest.split(['<', '(']).next().unwrap())
+        .collect();
+    let mut listed: Vec<&str> = ANY_FRONT.iter().chain(WEBSOCKET_ONLY).copied().collect();
+    listed.sort_unstable();
+    let mut sorted = defined.clone();
+    sorted.sort_unstable();
+    assert_eq!(
+        listed, sorted,
+        "each scenario (a `pub async fn` in conformance.rs) belongs in exactly one list"
+    );
+}
+
+/// One isolated network: every peer it hands out reaches the same set of peers.
+#[allow(async_fn_in_trait)]
+pub trait Network {
+    type Peer: FrontPeer;
+
+    /// A peer whose id is fixed as it connects (`?node_id=` on WebSocket, `x-gsio-node-id` on
+    /// gRPC), its Welcome not yet read.
+    async fn connect_as(&self, id: &str) -> Self::Peer;
+
+    /// A peer with no id yet.
+    async fn anonymous(&self) -> Self::Peer;
+
+    /// Connecting as `id` is refused with the error `code`, and the connection ends.
+    async fn expect_refused(&self, id: &str, code: &str);
+
+    /// A peer with its id fixed as it connects, its Welcome already read.
+    async fn peer(&self, id: &str) -> Self::Peer {
+        let mut peer = self.connect_as(id).await;
+        peer.expect_welcome(id).await;
+        peer
+    }
+}
+
+/// What a scenario asks of a peer beyond [`Peer`]: the steps each front does its own way.
+#[allow(async_fn_in_trait)]
+pub trait FrontPeer: Peer {
+    /// Sends an envelope with only its type, and its payload when given, and every other field
+    /// absent (WebSocket: missing from the object; gRPC: proto3 defaults, absent on the wire).
+    async fn send_sparse(&mut self, message_type: &str, payload: Option<&str>);
+
+    /// Sends one envelope per payload, back to back, without waiting for any to be written.
+    async fn send_burst(&mut self, message_type: &str, sender: &str, payloads: &[String]);
+
+    /// Leaves the network the way a well-behaved client does, checking the relay's side of it.
+    async fn leave(self);
+}
+
+/// A network on WebSocket: the Worker at one path, or a native relay of its own.
+pub struct WsNet {
+    /// `ws://host:port/path`, without a query.
+    pub base: String,
+    /// The native relay serving `base`, kept running as long as the network.
+    relay: Option<TestRelay>,
+}
+
+impl WsNet {
+    /// The network at `base` (`ws://host:port/path`, no query), served elsewhere.
+    pub fn at(base: String) -> WsNet {
+        WsNet { base, relay: None }
+    }
+
+    /// A fresh native relay's WebSocket front.
+    pub async fn native() -> WsNet {
+        let relay = TestRelay::start().await;
+        WsNet {
+            base: format!("{}/", relay.ws_url),
+            relay: Some(relay),
+        }
+    }
+
     pub fn url(&self, query: &str) -> String {
         format!("{}{query}", self.base)
     }
 
-    /// A peer with its id fixed on the URL, its Welcome already read.
-    pub async fn peer(&self, id: &str) -> WsPeer {
-        let mut peer = WsPeer::connect(&self.url(&format!("?node_id={id}"))).await;
-        peer.expect_welcome(id).await;
-        peer
+    fn id_url(&self, id: &str) -> String {
+        let id: String = form_urlencoded::byte_serialize(id.as_bytes()).collect();
+        self.url(&format!("?node_id={id}"))
+    }
+}
+
+impl Network for WsNet {
+    type Peer = WsPeer;
+
+    async fn connect_as(&self, id: &str) -> WsPeer {
+        WsPeer::connect(&self.id_url(id)).await
     }
 
-    /// A peer with no id yet.
-    pub async fn anonymous(&self) -> WsPeer {
+    async fn anonymous(&self) -> WsPeer {
         WsPeer::connect(&self.url("")).await
     }
+
+    async fn expect_refused(&self, id: &str, code: &str) {
+        let mut peer = WsPeer::connect(&self.id_url(id)).await;
+        peer.expect_error(code).await;
+        let (close, reason) = peer.expect_close().await;
+        assert_eq!(close, 1008, "{id}");
+        assert!(reason.starts_with(code), "{id}: {reason}");
+    }
 }
 
-pub type Scenario = fn(Net) -> Pin<Box<dyn Future<Output = ()>>>;
+impl FrontPeer for WsPeer {
+    async fn send_sparse(&mut self, message_type: &str, payload: Option<&str>) {
+        let message_type = Value::from(message_type);
+        let text = match payload {
+            Some(payload) => format!(r#"{{"message_type":{message_type},"payload":{payload}}}"#),
+            None => format!(r#"{{"message_type":{message_type}}}"#),
+        };
+        self.send_text(&text).await;
+    }
 
-macro_rules! table {
-    ($($name:ident),* $(,)?) => {
-        pub const SCENARIOS: &[(&str, Scenario)] = &[
-            $((stringify!($name), |net| Box::pin($name(net)))),*
-        ];
-    };
+    async fn send_burst(&mut self, message_type: &str, sender: &str, payloads: &[String]) {
+        use futures_util::SinkExt;
+        for payload in payloads {
+            let text = envelope(message_type, sender, "", payload);
+            self.ws.feed(Frame::text(text)).await.unwrap();
+        }
+        self.ws.flush().await.unwrap();
+    }
+
+    async fn leave(mut self) {
+        self.ws.close(None).await.unwrap();
+    }
 }
 
-table![
-    welcome_announces_id_peers_and_limits,
-    identity_from_first_envelope,
-    identity_required_before_any_routing,
-    echo_returns_to_sender_only,
-    broadcast_reaches_every_other_peer_with_the_senders_text,
-    directed_reaches_only_the_recipient,
-    directed_to_unknown_or_empty_recipient_is_an_error,
-    spoofed_sender_is_refused,
-    empty_sender_is_filled_in,
-    peers_learn_of_joins_and_leaves,
-    second_connection_with_a_live_id_is_refused,
-    malformed_frames_get_errors_and_the_connection_survives,
-    invalid_ids_are_refused,
-    oversized_frame_is_refused_and_the_connection_survives,
-    payloads_arrive_exactly,
-    messages_from_one_sender_arrive_in_order,
-    a_burst_of_a_thousand_reaches_a_reading_peer,
-];
+/// A network on gRPC: a native relay of its own.
+pub struct GrpcNet {
+    relay: TestRelay,
+}
 
-async fn welcome_announces_id_peers_and_limits(net: Net) {
+impl GrpcNet {
+    pub async fn native() -> GrpcNet {
+        GrpcNet {
+            relay: TestRelay::start().await,
+        }
+    }
+}
+
+impl Network for GrpcNet {
+    type Peer = GrpcPeer;
+
+    async fn connect_as(&self, id: &str) -> GrpcPeer {
+        GrpcPeer::connect(&self.relay.grpc_url, Some(id))
+            .await
+            .unwrap_or_else(|status| panic!("open a stream as {id}: {status:?}"))
+    }
+
+    async fn anonymous(&self) -> GrpcPeer {
+        GrpcPeer::connect(&self.relay.grpc_url, None)
+            .await
+            .unwrap_or_else(|status| panic!("open an anonymous stream: {status:?}"))
+    }
+
+    async fn expect_refused(&self, id: &str, code: &str) {
+        let status = match GrpcPeer::connect(&self.relay.grpc_url, Some(id)).await {
+            Err(status) => status,
+            Ok(mut peer) => peer.expect_status().await,
+        };
+        let expected = match code {
+            "peer_id_in_use" => tonic::Code::AlreadyExists,
+            "invalid_peer_id" | "reserved_peer_id" => tonic::Code::InvalidArgument,
+            other => panic!("no gRPC status known for {other}"),
+        };
+        assert_eq!(status.code(), expected, "{id}: {status:?}");
+        assert!(status.message().starts_with(code), "{id}: {status:?}");
+    }
+}
+
+impl FrontPeer for GrpcPeer {
+    async fn send_sparse(&mut self, message_type: &str, payload: Option<&str>) {
+        self.send(message_type, "", "", payload.unwrap_or("")).await;
+    }
+
+    async fn send_burst(&mut self, message_type: &str, sender: &str, payloads: &[String]) {
+        // The request channel holds 1024 envelopes: none of these waits for the relay.
+        for payload in payloads {
+            self.send(message_type, sender, "", payload).await;
+        }
+    }
+
+    async fn leave(mut self) {
+        // Closing the sending side leaves; what is queued arrives, then the stream ends with OK.
+        let (unused, _) = tokio::sync::mpsc::channel(1);
+        drop(std::mem::replace(&mut self.tx, unused));
+        let status = self.expect_status().await;
+        assert_eq!(status.code(), tonic::Code::Ok, "{status:?}");
+    }
+}
+
+/// A native relay whose peers alternate between the fronts, in the order they connect: the
+/// first WebSocket, the second gRPC, and so on, so every scenario crosses fronts both ways.
+pub struct MixedNet {
+    ws: WsNet,
+    grpc: GrpcNet,
+    /// How many connections this network has handed out (or tried to).
+    connections: Cell<usize>,
+}
+
+impl MixedNet {
+    pub async fn native() -> MixedNet {
+        let relay = TestRelay::start().await;
+        MixedNet {
+            ws: WsNet {
+                base: format!("{}/", relay.ws_url),
+                relay: None,
+            },
+            grpc: GrpcNet { relay },
+            connections: Cell::new(0),
+        }
+    }
+
+    /// True when the next connection is on WebSocket.
+    fn next_on_ws(&self) -> bool {
+        let n = self.connections.get();
+        self.connections.set(n + 1);
+        n % 2 == 0
+    }
+}
+
+impl Network for MixedNet {
+    type Peer = AnyPeer;
+
+    async fn connect_as(&self, id: &str) -> AnyPeer {
+        if self.next_on_ws() {
+            AnyPeer::Ws(self.ws.connect_as(id).await)
+        } else {
+            AnyPeer::Grpc(self.grpc.connect_as(id).await)
+        }
+    }
+
+    async fn anonymous(&self) -> AnyPeer {
+        if self.next_on_ws() {
+            AnyPeer::Ws(self.ws.anonymous().await)
+        } else {
+            AnyPeer::Grpc(self.grpc.anonymous().await)
+        }
+    }
+
+    async fn expect_refused(&self, id: &str, code: &str) {
+        if self.next_on_ws() {
+            self.ws.expect_refused(id, code).await
+        } else {
+            self.grpc.expect_refused(id, code).await
+        }
+    }
+}
+
+impl FrontPeer for AnyPeer {
+    async fn send_sparse(&mut self, message_type: &str, payload: Option<&str>) {
+        match self {
+            AnyPeer::Ws(p) => p.send_sparse(message_type, payload).await,
+            AnyPeer::Grpc(p) => p.send_sparse(message_type, payload).await,
+        }
+    }
+
+    async fn send_burst(&mut self, message_type: &str, sender: &str, payloads: &[String]) {
+        match self {
+            AnyPeer::Ws(p) => p.send_burst(message_type, sender, payloads).await,
+            AnyPeer::Grpc(p) => p.send_burst(message_type, sender, payloads).await,
+        }
+    }
+
+    async fn leave(self) {
+        match self {
+            AnyPeer::Ws(p) => p.leave().await,
+            AnyPeer::Grpc(p) => p.leave().await,
+        }
+    }
+}
+
+pub async fn welcome_announces_id_peers_and_limits<N: Network>(net: N) {
     let _a = net.peer("alpha").await;
-    let mut b = WsPeer::connect(&net.url("?node_id=beta")).await;
+    let mut b = net.connect_as("beta").await;
     let welcome = b.expect_welcome("beta").await;
     assert_eq!(welcome["peers"], serde_json::json!(["alpha"]));
     assert_eq!(welcome["peer_count"], 1);
@@ -74,7 +387,7 @@ async fn welcome_announces_id_peers_and_limits(net: Net) {
     assert!(welcome["limits"]["queue_capacity"].as_u64().unwrap() > 0);
 }
 
-async fn identity_from_first_envelope(net: Net) {
+pub async fn identity_from_first_envelope<N: Network>(net: N) {
     let mut a = net.anonymous().await;
     a.send("Ping", "n1", "", r#"{"seq":1}"#).await;
     a.expect_welcome("n1").await;
@@ -88,7 +401,7 @@ async fn identity_from_first_envelope(net: Net) {
     a.expect_error("spoofed_sender").await;
 }
 
-async fn identity_required_before_any_routing(net: Net) {
+pub async fn identity_required_before_any_routing<N: Network>(net: N) {
     let mut watcher = net.peer("watcher").await;
     let mut a = net.anonymous().await;
     a.send("NodeAnnounce", "", "", "1").await;
@@ -101,10 +414,10 @@ async fn identity_required_before_any_routing(net: Net) {
     a.expect_welcome("late").await;
 }
 
-async fn echo_returns_to_sender_only(net: Net) {
+pub async fn echo_returns_to_sender_only<N: Network>(net: N) {
     let mut a = net.peer("a").await;
     let mut b = net.peer("b").await;
-    a.recv().await; // PeerJoined b
+    assert_eq!(a.recv().await.message_type, "PeerJoined");
     a.send("Ping", "a", "", r#"{"t":1}"#).await;
     let got = a.recv().await;
     assert_eq!(
@@ -118,27 +431,32 @@ async fn echo_returns_to_sender_only(net: Net) {
     b.expect_silence().await;
 }
 
-async fn broadcast_reaches_every_other_peer_with_the_senders_text(net: Net) {
+pub async fn broadcast_reaches_every_other_peer<N: Network>(net: N) {
     let mut a = net.peer("a").await;
     let mut b = net.peer("b").await;
     let mut c = net.peer("c").await;
-    // Unusual spacing and key order: a relay that re-encodes would change it.
-    let text = r#"{ "payload" : {"n": 1.50, "big": 12345678901234567890123},"message_type":"NodeAnnounce", "sender_id":"a","recipient_id":"" }"#;
-    a.send_text(text).await;
+    // Unusual spacing, a trailing zero, an integer beyond 64 bits: re-encoding would change it.
+    let payload = r#"{ "n" : 1.50, "big": 12345678901234567890123 }"#;
+    a.send("NodeAnnounce", "a", "", payload).await;
     for peer in [&mut b, &mut c] {
-        let mut got = peer.recv_text().await;
-        while got.contains("\"PeerJoined\"") {
-            got = peer.recv_text().await;
-        }
-        assert_eq!(got, text);
+        let got = peer.recv_skipping_announcements().await;
+        assert_eq!(
+            (
+                got.message_type.as_str(),
+                got.sender_id.as_str(),
+                got.recipient_id.as_str(),
+                got.payload.as_str()
+            ),
+            ("NodeAnnounce", "a", "", payload)
+        );
     }
     // a saw b and c join, then nothing: never its own broadcast.
     assert_eq!(a.recv().await.message_type, "PeerJoined");
     assert_eq!(a.recv().await.message_type, "PeerJoined");
-    a.expect_silence().await;
+    tokio::join!(a.expect_silence(), b.expect_silence(), c.expect_silence());
 }
 
-async fn directed_reaches_only_the_recipient(net: Net) {
+pub async fn directed_reaches_only_the_recipient<N: Network>(net: N) {
     let mut a = net.peer("a").await;
     let mut b = net.peer("b").await;
     let mut c = net.peer("c").await;
@@ -153,14 +471,13 @@ async fn directed_reaches_only_the_recipient(net: Net) {
         ("LedgerSync", "a", "c")
     );
     assert_eq!(got.payload, r#"{"block":7}"#);
-    b.recv().await; // PeerJoined c
-    b.expect_silence().await;
-    a.recv().await;
-    a.recv().await; // PeerJoined b, c
-    a.expect_silence().await;
+    assert_eq!(b.recv().await.message_type, "PeerJoined"); // c
+    assert_eq!(a.recv().await.message_type, "PeerJoined"); // b
+    assert_eq!(a.recv().await.message_type, "PeerJoined"); // c
+    tokio::join!(a.expect_silence(), b.expect_silence());
 }
 
-async fn directed_to_unknown_or_empty_recipient_is_an_error(net: Net) {
+pub async fn directed_to_unknown_or_empty_recipient_is_an_error<N: Network>(net: N) {
     let mut a = net.peer("a").await;
     let mut b = net.peer("b").await;
     a.send("LedgerSync", "a", "nobody", "1").await;
@@ -172,7 +489,7 @@ async fn directed_to_unknown_or_empty_recipient_is_an_error(net: Net) {
     b.expect_silence().await;
 }
 
-async fn spoofed_sender_is_refused(net: Net) {
+pub async fn spoofed_sender_is_refused<N: Network>(net: N) {
     let mut a = net.peer("a").await;
     let mut b = net.peer("b").await;
     a.send("NodeAnnounce", "b", "", "1").await;
@@ -183,42 +500,45 @@ async fn spoofed_sender_is_refused(net: Net) {
     b.expect_silence().await;
 }
 
-async fn empty_sender_is_filled_in(net: Net) {
+pub async fn empty_sender_is_filled_in<N: Network>(net: N) {
     let mut a = net.peer("a").await;
     let mut b = net.peer("b").await;
-    a.send_text(r#"{"message_type":"NodeAnnounce","payload":[1,2]}"#)
-        .await;
+    a.send_sparse("NodeAnnounce", Some("[1,2]")).await;
     let got = b.recv().await;
     assert_eq!(
-        (got.sender_id.as_str(), got.recipient_id.as_str()),
-        ("a", "")
+        (
+            got.message_type.as_str(),
+            got.sender_id.as_str(),
+            got.recipient_id.as_str()
+        ),
+        ("NodeAnnounce", "a", "")
     );
     assert_eq!(got.payload, "[1,2]");
-    let _ = a.recv().await; // PeerJoined b
+    assert_eq!(a.recv().await.message_type, "PeerJoined"); // b
+    a.expect_silence().await;
 }
 
-async fn peers_learn_of_joins_and_leaves(net: Net) {
+pub async fn peers_learn_of_joins_and_leaves<N: Network>(net: N) {
     let mut a = net.peer("a").await;
-    let mut b = net.peer("b").await;
+    let b = net.peer("b").await;
     let joined = a.recv().await;
     assert_eq!(
         (joined.message_type.as_str(), joined.sender_id.as_str()),
         ("PeerJoined", "relay")
     );
     assert_eq!(joined.payload_json()["peer_id"], "b");
-    b.ws.close(None).await.unwrap();
+    b.leave().await;
     let left = a.recv().await;
-    assert_eq!(left.message_type, "PeerLeft");
+    assert_eq!(
+        (left.message_type.as_str(), left.sender_id.as_str()),
+        ("PeerLeft", "relay")
+    );
     assert_eq!(left.payload_json()["peer_id"], "b");
 }
 
-async fn second_connection_with_a_live_id_is_refused(net: Net) {
+pub async fn second_connection_with_a_live_id_is_refused<N: Network>(net: N) {
     let mut a = net.peer("a").await;
-    let mut imposter = WsPeer::connect(&net.url("?node_id=a")).await;
-    imposter.expect_error("peer_id_in_use").await;
-    let (code, reason) = imposter.expect_close().await;
-    assert_eq!(code, 1008);
-    assert!(reason.starts_with("peer_id_in_use"), "{reason}");
+    net.expect_refused("a", "peer_id_in_use").await;
     // The first connection keeps its id and works.
     a.send("Ping", "a", "", "1").await;
     assert_eq!(a.recv().await.message_type, "Ping");
@@ -230,7 +550,117 @@ async fn second_connection_with_a_live_id_is_refused(net: Net) {
     second.expect_welcome("other").await;
 }
 
-async fn malformed_frames_get_errors_and_the_connection_survives(net: Net) {
+pub async fn invalid_ids_are_refused<N: Network>(net: N) {
+    let long = "x".repeat(129);
+    for (id, code) in [
+        ("bad id", "invalid_peer_id"),
+        (long.as_str(), "invalid_peer_id"),
+        ("relay", "reserved_peer_id"),
+    ] {
+        net.expect_refused(id, code).await;
+    }
+    let mut anon = net.anonymous().await;
+    anon.send("Ping", &long, "", "1").await;
+    anon.expect_error("invalid_peer_id").await;
+    anon.send("Ping", "bad id", "", "1").await;
+    anon.expect_error("invalid_peer_id").await;
+    anon.send("Ping", "relay", "", "1").await;
+    anon.expect_error("reserved_peer_id").await;
+}
+
+pub async fn oversized_message_is_refused_and_the_connection_survives<N: Network>(net: N) {
+    let mut a = net.peer("a").await;
+    let mut b = net.peer("b").await;
+    assert_eq!(a.recv().await.message_type, "PeerJoined"); // b
+    let big = format!("\"{}\"", "x".repeat(1_048_576));
+    a.send("NodeAnnounce", "a", "", &big).await;
+    let error = a.expect_error("message_too_large").await;
+    assert!(error.payload_json()["message"]
+        .as_str()
+        .unwrap()
+        .contains("1048576"));
+    b.expect_silence().await;
+    a.send("Ping", "a", "", "1").await;
+    assert_eq!(a.recv().await.message_type, "Ping");
+}
+
+/// Payloads that a JSON-tree or float-based relay would damage.
+pub const FIDELITY_PAYLOADS: &[&str] = &[
+    "42",
+    "-7",
+    "0",
+    "9007199254740993",
+    "-9223372036854775809",
+    "123456789012345678901234567890",
+    "1.5",
+    "1.0",
+    "6.02214076e23",
+    "null",
+    "true",
+    r#""""#,
+    r#""ünïcödé ✓ 日本語 🚀""#,
+    r#""escapes: \" \\ \/ \b \f \n \r \t \u0000 \ud83d\ude80""#,
+    r#"{"nested":{"deeper":[1,[2,[3,[4,{"x":null}]]]]},"empty":{},"list":[]}"#,
+    r#"[{"a":1},{"a":1}]"#,
+];
+
+/// [`FIDELITY_PAYLOADS`] and a payload nested 2000 deep.
+fn fidelity_payloads() -> Vec<String> {
+    let mut payloads: Vec<String> = FIDELITY_PAYLOADS.iter().map(|p| p.to_string()).collect();
+    payloads.push(format!("{}1{}", "[".repeat(2000), "]".repeat(2000)));
+    payloads
+}
+
+pub async fn payloads_arrive_exactly<N: Network>(net: N) {
+    let mut a = net.peer("a").await;
+    let mut b = net.peer("b").await;
+    assert_eq!(a.recv().await.message_type, "PeerJoined"); // b
+    for payload in fidelity_payloads() {
+        a.send("NodeAnnounce", "a", "", &payload).await;
+        let got = b.recv().await;
+        assert_eq!(
+            (got.message_type.as_str(), got.sender_id.as_str()),
+            ("NodeAnnounce", "a")
+        );
+        assert_eq!(
+            got.payload,
+            payload,
+            "payload {}",
+            &payload[..payload.len().min(40)]
+        );
+    }
+    // Absent payload means null.
+    a.send_sparse("Ping", None).await;
+    let echo = a.recv().await;
+    assert_eq!(echo.message_type, "Ping");
+    assert_eq!(echo.payload_json(), Value::Null);
+}
+
+pub async fn messages_from_one_sender_arrive_in_order<N: Network>(net: N) {
+    let mut a = net.peer("a").await;
+    let mut b = net.peer("b").await;
+    for seq in 0..300 {
+        a.send("LedgerSync", "a", "b", &seq.to_string()).await;
+    }
+    for seq in 0..300 {
+        assert_eq!(b.recv().await.payload, seq.to_string());
+    }
+}
+
+pub async fn a_burst_of_a_thousand_reaches_a_reading_peer<N: Network>(net: N) {
+    let mut a = net.peer("a").await;
+    let mut b = net.peer("b").await;
+    let payloads: Vec<String> = (0..1000).map(|seq| seq.to_string()).collect();
+    // All sent at once, without waiting for any delivery.
+    a.send_burst("NodeAnnounce", "a", &payloads).await;
+    for seq in 0..1000 {
+        assert_eq!(b.recv().await.payload, seq.to_string());
+    }
+    assert_eq!(a.recv().await.message_type, "PeerJoined"); // b
+    a.expect_silence().await;
+}
+
+pub async fn malformed_frames_get_errors_and_the_connection_survives(net: WsNet) {
     let mut a = net.peer("a").await;
     let cases: &[(&str, &str)] = &[
         ("this is not json", "invalid_json"),
@@ -269,111 +699,36 @@ async fn malformed_frames_get_errors_and_the_connection_survives(net: Net) {
     assert_eq!(a.recv().await.payload, "\"still here\"");
 }
 
-async fn invalid_ids_are_refused(net: Net) {
-    for (id, code) in [
-        ("bad%20id", "invalid_peer_id"),
-        ("relay", "reserved_peer_id"),
-    ] {
-        let mut peer = WsPeer::connect(&net.url(&format!("?node_id={id}"))).await;
-        peer.expect_error(code).await;
-        let (close, _) = peer.expect_close().await;
-        assert_eq!(close, 1008, "{id}");
+/// A WebSocket-to-WebSocket delivery the relay did not have to change is the sender's frame
+/// text, byte for byte.
+pub async fn unchanged_frames_are_forwarded_verbatim(net: WsNet) {
+    let mut a = net.peer("a").await;
+    let mut b = net.peer("b").await;
+    let mut c = net.peer("c").await;
+    // Unusual spacing and key order: a relay that re-encodes would change it.
+    let text = r#"{ "payload" : {"n": 1.50, "big": 12345678901234567890123},"message_type":"NodeAnnounce", "sender_id":"a","recipient_id":"" }"#;
+    a.send_text(text).await;
+    for peer in [&mut b, &mut c] {
+        let mut got = peer.recv_text().await;
+        while got.contains("\"PeerJoined\"") {
+            got = peer.recv_text().await;
+        }
+        assert_eq!(got, text);
     }
-    let mut anon = net.anonymous().await;
-    let long = "x".repeat(129);
-    anon.send("Ping", &long, "", "1").await;
-    anon.expect_error("invalid_peer_id").await;
-    anon.send("Ping", "relay", "", "1").await;
-    anon.expect_error("reserved_peer_id").await;
-}
-
-async fn oversized_frame_is_refused_and_the_connection_survives(net: Net) {
-    let mut a = net.peer("a").await;
-    let mut b = net.peer("b").await;
-    let _ = a.recv().await; // PeerJoined b
-    let big = format!("\"{}\"", "x".repeat(1_048_576));
-    a.send("NodeAnnounce", "a", "", &big).await;
-    let error = a.expect_error("message_too_large").await;
-    assert!(error.payload_json()["message"]
-        .as_str()
-        .unwrap()
-        .contains("1048576"));
-    b.expect_silence().await;
-    a.send("Ping", "a", "", "1").await;
-    assert_eq!(a.recv().await.message_type, "Ping");
-}
-
-/// Payloads that a JSON-tree or float-based relay would damage.
-pub const FIDELITY_PAYLOADS: &[&str] = &[
-    "42",
-    "-7",
-    "0",
-    "9007199254740993",
-    "-9223372036854775809",
-    "123456789012345678901234567890",
-    "1.5",
-    "1.0",
-    "6.02214076e23",
-    "null",
-    "true",
-    r#""""#,
-    r#""ünïcödé ✓ 日本語 🚀""#,
-    r#""escapes: \" \\ \/ \b \f \n \r \t \u0000 \ud83d\ude80""#,
-    r#"{"nested":{"deeper":[1,[2,[3,[4,{"x":null}]]]]},"empty":{},"list":[]}"#,
-    r#"[{"a":1},{"a":1}]"#,
-];
-
-async fn payloads_arrive_exactly(net: Net) {
-    let mut a = net.peer("a").await;
-    let mut b = net.peer("b").await;
-    let _ = a.recv().await;
-    let deep = format!("{}1{}", "[".repeat(2000), "]".repeat(2000));
-    let mut payloads: Vec<&str> = FIDELITY_PAYLOADS.to_vec();
-    payloads.push(&deep);
-    for payload in payloads {
-        let text = envelope("NodeAnnounce", "a", "", payload);
+    for payload in fidelity_payloads() {
+        let text = envelope("NodeAnnounce", "a", "", &payload);
         a.send_text(&text).await;
-        assert_eq!(
-            b.recv_text().await,
-            text,
-            "payload {}",
-            &payload[..payload.len().min(40)]
-        );
+        for peer in [&mut b, &mut c] {
+            assert_eq!(
+                peer.recv_text().await,
+                text,
+                "payload {}",
+                &payload[..payload.len().min(40)]
+            );
+        }
     }
-    // Absent payload means null.
-    a.send_text(r#"{"message_type":"Ping","sender_id":"a"}"#)
-        .await;
-    let echo = a.recv().await;
-    assert_eq!(echo.payload_json(), Value::Null);
-}
-
-async fn messages_from_one_sender_arrive_in_order(net: Net) {
-    let mut a = net.peer("a").await;
-    let mut b = net.peer("b").await;
-    for seq in 0..300 {
-        a.send("LedgerSync", "a", "b", &seq.to_string()).await;
-    }
-    for seq in 0..300 {
-        assert_eq!(b.recv().await.payload, seq.to_string());
-    }
-}
-
-async fn a_burst_of_a_thousand_reaches_a_reading_peer(net: Net) {
-    let mut a = net.peer("a").await;
-    let mut b = net.peer("b").await;
-    let frames: Vec<String> = (0..1000)
-        .map(|seq| envelope("NodeAnnounce", "a", "", &seq.to_string()))
-        .collect();
-    // All sent at once, without waiting for any delivery.
-    for frame in &frames {
-        futures_util::SinkExt::feed(&mut a.ws, Frame::text(frame.as_str()))
-            .await
-            .unwrap();
-    }
-    futures_util::SinkExt::flush(&mut a.ws).await.unwrap();
-    for seq in 0..1000 {
-        assert_eq!(b.recv().await.payload, seq.to_string());
-    }
-    let _ = a.recv().await; // PeerJoined b
+    // a saw b and c join, then nothing: never its own broadcasts.
+    assert_eq!(a.recv().await.message_type, "PeerJoined");
+    assert_eq!(a.recv().await.message_type, "PeerJoined");
     a.expect_silence().await;
 }

@@ -340,6 +340,35 @@ impl Peer for GrpcPeer {
     }
 }
 
+/// A peer on either front.
+pub enum AnyPeer {
+    Ws(WsPeer),
+    Grpc(GrpcPeer),
+}
+
+impl Peer for AnyPeer {
+    async fn send(&mut self, message_type: &str, sender: &str, recipient: &str, payload: &str) {
+        match self {
+            AnyPeer::Ws(p) => p.send(message_type, sender, recipient, payload).await,
+            AnyPeer::Grpc(p) => p.send(message_type, sender, recipient, payload).await,
+        }
+    }
+
+    async fn recv(&mut self) -> Got {
+        match self {
+            AnyPeer::Ws(p) => p.recv().await,
+            AnyPeer::Grpc(p) => p.recv().await,
+        }
+    }
+
+    async fn try_recv(&mut self, wait: Duration) -> Option<Got> {
+        match self {
+            AnyPeer::Ws(p) => p.try_recv(wait).await,
+            AnyPeer::Grpc(p) => p.try_recv(wait).await,
+        }
+    }
+}
+
 /// Runs the README's browser snippet ("From a browser"), taken from README.md itself, in
 /// Node.js's WHATWG `WebSocket` (the browser API), against `url` instead of
 /// `ws://127.0.0.1:8787`. Returns what the snippet logged (one JSON value per message) once the

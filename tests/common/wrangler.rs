@@ -110,6 +110,9 @@ impl WranglerDev {
         let child = command.spawn().expect("spawn node (is Node.js on PATH?)");
         let pgid = child.id();
 
+        // The pipe's write end is close-on-exec (std opens every pipe so): no other child holds
+        // it, so `cat` sees EOF exactly when this process is gone, even when the fixture lives
+        // in a `static` and is never dropped.
         let watchdog = Command::new("sh")
             .arg("-c")
             .arg(
