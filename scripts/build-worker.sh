@@ -13,7 +13,7 @@
 # yourself to override.
 #
 # Without arguments the build is skipped when the last release build started after every input
-# last changed (worker/src, worker/Cargo.toml, relay-core/, the workspace Cargo.toml and
+# last changed (worker/src, worker/Cargo.toml, relay-core/, relay.toml (embedded), the workspace Cargo.toml and
 # Cargo.lock), so that each `wrangler dev` start does not spend seconds on cargo, wasm-bindgen
 # and wasm-opt for nothing. GSIO_WORKER_FORCE_BUILD=1 builds anyway. A new path dependency of
 # the worker crate must be added to `inputs` below.
@@ -31,7 +31,7 @@ die() {
 	exit 1
 }
 
-inputs=("$worker/src" "$worker/Cargo.toml" "$root/relay-core" "$root/Cargo.toml" "$root/Cargo.lock")
+inputs=("$worker/src" "$worker/Cargo.toml" "$root/relay-core" "$root/relay.toml" "$root/Cargo.toml" "$root/Cargo.lock")
 # Written when a release build succeeds; its mtime is when that build started, so an input saved
 # during the build still counts as newer.
 stamp="$out/.release-build"

@@ -42,6 +42,8 @@ pub fn load(path: &Path) -> Result<RelayConfig, ConfigError> {
 }
 
 #[cfg(test)]
+// figment::Jail's closures return figment's own (large) error type.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
     use figment::Jail;

@@ -79,6 +79,9 @@ async fn connection(
     let (reading, _done) = shutdown.tokens();
     let hard_frame_bytes = relay.config().limits.hard_frame_bytes();
     let mut node_id = None;
+    // The callback's error type is tungstenite's `ErrorResponse` (an HTTP response), large by
+    // its nature and not ours to box.
+    #[allow(clippy::result_large_err)]
     let handshake = tokio_tungstenite::accept_hdr_async_with_config(
         stream,
         |request: &Request, response: Response| {

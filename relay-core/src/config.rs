@@ -378,13 +378,12 @@ impl RelayConfig {
             // Blame the first variable that is wrong on its own; else all of them together.
             let alone = overrides.iter().find_map(|o| {
                 let mut one = table.clone();
-                let wrong = o.apply(&mut one).err().or_else(|| {
+                o.apply(&mut one).err().or_else(|| {
                     from_table(one).err().map(|message| ConfigError::Variable {
                         variable: o.variable.clone(),
                         message,
                     })
-                });
-                wrong
+                })
             });
             alone.unwrap_or_else(|| ConfigError::Variable {
                 variable: overrides

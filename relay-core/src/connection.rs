@@ -454,7 +454,8 @@ mod tests {
         a_log.take();
         b_log.take();
         // (envelope from a, what a, b and c receive)
-        let table: &[(&str, &[&str], &[&str], &[&str])] = &[
+        type Row<'a> = (&'a str, &'a [&'a str], &'a [&'a str], &'a [&'a str]);
+        let table: &[Row] = &[
             (&envelope("Ping", "a", "b"), &["Ping"], &[], &[]),
             (&envelope("Note", "a", ""), &[], &["Note"], &["Note"]),
             (&envelope("Sync", "a", "c"), &[], &[], &["Sync"]),

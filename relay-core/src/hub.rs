@@ -311,7 +311,8 @@ mod tests {
             h.join(id(name), n as u64, name).unwrap();
         }
         // (message_type, recipient, expected targets or error)
-        let table: &[(&str, &str, Result<&[&str], ErrorCode>)] = &[
+        type Row<'a> = (&'a str, &'a str, Result<&'a [&'a str], ErrorCode>);
+        let table: &[Row] = &[
             ("Ping", "", Ok(&["a"])),
             ("Ping", "b", Ok(&["a"])),
             ("NodeAnnounce", "", Ok(&["b", "c"])),
