@@ -14,7 +14,7 @@ use std::time::Instant;
 /// The message type of fan-out traffic: no rule in relay.toml, so the default (broadcast).
 pub const BROADCAST_TYPE: &str = "Bench";
 /// The message type of directed traffic: `LedgerSync = "directed"` in relay.toml.
-pub const DIRECTED_TYPE: &str = "LedgerSync";
+pub const DIRECTED_TYPE: &str = "LedgerSyncResponse";
 /// Echoed by the relay (`Ping = "echo"`): the liveness check of idle connections.
 pub const ECHO_TYPE: &str = "Ping";
 
@@ -137,7 +137,7 @@ mod tests {
         });
         assert_eq!(
             text,
-            r#"{"message_type":"LedgerSync","sender_id":"p3a","recipient_id":"p3b","payload":{"seq":7,"ts":123456789}}"#
+            r#"{"message_type":"LedgerSyncResponse","sender_id":"p3a","recipient_id":"p3b","payload":{"seq":7,"ts":123456789}}"#
         );
         let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(parsed["payload"]["seq"], 7);

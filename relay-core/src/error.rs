@@ -19,6 +19,7 @@ pub enum ErrorCode {
     UnsupportedFrame,
     IdentityRequired,
     InvalidPeerId,
+    InvalidMessageId,
     ReservedPeerId,
     PeerIdInUse,
     SpoofedSender,
@@ -30,7 +31,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 18] = [
         ErrorCode::InvalidJson,
         ErrorCode::NotAnObject,
         ErrorCode::MissingMessageType,
@@ -40,6 +41,7 @@ impl ErrorCode {
         ErrorCode::UnsupportedFrame,
         ErrorCode::IdentityRequired,
         ErrorCode::InvalidPeerId,
+        ErrorCode::InvalidMessageId,
         ErrorCode::ReservedPeerId,
         ErrorCode::PeerIdInUse,
         ErrorCode::SpoofedSender,
@@ -61,6 +63,7 @@ impl ErrorCode {
             ErrorCode::UnsupportedFrame => "unsupported_frame",
             ErrorCode::IdentityRequired => "identity_required",
             ErrorCode::InvalidPeerId => "invalid_peer_id",
+            ErrorCode::InvalidMessageId => "invalid_message_id",
             ErrorCode::ReservedPeerId => "reserved_peer_id",
             ErrorCode::PeerIdInUse => "peer_id_in_use",
             ErrorCode::SpoofedSender => "spoofed_sender",
@@ -120,7 +123,7 @@ pub enum RelayError {
         expected: &'static str,
     },
     #[error(
-        "unknown field `{0}`; an envelope has message_type, sender_id, recipient_id and payload"
+        "unknown field `{0}`; an envelope has message_type, message_id, sender_id, recipient_id and payload"
     )]
     UnknownField(String),
     #[error("the message is {size} bytes, over the limit of {limit} bytes")]
@@ -134,6 +137,8 @@ pub enum RelayError {
     IdentityRequired,
     #[error("peer id {id:?} is invalid: {reason}")]
     InvalidPeerId { id: String, reason: &'static str },
+    #[error("message id {id:?} is invalid: {reason}")]
+    InvalidMessageId { id: String, reason: &'static str },
     #[error("peer id \"relay\" is reserved for the relay itself")]
     ReservedPeerId,
     #[error("peer id {0:?} is already connected")]
@@ -202,6 +207,7 @@ impl RelayError {
             RelayError::UnsupportedFrame(_) => ErrorCode::UnsupportedFrame,
             RelayError::IdentityRequired => ErrorCode::IdentityRequired,
             RelayError::InvalidPeerId { .. } => ErrorCode::InvalidPeerId,
+            RelayError::InvalidMessageId { .. } => ErrorCode::InvalidMessageId,
             RelayError::ReservedPeerId => ErrorCode::ReservedPeerId,
             RelayError::PeerIdInUse(_) => ErrorCode::PeerIdInUse,
             RelayError::SpoofedSender { .. } => ErrorCode::SpoofedSender,

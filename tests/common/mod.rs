@@ -97,6 +97,7 @@ impl TestRelay {
 #[serde(deny_unknown_fields)]
 pub struct Got {
     pub message_type: String,
+    pub message_id: String,
     pub sender_id: String,
     pub recipient_id: String,
     #[serde(deserialize_with = "raw_text")]
@@ -124,13 +125,23 @@ impl Got {
 }
 
 /// An envelope to send, as JSON text.
+/// An envelope to send, as JSON text, with a fresh `message_id` (as gsio-net's clients send
+/// them), so that the relay has nothing to fill in when `sender` is the peer's id.
 pub fn envelope(message_type: &str, sender: &str, recipient: &str, payload: &str) -> String {
     format!(
-        r#"{{"message_type":{},"sender_id":{},"recipient_id":{},"payload":{payload}}}"#,
+        r#"{{"message_type":{},"message_id":"{}","sender_id":{},"recipient_id":{},"payload":{payload}}}"#,
         Value::from(message_type),
+        next_message_id(),
         Value::from(sender),
         Value::from(recipient)
     )
+}
+
+/// A message id no other test message in this process has.
+pub fn next_message_id() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("test-{}-{n}", std::process::id())
 }
 
 /// Common to both kinds of test peer.
@@ -307,6 +318,7 @@ impl GrpcPeer {
 fn got_from_pb(e: pb::Envelope) -> Got {
     Got {
         message_type: e.message_type,
+        message_id: e.message_id,
         sender_id: e.sender_id,
         recipient_id: e.recipient_id,
         payload: e.payload_json,
@@ -320,6 +332,7 @@ impl Peer for GrpcPeer {
             sender_id: sender.into(),
             recipient_id: recipient.into(),
             payload_json: payload.into(),
+            message_id: next_message_id(),
         })
         .await;
     }
