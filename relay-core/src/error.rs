@@ -27,10 +27,11 @@ pub enum ErrorCode {
     RecipientQueueFull,
     SlowConsumer,
     ShuttingDown,
+    TooManyPeers,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 18] = [
         ErrorCode::InvalidJson,
         ErrorCode::NotAnObject,
         ErrorCode::MissingMessageType,
@@ -48,6 +49,7 @@ impl ErrorCode {
         ErrorCode::RecipientQueueFull,
         ErrorCode::SlowConsumer,
         ErrorCode::ShuttingDown,
+        ErrorCode::TooManyPeers,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -69,6 +71,7 @@ impl ErrorCode {
             ErrorCode::RecipientQueueFull => "recipient_queue_full",
             ErrorCode::SlowConsumer => "slow_consumer",
             ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::TooManyPeers => "too_many_peers",
         }
     }
 }
@@ -150,6 +153,10 @@ pub enum RelayError {
     SlowConsumer(usize),
     #[error("the relay is shutting down")]
     ShuttingDown,
+    /// A new peer past `server.max_connections` (native relay). Only a gRPC stream is refused
+    /// with it: a WebSocket client past the limit is not accepted yet, it waits.
+    #[error("the relay already holds its limit of {limit} peers (server.max_connections); try again later")]
+    TooManyPeers { limit: usize },
 }
 
 impl RelayError {
@@ -183,7 +190,9 @@ impl RelayError {
         match self.code() {
             ErrorCode::InvalidPeerId | ErrorCode::ReservedPeerId => grpc_code::INVALID_ARGUMENT,
             ErrorCode::PeerIdInUse => grpc_code::ALREADY_EXISTS,
-            ErrorCode::SlowConsumer | ErrorCode::MessageTooLarge => grpc_code::RESOURCE_EXHAUSTED,
+            ErrorCode::SlowConsumer | ErrorCode::MessageTooLarge | ErrorCode::TooManyPeers => {
+                grpc_code::RESOURCE_EXHAUSTED
+            }
             ErrorCode::ShuttingDown => grpc_code::UNAVAILABLE,
             _ => grpc_code::INTERNAL,
         }
@@ -210,6 +219,7 @@ impl RelayError {
             RelayError::RecipientQueueFull(_) => ErrorCode::RecipientQueueFull,
             RelayError::SlowConsumer(_) => ErrorCode::SlowConsumer,
             RelayError::ShuttingDown => ErrorCode::ShuttingDown,
+            RelayError::TooManyPeers { .. } => ErrorCode::TooManyPeers,
         }
     }
 }
@@ -241,6 +251,7 @@ mod tests {
             (RelayError::PeerIdInUse("a".into()), 1008, 6),
             (RelayError::ReservedPeerId, 1008, 3),
             (RelayError::FrameTooLarge { limit: 9 }, 1009, 8),
+            (RelayError::TooManyPeers { limit: 9 }, 1008, 8),
         ];
         for (error, ws, grpc) in table {
             assert_eq!(
