@@ -28,6 +28,7 @@ pub enum ErrorCode {
     RecipientQueueFull,
     SlowConsumer,
     ShuttingDown,
+    TooManyPeers,
 }
 
 impl ErrorCode {
@@ -50,6 +51,7 @@ impl ErrorCode {
         ErrorCode::RecipientQueueFull,
         ErrorCode::SlowConsumer,
         ErrorCode::ShuttingDown,
+        ErrorCode::TooManyPeers,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -72,6 +74,7 @@ impl ErrorCode {
             ErrorCode::RecipientQueueFull => "recipient_queue_full",
             ErrorCode::SlowConsumer => "slow_consumer",
             ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::TooManyPeers => "too_many_peers",
         }
     }
 }
@@ -155,6 +158,10 @@ pub enum RelayError {
     SlowConsumer(usize),
     #[error("the relay is shutting down")]
     ShuttingDown,
+    /// A new peer past `server.max_connections` (native relay). Only a gRPC stream is refused
+    /// with it: a WebSocket client past the limit is not accepted yet, it waits.
+    #[error("the relay already holds its limit of {limit} peers (server.max_connections); try again later")]
+    TooManyPeers { limit: usize },
 }
 
 impl RelayError {
@@ -188,7 +195,9 @@ impl RelayError {
         match self.code() {
             ErrorCode::InvalidPeerId | ErrorCode::ReservedPeerId => grpc_code::INVALID_ARGUMENT,
             ErrorCode::PeerIdInUse => grpc_code::ALREADY_EXISTS,
-            ErrorCode::SlowConsumer | ErrorCode::MessageTooLarge => grpc_code::RESOURCE_EXHAUSTED,
+            ErrorCode::SlowConsumer | ErrorCode::MessageTooLarge | ErrorCode::TooManyPeers => {
+                grpc_code::RESOURCE_EXHAUSTED
+            }
             ErrorCode::ShuttingDown => grpc_code::UNAVAILABLE,
             _ => grpc_code::INTERNAL,
         }
@@ -216,6 +225,7 @@ impl RelayError {
             RelayError::RecipientQueueFull(_) => ErrorCode::RecipientQueueFull,
             RelayError::SlowConsumer(_) => ErrorCode::SlowConsumer,
             RelayError::ShuttingDown => ErrorCode::ShuttingDown,
+            RelayError::TooManyPeers { .. } => ErrorCode::TooManyPeers,
         }
     }
 }
@@ -247,6 +257,7 @@ mod tests {
             (RelayError::PeerIdInUse("a".into()), 1008, 6),
             (RelayError::ReservedPeerId, 1008, 3),
             (RelayError::FrameTooLarge { limit: 9 }, 1009, 8),
+            (RelayError::TooManyPeers { limit: 9 }, 1008, 8),
         ];
         for (error, ws, grpc) in table {
             assert_eq!(

@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tonic::transport::Channel;
 
 /// How long a test waits for something that should arrive.
 pub const ARRIVES: Duration = Duration::from_secs(10);
@@ -275,6 +276,15 @@ impl Peer for WsPeer {
     }
 }
 
+/// One HTTP/2 connection to the gRPC front, made now (not lazily).
+pub async fn grpc_channel(url: &str) -> Channel {
+    let endpoint = Channel::from_shared(url.to_owned()).expect("a valid URL");
+    tokio::time::timeout(ARRIVES, endpoint.connect())
+        .await
+        .unwrap_or_else(|_| panic!("connect {url} timed out"))
+        .unwrap_or_else(|e| panic!("connect {url}: {e}"))
+}
+
 /// A gRPC client: the generated tonic client over one `Exchange` stream.
 pub struct GrpcPeer {
     pub tx: mpsc::Sender<pb::Envelope>,
@@ -282,11 +292,17 @@ pub struct GrpcPeer {
 }
 
 impl GrpcPeer {
-    /// Opens a stream, with `x-gsio-node-id` metadata when `id` is given.
+    /// Opens a stream on a connection of its own, with `x-gsio-node-id` metadata when `id` is
+    /// given.
     pub async fn connect(url: &str, id: Option<&str>) -> Result<GrpcPeer, tonic::Status> {
-        let mut client = RelayServiceClient::connect(url.to_owned())
-            .await
-            .unwrap_or_else(|e| panic!("connect {url}: {e}"));
+        GrpcPeer::over(grpc_channel(url).await, id).await
+    }
+
+    /// Opens a stream on `channel` (one HTTP/2 connection carries any number of them), with
+    /// `x-gsio-node-id` metadata when `id` is given. The answer (stream opened or refused)
+    /// must come within [`ARRIVES`].
+    pub async fn over(channel: Channel, id: Option<&str>) -> Result<GrpcPeer, tonic::Status> {
+        let mut client = RelayServiceClient::new(channel);
         let (tx, rx) = mpsc::channel(1024);
         let mut request = tonic::Request::new(ReceiverStream::new(rx));
         if let Some(id) = id {
@@ -294,8 +310,19 @@ impl GrpcPeer {
                 .metadata_mut()
                 .insert("x-gsio-node-id", id.parse().unwrap());
         }
-        let inbound = client.exchange(request).await?.into_inner();
+        let inbound = tokio::time::timeout(ARRIVES, client.exchange(request))
+            .await
+            .expect("no answer to a new stream")?
+            .into_inner();
         Ok(GrpcPeer { tx, inbound })
+    }
+
+    /// Closes the sending side (leaving the relay) and waits for the stream's `OK`.
+    pub async fn leave(mut self) {
+        // Dropping the only sender ends the request stream: the client half-closes.
+        drop(std::mem::replace(&mut self.tx, mpsc::channel(1).0));
+        let status = self.expect_status().await;
+        assert_eq!(status.code(), tonic::Code::Ok, "{status:?}");
     }
 
     pub async fn send_pb(&mut self, envelope: pb::Envelope) {
