@@ -2,8 +2,9 @@
 //! runtime and front. The native relay runs every scenario over WebSocket, and those not about
 //! WebSocket frames over gRPC and over both fronts at once; the Worker (under `wrangler dev`)
 //! runs every scenario over WebSocket. Each scenario gets a network of its own (a fresh
-//! native relay, or a fresh Worker path) configured by the shipped `relay.toml`: `Ping` is echo,
-//! `LedgerSync` directed, everything else broadcast.
+//! native relay, or a fresh Worker path) configured by the shipped `relay.toml`: GSIO-Net's
+//! announcements (`NodeAnnounce`) broadcast, its requests `auto`, its responses
+//! (`LedgerSyncResponse`) directed, `Ping` echo, and `auto` for any other type.
 //!
 //! # Layout
 //! - [`Network`]: how a network hands out peers ([`WsNet`], [`GrpcNet`], and [`MixedNet`] whose
@@ -67,6 +68,10 @@ macro_rules! any_front_scenarios {
             payloads_arrive_exactly,
             messages_from_one_sender_arrive_in_order,
             a_burst_of_a_thousand_reaches_a_reading_peer,
+            auto_routes_addressed_to_one_and_unaddressed_to_all,
+            message_ids_are_kept_or_assigned_once,
+            errors_name_the_message_id_they_answer,
+            gsio_net_messages_route_as_shipped_and_parse_as_p2p_messages,
         );
     };
 }
@@ -99,7 +104,7 @@ crate::websocket_scenarios!(scenario_names!(WEBSOCKET_ONLY =>));
 /// and is in exactly one list, and the lists are at least as long as they were when written.
 pub fn every_scenario_is_listed_once() {
     assert!(
-        ANY_FRONT.len() >= 16 && WEBSOCKET_ONLY.len() >= 2,
+        ANY_FRONT.len() >= 20 && WEBSOCKET_ONLY.len() >= 2,
         "the lists lost scenarios"
     );
     let source = include_str!("conformance.rs");
@@ -153,6 +158,21 @@ pub trait FrontPeer: Peer {
 
     /// Leaves the network the way a well-behaved client does, checking the relay's side of it.
     async fn leave(self);
+
+    /// Sends an envelope with this `message_id` (`None`: none, absent on WebSocket, empty on
+    /// gRPC).
+    async fn send_with_id(
+        &mut self,
+        message_type: &str,
+        recipient: &str,
+        payload: &str,
+        message_id: Option<&str>,
+    );
+
+    /// The next envelope that is not a PeerJoined/PeerLeft announcement, as the JSON text a
+    /// client of this front would parse: the WebSocket frame itself; for gRPC, the proto's
+    /// fields as a JSON object (the payload being JSON text already).
+    async fn recv_json(&mut self) -> String;
 }
 
 /// A network on WebSocket: the Worker at one path, or a native relay of its own.
@@ -230,6 +250,35 @@ impl FrontPeer for WsPeer {
     async fn leave(mut self) {
         self.ws.close(None).await.unwrap();
     }
+
+    async fn send_with_id(
+        &mut self,
+        message_type: &str,
+        recipient: &str,
+        payload: &str,
+        message_id: Option<&str>,
+    ) {
+        let id = message_id.map_or(String::new(), |id| {
+            format!(r#""message_id":{},"#, Value::from(id))
+        });
+        let text = format!(
+            r#"{{"message_type":{},{id}"recipient_id":{},"payload":{payload}}}"#,
+            Value::from(message_type),
+            Value::from(recipient),
+        );
+        self.send_text(&text).await;
+    }
+
+    async fn recv_json(&mut self) -> String {
+        loop {
+            let text = self.recv_text().await;
+            if !text.contains(r#""message_type":"PeerJoined""#)
+                && !text.contains(r#""message_type":"PeerLeft""#)
+            {
+                return text;
+            }
+        }
+    }
 }
 
 /// A network on gRPC: a native relay of its own.
@@ -277,7 +326,8 @@ impl Network for GrpcNet {
 
 impl FrontPeer for GrpcPeer {
     async fn send_sparse(&mut self, message_type: &str, payload: Option<&str>) {
-        self.send(message_type, "", "", payload.unwrap_or("")).await;
+        self.send_with_id(message_type, "", payload.unwrap_or(""), None)
+            .await;
     }
 
     async fn send_burst(&mut self, message_type: &str, sender: &str, payloads: &[String]) {
@@ -293,6 +343,39 @@ impl FrontPeer for GrpcPeer {
         drop(std::mem::replace(&mut self.tx, unused));
         let status = self.expect_status().await;
         assert_eq!(status.code(), tonic::Code::Ok, "{status:?}");
+    }
+
+    async fn send_with_id(
+        &mut self,
+        message_type: &str,
+        recipient: &str,
+        payload: &str,
+        message_id: Option<&str>,
+    ) {
+        self.send_pb(crate::common::pb_envelope(
+            message_type,
+            message_id.unwrap_or(""),
+            "",
+            recipient,
+            payload,
+        ))
+        .await;
+    }
+
+    async fn recv_json(&mut self) -> String {
+        let got = self.recv_skipping_announcements().await;
+        format!(
+            r#"{{"message_type":{},"message_id":{},"sender_id":{},"recipient_id":{},"payload":{}}}"#,
+            Value::from(got.message_type),
+            Value::from(got.message_id),
+            Value::from(got.sender_id),
+            Value::from(got.recipient_id),
+            if got.payload.is_empty() {
+                "null"
+            } else {
+                &got.payload
+            },
+        )
     }
 }
 
@@ -373,6 +456,32 @@ impl FrontPeer for AnyPeer {
         match self {
             AnyPeer::Ws(p) => p.leave().await,
             AnyPeer::Grpc(p) => p.leave().await,
+        }
+    }
+
+    async fn send_with_id(
+        &mut self,
+        message_type: &str,
+        recipient: &str,
+        payload: &str,
+        message_id: Option<&str>,
+    ) {
+        match self {
+            AnyPeer::Ws(p) => {
+                p.send_with_id(message_type, recipient, payload, message_id)
+                    .await
+            }
+            AnyPeer::Grpc(p) => {
+                p.send_with_id(message_type, recipient, payload, message_id)
+                    .await
+            }
+        }
+    }
+
+    async fn recv_json(&mut self) -> String {
+        match self {
+            AnyPeer::Ws(p) => p.recv_json().await,
+            AnyPeer::Grpc(p) => p.recv_json().await,
         }
     }
 }
@@ -733,4 +842,138 @@ pub async fn unchanged_frames_are_forwarded_verbatim(net: WsNet) {
     assert_eq!(a.recv().await.message_type, "PeerJoined");
     assert_eq!(a.recv().await.message_type, "PeerJoined");
     a.expect_silence().await;
+}
+
+pub async fn auto_routes_addressed_to_one_and_unaddressed_to_all<N: Network>(net: N) {
+    let mut a = net.peer("a").await;
+    let mut b = net.peer("b").await;
+    let mut c = net.peer("c").await;
+    assert_eq!(a.recv().await.message_type, "PeerJoined");
+    assert_eq!(a.recv().await.message_type, "PeerJoined");
+    assert_eq!(b.recv().await.message_type, "PeerJoined");
+    // Addressed: the named peer only.
+    a.send("NodeListRequest", "a", "c", "1").await;
+    let got = c.recv().await;
+    assert_eq!(
+        (got.message_type.as_str(), got.recipient_id.as_str()),
+        ("NodeListRequest", "c")
+    );
+    // Unaddressed: every other peer, never the sender.
+    a.send("NodeListRequest", "a", "", "2").await;
+    assert_eq!(b.recv().await.payload, "2");
+    assert_eq!(c.recv().await.payload, "2");
+    // Addressed to nobody connected: the same error as directed, and nobody receives it.
+    a.send("NodeListRequest", "a", "ghost", "3").await;
+    let error = a.expect_error("unknown_recipient").await;
+    assert_eq!(error.payload_json()["message_type"], "NodeListRequest");
+    // A type without a rule follows the shipped default, auto, too.
+    b.send("SomethingNew", "b", "a", "4").await;
+    assert_eq!(a.recv().await.payload, "4");
+    tokio::join!(a.expect_silence(), b.expect_silence(), c.expect_silence());
+}
+
+pub async fn message_ids_are_kept_or_assigned_once<N: Network>(net: N) {
+    let mut a = net.peer("a").await;
+    let mut b = net.peer("b").await;
+    let mut c = net.peer("c").await;
+    let joined = a.recv().await;
+    assert!(
+        !joined.message_id.is_empty(),
+        "the relay's envelopes carry ids: {joined:?}"
+    );
+    assert_eq!(a.recv().await.message_type, "PeerJoined");
+    assert_eq!(b.recv().await.message_type, "PeerJoined");
+    // Given: delivered exactly, to every recipient.
+    let given = "4f9c2c1e-8b1a-4d3e-9f00-1234567890ab";
+    a.send_with_id("NodeAnnounce", "", "1", Some(given)).await;
+    assert_eq!(b.recv().await.message_id, given);
+    assert_eq!(c.recv().await.message_id, given);
+    // Not given (or empty): one id assigned, the same for every recipient.
+    for id in [None, Some("")] {
+        a.send_with_id("NodeAnnounce", "", "2", id).await;
+        let (at_b, at_c) = (b.recv().await, c.recv().await);
+        assert_eq!(at_b.message_id.len(), 36, "a UUID: {at_b:?}");
+        assert_eq!(at_b.message_id, at_c.message_id);
+        assert_eq!(at_b.sender_id, "a");
+    }
+    // Echo too.
+    a.send_with_id("Ping", "", "3", None).await;
+    assert_eq!(a.recv().await.message_id.len(), 36);
+}
+
+pub async fn errors_name_the_message_id_they_answer<N: Network>(net: N) {
+    let mut a = net.peer("a").await;
+    a.send_with_id("LedgerSyncResponse", "ghost", "1", Some("req-7"))
+        .await;
+    let error = a.expect_error("unknown_recipient").await;
+    assert_eq!(error.payload_json()["message_id"], "req-7");
+    assert!(!error.message_id.is_empty() && error.message_id != "req-7");
+    a.send_with_id("NodeAnnounce", "", "1", Some("has space"))
+        .await;
+    let error = a.expect_error("invalid_message_id").await;
+    assert_eq!(error.payload_json()["message_type"], "NodeAnnounce");
+    a.send_with_id("NodeAnnounce", "", "1", Some(&"x".repeat(129)))
+        .await;
+    a.expect_error("invalid_message_id").await;
+    // The connection stays usable.
+    a.send_with_id("Ping", "", "2", Some("m-ok")).await;
+    assert_eq!(a.recv().await.message_id, "m-ok");
+}
+
+/// GSIO-Net's eight message types, addressed and not, with and without a sender-given id,
+/// through the shipped `relay.toml`: every envelope a node receives parses as gsio-node's own
+/// `P2PMessage` (mirrored in [`crate::common::gsio_net`]), announcements reach every other
+/// node, requests reach the node they name (or all when they name none), and responses reach
+/// only their recipient (an unaddressed response is an error to its sender).
+pub async fn gsio_net_messages_route_as_shipped_and_parse_as_p2p_messages<N: Network>(net: N) {
+    use crate::common::gsio_net::{MessageType, P2PMessage};
+    let mut a = net.peer("a").await;
+    let mut b = net.peer("b").await;
+    let mut c = net.peer("c").await;
+    assert_eq!(a.recv().await.message_type, "PeerJoined");
+    assert_eq!(a.recv().await.message_type, "PeerJoined");
+    assert_eq!(b.recv().await.message_type, "PeerJoined");
+    let mut n = 0;
+    for kind in MessageType::ALL {
+        let name = kind.name();
+        for addressed in [true, false] {
+            for with_id in [true, false] {
+                n += 1;
+                let id = format!("{n:08x}-0000-4000-8000-000000000000");
+                let payload = format!(r#"{{"n":{n},"big":123456789012345678901}}"#);
+                let recipient = if addressed { "b" } else { "" };
+                a.send_with_id(name, recipient, &payload, with_id.then_some(id.as_str()))
+                    .await;
+                let to_all = kind.is_announcement() || (kind.is_request() && !addressed);
+                let receivers: Vec<&mut N::Peer> = match (to_all, addressed) {
+                    (true, _) => vec![&mut b, &mut c],
+                    (false, true) => vec![&mut b],
+                    (false, false) => {
+                        let error = a.expect_error("missing_recipient").await;
+                        assert_eq!(error.payload_json()["message_type"], name);
+                        continue;
+                    }
+                };
+                let mut seen_id = None;
+                for peer in receivers {
+                    let text = peer.recv_json().await;
+                    let got: P2PMessage = serde_json::from_str(&text)
+                        .unwrap_or_else(|e| panic!("not a P2PMessage ({e}): {text}"));
+                    assert_eq!(got.message_type, kind, "{text}");
+                    assert_eq!(
+                        (got.sender_id.as_str(), got.recipient_id.as_str()),
+                        ("a", recipient)
+                    );
+                    assert_eq!(got.payload["n"], n, "{text}");
+                    if with_id {
+                        assert_eq!(got.message_id, id, "{text}");
+                    } else {
+                        assert_eq!(got.message_id.len(), 36, "{text}");
+                    }
+                    assert!(seen_id.get_or_insert(got.message_id.clone()) == &got.message_id);
+                }
+            }
+        }
+    }
+    tokio::join!(a.expect_silence(), b.expect_silence(), c.expect_silence());
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod conformance;
+pub mod gsio_net;
 pub mod wrangler;
 
 use std::path::{Path, PathBuf};
@@ -496,3 +497,20 @@ pub fn binary(bytes: &[u8]) -> WsMessage {
 }
 
 pub use tungstenite::Message as Frame;
+
+/// A proto envelope from its parts (`message_id` may be empty: the relay assigns one).
+pub fn pb_envelope(
+    message_type: &str,
+    message_id: &str,
+    sender: &str,
+    recipient: &str,
+    payload: &str,
+) -> pb::Envelope {
+    pb::Envelope {
+        message_type: message_type.into(),
+        message_id: message_id.into(),
+        sender_id: sender.into(),
+        recipient_id: recipient.into(),
+        payload_json: payload.into(),
+    }
+}
