@@ -1,4 +1,13 @@
 //! Binding both fronts and running them until a shutdown signal (see [`crate::shutdown`]).
+//!
+//! # The connection limit
+//! `server.max_connections` bounds *peers*: WebSocket connections and gRPC `Exchange` streams
+//! draw from one pool of slots. A WebSocket client past it is not accepted until a slot frees (it
+//! waits in the kernel's backlog); a gRPC stream past it is refused at once with
+//! `RESOURCE_EXHAUSTED` ([`crate::grpc::service`]), since one HTTP/2 connection carries any
+//! number of streams and a stream has no backlog to wait in. TCP connections to the gRPC port are
+//! not peers (one may carry many, or only health checks), so they take no peer slot; they are
+//! bounded separately by the same number, past which they wait in the backlog as well.
 
 use std::future::Future;
 use std::io;
@@ -88,13 +97,19 @@ impl Server {
             config,
         } = self;
         let controller = Controller::new();
-        let slots = Arc::new(Semaphore::new(config.server.max_connections));
+        let max_connections = config.server.max_connections;
+        // Peers: WebSocket connections and gRPC streams (see the module's docs).
+        let peer_slots = Arc::new(Semaphore::new(max_connections));
+        // TCP connections to the gRPC port, which are not peers: separate, so that an idle
+        // HTTP/2 connection never holds a slot a peer needs, and a connection carrying streams
+        // does not count twice.
+        let grpc_connection_slots = Arc::new(Semaphore::new(max_connections));
         let hard_limit = config.limits.hard_frame_bytes();
 
         let ws_task = tokio::spawn(ws::serve(
             ws,
             relay.clone(),
-            slots.clone(),
+            peer_slots.clone(),
             controller.subscribe(),
         ));
 
@@ -105,20 +120,24 @@ impl Server {
                 .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         };
-        let relay_service =
-            RelayServiceServer::new(RelayGrpc::new(relay.clone(), controller.subscribe()))
-                .max_decoding_message_size(hard_limit)
-                .max_encoding_message_size(hard_limit);
+        let relay_service = RelayServiceServer::new(RelayGrpc::new(
+            relay.clone(),
+            controller.subscribe(),
+            peer_slots,
+        ))
+        .max_decoding_message_size(hard_limit)
+        .max_encoding_message_size(hard_limit);
         let grpc_shutdown = controller.subscribe();
         let grpc_server = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            .max_concurrent_streams(max_concurrent_streams(max_connections))
             .add_service(health_service)
             .add_service(reflection().build_v1()?)
             .add_service(reflection().build_v1alpha()?)
             .add_service(relay_service)
             .serve_with_incoming_shutdown(
-                limited_incoming(grpc, slots, controller.subscribe()),
+                limited_incoming(grpc, grpc_connection_slots, controller.subscribe()),
                 async move { grpc_shutdown.reached(Phase::Close).await },
             );
         let grpc_task = tokio::spawn(grpc_server);
@@ -159,8 +178,25 @@ impl Server {
     }
 }
 
-/// gRPC connections, each holding a connection slot (shared with the WebSocket front) for its
-/// lifetime.
+/// Streams a client may have open at once on one HTTP/2 connection beyond the peer limit: room
+/// for health checks (`Watch` is long-lived) and reflection next to a full set of `Exchange`
+/// streams.
+const NON_PEER_STREAMS: u32 = 100;
+
+/// The HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS` of every gRPC connection. A client at this
+/// setting queues further streams itself, where the relay never sees them: set below the peer
+/// limit, an `Exchange` past it would wait there invisibly (or time out) instead of being refused
+/// with `RESOURCE_EXHAUSTED`. So: the whole peer limit on one connection, plus room for the calls
+/// that are not peers. (Not left unset, which means unbounded: refused streams are cheap, but
+/// not free.)
+fn max_concurrent_streams(max_connections: usize) -> u32 {
+    u32::try_from(max_connections)
+        .unwrap_or(u32::MAX)
+        .saturating_add(NON_PEER_STREAMS)
+}
+
+/// gRPC connections, each holding one of `slots` (the gRPC port's own, not the peer slots) for
+/// its lifetime.
 fn limited_incoming(
     listener: TcpListener,
     slots: Arc<Semaphore>,
@@ -180,10 +216,11 @@ fn limited_incoming(
     })
 }
 
-/// The next connection of a front and its connection slot (shared by both fronts); `None` once
-/// shutdown stops accepting. The slot is taken right after `accept`: while none is free the
-/// front accepts nobody else, so past `server.max_connections` new clients wait in the kernel's
-/// backlog, and an idle front never holds a slot the other front needs.
+/// The next connection of a front and one of `slots` for it (the peer slots on the WebSocket
+/// front, the gRPC port's connection slots on the other); `None` once shutdown stops accepting.
+/// The slot is taken right after `accept`: while none is free the front accepts nobody else, so
+/// past the limit new clients wait in the kernel's backlog, and an idle front never holds a slot
+/// the other front needs.
 pub(crate) async fn accept_with_slot(
     listener: &TcpListener,
     slots: &Arc<Semaphore>,
@@ -225,7 +262,7 @@ fn tune(stream: &TcpStream) {
     let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive);
 }
 
-/// A TCP stream that frees its connection slot when dropped.
+/// A TCP connection to the gRPC port that frees its connection slot when dropped.
 pub struct Limited {
     stream: TcpStream,
     _permit: OwnedSemaphorePermit,

@@ -39,10 +39,23 @@ impl Stats {
     }
 }
 
+/// 128 bits from the operating system's random source, keying the message ids the relay assigns
+/// (see `gsio_relay_core::ids`). Should the source fail, std's per-process random hash keys stand
+/// in: ids must be unique, not secret.
+fn id_seed() -> u128 {
+    let mut bytes = [0u8; 16];
+    if getrandom::fill(&mut bytes).is_ok() {
+        return u128::from_le_bytes(bytes);
+    }
+    use std::hash::BuildHasher;
+    let keys = std::collections::hash_map::RandomState::new();
+    (u128::from(keys.hash_one(1u8)) << 64) | u128::from(keys.hash_one(2u8))
+}
+
 impl Relay {
     pub fn new(config: Arc<RelayConfig>) -> Arc<Relay> {
         Arc::new(Relay {
-            hub: RwLock::new(Hub::new(config)),
+            hub: RwLock::new(Hub::new(config, id_seed())),
             next_conn: AtomicU64::new(1),
             stats: Stats::default(),
         })

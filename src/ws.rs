@@ -46,7 +46,7 @@ fn ws_config(hard: usize) -> WebSocketConfig {
         .max_frame_size(Some(hard))
 }
 
-/// Accepts WebSocket connections until shutdown, each once it has a connection slot (see
+/// Accepts WebSocket connections until shutdown, each once it has a peer slot (see
 /// [`crate::server::accept_with_slot`]).
 pub async fn serve(
     listener: TcpListener,

@@ -58,7 +58,8 @@ async fn every_mode_works_in_all_four_directions() {
             );
         }
         // directed: only the recipient.
-        s.send("LedgerSync", "sender", "receiver", "[7]").await;
+        s.send("LedgerSyncResponse", "sender", "receiver", "[7]")
+            .await;
         let got = r.recv().await;
         assert_eq!(
             (got.recipient_id.as_str(), got.payload.as_str()),
@@ -90,7 +91,7 @@ async fn payloads_cross_fronts_exactly() {
         let mut payloads = FIDELITY_PAYLOADS.to_vec();
         payloads.push(&deep);
         for payload in payloads {
-            s.send("LedgerSync", "s", "r", payload).await;
+            s.send("LedgerSyncResponse", "s", "r", payload).await;
             let got = r.recv().await;
             assert_eq!(got.payload, payload, "{from:?} -> {to:?}");
         }
@@ -153,13 +154,14 @@ async fn grpc_bad_envelopes_get_error_envelopes_and_the_stream_survives() {
         sender_id: "g".into(),
         recipient_id: recipient.into(),
         payload_json: payload.into(),
+        message_id: String::new(),
     };
     let cases = [
         (bad("", "", "1"), "missing_message_type"),
         (bad("NodeAnnounce", "", "{not json"), "invalid_field"),
         (bad("NodeAnnounce", "", "1 2"), "invalid_field"),
-        (bad("LedgerSync", "ghost", "1"), "unknown_recipient"),
-        (bad("LedgerSync", "", "1"), "missing_recipient"),
+        (bad("LedgerSyncResponse", "ghost", "1"), "unknown_recipient"),
+        (bad("LedgerSyncResponse", "", "1"), "missing_recipient"),
         (
             bad("NodeAnnounce", "", &format!("\"{}\"", "y".repeat(1 << 20))),
             "message_too_large",
@@ -333,7 +335,7 @@ async fn a_flooded_peer_still_gets_its_frames_read() {
                     break;
                 }
                 for _ in 0..20 {
-                    let text = common::envelope("LedgerSync", "b", "a", &payload);
+                    let text = common::envelope("LedgerSyncResponse", "b", "a", &payload);
                     b.ws.feed(tungstenite::Message::text(text)).await.unwrap();
                 }
                 b.ws.flush().await.unwrap();
@@ -365,7 +367,7 @@ async fn a_flooded_peer_still_gets_its_frames_read() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     a_sink
         .send(tungstenite::Message::text(common::envelope(
-            "LedgerSync",
+            "LedgerSyncResponse",
             "a",
             "c",
             "\"from a\"",

@@ -4,8 +4,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{shipped_config, Frame, GrpcPeer, Peer, TestRelay, WsPeer};
+use common::{
+    grpc_channel, shipped_config, Frame, GrpcPeer, Peer, TestRelay, WsPeer, ARRIVES, QUIET,
+};
 use gsio_relay::state::Stats;
+use tonic::transport::Channel;
 
 /// A payload large enough that the kernel's socket buffers fill after a few dozen messages.
 fn chunk() -> String {
@@ -196,18 +199,138 @@ async fn connections_past_the_limit_wait_until_a_slot_frees() {
         .expect("second connection never served")
         .unwrap();
     second.expect_welcome("two").await;
-    // The gRPC front shares the limit: a stream opened now waits too.
-    let grpc_url = relay.grpc_url.clone();
-    let grpc = tokio::spawn(async move { GrpcPeer::connect(&grpc_url, Some("three")).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!grpc.is_finished());
-    drop(second);
-    let mut third = tokio::time::timeout(Duration::from_secs(10), grpc)
+    // gRPC streams are refused instead of waiting: see
+    // `websocket_peers_and_grpc_streams_share_the_limit`.
+}
+
+/// The answer to a stream opened past `server.max_connections`: refused at once with
+/// `RESOURCE_EXHAUSTED`, naming the setting.
+fn assert_refused_for_the_limit(opened: Result<GrpcPeer, tonic::Status>) {
+    let Err(status) = opened else {
+        panic!("a stream was admitted past server.max_connections");
+    };
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("server.max_connections"),
+        "{status:?}"
+    );
+}
+
+/// A stream on `channel` as `id`, once a slot is free. A slot comes back when the relay is done
+/// with the stream that held it, which can be a moment after that stream's client saw it end.
+async fn admitted_once_a_slot_frees(channel: &Channel, id: &str) -> GrpcPeer {
+    let deadline = tokio::time::Instant::now() + ARRIVES;
+    loop {
+        match GrpcPeer::over(channel.clone(), Some(id)).await {
+            Ok(mut peer) => {
+                peer.expect_welcome(id).await;
+                return peer;
+            }
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "no slot freed within {ARRIVES:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn grpc_streams_on_one_connection_past_the_limit_are_refused() {
+    const LIMIT: usize = 4;
+    let mut config = shipped_config();
+    config.server.max_connections = LIMIT;
+    let relay = TestRelay::start_with(config).await;
+    // One HTTP/2 connection for every stream.
+    let channel = grpc_channel(&relay.grpc_url).await;
+    let mut peers = Vec::new();
+    for n in 0..LIMIT {
+        let id = format!("g{n}");
+        let mut peer = GrpcPeer::over(channel.clone(), Some(&id)).await.unwrap();
+        peer.expect_welcome(&id).await;
+        peers.push(peer);
+    }
+    assert_refused_for_the_limit(GrpcPeer::over(channel.clone(), Some("extra")).await);
+    assert_refused_for_the_limit(GrpcPeer::over(channel.clone(), None).await);
+    assert_eq!(relay.relay.peer_ids().len(), LIMIT);
+
+    peers.pop().unwrap().leave().await;
+    let _again = admitted_once_a_slot_frees(&channel, "again").await;
+    assert_refused_for_the_limit(GrpcPeer::over(channel.clone(), Some("extra")).await);
+    // The channel itself is fine: calls other than Exchange take no slot.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let serving = health
+        .check(tonic_health::pb::HealthCheckRequest::default())
         .await
-        .expect("gRPC connection never served")
-        .unwrap()
         .unwrap();
-    third.expect_welcome("three").await;
+    assert_eq!(
+        serving.into_inner().status(),
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
+}
+
+#[tokio::test]
+async fn websocket_peers_and_grpc_streams_share_the_limit() {
+    let mut config = shipped_config();
+    config.server.max_connections = 2;
+    let relay = TestRelay::start_with(config).await;
+    let first_ws = relay.ws("w1").await;
+    // The gRPC connection is no peer: it takes none of the two slots.
+    let channel = grpc_channel(&relay.grpc_url).await;
+    let mut first_grpc = GrpcPeer::over(channel.clone(), Some("g1")).await.unwrap();
+    first_grpc.expect_welcome("g1").await;
+    assert_refused_for_the_limit(GrpcPeer::over(channel.clone(), Some("g2")).await);
+
+    // A WebSocket client past the limit still waits, in the kernel's backlog...
+    let url = format!("{}/?node_id=w2", relay.ws_url);
+    let waiting = tokio::spawn(async move { WsPeer::connect(&url).await });
+    tokio::time::sleep(QUIET).await;
+    assert!(
+        !waiting.is_finished(),
+        "WebSocket connection served past the limit"
+    );
+    // ...until a gRPC stream gives its slot back.
+    first_grpc.leave().await;
+    let mut second_ws = tokio::time::timeout(ARRIVES, waiting)
+        .await
+        .expect("WebSocket connection never served")
+        .unwrap();
+    second_ws.expect_welcome("w2").await;
+
+    // Two WebSocket peers fill the limit for gRPC too, until one leaves.
+    assert_refused_for_the_limit(GrpcPeer::over(channel.clone(), Some("g3")).await);
+    drop(first_ws);
+    let _third_grpc = admitted_once_a_slot_frees(&channel, "g3").await;
+    let mut peers = relay.relay.peer_ids();
+    peers.sort();
+    assert_eq!(peers, ["g3", "w2"]);
+}
+
+#[tokio::test]
+async fn grpc_streams_refused_at_connect_give_their_slot_back() {
+    let mut config = shipped_config();
+    config.server.max_connections = 2;
+    let relay = TestRelay::start_with(config).await;
+    let channel = grpc_channel(&relay.grpc_url).await;
+    let mut holder = GrpcPeer::over(channel.clone(), Some("a")).await.unwrap();
+    holder.expect_welcome("a").await;
+    // More refusals than there are slots: each gives its slot back as it is refused.
+    for _ in 0..4 {
+        let Err(status) = GrpcPeer::over(channel.clone(), Some("a")).await else {
+            panic!("a second \"a\" was admitted");
+        };
+        assert_eq!(status.code(), tonic::Code::AlreadyExists, "{status:?}");
+        let Err(status) = GrpcPeer::over(channel.clone(), Some("not valid")).await else {
+            panic!("an invalid id was admitted");
+        };
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    }
+    let mut second = GrpcPeer::over(channel.clone(), Some("b")).await.unwrap();
+    second.expect_welcome("b").await;
+    assert_refused_for_the_limit(GrpcPeer::over(channel.clone(), Some("c")).await);
 }
 
 /// The `host:port` of a `ws://` URL.

@@ -66,10 +66,10 @@ async fn routing_survives_a_room_that_lost_its_memory() {
 
     forget(&dev, "/hibernation").await;
     // Directed routing finds b from the sockets' attachments alone.
-    a.send("LedgerSync", "a", "b", "1").await;
+    a.send("LedgerSyncResponse", "a", "b", "1").await;
     assert_eq!(b.recv().await.payload, "1");
     // Identity is still enforced: a is still a.
-    a.send("LedgerSync", "b", "a", "1").await;
+    a.send("LedgerSyncResponse", "b", "a", "1").await;
     a.expect_error("spoofed_sender").await;
     // The id is still taken.
     let mut imposter = WsPeer::connect(&net.url("?node_id=b")).await;

@@ -134,6 +134,7 @@ impl Tx {
                     sender_id: route.sender.clone(),
                     recipient_id: route.recipient.clone(),
                     payload_json: wire::payload_json(stamp),
+                    message_id: wire::message_id(&route.sender, stamp),
                 })
                 .await
                 .map_err(|_| anyhow!("gRPC stream closed")),

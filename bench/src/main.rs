@@ -103,6 +103,10 @@ struct Options {
     /// A small, short run of everything (smoke test): 1 s runs, few peers, 5 s soak.
     #[arg(long, global = true)]
     quick: bool,
+    /// Send envelopes without a `message_id`, so that the relay assigns one to each (what
+    /// assigning costs); by default they carry one, as gsio-net's do.
+    #[arg(long, global = true)]
+    no_message_id: bool,
     /// Seconds each traffic run sends for [default: 5; quick: 1].
     #[arg(long, global = true)]
     duration: Option<f64>,
@@ -218,6 +222,7 @@ impl Options {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    wire::set_message_ids(!cli.options.no_message_id);
     let (soft, hard) = proc::raise_nofile_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

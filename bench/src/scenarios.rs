@@ -626,6 +626,7 @@ impl Idle {
                                 sender_id: id.clone(),
                                 recipient_id: String::new(),
                                 payload_json: wire::payload_json(Stamp { seq: 0, ts: sent }),
+                                message_id: wire::message_id(id, Stamp { seq: 0, ts: sent }),
                             })
                             .await
                             .map_err(|_| anyhow::anyhow!("stream closed"))?;

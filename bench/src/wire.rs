@@ -14,7 +14,7 @@ use std::time::Instant;
 /// The message type of fan-out traffic: no rule in relay.toml, so the default (broadcast).
 pub const BROADCAST_TYPE: &str = "Bench";
 /// The message type of directed traffic: `LedgerSync = "directed"` in relay.toml.
-pub const DIRECTED_TYPE: &str = "LedgerSync";
+pub const DIRECTED_TYPE: &str = "LedgerSyncResponse";
 /// Echoed by the relay (`Ping = "echo"`): the liveness check of idle connections.
 pub const ECHO_TYPE: &str = "Ping";
 
@@ -41,8 +41,31 @@ pub struct Route {
     pub sender: String,
     /// Empty for broadcast.
     pub recipient: String,
-    /// The envelope's JSON text up to the payload's `seq` value.
+    /// The envelope's JSON text up to the `message_id` value (`<sender>-<seq>`).
+    ws_head: String,
+    /// From the end of the `message_id` value up to the payload's `seq` value.
     ws_prefix: String,
+}
+
+/// Whether the bench's envelopes carry a `message_id` (as gsio-net's do, so the relay forwards
+/// them as sent), or leave it for the relay to assign (`--no-message-id`: what assigning costs).
+static MESSAGE_IDS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+pub fn set_message_ids(on: bool) {
+    MESSAGE_IDS.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn message_ids() -> bool {
+    MESSAGE_IDS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The `message_id` of one sender's message: unique per sender and sequence number.
+pub fn message_id(sender: &str, stamp: Stamp) -> String {
+    if message_ids() {
+        format!("{sender}-{}", stamp.seq)
+    } else {
+        String::new()
+    }
 }
 
 impl Route {
@@ -51,20 +74,37 @@ impl Route {
             is_plain_id(sender) && is_plain_id(recipient),
             "bench ids need no JSON escaping"
         );
-        let ws_prefix = format!(
-            r#"{{"message_type":"{message_type}","sender_id":"{sender}","recipient_id":"{recipient}","payload":{{"seq":"#
-        );
+        let (ws_head, ws_prefix) = if message_ids() {
+            (
+                format!(r#"{{"message_type":"{message_type}","message_id":"{sender}-"#),
+                format!(
+                    r#"","sender_id":"{sender}","recipient_id":"{recipient}","payload":{{"seq":"#
+                ),
+            )
+        } else {
+            (
+                String::new(),
+                format!(
+                    r#"{{"message_type":"{message_type}","sender_id":"{sender}","recipient_id":"{recipient}","payload":{{"seq":"#
+                ),
+            )
+        };
         Route {
             message_type,
             sender: sender.to_owned(),
             recipient: recipient.to_owned(),
+            ws_head,
             ws_prefix,
         }
     }
 
     /// The WebSocket text frame: the whole envelope, payload last.
     pub fn ws_text(&self, stamp: Stamp) -> String {
-        let mut text = String::with_capacity(self.ws_prefix.len() + 32);
+        let mut text = String::with_capacity(self.ws_head.len() + self.ws_prefix.len() + 48);
+        if !self.ws_head.is_empty() {
+            text.push_str(&self.ws_head);
+            let _ = write!(text, "{}", stamp.seq);
+        }
         text.push_str(&self.ws_prefix);
         let _ = write!(text, "{},\"ts\":{}}}}}", stamp.seq, stamp.ts);
         text
@@ -137,7 +177,7 @@ mod tests {
         });
         assert_eq!(
             text,
-            r#"{"message_type":"LedgerSync","sender_id":"p3a","recipient_id":"p3b","payload":{"seq":7,"ts":123456789}}"#
+            r#"{"message_type":"LedgerSyncResponse","message_id":"p3a-7","sender_id":"p3a","recipient_id":"p3b","payload":{"seq":7,"ts":123456789}}"#
         );
         let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(parsed["payload"]["seq"], 7);

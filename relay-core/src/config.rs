@@ -23,6 +23,9 @@ pub enum Mode {
     Broadcast,
     /// To the one peer named by `recipient_id`.
     Directed,
+    /// `directed` when `recipient_id` names a peer, `broadcast` when it is empty: gsio-net's
+    /// "empty recipient means everyone".
+    Auto,
 }
 
 impl fmt::Display for Mode {
@@ -31,6 +34,7 @@ impl fmt::Display for Mode {
             Mode::Echo => "echo",
             Mode::Broadcast => "broadcast",
             Mode::Directed => "directed",
+            Mode::Auto => "auto",
         })
     }
 }

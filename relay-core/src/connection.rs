@@ -32,7 +32,7 @@ use bytestring::ByteString;
 use crate::config::RelayConfig;
 use crate::envelope::{Envelope, Message};
 use crate::error::RelayError;
-use crate::hub::{error_message, ConnId, Hub};
+use crate::hub::{error_message, ConnId, Hub, Offending};
 use crate::id::PeerId;
 use crate::session::{Inbound, Rejection, Session};
 
@@ -193,7 +193,7 @@ impl<L: Link> Connection<L> {
         match PeerId::parse(raw).and_then(|id| self.join(table, id)) {
             Ok(()) => Step::Continue,
             Err(error) => {
-                self.reject(&error, None);
+                self.reject(table, &error, Offending::default());
                 Step::Close(error)
             }
         }
@@ -219,7 +219,13 @@ impl<L: Link> Connection<L> {
         };
         match inbound {
             Ok(inbound) => self.dispatch(table, inbound),
-            Err(rejected) => self.reject(&rejected.error, rejected.message_type.as_deref()),
+            Err(rejected) => {
+                let offending = Offending {
+                    message_type: rejected.message_type.as_deref(),
+                    message_id: rejected.message_id.as_deref(),
+                };
+                self.reject(table, &rejected.error, offending)
+            }
         }
         Step::Continue
     }
@@ -247,13 +253,17 @@ impl<L: Link> Connection<L> {
     }
 
     fn dispatch(&mut self, table: &impl Table<L>, inbound: Inbound) {
-        if let Some(id) = inbound.claim {
+        if let Some(id) = inbound.claim.clone() {
             if let Err(error) = self.join(table, id) {
-                let message_type = &inbound.message.envelope().message_type;
-                return self.reject(&error, Some(message_type));
+                let envelope = &inbound.envelope;
+                let offending = Offending {
+                    message_type: Some(&envelope.message_type),
+                    message_id: Some(&envelope.message_id),
+                };
+                return self.reject(table, &error, offending);
             }
         }
-        self.route(table, Arc::new(inbound.message));
+        self.route(table, inbound);
     }
 
     fn join(&mut self, table: &impl Table<L>, id: PeerId) -> Result<(), RelayError> {
@@ -272,16 +282,23 @@ impl<L: Link> Connection<L> {
         Ok(())
     }
 
-    fn route(&mut self, table: &impl Table<L>, message: Arc<Message>) {
+    /// Gives the envelope its id if the sender did not, then hands it to every recipient the
+    /// rules name, under one read of the table.
+    fn route(&mut self, table: &impl Table<L>, mut inbound: Inbound) {
         let Some(sender) = self.session.id() else {
             // Admission binds the session before routing; nothing to route from nobody.
             return;
         };
         // Filled only when a recipient is a slow consumer: no allocation otherwise.
         let mut missed: Vec<PeerId> = Vec::new();
-        let routed = {
+        let (routed, message) = {
             let hub = table.read();
-            hub.route(sender, &message).map(|targets| {
+            if inbound.envelope.message_id.is_empty() {
+                inbound.envelope.message_id = hub.next_message_id();
+                inbound.original = None;
+            }
+            let message = Arc::new(inbound.into_message());
+            let routed = hub.route(sender, &message).map(|targets| {
                 for (id, peer) in targets {
                     match peer.send(&message) {
                         Ok(()) => self.counts.delivered += 1,
@@ -292,26 +309,31 @@ impl<L: Link> Connection<L> {
                         Err(Refused::Gone) => {}
                     }
                 }
-            })
+            });
+            (routed, message)
         };
-        let message_type = message.envelope().message_type.as_str();
+        let envelope = message.envelope();
+        let offending = Offending {
+            message_type: Some(&envelope.message_type),
+            message_id: Some(&envelope.message_id),
+        };
         match routed {
             Ok(()) => self.counts.routed += 1,
-            Err(error) => self.reject(&error, Some(message_type)),
+            Err(error) => self.reject(table, &error, offending),
         }
         for slow in missed {
-            self.reject(
-                &RelayError::RecipientQueueFull(slow.to_string()),
-                Some(message_type),
-            );
+            let error = RelayError::RecipientQueueFull(slow.to_string());
+            self.reject(table, &error, offending);
         }
     }
 
     /// Answers this connection with an `Error` envelope; the connection stays open.
-    fn reject(&mut self, error: &RelayError, message_type: Option<&str>) {
+    fn reject(&mut self, table: &impl Table<L>, error: &RelayError, offending: Offending<'_>) {
         let recipient = self.session.id().map_or("", PeerId::as_str);
+        let message_id = table.read().next_message_id();
         self.counts.errors_sent += 1;
-        self.deliver_own(&Arc::new(error_message(recipient, error, message_type)));
+        let message = error_message(message_id, recipient, error, offending);
+        self.deliver_own(&Arc::new(message));
     }
 
     fn deliver_own(&mut self, message: &Arc<Message>) {
@@ -382,7 +404,7 @@ mod tests {
         }
     }
 
-    const RULES: &str = "[routing]\ndefault = \"broadcast\"\n[routing.rules]\nPing = \"echo\"\nSync = \"directed\"\n";
+    const RULES: &str = "[routing]\ndefault = \"broadcast\"\n[routing.rules]\nPing = \"echo\"\nSync = \"directed\"\nAsk = \"auto\"\n";
 
     struct Net {
         table: RwLock<Hub<Log>>,
@@ -394,7 +416,7 @@ mod tests {
         fn new(toml: &str) -> Net {
             let config = RelayConfig::from_toml_str(toml, "t.toml").unwrap();
             Net {
-                table: RwLock::new(Hub::new(Arc::new(config.clone()))),
+                table: RwLock::new(Hub::new(Arc::new(config.clone()), 42)),
                 config,
                 next: 0,
             }
@@ -463,6 +485,10 @@ mod tests {
             (&envelope("Sync", "a", ""), &["Error"], &[], &[]),
             (&envelope("Note", "b", ""), &["Error"], &[], &[]),
             (&envelope("Note", "", ""), &[], &["Note"], &["Note"]),
+            // auto: directed when addressed, broadcast when not.
+            (&envelope("Ask", "a", "b"), &[], &["Ask"], &[]),
+            (&envelope("Ask", "a", ""), &[], &["Ask"], &["Ask"]),
+            (&envelope("Ask", "a", "ghost"), &["Error"], &[], &[]),
         ];
         for (text, to_a, to_b, to_c) in table {
             assert_eq!(net.text(&mut a, text), Step::Continue, "{text}");
@@ -470,7 +496,7 @@ mod tests {
             assert_eq!(b_log.types(), *to_b, "{text}: b");
             assert_eq!(c_log.types(), *to_c, "{text}: c");
         }
-        assert_eq!(a.take_counts().errors_sent, 3);
+        assert_eq!(a.take_counts().errors_sent, 4);
     }
 
     #[test]
@@ -526,6 +552,90 @@ mod tests {
             Step::Continue
         );
         assert_eq!(log.error_code(), "spoofed_sender");
+    }
+
+    fn ids_of(log: &Log) -> Vec<String> {
+        log.got
+            .borrow_mut()
+            .drain(..)
+            .map(|m| m.envelope().message_id.clone())
+            .collect()
+    }
+
+    #[test]
+    fn a_senders_message_id_is_delivered_exactly_and_its_text_forwarded_as_is() {
+        let mut net = Net::new(RULES);
+        let (mut a, _) = net.peer("a");
+        let (_b, b_log) = net.peer("b");
+        let text = r#"{"message_type":"Note","message_id":"6f1c-id","sender_id":"a","recipient_id":"","payload": [1]}"#;
+        let _ = net.text(&mut a, text);
+        let got = b_log.got.borrow_mut().remove(0);
+        assert_eq!(got.envelope().message_id, "6f1c-id");
+        assert_eq!(got.json_str(), text, "forwarded as sent");
+    }
+
+    #[test]
+    fn without_an_id_the_relay_assigns_one_that_every_recipient_shares() {
+        let mut net = Net::new(RULES);
+        let (mut a, a_log) = net.peer("a");
+        let (_b, b_log) = net.peer("b");
+        let (_c, c_log) = net.peer("c");
+        a_log.take();
+        b_log.take();
+        for text in [
+            r#"{"message_type":"Note","sender_id":"a","payload":1}"#,
+            r#"{"message_type":"Note","message_id":"","sender_id":"a","payload":1}"#,
+            r#"{"message_type":"Note","message_id":null,"sender_id":"a","payload":1}"#,
+        ] {
+            let _ = net.text(&mut a, text);
+            let (b_ids, c_ids) = (ids_of(&b_log), ids_of(&c_log));
+            assert_eq!(b_ids.len(), 1, "{text}");
+            assert_eq!(b_ids, c_ids, "{text}");
+            assert_eq!(b_ids[0].len(), 36, "{text}: a UUID, got {:?}", b_ids[0]);
+        }
+        // The relay's own envelopes carry ids too, all different.
+        let _ = net.text(&mut a, &envelope("Sync", "a", "ghost"));
+        let (_d, _) = net.peer("d");
+        let mut ids = ids_of(&a_log);
+        assert_eq!(ids.len(), 2, "an Error and a PeerJoined");
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 2);
+        assert!(ids.iter().all(|id| id.len() == 36));
+    }
+
+    #[test]
+    fn errors_name_the_offending_message_id_and_bad_ids_are_refused() {
+        let mut net = Net::new(RULES);
+        let (mut a, log) = net.peer("a");
+        let _ = net.text(
+            &mut a,
+            r#"{"message_type":"Sync","message_id":"req-7","sender_id":"a","recipient_id":"ghost"}"#,
+        );
+        let got = log.take();
+        let payload: Value = serde_json::from_str(&got[0].2).unwrap();
+        assert_eq!(
+            (payload["code"].as_str(), payload["message_id"].as_str()),
+            (Some("unknown_recipient"), Some("req-7"))
+        );
+        for bad in [r#""has space""#, r#""""#, "7"] {
+            let text = format!(r#"{{"message_type":"T","message_id":{bad},"sender_id":"a"}}"#);
+            let _ = net.text(&mut a, &text);
+            let expect = match bad {
+                "7" => "invalid_field",
+                r#""""# => continue,
+                _ => "invalid_message_id",
+            };
+            assert_eq!(log.error_code(), expect, "{text}");
+        }
+        // A spoofed sender's error still names its (valid) message id.
+        let _ = net.text(
+            &mut a,
+            r#"{"message_type":"T","message_id":"m9","sender_id":"zed"}"#,
+        );
+        let got = log.take();
+        let payload: Value = serde_json::from_str(&got[0].2).unwrap();
+        assert_eq!(payload["message_id"], "m9");
     }
 
     #[test]

@@ -2,8 +2,10 @@
 //! the shared unit of delivery.
 //!
 //! On the wire an envelope is one JSON object with exactly `message_type` (non-empty string),
-//! `sender_id` (string), `recipient_id` (string, may be empty) and `payload` (any JSON value,
-//! absent means `null`). `null` is accepted for `sender_id` and `recipient_id` and means empty.
+//! `message_id` (string, may be empty or absent: the relay assigns one), `sender_id` (string),
+//! `recipient_id` (string, may be empty) and `payload` (any JSON value, absent means `null`).
+//! `null` is accepted for `message_id`, `sender_id` and `recipient_id` and means empty. This is
+//! gsio-net's `P2PMessage`, field for field.
 //!
 //! The payload is never turned into a JSON tree: it is kept as the sender's raw JSON text, so
 //! integers beyond 2^53, deep nesting, unicode and escapes reach every recipient as sent.
@@ -24,6 +26,8 @@ use crate::id::RELAY_ID;
 #[derive(Clone)]
 pub struct Envelope {
     pub message_type: String,
+    /// Unique per message; empty until the sender or the relay gives one (see [`crate::ids`]).
+    pub message_id: String,
     pub sender_id: String,
     pub recipient_id: String,
     /// The payload's JSON text exactly as the sender wrote it (`null` when absent).
@@ -34,6 +38,7 @@ pub struct Envelope {
 impl PartialEq for Envelope {
     fn eq(&self, other: &Envelope) -> bool {
         self.message_type == other.message_type
+            && self.message_id == other.message_id
             && self.sender_id == other.sender_id
             && self.recipient_id == other.recipient_id
             && self.payload.get() == other.payload.get()
@@ -46,6 +51,7 @@ impl fmt::Debug for Envelope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Envelope")
             .field("message_type", &self.message_type)
+            .field("message_id", &self.message_id)
             .field("sender_id", &self.sender_id)
             .field("recipient_id", &self.recipient_id)
             .field("payload", &self.payload.get())
@@ -65,9 +71,9 @@ impl Envelope {
         Envelope::parse_json_checked(text).map(|(envelope, _)| envelope)
     }
 
-    /// Like [`Envelope::parse_json`], also telling whether the text is *complete*: all four
-    /// fields present, ids as strings (not `null`). Only a complete text may be forwarded as is;
-    /// recipients always see all four fields.
+    /// Like [`Envelope::parse_json`], also telling whether the text is *complete*: all five
+    /// fields present, ids as strings (not `null`), a non-empty `message_id`. Only a complete
+    /// text may be forwarded as is; recipients always see all five fields.
     pub fn parse_json_checked(text: &str) -> Result<(Envelope, bool), RelayError> {
         let mut problem = None;
         let mut de = serde_json::Deserializer::from_str(text);
@@ -86,9 +92,11 @@ impl Envelope {
         }
         let complete = matches!(fields.sender_id, Some(Some(_)))
             && matches!(fields.recipient_id, Some(Some(_)))
+            && matches!(&fields.message_id, Some(Some(id)) if !id.is_empty())
             && fields.payload.is_some();
         let envelope = Envelope {
             message_type,
+            message_id: fields.message_id.flatten().unwrap_or_default(),
             sender_id: fields.sender_id.flatten().unwrap_or_default(),
             recipient_id: fields.recipient_id.flatten().unwrap_or_default(),
             payload: fields.payload.map_or_else(null_payload, RawValue::to_owned),
@@ -117,16 +125,30 @@ impl Envelope {
         };
         Ok(Envelope {
             message_type,
+            message_id: String::new(),
             sender_id,
             recipient_id,
             payload,
         })
     }
 
-    /// An envelope written by the relay itself (`sender_id` is [`RELAY_ID`]).
-    pub fn from_relay(message_type: &str, recipient_id: &str, payload: impl Serialize) -> Envelope {
+    /// The same envelope with `message_id` set (empty: the relay assigns one).
+    pub fn with_message_id(mut self, message_id: String) -> Envelope {
+        self.message_id = message_id;
+        self
+    }
+
+    /// An envelope written by the relay itself (`sender_id` is [`RELAY_ID`]), with the id
+    /// `message_id`.
+    pub fn from_relay(
+        message_type: &str,
+        message_id: String,
+        recipient_id: &str,
+        payload: impl Serialize,
+    ) -> Envelope {
         Envelope {
             message_type: message_type.to_owned(),
+            message_id,
             sender_id: RELAY_ID.to_owned(),
             recipient_id: recipient_id.to_owned(),
             payload: serde_json::value::to_raw_value(&payload)
@@ -139,12 +161,14 @@ impl Envelope {
         #[derive(Serialize)]
         struct Wire<'a> {
             message_type: &'a str,
+            message_id: &'a str,
             sender_id: &'a str,
             recipient_id: &'a str,
             payload: &'a RawValue,
         }
         serde_json::to_string(&Wire {
             message_type: &self.message_type,
+            message_id: &self.message_id,
             sender_id: &self.sender_id,
             recipient_id: &self.recipient_id,
             payload: &self.payload,
@@ -153,10 +177,11 @@ impl Envelope {
     }
 }
 
-/// The four fields as read: each `None` when absent; the ids and type `Some(None)` when `null`.
+/// The five fields as read: each `None` when absent; the ids and type `Some(None)` when `null`.
 #[derive(Default)]
 struct Fields<'de> {
     message_type: Option<Option<String>>,
+    message_id: Option<Option<String>>,
     sender_id: Option<Option<String>>,
     recipient_id: Option<Option<String>>,
     /// Kept as the sender's raw text, never built into a tree.
@@ -250,6 +275,7 @@ impl FieldsVisitor<'_> {
 
 enum Key {
     MessageType,
+    MessageId,
     SenderId,
     RecipientId,
     Payload,
@@ -267,6 +293,7 @@ impl<'de> de::Deserialize<'de> for Key {
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Key, E> {
                 Ok(match v {
                     "message_type" => Key::MessageType,
+                    "message_id" => Key::MessageId,
                     "sender_id" => Key::SenderId,
                     "recipient_id" => Key::RecipientId,
                     "payload" => Key::Payload,
@@ -298,6 +325,7 @@ impl<'de> Visitor<'de> for FieldsVisitor<'_> {
         while let Some(key) = map.next_key::<Key>()? {
             let (present, name) = match &key {
                 Key::MessageType => (fields.message_type.is_some(), "message_type"),
+                Key::MessageId => (fields.message_id.is_some(), "message_id"),
                 Key::SenderId => (fields.sender_id.is_some(), "sender_id"),
                 Key::RecipientId => (fields.recipient_id.is_some(), "recipient_id"),
                 Key::Payload => (fields.payload.is_some(), "payload"),
@@ -315,6 +343,7 @@ impl<'de> Visitor<'de> for FieldsVisitor<'_> {
             };
             match key {
                 Key::MessageType => fields.message_type = Some(map.next_value_seed(string)?),
+                Key::MessageId => fields.message_id = Some(map.next_value_seed(string)?),
                 Key::SenderId => fields.sender_id = Some(map.next_value_seed(string)?),
                 Key::RecipientId => fields.recipient_id = Some(map.next_value_seed(string)?),
                 Key::Payload => fields.payload = Some(map.next_value()?),
@@ -440,11 +469,23 @@ mod tests {
     }
 
     #[test]
-    fn only_texts_with_all_four_fields_are_complete() {
+    fn only_texts_with_all_five_fields_are_complete() {
         let cases = [
             (
-                r#"{"message_type":"T","sender_id":"a","recipient_id":"","payload":1}"#,
+                r#"{"message_type":"T","message_id":"m","sender_id":"a","recipient_id":"","payload":1}"#,
                 true,
+            ),
+            (
+                r#"{"message_type":"T","sender_id":"a","recipient_id":"","payload":1}"#,
+                false,
+            ),
+            (
+                r#"{"message_type":"T","message_id":"","sender_id":"a","recipient_id":"","payload":1}"#,
+                false,
+            ),
+            (
+                r#"{"message_type":"T","message_id":null,"sender_id":"a","recipient_id":"","payload":1}"#,
+                false,
             ),
             (
                 r#"{"message_type":"T","sender_id":"a","recipient_id":""}"#,

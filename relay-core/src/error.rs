@@ -19,6 +19,7 @@ pub enum ErrorCode {
     UnsupportedFrame,
     IdentityRequired,
     InvalidPeerId,
+    InvalidMessageId,
     ReservedPeerId,
     PeerIdInUse,
     SpoofedSender,
@@ -27,10 +28,11 @@ pub enum ErrorCode {
     RecipientQueueFull,
     SlowConsumer,
     ShuttingDown,
+    TooManyPeers,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 19] = [
         ErrorCode::InvalidJson,
         ErrorCode::NotAnObject,
         ErrorCode::MissingMessageType,
@@ -40,6 +42,7 @@ impl ErrorCode {
         ErrorCode::UnsupportedFrame,
         ErrorCode::IdentityRequired,
         ErrorCode::InvalidPeerId,
+        ErrorCode::InvalidMessageId,
         ErrorCode::ReservedPeerId,
         ErrorCode::PeerIdInUse,
         ErrorCode::SpoofedSender,
@@ -48,6 +51,7 @@ impl ErrorCode {
         ErrorCode::RecipientQueueFull,
         ErrorCode::SlowConsumer,
         ErrorCode::ShuttingDown,
+        ErrorCode::TooManyPeers,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -61,6 +65,7 @@ impl ErrorCode {
             ErrorCode::UnsupportedFrame => "unsupported_frame",
             ErrorCode::IdentityRequired => "identity_required",
             ErrorCode::InvalidPeerId => "invalid_peer_id",
+            ErrorCode::InvalidMessageId => "invalid_message_id",
             ErrorCode::ReservedPeerId => "reserved_peer_id",
             ErrorCode::PeerIdInUse => "peer_id_in_use",
             ErrorCode::SpoofedSender => "spoofed_sender",
@@ -69,6 +74,7 @@ impl ErrorCode {
             ErrorCode::RecipientQueueFull => "recipient_queue_full",
             ErrorCode::SlowConsumer => "slow_consumer",
             ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::TooManyPeers => "too_many_peers",
         }
     }
 }
@@ -120,7 +126,7 @@ pub enum RelayError {
         expected: &'static str,
     },
     #[error(
-        "unknown field `{0}`; an envelope has message_type, sender_id, recipient_id and payload"
+        "unknown field `{0}`; an envelope has message_type, message_id, sender_id, recipient_id and payload"
     )]
     UnknownField(String),
     #[error("the message is {size} bytes, over the limit of {limit} bytes")]
@@ -134,6 +140,8 @@ pub enum RelayError {
     IdentityRequired,
     #[error("peer id {id:?} is invalid: {reason}")]
     InvalidPeerId { id: String, reason: &'static str },
+    #[error("message id {id:?} is invalid: {reason}")]
+    InvalidMessageId { id: String, reason: &'static str },
     #[error("peer id \"relay\" is reserved for the relay itself")]
     ReservedPeerId,
     #[error("peer id {0:?} is already connected")]
@@ -150,6 +158,10 @@ pub enum RelayError {
     SlowConsumer(usize),
     #[error("the relay is shutting down")]
     ShuttingDown,
+    /// A new peer past `server.max_connections` (native relay). Only a gRPC stream is refused
+    /// with it: a WebSocket client past the limit is not accepted yet, it waits.
+    #[error("the relay already holds its limit of {limit} peers (server.max_connections); try again later")]
+    TooManyPeers { limit: usize },
 }
 
 impl RelayError {
@@ -183,7 +195,9 @@ impl RelayError {
         match self.code() {
             ErrorCode::InvalidPeerId | ErrorCode::ReservedPeerId => grpc_code::INVALID_ARGUMENT,
             ErrorCode::PeerIdInUse => grpc_code::ALREADY_EXISTS,
-            ErrorCode::SlowConsumer | ErrorCode::MessageTooLarge => grpc_code::RESOURCE_EXHAUSTED,
+            ErrorCode::SlowConsumer | ErrorCode::MessageTooLarge | ErrorCode::TooManyPeers => {
+                grpc_code::RESOURCE_EXHAUSTED
+            }
             ErrorCode::ShuttingDown => grpc_code::UNAVAILABLE,
             _ => grpc_code::INTERNAL,
         }
@@ -202,6 +216,7 @@ impl RelayError {
             RelayError::UnsupportedFrame(_) => ErrorCode::UnsupportedFrame,
             RelayError::IdentityRequired => ErrorCode::IdentityRequired,
             RelayError::InvalidPeerId { .. } => ErrorCode::InvalidPeerId,
+            RelayError::InvalidMessageId { .. } => ErrorCode::InvalidMessageId,
             RelayError::ReservedPeerId => ErrorCode::ReservedPeerId,
             RelayError::PeerIdInUse(_) => ErrorCode::PeerIdInUse,
             RelayError::SpoofedSender { .. } => ErrorCode::SpoofedSender,
@@ -210,6 +225,7 @@ impl RelayError {
             RelayError::RecipientQueueFull(_) => ErrorCode::RecipientQueueFull,
             RelayError::SlowConsumer(_) => ErrorCode::SlowConsumer,
             RelayError::ShuttingDown => ErrorCode::ShuttingDown,
+            RelayError::TooManyPeers { .. } => ErrorCode::TooManyPeers,
         }
     }
 }
@@ -241,6 +257,7 @@ mod tests {
             (RelayError::PeerIdInUse("a".into()), 1008, 6),
             (RelayError::ReservedPeerId, 1008, 3),
             (RelayError::FrameTooLarge { limit: 9 }, 1009, 8),
+            (RelayError::TooManyPeers { limit: 9 }, 1008, 8),
         ];
         for (error, ws, grpc) in table {
             assert_eq!(

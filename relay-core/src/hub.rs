@@ -17,6 +17,7 @@ use crate::config::{Mode, RelayConfig};
 use crate::envelope::{Envelope, Message};
 use crate::error::RelayError;
 use crate::id::PeerId;
+use crate::ids::MessageIds;
 
 /// Names one connection, so that a peer leaving cannot remove a newer connection that reuses
 /// its id.
@@ -40,6 +41,8 @@ pub struct Hub<P> {
     /// The rules and limits in force; one value, so a reload can swap it whole.
     config: Arc<RelayConfig>,
     peers: HashMap<PeerId, Entry<P>>,
+    /// Where messages without a sender-given id, and the relay's own, get theirs.
+    ids: MessageIds,
 }
 
 /// What a successful join produces.
@@ -53,11 +56,19 @@ pub struct Joined {
 }
 
 impl<P> Hub<P> {
-    pub fn new(config: Arc<RelayConfig>) -> Hub<P> {
+    /// An empty network under `config`; `id_seed` (128 random bits from the front, which has a
+    /// source of randomness) keys the message ids this hub assigns.
+    pub fn new(config: Arc<RelayConfig>, id_seed: u128) -> Hub<P> {
         Hub {
             config,
             peers: HashMap::new(),
+            ids: MessageIds::new(id_seed),
         }
+    }
+
+    /// A fresh message id (UUID v4 text), unique for this hub's life.
+    pub fn next_message_id(&self) -> String {
+        self.ids.next_id()
     }
 
     pub fn config(&self) -> &Arc<RelayConfig> {
@@ -95,6 +106,7 @@ impl<P> Hub<P> {
         let announcement = self.config.discovery.announce_peers.then(|| {
             Arc::new(Message::new(Envelope::from_relay(
                 kinds::PEER_JOINED,
+                self.next_message_id(),
                 "",
                 PeerEvent {
                     peer_id: id.as_str(),
@@ -131,6 +143,7 @@ impl<P> Hub<P> {
         let announcement = self.config.discovery.announce_peers.then(|| {
             Arc::new(Message::new(Envelope::from_relay(
                 kinds::PEER_LEFT,
+                self.next_message_id(),
                 "",
                 PeerEvent {
                     peer_id: id.as_str(),
@@ -159,7 +172,8 @@ impl<P> Hub<P> {
         match self.config.routing.mode_for(&envelope.message_type) {
             Mode::Echo => Ok(Targets::one(self.entry(sender.as_str()))),
             Mode::Broadcast => Ok(self.others(sender)),
-            Mode::Directed => {
+            Mode::Auto if envelope.recipient_id.is_empty() => Ok(self.others(sender)),
+            Mode::Directed | Mode::Auto => {
                 let to = envelope.recipient_id.as_str();
                 if to.is_empty() {
                     return Err(RelayError::MissingRecipient(envelope.message_type.clone()));
@@ -188,6 +202,7 @@ impl<P> Hub<P> {
         let limits = &self.config.limits;
         Envelope::from_relay(
             kinds::WELCOME,
+            self.next_message_id(),
             id.as_str(),
             Welcome {
                 peer_id: id.as_str(),
@@ -204,23 +219,41 @@ impl<P> Hub<P> {
     }
 }
 
-/// The `Error` envelope answering `error`, for the peer `recipient` (empty while the connection
-/// has no id). `message_type` is the offending envelope's type, when it is known.
-pub fn error_message(recipient: &str, error: &RelayError, message_type: Option<&str>) -> Message {
+/// What is known of the envelope an `Error` answers.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Offending<'a> {
+    pub message_type: Option<&'a str>,
+    /// Its `message_id`, so that the sender can match the error to what it sent.
+    pub message_id: Option<&'a str>,
+}
+
+/// The `Error` envelope (with the id `message_id`) answering `error`, for the peer `recipient`
+/// (empty while the connection has no id). The payload names the offending envelope's type and
+/// id, when they are known.
+pub fn error_message(
+    message_id: String,
+    recipient: &str,
+    error: &RelayError,
+    offending: Offending<'_>,
+) -> Message {
     #[derive(Serialize)]
     struct ErrorPayload<'a> {
         code: &'static str,
         message: String,
         #[serde(skip_serializing_if = "Option::is_none")]
         message_type: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        message_id: Option<&'a str>,
     }
     Message::new(Envelope::from_relay(
         kinds::ERROR,
+        message_id,
         recipient,
         ErrorPayload {
             code: error.code().as_str(),
             message: error.to_string(),
-            message_type,
+            message_type: offending.message_type,
+            message_id: offending.message_id.filter(|id| !id.is_empty()),
         },
     ))
 }
@@ -285,7 +318,7 @@ mod tests {
 
     fn hub(toml: &str) -> Hub<&'static str> {
         let config = RelayConfig::from_toml_str(toml, "test").unwrap();
-        Hub::new(Arc::new(config))
+        Hub::new(Arc::new(config), 7)
     }
 
     fn id(s: &str) -> PeerId {
@@ -432,17 +465,29 @@ mod tests {
     #[test]
     fn error_envelope_has_code_message_and_type() {
         let m = error_message(
+            "e1".into(),
             "a",
             &RelayError::UnknownRecipient("z".into()),
-            Some("LedgerSync"),
+            Offending {
+                message_type: Some("LedgerSync"),
+                message_id: Some("m-1"),
+            },
         );
         let p = payload(&m);
         assert_eq!(m.envelope().message_type, "Error");
         assert_eq!(m.envelope().recipient_id, "a");
         assert_eq!(p["code"], "unknown_recipient");
         assert_eq!(p["message_type"], "LedgerSync");
+        assert_eq!(p["message_id"], "m-1");
+        assert_eq!(m.envelope().message_id, "e1");
         assert!(p["message"].as_str().unwrap().contains("z"));
-        let anon = error_message("", &RelayError::NotAnObject("a number"), None);
+        let anon = error_message(
+            "e2".into(),
+            "",
+            &RelayError::NotAnObject("a number"),
+            Offending::default(),
+        );
         assert!(payload(&anon).get("message_type").is_none());
+        assert!(payload(&anon).get("message_id").is_none());
     }
 }

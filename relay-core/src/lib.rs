@@ -9,6 +9,7 @@
 //! - [`envelope`]: the `Envelope` domain type, its strict JSON parser (one pass, payload kept as
 //!   the sender's raw JSON text) and [`Message`], the shared, encode-once unit of delivery.
 //! - [`id`]: [`PeerId`], the validated peer identity, and the reserved relay id.
+//! - [`ids`]: message ids: their syntax, and the ids the relay assigns.
 //! - [`session`]: the identity of one connection (bound once, spoofing rejected).
 //! - [`hub`]: the peer table and the routing decision for each message ([`Hub::route`]).
 //! - [`connection`]: one connection's whole conversation as a state machine
@@ -25,6 +26,7 @@ pub mod envelope;
 pub mod error;
 pub mod hub;
 pub mod id;
+pub mod ids;
 pub mod session;
 
 pub use config::{Mode, RelayConfig, Routing};

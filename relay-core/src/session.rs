@@ -10,6 +10,7 @@ use bytestring::ByteString;
 use crate::envelope::{Envelope, Message};
 use crate::error::RelayError;
 use crate::id::PeerId;
+use crate::ids::check_message_id;
 
 /// Per-connection identity state.
 #[derive(Debug, Default, Clone)]
@@ -33,7 +34,21 @@ pub struct Admitted {
 pub struct Inbound {
     /// See [`Admitted::claim`]: join the hub under this id first.
     pub claim: Option<PeerId>,
-    pub message: Message,
+    /// Its `message_id` may still be empty: the relay assigns one before routing.
+    pub envelope: Envelope,
+    /// The sender's own text, when it is complete and the relay changed nothing: it is then
+    /// forwarded as is. `None` once the relay fills anything in.
+    pub original: Option<ByteString>,
+}
+
+impl Inbound {
+    /// The message to route: the sender's text when it can be kept, else a fresh encoding.
+    pub fn into_message(self) -> Message {
+        match self.original {
+            Some(json) => Message::with_json(self.envelope, json),
+            None => Message::new(self.envelope),
+        }
+    }
 }
 
 /// An envelope refused: answer the connection with an `Error` envelope for `error`.
@@ -42,6 +57,8 @@ pub struct Rejection {
     pub error: RelayError,
     /// The offending envelope's type, when it got far enough to have one.
     pub message_type: Option<String>,
+    /// The offending envelope's `message_id`, when it had a valid one.
+    pub message_id: Option<String>,
 }
 
 impl From<RelayError> for Rejection {
@@ -49,6 +66,18 @@ impl From<RelayError> for Rejection {
         Rejection {
             error,
             message_type: None,
+            message_id: None,
+        }
+    }
+}
+
+impl Rejection {
+    fn of(error: RelayError, envelope: Envelope) -> Rejection {
+        let id_ok = check_message_id(&envelope.message_id).is_ok();
+        Rejection {
+            error,
+            message_type: Some(envelope.message_type),
+            message_id: id_ok.then_some(envelope.message_id),
         }
     }
 }
@@ -77,12 +106,13 @@ impl Session {
         max_bytes: usize,
     ) -> Result<Inbound, Rejection> {
         if size > max_bytes {
-            return Err(Rejection {
-                error: RelayError::MessageTooLarge {
-                    size,
-                    limit: max_bytes,
-                },
-                message_type: envelope.ok().map(|e| e.message_type),
+            let error = RelayError::MessageTooLarge {
+                size,
+                limit: max_bytes,
+            };
+            return Err(match envelope {
+                Ok(envelope) => Rejection::of(error, envelope),
+                Err(_) => error.into(),
             });
         }
         self.accept_envelope(envelope?, None)
@@ -93,22 +123,19 @@ impl Session {
         mut envelope: Envelope,
         original: Option<ByteString>,
     ) -> Result<Inbound, Rejection> {
+        if !envelope.message_id.is_empty() {
+            if let Err(error) = check_message_id(&envelope.message_id) {
+                return Err(Rejection::of(error, envelope));
+            }
+        }
         let admitted = match self.admit(&mut envelope) {
             Ok(admitted) => admitted,
-            Err(error) => {
-                return Err(Rejection {
-                    error,
-                    message_type: Some(envelope.message_type),
-                })
-            }
-        };
-        let message = match original {
-            Some(json) if !admitted.rewritten => Message::with_json(envelope, json),
-            _ => Message::new(envelope),
+            Err(error) => return Err(Rejection::of(error, envelope)),
         };
         Ok(Inbound {
             claim: admitted.claim,
-            message,
+            envelope,
+            original: original.filter(|_| !admitted.rewritten),
         })
     }
 
@@ -170,21 +197,34 @@ mod tests {
         let cases = [
             // (text, forwarded as sent)
             (
-                r#"{"message_type":"T","sender_id":"a","recipient_id":"","payload": 1}"#,
+                r#"{"message_type":"T","message_id":"m1","sender_id":"a","recipient_id":"","payload": 1}"#,
                 true,
             ),
             (
-                r#"{"message_type":"T","sender_id":"","recipient_id":"","payload":1}"#,
+                r#"{"message_type":"T","message_id":"m1","sender_id":"","recipient_id":"","payload":1}"#,
                 false,
             ),
-            (r#"{"message_type":"T","sender_id":"a","payload":1}"#, false),
+            (
+                r#"{"message_type":"T","message_id":"m1","sender_id":"a","payload":1}"#,
+                false,
+            ),
+            // No id (absent or empty): the relay assigns one, so the text changes.
+            (
+                r#"{"message_type":"T","sender_id":"a","recipient_id":"","payload": 1}"#,
+                false,
+            ),
+            (
+                r#"{"message_type":"T","message_id":"","sender_id":"a","recipient_id":"","payload": 1}"#,
+                false,
+            ),
         ];
         for (text, as_sent) in cases {
-            let inbound = bound
+            let message = bound
                 .accept_text(ByteString::from_static(text), 1024)
-                .unwrap();
-            assert_eq!(inbound.message.json_str() == text, as_sent, "{text}");
-            assert_eq!(inbound.message.envelope().sender_id, "a");
+                .unwrap()
+                .into_message();
+            assert_eq!(message.json_str() == text, as_sent, "{text}");
+            assert_eq!(message.envelope().sender_id, "a");
         }
     }
 
@@ -237,7 +277,7 @@ mod tests {
                 &Session::new()
             };
             match session.accept_text(ByteString::from(text), 1 << 20) {
-                Ok(inbound) => assert!(!inbound.message.envelope().message_type.is_empty()),
+                Ok(inbound) => assert!(!inbound.envelope.message_type.is_empty()),
                 Err(_) => refused += 1,
             }
         }

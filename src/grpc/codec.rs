@@ -116,6 +116,7 @@ pub fn to_pb(envelope: &Envelope) -> pb::Envelope {
         sender_id: envelope.sender_id.clone(),
         recipient_id: envelope.recipient_id.clone(),
         payload_json: envelope.payload.get().to_owned(),
+        message_id: envelope.message_id.clone(),
     }
 }
 
@@ -127,4 +128,5 @@ pub fn from_pb(envelope: pb::Envelope) -> Result<Envelope, RelayError> {
         envelope.recipient_id,
         envelope.payload_json,
     )
+    .map(|parsed| parsed.with_message_id(envelope.message_id))
 }

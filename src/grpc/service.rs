@@ -1,12 +1,18 @@
 //! The `RelayService` implementation: each `Exchange` stream is one peer ([`PeerConn`]), read by
 //! a spawned task and written by the response stream, both ending on the connection's events
 //! (kicked, shutdown's phases).
+//!
+//! Each stream holds one of the `server.max_connections` peer slots it shares with the WebSocket
+//! front, from before it is opened until its reader and writer are both done. A stream that finds
+//! none free is refused at once (`RESOURCE_EXHAUSTED`, `too_many_peers`): unlike a TCP connect,
+//! which waits in the kernel's backlog, an HTTP/2 stream has nowhere to wait.
 
 use std::pin::Pin;
 use std::sync::Arc;
 
 use futures_util::Stream;
 use gsio_relay_core::{Input, Message, RelayError, Step};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::codec::{from_pb, WireEnvelope};
@@ -30,11 +36,23 @@ pub fn status_for(error: &RelayError) -> Status {
 pub struct RelayGrpc {
     relay: Arc<Relay>,
     shutdown: Shutdown,
+    /// The peer slots of `server.max_connections`, shared with the WebSocket front: one per
+    /// open stream.
+    slots: Arc<Semaphore>,
+    /// The number of slots, to say so when a stream is refused.
+    limit: usize,
 }
 
 impl RelayGrpc {
-    pub fn new(relay: Arc<Relay>, shutdown: Shutdown) -> RelayGrpc {
-        RelayGrpc { relay, shutdown }
+    /// `slots` holds `relay`'s `server.max_connections` permits.
+    pub fn new(relay: Arc<Relay>, shutdown: Shutdown, slots: Arc<Semaphore>) -> RelayGrpc {
+        let limit = relay.config().server.max_connections;
+        RelayGrpc {
+            relay,
+            shutdown,
+            slots,
+            limit,
+        }
     }
 }
 
@@ -51,6 +69,11 @@ impl server::relay_service_server::RelayService for RelayGrpc {
         if self.shutdown.phase() != Phase::Running {
             return Err(status_for(&RelayError::ShuttingDown));
         }
+        // Taken before the peer exists, so a refused stream costs no queue. Dropped on every
+        // early return below (an id refused at connect gives its slot back at once).
+        let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+            return Err(status_for(&RelayError::TooManyPeers { limit: self.limit }));
+        };
         let (mut peer, outbox) = PeerConn::open(&self.relay);
         if let Some(value) = request.metadata().get(NODE_ID_METADATA) {
             let id = value.to_str().map_err(|_| {
@@ -62,6 +85,11 @@ impl server::relay_service_server::RelayService for RelayGrpc {
         }
         let mut inbound = request.into_inner();
         let (reading, done) = self.shutdown.tokens();
+        // Shared by the reader task and the writer: the slot is free once both are done (the
+        // reader may end first and the writer still deliver what is queued, or the other way
+        // round when the peer is kicked).
+        let slot = Arc::new(slot);
+        let reader_slot = slot.clone();
 
         let shutdown = self.shutdown.clone();
         let events = outbox.events();
@@ -104,6 +132,7 @@ impl server::relay_service_server::RelayService for RelayGrpc {
                 shutdown.reached(Phase::Close).await;
             }
             drop(peer);
+            drop(reader_slot);
         });
 
         let writer = Writer {
@@ -112,6 +141,7 @@ impl server::relay_service_server::RelayService for RelayGrpc {
             _registration: registration,
             running: self.shutdown.clone(),
             _done: done,
+            _slot: slot,
             state: WriterState::Open,
         };
         let outbound = futures_util::stream::unfold(writer, |mut writer| async move {
@@ -131,6 +161,8 @@ struct Writer {
     running: Shutdown,
     /// Dropped with the stream, which tells the shutdown controller this connection is done.
     _done: crate::shutdown::DoneToken,
+    /// This stream's peer slot, shared with the reader task.
+    _slot: Arc<OwnedSemaphorePermit>,
     state: WriterState,
 }
 

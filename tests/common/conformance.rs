@@ -460,7 +460,8 @@ pub async fn directed_reaches_only_the_recipient<N: Network>(net: N) {
     let mut a = net.peer("a").await;
     let mut b = net.peer("b").await;
     let mut c = net.peer("c").await;
-    a.send("LedgerSync", "a", "c", r#"{"block":7}"#).await;
+    a.send("LedgerSyncResponse", "a", "c", r#"{"block":7}"#)
+        .await;
     let got = c.recv_skipping_announcements().await;
     assert_eq!(
         (
@@ -468,7 +469,7 @@ pub async fn directed_reaches_only_the_recipient<N: Network>(net: N) {
             got.sender_id.as_str(),
             got.recipient_id.as_str()
         ),
-        ("LedgerSync", "a", "c")
+        ("LedgerSyncResponse", "a", "c")
     );
     assert_eq!(got.payload, r#"{"block":7}"#);
     assert_eq!(b.recv().await.message_type, "PeerJoined"); // c
@@ -480,11 +481,11 @@ pub async fn directed_reaches_only_the_recipient<N: Network>(net: N) {
 pub async fn directed_to_unknown_or_empty_recipient_is_an_error<N: Network>(net: N) {
     let mut a = net.peer("a").await;
     let mut b = net.peer("b").await;
-    a.send("LedgerSync", "a", "nobody", "1").await;
+    a.send("LedgerSyncResponse", "a", "nobody", "1").await;
     let error = a.expect_error("unknown_recipient").await;
-    assert_eq!(error.payload_json()["message_type"], "LedgerSync");
+    assert_eq!(error.payload_json()["message_type"], "LedgerSyncResponse");
     assert_eq!(error.recipient_id, "a");
-    a.send("LedgerSync", "a", "", "1").await;
+    a.send("LedgerSyncResponse", "a", "", "1").await;
     a.expect_error("missing_recipient").await;
     b.expect_silence().await;
 }
@@ -640,7 +641,8 @@ pub async fn messages_from_one_sender_arrive_in_order<N: Network>(net: N) {
     let mut a = net.peer("a").await;
     let mut b = net.peer("b").await;
     for seq in 0..300 {
-        a.send("LedgerSync", "a", "b", &seq.to_string()).await;
+        a.send("LedgerSyncResponse", "a", "b", &seq.to_string())
+            .await;
     }
     for seq in 0..300 {
         assert_eq!(b.recv().await.payload, seq.to_string());
@@ -706,7 +708,7 @@ pub async fn unchanged_frames_are_forwarded_verbatim(net: WsNet) {
     let mut b = net.peer("b").await;
     let mut c = net.peer("c").await;
     // Unusual spacing and key order: a relay that re-encodes would change it.
-    let text = r#"{ "payload" : {"n": 1.50, "big": 12345678901234567890123},"message_type":"NodeAnnounce", "sender_id":"a","recipient_id":"" }"#;
+    let text = r#"{ "payload" : {"n": 1.50, "big": 12345678901234567890123},"message_type":"NodeAnnounce", "message_id" : "m-verbatim", "sender_id":"a","recipient_id":"" }"#;
     a.send_text(text).await;
     for peer in [&mut b, &mut c] {
         let mut got = peer.recv_text().await;

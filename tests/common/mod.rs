@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tonic::transport::Channel;
 
 /// How long a test waits for something that should arrive.
 pub const ARRIVES: Duration = Duration::from_secs(10);
@@ -97,6 +98,7 @@ impl TestRelay {
 #[serde(deny_unknown_fields)]
 pub struct Got {
     pub message_type: String,
+    pub message_id: String,
     pub sender_id: String,
     pub recipient_id: String,
     #[serde(deserialize_with = "raw_text")]
@@ -124,13 +126,23 @@ impl Got {
 }
 
 /// An envelope to send, as JSON text.
+/// An envelope to send, as JSON text, with a fresh `message_id` (as gsio-net's clients send
+/// them), so that the relay has nothing to fill in when `sender` is the peer's id.
 pub fn envelope(message_type: &str, sender: &str, recipient: &str, payload: &str) -> String {
     format!(
-        r#"{{"message_type":{},"sender_id":{},"recipient_id":{},"payload":{payload}}}"#,
+        r#"{{"message_type":{},"message_id":"{}","sender_id":{},"recipient_id":{},"payload":{payload}}}"#,
         Value::from(message_type),
+        next_message_id(),
         Value::from(sender),
         Value::from(recipient)
     )
+}
+
+/// A message id no other test message in this process has.
+pub fn next_message_id() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("test-{}-{n}", std::process::id())
 }
 
 /// Common to both kinds of test peer.
@@ -264,6 +276,15 @@ impl Peer for WsPeer {
     }
 }
 
+/// One HTTP/2 connection to the gRPC front, made now (not lazily).
+pub async fn grpc_channel(url: &str) -> Channel {
+    let endpoint = Channel::from_shared(url.to_owned()).expect("a valid URL");
+    tokio::time::timeout(ARRIVES, endpoint.connect())
+        .await
+        .unwrap_or_else(|_| panic!("connect {url} timed out"))
+        .unwrap_or_else(|e| panic!("connect {url}: {e}"))
+}
+
 /// A gRPC client: the generated tonic client over one `Exchange` stream.
 pub struct GrpcPeer {
     pub tx: mpsc::Sender<pb::Envelope>,
@@ -271,11 +292,17 @@ pub struct GrpcPeer {
 }
 
 impl GrpcPeer {
-    /// Opens a stream, with `x-gsio-node-id` metadata when `id` is given.
+    /// Opens a stream on a connection of its own, with `x-gsio-node-id` metadata when `id` is
+    /// given.
     pub async fn connect(url: &str, id: Option<&str>) -> Result<GrpcPeer, tonic::Status> {
-        let mut client = RelayServiceClient::connect(url.to_owned())
-            .await
-            .unwrap_or_else(|e| panic!("connect {url}: {e}"));
+        GrpcPeer::over(grpc_channel(url).await, id).await
+    }
+
+    /// Opens a stream on `channel` (one HTTP/2 connection carries any number of them), with
+    /// `x-gsio-node-id` metadata when `id` is given. The answer (stream opened or refused)
+    /// must come within [`ARRIVES`].
+    pub async fn over(channel: Channel, id: Option<&str>) -> Result<GrpcPeer, tonic::Status> {
+        let mut client = RelayServiceClient::new(channel);
         let (tx, rx) = mpsc::channel(1024);
         let mut request = tonic::Request::new(ReceiverStream::new(rx));
         if let Some(id) = id {
@@ -283,8 +310,19 @@ impl GrpcPeer {
                 .metadata_mut()
                 .insert("x-gsio-node-id", id.parse().unwrap());
         }
-        let inbound = client.exchange(request).await?.into_inner();
+        let inbound = tokio::time::timeout(ARRIVES, client.exchange(request))
+            .await
+            .expect("no answer to a new stream")?
+            .into_inner();
         Ok(GrpcPeer { tx, inbound })
+    }
+
+    /// Closes the sending side (leaving the relay) and waits for the stream's `OK`.
+    pub async fn leave(mut self) {
+        // Dropping the only sender ends the request stream: the client half-closes.
+        drop(std::mem::replace(&mut self.tx, mpsc::channel(1).0));
+        let status = self.expect_status().await;
+        assert_eq!(status.code(), tonic::Code::Ok, "{status:?}");
     }
 
     pub async fn send_pb(&mut self, envelope: pb::Envelope) {
@@ -307,6 +345,7 @@ impl GrpcPeer {
 fn got_from_pb(e: pb::Envelope) -> Got {
     Got {
         message_type: e.message_type,
+        message_id: e.message_id,
         sender_id: e.sender_id,
         recipient_id: e.recipient_id,
         payload: e.payload_json,
@@ -320,6 +359,7 @@ impl Peer for GrpcPeer {
             sender_id: sender.into(),
             recipient_id: recipient.into(),
             payload_json: payload.into(),
+            message_id: next_message_id(),
         })
         .await;
     }

@@ -234,7 +234,7 @@ impl RelayRoom {
             .config
             .clone()
             .expect("rooms only run with a valid config");
-        let mut hub = Hub::new(config);
+        let mut hub = Hub::new(config, id_seed());
         let mut next_conn = 0;
         for ws in self.state.get_websockets() {
             let Ok(Some(attachment)) = ws.deserialize_attachment::<PeerAttachment>() else {
@@ -327,6 +327,13 @@ impl Table<Socket> for RelayRoom {
     fn write(&self) -> Self::Write<'_> {
         RefMut::map(self.room(), |room| &mut room.hub)
     }
+}
+
+/// 104 random bits (Math.random, twice) keying the message ids this room assigns: ids must be
+/// unique, not secret, and each rebuilt room gets a fresh seed.
+fn id_seed() -> u128 {
+    let half = || (worker::js_sys::Math::random() * (1u64 << 52) as f64) as u128;
+    (half() << 64) | half()
 }
 
 fn test_hooks(env: &Env) -> bool {
