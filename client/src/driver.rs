@@ -158,9 +158,7 @@ impl Driver {
                 )))
             }
             Ok(Err(error)) => {
-                return SessionEnd::before_welcome(DisconnectReason::Transport(error_chain(
-                    &error,
-                )))
+                return SessionEnd::before_welcome(DisconnectReason::Transport(error_chain(&error)))
             }
             Ok(Ok(channel)) => channel,
         };

@@ -101,6 +101,9 @@ relay_errors! {
     SlowConsumer => "slow_consumer",
     /// The relay is stopping (ends the stream: `UNAVAILABLE`).
     ShuttingDown => "shutting_down",
+    /// A new stream while the relay holds `server.max_connections` peers (ends the stream at
+    /// once: `RESOURCE_EXHAUSTED`; retried).
+    TooManyPeers => "too_many_peers",
     /// A `message_id` outside the relay's syntax.
     InvalidMessageId => "invalid_message_id",
 }
@@ -176,8 +179,8 @@ fn detail_of(message: &str) -> Detail {
 #[non_exhaustive]
 pub enum DisconnectReason {
     /// The relay ended the stream with this status, for this reason: `UNAVAILABLE` is
-    /// [`RelayError::ShuttingDown`], `RESOURCE_EXHAUSTED` [`RelayError::SlowConsumer`],
-    /// `ALREADY_EXISTS` [`RelayError::PeerIdInUse`], `INVALID_ARGUMENT`
+    /// [`RelayError::ShuttingDown`], `RESOURCE_EXHAUSTED` [`RelayError::SlowConsumer`] or
+    /// [`RelayError::TooManyPeers`], `ALREADY_EXISTS` [`RelayError::PeerIdInUse`], `INVALID_ARGUMENT`
     /// [`RelayError::InvalidPeerId`] or [`RelayError::ReservedPeerId`].
     #[error("the relay ended the stream ({status:?}): {error}")]
     Relay {
@@ -287,7 +290,7 @@ mod tests {
 
     #[test]
     fn every_code_round_trips_and_unknown_codes_fall_back() {
-        assert_eq!(RelayError::KNOWN_CODES.len(), 18);
+        assert_eq!(RelayError::KNOWN_CODES.len(), 19);
         for code in RelayError::KNOWN_CODES {
             let error = RelayError::from_code(code, Detail::default());
             assert_eq!(error.code(), *code);
@@ -296,6 +299,16 @@ mod tests {
         let other = RelayError::from_code("brand_new", Detail::default());
         assert!(matches!(&other, RelayError::Other { code, .. } if code == "brand_new"));
         assert_eq!(other.code(), "brand_new");
+    }
+
+    #[test]
+    fn knows_every_code_the_relay_sends() {
+        for code in gsio_relay_core::error::ErrorCode::ALL {
+            assert!(
+                RelayError::KNOWN_CODES.contains(&code.as_str()),
+                "{code} has no variant"
+            );
+        }
     }
 
     #[test]
@@ -323,12 +336,41 @@ mod tests {
     fn statuses_the_relay_ends_streams_with() {
         use tonic::{Code, Status};
         let table = [
-            (Code::Unavailable, "shutting_down: the relay is shutting down", Some("shutting_down")),
-            (Code::ResourceExhausted, "slow_consumer: outbound queue full", Some("slow_consumer")),
-            (Code::AlreadyExists, "peer_id_in_use: peer id \"a\" is already connected", Some("peer_id_in_use")),
-            (Code::InvalidArgument, "invalid_peer_id: bad", Some("invalid_peer_id")),
-            (Code::InvalidArgument, "reserved_peer_id: relay", Some("reserved_peer_id")),
-            (Code::InvalidArgument, "x-gsio-node-id must be ASCII", Some("invalid_peer_id")),
+            (
+                Code::Unavailable,
+                "shutting_down: the relay is shutting down",
+                Some("shutting_down"),
+            ),
+            (
+                Code::ResourceExhausted,
+                "slow_consumer: outbound queue full",
+                Some("slow_consumer"),
+            ),
+            (
+                Code::ResourceExhausted,
+                "too_many_peers: 9 peers",
+                Some("too_many_peers"),
+            ),
+            (
+                Code::AlreadyExists,
+                "peer_id_in_use: peer id \"a\" is already connected",
+                Some("peer_id_in_use"),
+            ),
+            (
+                Code::InvalidArgument,
+                "invalid_peer_id: bad",
+                Some("invalid_peer_id"),
+            ),
+            (
+                Code::InvalidArgument,
+                "reserved_peer_id: relay",
+                Some("reserved_peer_id"),
+            ),
+            (
+                Code::InvalidArgument,
+                "x-gsio-node-id must be ASCII",
+                Some("invalid_peer_id"),
+            ),
             (Code::Unavailable, "tcp connect error", None),
             (Code::Unknown, "h2 protocol error", None),
         ];
@@ -343,7 +385,8 @@ mod tests {
             }
         }
         assert!(DisconnectReason::from_status(Status::already_exists("x")).is_refused_id());
-        assert!(!DisconnectReason::from_status(Status::unavailable("shutting_down: x"))
-            .is_refused_id());
+        assert!(
+            !DisconnectReason::from_status(Status::unavailable("shutting_down: x")).is_refused_id()
+        );
     }
 }
