@@ -1,0 +1,182 @@
+//! Reconnecting: across a relay restart on the same address, to a relay that is not up yet, and
+//! what the client does with sends while disconnected and when it gives up.
+
+mod common;
+
+use common::{config, free_addr, next_event, wait_for, Relay, ARRIVES};
+use gsio_relay_client::{
+    connect, DisconnectReason, Disconnected, Envelope, Event, RelayError, SendError,
+};
+use serde_json::json;
+
+fn connected(event: Event) -> Option<String> {
+    match event {
+        Event::Connected(welcome) => Some(welcome.peer_id),
+        _ => None,
+    }
+}
+
+fn echoed(text: &'static str) -> impl FnMut(Event) -> Option<()> {
+    move |event| match event {
+        Event::Message(m) if m.message_type == "Ping" && m.payload.as_json() == text => Some(()),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn reconnects_across_a_relay_restart_and_delivers_what_was_sent_meanwhile() {
+    let addr = free_addr();
+    let relay = Relay::start(addr).await;
+    let (client, mut events) = connect(config(&relay.grpc_url(), "node-1")).unwrap();
+    assert_eq!(wait_for(&mut events, connected).await, "node-1");
+    client.send(Envelope::new("Ping", json!(1))).await.unwrap();
+    wait_for(&mut events, echoed("1")).await;
+
+    relay.shut_down().await;
+    let gone = wait_for(&mut events, |e| match e {
+        Event::Disconnected(d) => Some(d),
+        _ => None,
+    })
+    .await;
+    assert!(
+        matches!(
+            gone.reason,
+            DisconnectReason::Relay {
+                status: tonic::Code::Unavailable,
+                error: RelayError::ShuttingDown(_)
+            }
+        ),
+        "{gone:?}"
+    );
+    assert!(gone.reconnect_in.is_some() && gone.unsent.is_empty());
+
+    // Sent while no relay runs: waits in the outbox.
+    let queued = client.send(Envelope::new("Ping", json!(2))).await.unwrap();
+    // Attempts fail (connection refused) and are reported, each with the next delay.
+    let refused = wait_for(&mut events, |e| match e {
+        Event::Disconnected(d) => Some(d),
+        other => panic!("expected only Disconnected while the relay is down, got {other:?}"),
+    })
+    .await;
+    assert!(
+        matches!(refused.reason, DisconnectReason::Transport(_)),
+        "{refused:?}"
+    );
+    assert!(refused.attempt >= 2 && refused.reconnect_in.is_some());
+
+    let relay = Relay::start(addr).await;
+    assert_eq!(wait_for(&mut events, connected).await, "node-1");
+    // The envelope sent while disconnected goes out after the Welcome, with its id.
+    let echo = wait_for(&mut events, |e| match e {
+        Event::Message(m) if m.message_type == "Ping" => Some(m),
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        (echo.payload.as_json(), echo.message_id.as_str()),
+        ("2", queued.as_str())
+    );
+    client.send(Envelope::new("Ping", json!(3))).await.unwrap();
+    wait_for(&mut events, echoed("3")).await;
+
+    client.close();
+    let last = wait_for(&mut events, |e| match e {
+        Event::Disconnected(d) => Some(d),
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        (last.reason, last.reconnect_in),
+        (DisconnectReason::Closed, None)
+    );
+    assert!(events.next().await.is_none(), "the final event is the last");
+    relay.shut_down().await;
+}
+
+#[tokio::test]
+async fn waits_for_a_relay_that_is_not_up_yet() {
+    let addr = free_addr();
+    let (client, mut events) = connect(config(&format!("http://{addr}"), "node-1")).unwrap();
+    match next_event(&mut events).await {
+        Event::Disconnected(Disconnected {
+            reason: DisconnectReason::Transport(_),
+            attempt: 1,
+            reconnect_in: Some(_),
+            ..
+        }) => {}
+        other => panic!("expected a failed attempt, got {other:?}"),
+    }
+    let relay = Relay::start(addr).await;
+    assert_eq!(wait_for(&mut events, connected).await, "node-1");
+    client.close();
+    relay.shut_down().await;
+}
+
+#[tokio::test]
+async fn an_id_in_use_is_final_and_queued_sends_come_back() {
+    let relay = Relay::start("127.0.0.1:0".parse().unwrap()).await;
+    let (holder, mut holder_events) = connect(config(&relay.grpc_url(), "node-1")).unwrap();
+    wait_for(&mut holder_events, connected).await;
+
+    let (client, mut events) = connect(config(&relay.grpc_url(), "node-1")).unwrap();
+    let envelope = Envelope::new("NodeAnnounce", json!({"node_id": "node-1"}));
+    let id = client.send(envelope).await.unwrap();
+    let last = match next_event(&mut events).await {
+        Event::Disconnected(d) => d,
+        other => panic!("expected the refusal, got {other:?}"),
+    };
+    assert!(
+        matches!(
+            &last.reason,
+            DisconnectReason::Relay {
+                status: tonic::Code::AlreadyExists,
+                error: RelayError::PeerIdInUse(_)
+            }
+        ),
+        "{last:?}"
+    );
+    assert!(last.is_final());
+    assert_eq!(last.unsent.len(), 1);
+    assert_eq!(last.unsent[0].message_id, id);
+    assert!(events.next().await.is_none());
+    let refused = client.send(Envelope::new("Ping", json!(1))).await;
+    assert!(matches!(refused, Err(SendError::Closed(_))), "{refused:?}");
+    assert!(matches!(
+        client.try_send(Envelope::new("Ping", json!(1))),
+        Err(SendError::Closed(_))
+    ));
+
+    holder.close();
+    relay.shut_down().await;
+}
+
+#[tokio::test]
+async fn gives_up_after_max_attempts_and_hands_back_the_outbox() {
+    let addr = free_addr();
+    let mut config = config(&format!("http://{addr}"), "node-1");
+    config.backoff.max_attempts = Some(2);
+    config.outbox_capacity = 2;
+    let (client, mut events) = connect(config).unwrap();
+    let first = client.try_send(Envelope::new("Ping", json!(1))).unwrap();
+    let second = client.try_send(Envelope::new("Ping", json!(2))).unwrap();
+    let full = client.try_send(Envelope::new("Ping", json!(3)));
+    assert!(
+        matches!(&full, Err(SendError::Full(envelope)) if envelope.payload.as_json() == "3"),
+        "{full:?}"
+    );
+    let mut attempts = Vec::new();
+    let last = loop {
+        match next_event(&mut events).await {
+            Event::Disconnected(d) if d.is_final() => break d,
+            Event::Disconnected(d) => attempts.push(d.attempt),
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!((attempts, last.attempt), (vec![1], 2));
+    let ids: Vec<_> = last.unsent.iter().map(|e| e.message_id.clone()).collect();
+    assert_eq!(ids, [first, second]);
+    assert!(tokio::time::timeout(ARRIVES, events.next())
+        .await
+        .unwrap()
+        .is_none());
+}
