@@ -489,6 +489,8 @@ pub async fn readme_snippet_works_against(base_url: &str, observer_url: &str) {
         ),
         ("NodeAnnounce", "node-id", r#"{"node_id":"node-id"}"#)
     );
+    // The snippet gives its own id, as gsio-net's browser client does; it arrives as given.
+    assert_eq!(announce.message_id.len(), 36, "{announce:?}");
 }
 
 /// Builds an `tungstenite` binary frame (for the unsupported-frame test).
