@@ -20,7 +20,7 @@ pub struct PeerId(Arc<str>);
 
 impl PeerId {
     /// The longest id accepted, in bytes.
-    pub const MAX_LEN: usize = 128;
+    pub const MAX_LEN: usize = TOKEN_MAX_LEN;
 
     /// Validates `raw` as a peer id.
     pub fn parse(raw: &str) -> Result<Self, RelayError> {
@@ -28,20 +28,7 @@ impl PeerId {
             id: truncate_for_display(raw),
             reason,
         };
-        if raw.is_empty() {
-            return Err(invalid("it is empty"));
-        }
-        if raw.len() > Self::MAX_LEN {
-            return Err(invalid("it is longer than 128 bytes"));
-        }
-        if !raw
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'@'))
-        {
-            return Err(invalid(
-                "only ASCII letters, digits and - _ . : @ are allowed",
-            ));
-        }
+        check_token(raw).map_err(invalid)?;
         if raw == RELAY_ID {
             return Err(RelayError::ReservedPeerId);
         }
@@ -51,6 +38,27 @@ impl PeerId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// The longest peer id or message id, in bytes.
+pub(crate) const TOKEN_MAX_LEN: usize = 128;
+
+/// The syntax shared by peer ids and message ids: 1 to [`TOKEN_MAX_LEN`] bytes of ASCII letters,
+/// digits and `- _ . : @`, safe in logs, URLs and metadata. The error says what is wrong.
+pub(crate) fn check_token(raw: &str) -> Result<(), &'static str> {
+    if raw.is_empty() {
+        return Err("it is empty");
+    }
+    if raw.len() > TOKEN_MAX_LEN {
+        return Err("it is longer than 128 bytes");
+    }
+    if !raw
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'@'))
+    {
+        return Err("only ASCII letters, digits and - _ . : @ are allowed");
+    }
+    Ok(())
 }
 
 /// Keeps error messages short when a client sends a megabyte-long "id".

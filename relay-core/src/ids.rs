@@ -9,34 +9,19 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::RelayError;
-use crate::id::truncate_for_display;
+use crate::id::{check_token, truncate_for_display};
 
 /// The longest `message_id` accepted, in bytes.
-pub const MAX_MESSAGE_ID_LEN: usize = 128;
+pub const MAX_MESSAGE_ID_LEN: usize = crate::id::TOKEN_MAX_LEN;
 
 /// A sender's `message_id` must be 1 to [`MAX_MESSAGE_ID_LEN`] bytes of ASCII letters, digits
 /// and `- _ . : @` (the peer id alphabet; a UUID fits). Empty means "none given" and is checked
 /// by the caller.
 pub fn check_message_id(raw: &str) -> Result<(), RelayError> {
-    let invalid = |reason: &'static str| RelayError::InvalidMessageId {
+    check_token(raw).map_err(|reason| RelayError::InvalidMessageId {
         id: truncate_for_display(raw),
         reason,
-    };
-    if raw.is_empty() {
-        return Err(invalid("it is empty"));
-    }
-    if raw.len() > MAX_MESSAGE_ID_LEN {
-        return Err(invalid("it is longer than 128 bytes"));
-    }
-    if !raw
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'@'))
-    {
-        return Err(invalid(
-            "only ASCII letters, digits and - _ . : @ are allowed",
-        ));
-    }
-    Ok(())
+    })
 }
 
 /// The relay's source of message ids: UUID v4 text, unique for the life of one relay.

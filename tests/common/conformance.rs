@@ -844,13 +844,26 @@ pub async fn unchanged_frames_are_forwarded_verbatim(net: WsNet) {
     a.expect_silence().await;
 }
 
-pub async fn auto_routes_addressed_to_one_and_unaddressed_to_all<N: Network>(net: N) {
+/// Peers `a`, `b` and `c`, joined in that order, with the announcements of the later joins
+/// already read (two at `a`, one at `b`).
+async fn three_joined<N: Network>(net: &N) -> (N::Peer, N::Peer, N::Peer) {
     let mut a = net.peer("a").await;
     let mut b = net.peer("b").await;
-    let mut c = net.peer("c").await;
-    assert_eq!(a.recv().await.message_type, "PeerJoined");
-    assert_eq!(a.recv().await.message_type, "PeerJoined");
-    assert_eq!(b.recv().await.message_type, "PeerJoined");
+    let c = net.peer("c").await;
+    for (at_b, joined) in [(false, "b"), (false, "c"), (true, "c")] {
+        let got = if at_b { b.recv().await } else { a.recv().await };
+        assert_eq!(got.message_type, "PeerJoined", "{got:?}");
+        assert_eq!(got.payload_json()["peer_id"], joined, "{got:?}");
+        assert!(
+            !got.message_id.is_empty(),
+            "the relay's envelopes carry ids: {got:?}"
+        );
+    }
+    (a, b, c)
+}
+
+pub async fn auto_routes_addressed_to_one_and_unaddressed_to_all<N: Network>(net: N) {
+    let (mut a, mut b, mut c) = three_joined(&net).await;
     // Addressed: the named peer only.
     a.send("NodeListRequest", "a", "c", "1").await;
     let got = c.recv().await;
@@ -873,16 +886,7 @@ pub async fn auto_routes_addressed_to_one_and_unaddressed_to_all<N: Network>(net
 }
 
 pub async fn message_ids_are_kept_or_assigned_once<N: Network>(net: N) {
-    let mut a = net.peer("a").await;
-    let mut b = net.peer("b").await;
-    let mut c = net.peer("c").await;
-    let joined = a.recv().await;
-    assert!(
-        !joined.message_id.is_empty(),
-        "the relay's envelopes carry ids: {joined:?}"
-    );
-    assert_eq!(a.recv().await.message_type, "PeerJoined");
-    assert_eq!(b.recv().await.message_type, "PeerJoined");
+    let (mut a, mut b, mut c) = three_joined(&net).await;
     // Given: delivered exactly, to every recipient.
     let given = "4f9c2c1e-8b1a-4d3e-9f00-1234567890ab";
     a.send_with_id("NodeAnnounce", "", "1", Some(given)).await;
@@ -927,12 +931,7 @@ pub async fn errors_name_the_message_id_they_answer<N: Network>(net: N) {
 /// only their recipient (an unaddressed response is an error to its sender).
 pub async fn gsio_net_messages_route_as_shipped_and_parse_as_p2p_messages<N: Network>(net: N) {
     use crate::common::gsio_net::{MessageType, P2PMessage};
-    let mut a = net.peer("a").await;
-    let mut b = net.peer("b").await;
-    let mut c = net.peer("c").await;
-    assert_eq!(a.recv().await.message_type, "PeerJoined");
-    assert_eq!(a.recv().await.message_type, "PeerJoined");
-    assert_eq!(b.recv().await.message_type, "PeerJoined");
+    let (mut a, mut b, mut c) = three_joined(&net).await;
     let mut n = 0;
     for kind in MessageType::ALL {
         let name = kind.name();
