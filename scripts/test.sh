@@ -17,7 +17,8 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
-step() { printf '\n== %s\n' "$*"; }
+# Each step says when it starts, in seconds since the command did (for honest times in the README).
+step() { printf '\n== %s (at %d s)\n' "$*" "$SECONDS"; }
 
 if [[ "${1:-}" == --fresh-machine ]]; then
 	fresh="$(mktemp -d "${TMPDIR:-/tmp}/gsio-relay-fresh.XXXXXX")"

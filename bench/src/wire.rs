@@ -183,8 +183,12 @@ mod tests {
         assert_eq!(parsed["payload"]["seq"], 7);
         assert_eq!(parsed["payload"]["ts"], 123456789);
         // The relay's own parser accepts it as complete, so it forwards the text unchanged.
-        let (envelope, complete) = gsio_relay_core::Envelope::parse_json_checked(&text).unwrap();
-        assert!(complete);
+        let (envelope, completeness) =
+            gsio_relay_core::Envelope::parse_json_checked(&text).unwrap();
+        assert_eq!(
+            completeness,
+            gsio_relay_core::envelope::Completeness::Complete
+        );
         assert_eq!(envelope.payload.get(), r#"{"seq":7,"ts":123456789}"#);
     }
 

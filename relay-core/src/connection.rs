@@ -30,11 +30,12 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use bytestring::ByteString;
 
 use crate::config::RelayConfig;
-use crate::envelope::{Envelope, Message};
+use crate::envelope::{with_message_id, Envelope, Message};
 use crate::error::RelayError;
 use crate::hub::{error_message, ConnId, Hub, Offending};
 use crate::id::PeerId;
-use crate::session::{Inbound, Rejection, Session};
+use crate::ids::IdBlock;
+use crate::session::{Inbound, Rejection, SenderText, Session};
 
 /// How the relay reaches one peer: the front's handle to its outbound queue or socket.
 pub trait Link: Clone {
@@ -147,6 +148,8 @@ pub struct Connection<L> {
     /// Counted here, and taken by the front when it likes ([`Connection::take_counts`]), so the
     /// hot path does not touch shared counters.
     counts: Counts,
+    /// The ids this connection assigns come from here, a block at a time.
+    ids: IdBlock,
 }
 
 impl<L: Link> Connection<L> {
@@ -159,6 +162,7 @@ impl<L: Link> Connection<L> {
             max_message_bytes: config.limits.max_message_bytes,
             hard_frame_bytes: config.limits.hard_frame_bytes(),
             counts: Counts::default(),
+            ids: IdBlock::default(),
         }
     }
 
@@ -294,8 +298,15 @@ impl<L: Link> Connection<L> {
         let (routed, message) = {
             let hub = table.read();
             if inbound.envelope.message_id.is_empty() {
-                inbound.envelope.message_id = hub.next_message_id();
-                inbound.original = None;
+                let id = hub.next_message_id_in(&mut self.ids);
+                // The sender's text stays the frame if only the id was missing from it.
+                inbound.original = match inbound.original {
+                    Some(SenderText::LacksMessageId(text)) => {
+                        Some(SenderText::AsIs(with_message_id(&text, &id)))
+                    }
+                    _ => None,
+                };
+                inbound.envelope.message_id = id;
             }
             let message = Arc::new(inbound.into_message());
             let routed = hub.route(sender, &message).map(|targets| {
@@ -572,6 +583,23 @@ mod tests {
         let got = b_log.got.borrow_mut().remove(0);
         assert_eq!(got.envelope().message_id, "6f1c-id");
         assert_eq!(got.json_str(), text, "forwarded as sent");
+    }
+
+    #[test]
+    fn a_text_lacking_only_its_id_is_forwarded_with_the_assigned_id_in_front() {
+        let mut net = Net::new(RULES);
+        let (mut a, _) = net.peer("a");
+        let (_b, b_log) = net.peer("b");
+        let text = r#"{"message_type":"Note","sender_id":"a","recipient_id":"","payload": [1]}"#;
+        let _ = net.text(&mut a, text);
+        let got = b_log.got.borrow_mut().remove(0);
+        let id = &got.envelope().message_id;
+        assert_eq!(
+            got.json_str(),
+            format!(
+                r#"{{"message_id":"{id}","message_type":"Note","sender_id":"a","recipient_id":"","payload": [1]}}"#
+            )
+        );
     }
 
     #[test]

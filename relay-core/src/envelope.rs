@@ -71,10 +71,10 @@ impl Envelope {
         Envelope::parse_json_checked(text).map(|(envelope, _)| envelope)
     }
 
-    /// Like [`Envelope::parse_json`], also telling whether the text is *complete*: all five
-    /// fields present, ids as strings (not `null`), a non-empty `message_id`. Only a complete
-    /// text may be forwarded as is; recipients always see all five fields.
-    pub fn parse_json_checked(text: &str) -> Result<(Envelope, bool), RelayError> {
+    /// Like [`Envelope::parse_json`], also telling how [`Completeness`] the text is: only a
+    /// complete text may be forwarded as is (recipients always see all five fields), and one
+    /// that lacks only its `message_id` may be forwarded with the relay's id put in front.
+    pub fn parse_json_checked(text: &str) -> Result<(Envelope, Completeness), RelayError> {
         let mut problem = None;
         let mut de = serde_json::Deserializer::from_str(text);
         let fields = match de.deserialize_any(FieldsVisitor {
@@ -90,10 +90,16 @@ impl Envelope {
         if message_type.is_empty() {
             return Err(RelayError::MissingMessageType);
         }
-        let complete = matches!(fields.sender_id, Some(Some(_)))
+        let others = matches!(fields.sender_id, Some(Some(_)))
             && matches!(fields.recipient_id, Some(Some(_)))
-            && matches!(&fields.message_id, Some(Some(id)) if !id.is_empty())
             && fields.payload.is_some();
+        let complete = match &fields.message_id {
+            _ if !others => Completeness::Incomplete,
+            Some(Some(id)) if !id.is_empty() => Completeness::Complete,
+            None => Completeness::LacksMessageId,
+            // An empty or null id is there: adding another would give the key twice.
+            Some(_) => Completeness::Incomplete,
+        };
         let envelope = Envelope {
             message_type,
             message_id: fields.message_id.flatten().unwrap_or_default(),
@@ -175,6 +181,31 @@ impl Envelope {
         })
         .expect("strings and raw JSON always serialize")
     }
+}
+
+/// What a sender's text lacks, for forwarding it as is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Completeness {
+    /// All five fields, ids as strings (not `null`), a non-empty `message_id`.
+    Complete,
+    /// Complete but for the `message_id` key, which is absent.
+    LacksMessageId,
+    /// Anything else: the relay encodes the envelope afresh.
+    Incomplete,
+}
+
+/// `text` (a JSON object lacking only its `message_id`, [`Completeness::LacksMessageId`]) with
+/// `"message_id":"<id>"` as its first member; everything else is the sender's text, unchanged.
+/// `id` must need no JSON escaping (the relay's own ids do not).
+pub fn with_message_id(text: &str, id: &str) -> ByteString {
+    let open = text.find('{').map_or(0, |at| at + 1);
+    let mut json = String::with_capacity(text.len() + id.len() + 16);
+    json.push_str(&text[..open]);
+    json.push_str("\"message_id\":\"");
+    json.push_str(id);
+    json.push_str("\",");
+    json.push_str(&text[open..]);
+    ByteString::from(json)
 }
 
 /// The five fields as read: each `None` when absent; the ids and type `Some(None)` when `null`.
@@ -506,7 +537,7 @@ mod tests {
         ];
         for (text, complete) in cases {
             assert_eq!(
-                Envelope::parse_json_checked(text).unwrap().1,
+                Envelope::parse_json_checked(text).unwrap().1 == Completeness::Complete,
                 complete,
                 "{text}"
             );
@@ -593,6 +624,29 @@ mod tests {
                 .map_err(|e| e.code()),
             Err(ErrorCode::InvalidJson)
         );
+    }
+
+    #[test]
+    fn a_text_lacking_only_its_id_gets_the_relays_id_in_front() {
+        let text =
+            r#" { "payload" : [1, 2.50],"message_type":"T","sender_id":"a","recipient_id":""}"#;
+        let (_, completeness) = Envelope::parse_json_checked(text).unwrap();
+        assert_eq!(completeness, Completeness::LacksMessageId);
+        let with_id = with_message_id(text, "4f9c-id");
+        assert_eq!(
+            &*with_id,
+            r#" {"message_id":"4f9c-id", "payload" : [1, 2.50],"message_type":"T","sender_id":"a","recipient_id":""}"#
+        );
+        let (envelope, completeness) = Envelope::parse_json_checked(&with_id).unwrap();
+        assert_eq!(completeness, Completeness::Complete);
+        assert_eq!(envelope.message_id, "4f9c-id");
+        for lacking_more in [
+            r#"{"message_type":"T","sender_id":"a","payload":1}"#,
+            r#"{"message_type":"T","message_id":null,"sender_id":"a","recipient_id":"","payload":1}"#,
+        ] {
+            let (_, completeness) = Envelope::parse_json_checked(lacking_more).unwrap();
+            assert_eq!(completeness, Completeness::Incomplete, "{lacking_more}");
+        }
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::config::{Mode, RelayConfig};
 use crate::envelope::{Envelope, Message};
 use crate::error::RelayError;
 use crate::id::PeerId;
-use crate::ids::MessageIds;
+use crate::ids::{IdBlock, MessageIds};
 
 /// Names one connection, so that a peer leaving cannot remove a newer connection that reuses
 /// its id.
@@ -69,6 +69,11 @@ impl<P> Hub<P> {
     /// A fresh message id (UUID v4 text), unique for this hub's life.
     pub fn next_message_id(&self) -> String {
         self.ids.next_id()
+    }
+
+    /// A fresh message id from a connection's own block of ids (see [`IdBlock`]).
+    pub fn next_message_id_in(&self, block: &mut IdBlock) -> String {
+        self.ids.next_in(block)
     }
 
     pub fn config(&self) -> &Arc<RelayConfig> {

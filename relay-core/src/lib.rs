@@ -35,4 +35,4 @@ pub use envelope::{Envelope, Message};
 pub use error::{ErrorCode, RelayError};
 pub use hub::{Hub, Joined, Targets};
 pub use id::{PeerId, RELAY_ID};
-pub use session::{Inbound, Rejection, Session};
+pub use session::{Inbound, Rejection, SenderText, Session};

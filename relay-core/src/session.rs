@@ -7,7 +7,7 @@
 
 use bytestring::ByteString;
 
-use crate::envelope::{Envelope, Message};
+use crate::envelope::{Completeness, Envelope, Message};
 use crate::error::RelayError;
 use crate::id::PeerId;
 use crate::ids::check_message_id;
@@ -36,17 +36,26 @@ pub struct Inbound {
     pub claim: Option<PeerId>,
     /// Its `message_id` may still be empty: the relay assigns one before routing.
     pub envelope: Envelope,
-    /// The sender's own text, when it is complete and the relay changed nothing: it is then
-    /// forwarded as is. `None` once the relay fills anything in.
-    pub original: Option<ByteString>,
+    /// The sender's own text, when the relay changed nothing but (perhaps) the `message_id`:
+    /// it is then forwarded as is. `None` once the relay fills anything else in.
+    pub original: Option<SenderText>,
+}
+
+/// A sender's text that can be forwarded.
+#[derive(Debug)]
+pub enum SenderText {
+    /// As it is.
+    AsIs(ByteString),
+    /// With the relay's `message_id` put in front ([`crate::envelope::with_message_id`]).
+    LacksMessageId(ByteString),
 }
 
 impl Inbound {
     /// The message to route: the sender's text when it can be kept, else a fresh encoding.
     pub fn into_message(self) -> Message {
         match self.original {
-            Some(json) => Message::with_json(self.envelope, json),
-            None => Message::new(self.envelope),
+            Some(SenderText::AsIs(json)) => Message::with_json(self.envelope, json),
+            Some(SenderText::LacksMessageId(_)) | None => Message::new(self.envelope),
         }
     }
 }
@@ -94,8 +103,13 @@ impl Session {
             }
             .into());
         }
-        let (envelope, complete) = Envelope::parse_json_checked(&text)?;
-        self.accept_envelope(envelope, complete.then_some(text))
+        let (envelope, completeness) = Envelope::parse_json_checked(&text)?;
+        let original = match completeness {
+            Completeness::Complete => Some(SenderText::AsIs(text)),
+            Completeness::LacksMessageId => Some(SenderText::LacksMessageId(text)),
+            Completeness::Incomplete => None,
+        };
+        self.accept_envelope(envelope, original)
     }
 
     /// One envelope decoded by a front (gRPC), `size` bytes on the wire.
@@ -121,7 +135,7 @@ impl Session {
     fn accept_envelope(
         &self,
         mut envelope: Envelope,
-        original: Option<ByteString>,
+        original: Option<SenderText>,
     ) -> Result<Inbound, Rejection> {
         if !envelope.message_id.is_empty() {
             if let Err(error) = check_message_id(&envelope.message_id) {
