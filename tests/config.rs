@@ -121,9 +121,11 @@ fn the_binary_exits_non_zero_naming_the_problem() {
 /// and exits 0. Ports come from the environment (GSIO_RELAY_SERVER__*), which also tests overrides.
 #[tokio::test]
 async fn the_binary_serves_and_stops_cleanly_on_sigterm() {
+    // The file comes from GSIO_RELAY_CONFIG (clap's `env`), and the working directory has no
+    // relay.toml: were the variable ignored (or read as an override), the relay would not start.
     let mut child = Command::new(BIN)
-        .args(["--config", "relay.toml"])
-        .current_dir(repo_path(""))
+        .env("GSIO_RELAY_CONFIG", repo_path("relay.toml"))
+        .current_dir(env!("CARGO_TARGET_TMPDIR"))
         .env("GSIO_RELAY_SERVER__WS_LISTEN", "127.0.0.1:0")
         // Another tool's variable with a similar prefix is not an override.
         .env("RELAY_PROJECT_DIR", "/elsewhere")
