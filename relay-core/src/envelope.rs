@@ -197,7 +197,7 @@ pub enum Completeness {
 /// `text` (a JSON object lacking only its `message_id`, [`Completeness::LacksMessageId`]) with
 /// `"message_id":"<id>"` as its first member; everything else is the sender's text, unchanged.
 /// `id` must need no JSON escaping (the relay's own ids do not).
-pub fn with_message_id(text: &str, id: &str) -> ByteString {
+pub fn prepend_message_id(text: &str, id: &str) -> ByteString {
     let open = text.find('{').map_or(0, |at| at + 1);
     let mut json = String::with_capacity(text.len() + id.len() + 16);
     json.push_str(&text[..open]);
@@ -632,7 +632,7 @@ mod tests {
             r#" { "payload" : [1, 2.50],"message_type":"T","sender_id":"a","recipient_id":""}"#;
         let (_, completeness) = Envelope::parse_json_checked(text).unwrap();
         assert_eq!(completeness, Completeness::LacksMessageId);
-        let with_id = with_message_id(text, "4f9c-id");
+        let with_id = prepend_message_id(text, "4f9c-id");
         assert_eq!(
             &*with_id,
             r#" {"message_id":"4f9c-id", "payload" : [1, 2.50],"message_type":"T","sender_id":"a","recipient_id":""}"#

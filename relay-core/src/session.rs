@@ -46,7 +46,7 @@ pub struct Inbound {
 pub enum SenderText {
     /// As it is.
     AsIs(ByteString),
-    /// With the relay's `message_id` put in front ([`crate::envelope::with_message_id`]).
+    /// With the relay's `message_id` put in front ([`crate::envelope::prepend_message_id`]).
     LacksMessageId(ByteString),
 }
 

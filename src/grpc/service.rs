@@ -110,7 +110,12 @@ impl server::relay_service_server::RelayService for RelayGrpc {
                                 break;
                             }
                         }
-                        Ok(Some(WireEnvelope::Encoded(_))) => unreachable!("decoding yields Decoded"),
+                        // The codec only decodes into `Decoded`; were that to change, the stream
+                        // ends rather than the relay panicking on network input.
+                        Ok(Some(WireEnvelope::Encoded(_))) => {
+                            tracing::error!("gRPC codec yielded pre-encoded bytes; ending the stream");
+                            break;
+                        }
                         Ok(None) => break,
                         Err(status) => {
                             match status.code() {

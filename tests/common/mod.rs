@@ -80,6 +80,19 @@ impl TestRelay {
         self.task.take().unwrap()
     }
 
+    /// Shuts down gracefully, waits (at most a minute) until the server has finished, and says
+    /// how long that took.
+    pub async fn shut_down_timed(&mut self) -> Duration {
+        let started = std::time::Instant::now();
+        let server = self.shut_down();
+        tokio::time::timeout(Duration::from_secs(60), server)
+            .await
+            .expect("server did not finish shutting down")
+            .unwrap()
+            .unwrap();
+        started.elapsed()
+    }
+
     pub async fn ws(&self, id: &str) -> WsPeer {
         let mut peer = WsPeer::connect(&format!("{}/?node_id={id}", self.ws_url)).await;
         peer.expect_welcome(id).await;

@@ -248,7 +248,10 @@ impl RelayRoom {
         Room { hub, next_conn }
     }
 
-    /// The core's connection for a socket, resumed from what its attachment remembers.
+    /// The core's connection for a socket, resumed from what its attachment remembers. It is
+    /// made anew for each message, so its block of message ids is too: a message the room gives
+    /// an id to uses up one block of 256 counter values, which is harmless (2^56 such messages
+    /// before the counter wraps).
     fn connection(
         &self,
         ws: &WebSocket,
@@ -267,6 +270,13 @@ impl RelayRoom {
         connection: &mut Connection<Socket>,
         step: Step,
     ) {
+        if let Step::Close(error) = step {
+            if let Err(error) = ws.close(Some(error.ws_close_code()), Some(error.close_reason())) {
+                worker::console_warn!("gsio-relay: close failed: {error}");
+            }
+            // Out of the room now; the attachment below then forgets the id too.
+            connection.leave(self);
+        }
         let id = connection.id().map(|id| id.to_string());
         if id != attachment.peer_id {
             attachment.peer_id = id;
@@ -275,12 +285,6 @@ impl RelayRoom {
                     "gsio-relay: cannot record the peer id on its socket: {error}"
                 );
             }
-        }
-        if let Step::Close(error) = step {
-            if let Err(error) = ws.close(Some(error.ws_close_code()), Some(error.close_reason())) {
-                worker::console_warn!("gsio-relay: close failed: {error}");
-            }
-            self.leave(ws);
         }
     }
 
