@@ -384,3 +384,50 @@ async fn a_flooded_peer_still_gets_its_frames_read() {
     reader.await.unwrap();
     flood.await.unwrap();
 }
+
+/// The kernel's view of the relay's end of the TCP connection `relay_port` ← `client_port`:
+/// `(timer, ticks)` from `/proc/net/tcp`, where timer 2 is the keepalive timer and ticks are
+/// hundredths of a second until it fires (Linux's USER_HZ).
+fn server_socket_timer(relay_port: u16, client_port: u16) -> Option<(u8, u64)> {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp (Linux)");
+    let local = format!("0100007F:{relay_port:04X}");
+    let remote = format!("0100007F:{client_port:04X}");
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.get(1) != Some(&local.as_str()) || fields.get(2) != Some(&remote.as_str()) {
+            return None;
+        }
+        let (timer, ticks) = fields.get(5)?.split_once(':')?;
+        Some((timer.parse().ok()?, u64::from_str_radix(ticks, 16).ok()?))
+    })
+}
+
+/// README: "TCP keepalive (native) notices a vanished machine in about 90 s". Every accepted
+/// connection, on both ports, gets the keepalive timer armed with a 45 s idle time (then 3
+/// probes 15 s apart, `server::tune`), before any byte is exchanged.
+#[tokio::test]
+async fn accepted_connections_have_tcp_keepalive_on_both_fronts() {
+    let relay = TestRelay::start().await;
+    for url in [&relay.ws_url, &relay.grpc_url] {
+        let addr = url.split("://").nth(1).unwrap();
+        let client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let relay_port = client.peer_addr().unwrap().port();
+        let client_port = client.local_addr().unwrap().port();
+        // Accepting and tuning happen on the relay's task: wait for it, bounded.
+        let deadline = tokio::time::Instant::now() + common::ARRIVES;
+        let (timer, ticks) = loop {
+            match server_socket_timer(relay_port, client_port) {
+                Some((2, ticks)) => break (2, ticks),
+                seen => assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{url}: no keepalive timer on the relay's socket: {seen:?}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert_eq!(timer, 2);
+        // Armed for the idle time (45 s), less the moments since it was armed.
+        assert!((3_000..=4_500).contains(&ticks), "{url}: {ticks} ticks");
+        drop(client);
+    }
+}
