@@ -431,3 +431,120 @@ async fn accepted_connections_have_tcp_keepalive_on_both_fronts() {
         drop(client);
     }
 }
+
+/// The listening socket of `port`: `(state, accept queue length)` from `/proc/net/tcp`; a
+/// listener's `rx_queue` column counts connections the kernel has completed and the relay has
+/// not accepted yet.
+fn listener_backlog(port: u16) -> Option<usize> {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp (Linux)");
+    let local = format!("0100007F:{port:04X}");
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        // State 0A is LISTEN.
+        if fields.get(1) != Some(&local.as_str()) || fields.get(3) != Some(&"0A") {
+            return None;
+        }
+        let (_, queued) = fields.get(4)?.split_once(':')?;
+        usize::from_str_radix(queued, 16).ok()
+    })
+}
+
+/// Polls `listener_backlog(port)` until it is `want`, within [`common::ARRIVES`].
+async fn backlog_reaches(port: u16, want: usize) {
+    let deadline = tokio::time::Instant::now() + common::ARRIVES;
+    loop {
+        let now = listener_backlog(port);
+        if now == Some(want) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "accept queue of port {port} is {now:?}, never {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// README: TCP connections to the gRPC port "are not peers; they are bounded separately by the
+/// same number" and wait past it: the relay accepts one more and holds it unserved (it waits for
+/// a slot right after `accept`), and the rest wait in the kernel's accept queue (read from
+/// `/proc/net/tcp`). With `max_connections = 1`, an HTTP/2 connection carrying a peer holds the
+/// one slot; when it goes, the connection held is served.
+#[tokio::test]
+async fn grpc_tcp_connections_are_bounded_and_wait_in_the_backlog() {
+    let mut config = common::shipped_config();
+    config.server.max_connections = 1;
+    let relay = TestRelay::start_with(config).await;
+    let addr = relay.grpc_url.trim_start_matches("http://").to_owned();
+    let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
+
+    // The one connection slot: an HTTP/2 connection that carries a peer (so it is accepted).
+    let channel = common::grpc_channel(&relay.grpc_url).await;
+    let mut peer = GrpcPeer::over(channel.clone(), Some("g1")).await.unwrap();
+    peer.expect_welcome("g1").await;
+
+    // Two more TCP connections complete the TCP handshake (the kernel does that): the relay
+    // takes the first, waiting for a slot, and accepts nothing else.
+    let held = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let _queued = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    backlog_reaches(port, 1).await;
+    // Still there after the relay has had every chance to accept it: 20 looks, 10 ms apart.
+    for _ in 0..20 {
+        assert_eq!(listener_backlog(port), Some(1), "accepted past the limit");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // The first connection goes: the one held is served, and the queued one is taken in turn.
+    drop(peer);
+    drop(channel);
+    let (h2, connection) = h2::client::handshake(held).await.unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::post("/grpc.health.v1.Health/Check")
+        .header("content-type", "application/grpc")
+        .body(())
+        .unwrap();
+    let response = tokio::time::timeout(common::ARRIVES, async {
+        let mut h2 = h2.ready().await.unwrap();
+        let (response, _) = h2.send_request(request, true).unwrap();
+        response.await.unwrap()
+    })
+    .await
+    .expect("the held connection was never served");
+    assert_eq!(response.status(), 200);
+    backlog_reaches(port, 0).await;
+}
+
+/// README: "Each connection allows `max_connections` + 100 concurrent streams (HTTP/2
+/// `SETTINGS_MAX_CONCURRENT_STREAMS`)", read from the SETTINGS the relay sends a bare HTTP/2
+/// client.
+#[tokio::test]
+async fn each_grpc_connection_allows_max_connections_plus_100_streams() {
+    let mut config = common::shipped_config();
+    config.server.max_connections = 7;
+    let relay = TestRelay::start_with(config).await;
+    let tcp = tokio::net::TcpStream::connect(relay.grpc_url.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let (h2, connection) = h2::client::handshake(tcp).await.unwrap();
+    let mut connection = std::pin::pin!(connection);
+    // A response proves the relay's SETTINGS (its first frame) have been read.
+    let request = http::Request::post("/grpc.health.v1.Health/Check")
+        .header("content-type", "application/grpc")
+        .body(())
+        .unwrap();
+    let exchange = async {
+        let mut h2 = h2.ready().await.unwrap();
+        let (response, _) = h2.send_request(request, true).unwrap();
+        response.await.unwrap()
+    };
+    let response = tokio::time::timeout(common::ARRIVES, async {
+        tokio::select! {
+            response = exchange => response,
+            ended = &mut connection => panic!("the connection ended: {ended:?}"),
+        }
+    })
+    .await
+    .expect("no response");
+    assert_eq!(response.status(), 200);
+    assert_eq!(connection.max_concurrent_send_streams(), 7 + 100);
+}
