@@ -117,59 +117,127 @@ fn the_binary_exits_non_zero_naming_the_problem() {
     );
 }
 
+/// The relay binary, started, with the WebSocket URL it logged and its log lines.
+struct RunningBinary {
+    child: std::process::Child,
+    url: String,
+    log: std::thread::JoinHandle<Vec<String>>,
+}
+
+impl RunningBinary {
+    /// Starts `command` (the binary, logging at info to stderr) and waits for its address.
+    fn start(command: &mut Command) -> RunningBinary {
+        let mut child = command
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (url_tx, url_rx) = std::sync::mpsc::channel();
+        let log = std::thread::spawn(move || {
+            let mut lines = Vec::new();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(at) = line.find("ws://") {
+                    let url: String = line[at..]
+                        .chars()
+                        .take_while(|c| !c.is_whitespace())
+                        .collect();
+                    let _ = url_tx.send(url);
+                }
+                lines.push(line);
+            }
+            lines
+        });
+        let url = url_rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| {
+                let _ = child.kill();
+                panic!("the relay did not log its address")
+            });
+        RunningBinary { child, url, log }
+    }
+
+    /// Sends SIGTERM and waits for the exit: its status and every log line.
+    fn terminate(mut self) -> (std::process::ExitStatus, Vec<String>) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().unwrap();
+        (status, self.log.join().unwrap())
+    }
+}
+
 /// The real binary: starts on a config file, serves a WebSocket peer, and on SIGTERM tells it
 /// and exits 0. Ports come from the environment (GSIO_RELAY_SERVER__*), which also tests overrides.
 #[tokio::test]
 async fn the_binary_serves_and_stops_cleanly_on_sigterm() {
     // The file comes from GSIO_RELAY_CONFIG (clap's `env`), and the working directory has no
     // relay.toml: were the variable ignored (or read as an override), the relay would not start.
-    let mut child = Command::new(BIN)
-        .env("GSIO_RELAY_CONFIG", repo_path("relay.toml"))
-        .current_dir(env!("CARGO_TARGET_TMPDIR"))
-        .env("GSIO_RELAY_SERVER__WS_LISTEN", "127.0.0.1:0")
-        // Another tool's variable with a similar prefix is not an override.
-        .env("RELAY_PROJECT_DIR", "/elsewhere")
-        .env("GSIO_RELAY_SERVER__GRPC_LISTEN", "127.0.0.1:0")
-        .env("GSIO_RELAY_ROUTING__DEFAULT", "echo")
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (url_tx, url_rx) = std::sync::mpsc::channel();
-    let log = std::thread::spawn(move || {
-        let mut lines = Vec::new();
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(at) = line.find("ws://") {
-                let url: String = line[at..]
-                    .chars()
-                    .take_while(|c| !c.is_whitespace())
-                    .collect();
-                let _ = url_tx.send(url);
-            }
-            lines.push(line);
-        }
-        lines
-    });
-    let url = url_rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the relay did not log its address");
-
-    let mut peer = WsPeer::connect(&format!("{url}/?node_id=cli")).await;
+    let relay = RunningBinary::start(
+        Command::new(BIN)
+            .env("GSIO_RELAY_CONFIG", repo_path("relay.toml"))
+            .current_dir(env!("CARGO_TARGET_TMPDIR"))
+            .env("GSIO_RELAY_SERVER__WS_LISTEN", "127.0.0.1:0")
+            // Another tool's variable with a similar prefix is not an override.
+            .env("RELAY_PROJECT_DIR", "/elsewhere")
+            .env("GSIO_RELAY_SERVER__GRPC_LISTEN", "127.0.0.1:0")
+            .env("GSIO_RELAY_ROUTING__DEFAULT", "echo"),
+    );
+    let mut peer = WsPeer::connect(&format!("{}/?node_id=cli", relay.url)).await;
     peer.expect_welcome("cli").await;
     // GSIO_RELAY_ROUTING__DEFAULT=echo applies to types without a rule.
     peer.send("Unruled", "cli", "", "1").await;
     assert_eq!(peer.recv().await.message_type, "Unruled");
 
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let pid = relay.child.id();
+    let stopping = std::thread::spawn(move || relay.terminate());
     let (code, _) = peer.expect_close().await;
-    assert_eq!(code, 1001);
-    let status = child.wait().unwrap();
-    let lines = log.join().unwrap();
+    assert_eq!(code, 1001, "pid {pid}");
+    let (status, lines) = stopping.join().unwrap();
     assert!(status.success(), "exit {status:?}: {lines:#?}");
     assert!(
         lines.iter().any(|l| l.contains("relay stopped")),
         "{lines:#?}"
     );
+}
+
+/// README: `cargo run --release` runs "the relay on ./relay.toml": with no `--config` and no
+/// `GSIO_RELAY_CONFIG`, the binary reads `relay.toml` in its working directory (here one whose
+/// default mode is echo and whose ports are ephemeral).
+#[tokio::test]
+async fn the_binary_reads_relay_toml_in_its_working_directory_by_default() {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("default-config");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("relay.toml"),
+        "[server]\nws_listen = \"127.0.0.1:0\"\ngrpc_listen = \"127.0.0.1:0\"\n\
+         [routing]\ndefault = \"echo\"\n",
+    )
+    .unwrap();
+    let mut command = Command::new(BIN);
+    command.current_dir(&dir).env_remove("GSIO_RELAY_CONFIG");
+    for (name, _) in std::env::vars() {
+        if name.to_ascii_uppercase().starts_with("GSIO_RELAY_") {
+            command.env_remove(name);
+        }
+    }
+    let relay = RunningBinary::start(&mut command);
+    let mut peer = WsPeer::connect(&format!("{}/?node_id=cli", relay.url)).await;
+    peer.expect_welcome("cli").await;
+    peer.send("Unruled", "cli", "", "1").await;
+    assert_eq!(peer.recv().await.message_type, "Unruled");
+    let (status, lines) = relay.terminate();
+    assert!(status.success(), "exit {status:?}: {lines:#?}");
+}
+
+/// README: "The same snippet works against the Worker under `wrangler dev`, which also listens
+/// on 8787" (loopback): the `[dev]` section of the root wrangler.toml.
+#[test]
+fn wrangler_dev_listens_on_the_relays_websocket_address() {
+    let text = std::fs::read_to_string(repo_path("wrangler.toml")).unwrap();
+    let wrangler: toml::Table = toml::from_str(&text).unwrap();
+    let dev = wrangler["dev"].as_table().expect("wrangler.toml has [dev]");
+    let address = format!("{}:{}", dev["ip"].as_str().unwrap(), dev["port"]);
+    assert_eq!(address, "127.0.0.1:8787");
+    let shipped = config::load(&repo_path("relay.toml")).unwrap();
+    assert_eq!(shipped.server.ws_listen.to_string(), address);
 }
