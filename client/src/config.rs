@@ -162,7 +162,10 @@ mod tests {
             let full = ms(attempt, 0.0);
             for random in [0.0, 0.1, 0.5, 0.9, 0.999_999] {
                 let delay = ms(attempt, random);
-                assert!(delay <= full && delay >= full / 2, "{attempt} {random}: {delay}");
+                assert!(
+                    delay <= full && delay >= full / 2,
+                    "{attempt} {random}: {delay}"
+                );
             }
             assert!(ms(attempt, 0.9) < full, "the draw takes time off");
         }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{config, free_addr, next_event, wait_for, Relay, ARRIVES};
+use common::{config, free_addr, next_event, wait_for, Cut, Proxy, Relay, ARRIVES};
 use gsio_relay_client::{
     connect, DisconnectReason, Disconnected, Envelope, Event, RelayError, SendError,
 };
@@ -179,4 +179,43 @@ async fn gives_up_after_max_attempts_and_hands_back_the_outbox() {
         .await
         .unwrap()
         .is_none());
+}
+
+/// The next `Disconnected`; any other event is a failure.
+async fn disconnected(events: &mut gsio_relay_client::Events) -> Disconnected {
+    match next_event(events).await {
+        Event::Disconnected(d) => d,
+        other => panic!("expected Disconnected, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn reconnects_with_the_same_id_after_the_transport_fails() {
+    let relay = Relay::start("127.0.0.1:0".parse().unwrap()).await;
+    let proxy = Proxy::start(relay.grpc_addr).await;
+    let (client, mut events) = connect(config(&proxy.url(), "node-1")).unwrap();
+    assert_eq!(wait_for(&mut events, connected).await, "node-1");
+    client.send(Envelope::new("Ping", json!(1))).await.unwrap();
+    wait_for(&mut events, echoed("1")).await;
+
+    // Mid-stream, both sockets reset: no status from the relay, just a broken transport.
+    assert_eq!(proxy.cut(Cut::Both), 1);
+    let gone = disconnected(&mut events).await;
+    assert!(
+        !matches!(
+            gone.reason,
+            DisconnectReason::Relay { .. } | DisconnectReason::Closed
+        ),
+        "a transport failure, not the relay's answer: {gone:?}"
+    );
+    assert_eq!((gone.attempt, gone.unsent.len()), (1, 0), "{gone:?}");
+    assert!(gone.reconnect_in.is_some(), "{gone:?}");
+
+    // Back through the proxy (a new connection), welcomed under the same id.
+    assert_eq!(wait_for(&mut events, connected).await, "node-1");
+    assert!(proxy.accepted() >= 2, "{} connections", proxy.accepted());
+    client.send(Envelope::new("Ping", json!(2))).await.unwrap();
+    wait_for(&mut events, echoed("2")).await;
+    client.close();
+    relay.shut_down().await;
 }
