@@ -219,3 +219,63 @@ async fn reconnects_with_the_same_id_after_the_transport_fails() {
     client.close();
     relay.shut_down().await;
 }
+
+fn in_use(reason: &DisconnectReason) -> bool {
+    matches!(
+        reason,
+        DisconnectReason::Relay {
+            status: tonic::Code::AlreadyExists,
+            error: RelayError::PeerIdInUse(_)
+        }
+    )
+}
+
+#[tokio::test]
+async fn retries_while_its_own_old_connection_still_holds_the_id() {
+    let relay = Relay::start("127.0.0.1:0".parse().unwrap()).await;
+    let proxy = Proxy::start(relay.grpc_addr).await;
+    // Refused ids are final by default; this is the one exception.
+    let config = config(&proxy.url(), "node-1");
+    assert!(!config.retry_refused_id);
+    let (client, mut events) = connect(config).unwrap();
+    assert_eq!(wait_for(&mut events, connected).await, "node-1");
+
+    // The client's side is reset; the relay's side stays open, so the relay still holds node-1.
+    assert_eq!(proxy.cut(Cut::ClientSide), 1);
+    let gone = disconnected(&mut events).await;
+    assert!(!in_use(&gone.reason) && !gone.is_final(), "{gone:?}");
+    // Its reconnect meets its own stale connection: ALREADY_EXISTS, and it tries again.
+    let refused = disconnected(&mut events).await;
+    assert!(
+        in_use(&refused.reason) && !refused.is_final(),
+        "{refused:?}"
+    );
+    let queued = client.send(Envelope::new("Ping", json!(7))).await.unwrap();
+    let again = disconnected(&mut events).await;
+    assert!(
+        in_use(&again.reason) && !again.is_final() && again.attempt > refused.attempt,
+        "{again:?}"
+    );
+
+    // The relay drops the stale connection once its socket goes; the next try is welcomed.
+    assert_eq!(proxy.release_held(), 1);
+    let welcome = wait_for(&mut events, |e| match e {
+        Event::Connected(welcome) => Some(welcome),
+        Event::Disconnected(d) if !d.is_final() => None,
+        other => panic!("expected retries, then Connected: {other:?}"),
+    })
+    .await;
+    assert_eq!(welcome.peer_id, "node-1");
+    // What was sent while refused goes out after the Welcome.
+    let echo = wait_for(&mut events, |e| match e {
+        Event::Message(m) if m.message_type == "Ping" => Some(m),
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        (echo.payload.as_json(), echo.message_id.as_str()),
+        ("7", queued.as_str())
+    );
+    client.close();
+    relay.shut_down().await;
+}
