@@ -5,7 +5,7 @@ mod common;
 
 use common::{config, free_addr, next_event, wait_for, Cut, Proxy, Relay, ARRIVES};
 use gsio_relay_client::{
-    connect, DisconnectReason, Disconnected, Envelope, Event, RelayError, SendError,
+    connect, ConnectError, DisconnectReason, Disconnected, Envelope, Event, RelayError, SendError,
 };
 use serde_json::json;
 
@@ -276,6 +276,91 @@ async fn retries_while_its_own_old_connection_still_holds_the_id() {
         (echo.payload.as_json(), echo.message_id.as_str()),
         ("7", queued.as_str())
     );
+    client.close();
+    relay.shut_down().await;
+}
+
+#[tokio::test]
+async fn an_id_outside_the_relays_syntax_is_final() {
+    let relay = Relay::start("127.0.0.1:0".parse().unwrap()).await;
+    let too_long = "x".repeat(129);
+    // Printable ASCII, so the client sends them; the relay's syntax is narrower.
+    let refused = [
+        ("node 1", "invalid_peer_id"),
+        ("node/1", "invalid_peer_id"),
+        (too_long.as_str(), "invalid_peer_id"),
+        ("relay", "reserved_peer_id"),
+    ];
+    for (id, code) in refused {
+        let (client, mut events) = connect(config(&relay.grpc_url(), id)).unwrap();
+        let queued = client.send(Envelope::new("Ping", json!(1))).await.unwrap();
+        let last = disconnected(&mut events).await;
+        match &last.reason {
+            DisconnectReason::Relay {
+                status: tonic::Code::InvalidArgument,
+                error,
+            } => assert_eq!(error.code(), code, "{id}"),
+            other => panic!("{id}: expected INVALID_ARGUMENT, got {other:?}"),
+        }
+        assert!(last.is_final(), "{id}: {last:?}");
+        assert_eq!(last.unsent.len(), 1, "{id}");
+        assert_eq!(last.unsent[0].message_id, queued);
+        assert!(
+            events.next().await.is_none(),
+            "{id}: the final event is the last"
+        );
+        let after = client.send(Envelope::new("Ping", json!(2))).await;
+        assert!(matches!(after, Err(SendError::Closed(_))), "{after:?}");
+    }
+    // What gRPC metadata cannot carry is refused by `connect` itself, before any connection.
+    for id in ["nœud-1", "node\t1", "node\n1"] {
+        let refused = connect(config(&relay.grpc_url(), id)).map(|_| ());
+        assert_eq!(
+            refused,
+            Err(ConnectError::InvalidNodeId(id.to_owned())),
+            "{id:?}"
+        );
+    }
+    relay.shut_down().await;
+}
+
+#[tokio::test]
+async fn retry_refused_id_retries_an_id_in_use_until_its_holder_leaves() {
+    let relay = Relay::start("127.0.0.1:0".parse().unwrap()).await;
+    let (holder, mut holder_events) = connect(config(&relay.grpc_url(), "node-1")).unwrap();
+    wait_for(&mut holder_events, connected).await;
+
+    let mut config = config(&relay.grpc_url(), "node-1");
+    config.retry_refused_id = true;
+    let (client, mut events) = connect(config).unwrap();
+    for attempt in 1..=3 {
+        let refused = disconnected(&mut events).await;
+        assert!(
+            in_use(&refused.reason) && !refused.is_final() && refused.attempt == attempt,
+            "{refused:?}"
+        );
+    }
+    let queued = client.send(Envelope::new("Ping", json!(1))).await.unwrap();
+
+    holder.close();
+    wait_for(&mut holder_events, |e| match e {
+        Event::Disconnected(d) if d.is_final() => Some(()),
+        _ => None,
+    })
+    .await;
+    let welcome = wait_for(&mut events, |e| match e {
+        Event::Connected(welcome) => Some(welcome),
+        Event::Disconnected(d) if in_use(&d.reason) && !d.is_final() => None,
+        other => panic!("expected refusals, then Connected: {other:?}"),
+    })
+    .await;
+    assert_eq!(welcome.peer_id, "node-1");
+    let echo = wait_for(&mut events, |e| match e {
+        Event::Message(m) if m.message_type == "Ping" => Some(m),
+        _ => None,
+    })
+    .await;
+    assert_eq!(echo.message_id, queued);
     client.close();
     relay.shut_down().await;
 }
