@@ -7,6 +7,10 @@ use common::{config, free_addr, next_event, wait_for, Cut, Proxy, Relay, ARRIVES
 use gsio_relay_client::{
     connect, ConnectError, DisconnectReason, Disconnected, Envelope, Event, RelayError, SendError,
 };
+use std::future::Future;
+use std::pin::{pin, Pin};
+use std::task::Poll;
+
 use serde_json::json;
 
 fn connected(event: Event) -> Option<String> {
@@ -164,6 +168,9 @@ async fn gives_up_after_max_attempts_and_hands_back_the_outbox() {
         matches!(&full, Err(SendError::Full(envelope)) if envelope.payload.as_json() == "3"),
         "{full:?}"
     );
+    // `send` waits for room instead, until the client stops.
+    let mut waiting = pin!(client.send(Envelope::new("Ping", json!(4))));
+    assert!(poll_once(&mut waiting).await.is_pending());
     let mut attempts = Vec::new();
     let last = loop {
         match next_event(&mut events).await {
@@ -175,6 +182,13 @@ async fn gives_up_after_max_attempts_and_hands_back_the_outbox() {
     assert_eq!((attempts, last.attempt), (vec![1], 2));
     let ids: Vec<_> = last.unsent.iter().map(|e| e.message_id.clone()).collect();
     assert_eq!(ids, [first, second]);
+    // The waiting send was refused as the client stopped, its envelope handed back.
+    match poll_once(&mut waiting).await {
+        Poll::Ready(Err(SendError::Closed(envelope))) => {
+            assert_eq!(envelope.payload.as_json(), "4")
+        }
+        other => panic!("{other:?}"),
+    }
     assert!(tokio::time::timeout(ARRIVES, events.next())
         .await
         .unwrap()
@@ -361,6 +375,62 @@ async fn retry_refused_id_retries_an_id_in_use_until_its_holder_leaves() {
     })
     .await;
     assert_eq!(echo.message_id, queued);
+    client.close();
+    relay.shut_down().await;
+}
+
+/// Polls `future` once, without waiting.
+async fn poll_once<F: Future + Unpin>(future: &mut F) -> Poll<F::Output> {
+    std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *future).poll(cx))).await
+}
+
+#[tokio::test]
+async fn send_waits_for_room_until_the_welcomed_client_drains_the_outbox() {
+    let addr = free_addr();
+    let mut config = config(&format!("http://{addr}"), "node-1");
+    config.outbox_capacity = 1;
+    let (client, mut events) = connect(config).unwrap();
+    let first = client.try_send(Envelope::new("Ping", json!(1))).unwrap();
+    let full = client.try_send(Envelope::new("Ping", json!(9)));
+    assert!(matches!(full, Err(SendError::Full(_))), "{full:?}");
+
+    // No relay: `send` waits, through failed attempts.
+    let mut second = pin!(client.send(Envelope::new("Ping", json!(2))));
+    for _ in 0..2 {
+        assert!(poll_once(&mut second).await.is_pending());
+        let failed = disconnected(&mut events).await;
+        assert!(!failed.is_final(), "{failed:?}");
+    }
+    assert!(poll_once(&mut second).await.is_pending());
+
+    let relay = Relay::start(addr).await;
+    let second = tokio::time::timeout(ARRIVES, second)
+        .await
+        .expect("room once connected")
+        .unwrap();
+    // It completed only after the Welcome: the client takes from the outbox once welcomed, so
+    // Connected is already queued in Events (after any failed attempts).
+    let welcomed = loop {
+        match poll_once(&mut pin!(events.next())).await {
+            Poll::Ready(Some(Event::Connected(welcome))) => break Some(welcome.peer_id),
+            Poll::Ready(Some(Event::Disconnected(d))) if !d.is_final() => continue,
+            Poll::Ready(other) => panic!("{other:?}"),
+            Poll::Pending => break None,
+        }
+    };
+    assert_eq!(welcomed.as_deref(), Some("node-1"));
+    // Both go out, in send order.
+    for (payload, id) in [("1", first), ("2", second)] {
+        let echo = wait_for(&mut events, |e| match e {
+            Event::Message(m) if m.message_type == "Ping" => Some(m),
+            _ => None,
+        })
+        .await;
+        assert_eq!(
+            (echo.payload.as_json(), echo.message_id.as_str()),
+            (payload, id.as_str())
+        );
+    }
     client.close();
     relay.shut_down().await;
 }
