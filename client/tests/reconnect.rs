@@ -10,6 +10,7 @@ use gsio_relay_client::{
 use std::future::Future;
 use std::pin::{pin, Pin};
 use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 
@@ -434,4 +435,45 @@ async fn send_waits_for_room_until_the_welcomed_client_drains_the_outbox() {
     }
     client.close();
     relay.shut_down().await;
+}
+
+#[tokio::test]
+async fn failed_attempts_wait_as_the_default_backoff_says() {
+    // A "relay" that accepts each connection and resets it at once, noting when.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (accepts_tx, mut accepts) = tokio::sync::mpsc::unbounded_channel();
+    let acceptor = tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            // Noted before the reset, so before the client can see the attempt fail.
+            let _ = accepts_tx.send(Instant::now());
+            socket.set_zero_linger().unwrap();
+        }
+    });
+    let (client, mut events) = connect(gsio_relay_client::Config::new(url, "node-1")).unwrap();
+    let mut tried_at = accepts.recv().await.unwrap();
+    // 250 ms doubling, each less up to half at random.
+    for (attempt, full_ms) in [(1, 250), (2, 500), (3, 1000)] {
+        let failed = disconnected(&mut events).await;
+        assert!(
+            matches!(failed.reason, DisconnectReason::Transport(_)) && failed.attempt == attempt,
+            "{failed:?}"
+        );
+        let wait = failed.reconnect_in.expect("it retries");
+        let full = Duration::from_millis(full_ms);
+        assert!(wait <= full && wait >= full / 2, "{attempt}: {wait:?}");
+        // The next try comes no sooner than announced.
+        let next = tokio::time::timeout(ARRIVES, accepts.recv())
+            .await
+            .expect("another try")
+            .unwrap();
+        assert!(
+            next - tried_at >= wait,
+            "{attempt}: {:?} < {wait:?}",
+            next - tried_at
+        );
+        tried_at = next;
+    }
+    client.close();
+    acceptor.abort();
 }
