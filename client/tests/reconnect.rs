@@ -1,17 +1,20 @@
-//! Reconnecting: across a relay restart on the same address, to a relay that is not up yet, and
+//! Reconnecting: across a relay restart on the same address, to a relay that is not up yet,
+//! after a transport failure (a proxy that the test cuts), a slow-consumer cut or a full relay,
+//! and at the pace of the backoff; which refused ids stop the client and which are retried; and
 //! what the client does with sends while disconnected and when it gives up.
 
 mod common;
 
-use common::{config, free_addr, next_event, wait_for, Cut, Proxy, Relay, ARRIVES};
-use gsio_relay_client::{
-    connect, ConnectError, DisconnectReason, Disconnected, Envelope, Event, RelayError, SendError,
-};
 use std::future::Future;
 use std::pin::{pin, Pin};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use common::{config, free_addr, next_event, wait_for, Browser, Cut, Proxy, Relay, ARRIVES};
+use gsio_relay_client::{
+    connect, ConnectError, DisconnectReason, Disconnected, Envelope, Event, Events, Payload,
+    RelayError, SendError,
+};
 use serde_json::json;
 
 fn connected(event: Event) -> Option<String> {
@@ -198,7 +201,7 @@ async fn gives_up_after_max_attempts_and_hands_back_the_outbox() {
 }
 
 /// The next `Disconnected`; any other event is a failure.
-async fn disconnected(events: &mut gsio_relay_client::Events) -> Disconnected {
+async fn disconnected(events: &mut Events) -> Disconnected {
     match next_event(events).await {
         Event::Disconnected(d) => d,
         other => panic!("expected Disconnected, got {other:?}"),
@@ -451,7 +454,10 @@ async fn failed_attempts_wait_as_the_default_backoff_says() {
         }
     });
     let (client, mut events) = connect(gsio_relay_client::Config::new(url, "node-1")).unwrap();
-    let mut tried_at = accepts.recv().await.unwrap();
+    let mut tried_at = tokio::time::timeout(ARRIVES, accepts.recv())
+        .await
+        .expect("a first try")
+        .unwrap();
     // 250 ms doubling, each less up to half at random.
     for (attempt, full_ms) in [(1, 250), (2, 500), (3, 1000)] {
         let failed = disconnected(&mut events).await;
@@ -476,4 +482,95 @@ async fn failed_attempts_wait_as_the_default_backoff_says() {
     }
     client.close();
     acceptor.abort();
+}
+
+#[tokio::test]
+async fn reconnects_after_being_cut_as_a_slow_consumer() {
+    // A short queue per peer, so that a peer that stops reading is cut soon.
+    let relay = Relay::start_with("127.0.0.1:0".parse().unwrap(), |config| {
+        config.limits.queue_capacity = 32;
+    })
+    .await;
+    let mut slow = config(&relay.grpc_url(), "node-1");
+    slow.events_capacity = 1;
+    let (client, mut events) = connect(slow).unwrap();
+    assert_eq!(wait_for(&mut events, connected).await, "node-1");
+    let mut sender = config(&relay.grpc_url(), "node-2");
+    // Sends go out about as fast as `send` returns.
+    sender.outbox_capacity = 1;
+    let (sender, mut sent) = connect(sender).unwrap();
+    wait_for(&mut sent, connected).await;
+
+    // node-1 takes no event meanwhile: its client stops reading the stream, HTTP/2 flow
+    // control stops the relay's writes to it, and its queue fills. The relay then cuts it and
+    // tells the sender that node-1 missed its envelope.
+    let big = Payload::from(json!("x".repeat(64 * 1024)));
+    let mut missed = false;
+    for _ in 0..2048 {
+        let envelope = Envelope::new("LedgerSyncResponse", big.clone()).to("node-1");
+        sender.send(envelope).await.unwrap();
+        while let Poll::Ready(Some(event)) = poll_once(&mut pin!(sent.next())).await {
+            missed |= matches!(event, Event::Rejected(RelayError::RecipientQueueFull(_)));
+        }
+        if missed {
+            break;
+        }
+    }
+    assert!(missed, "node-1 was never cut");
+
+    let cut = wait_for(&mut events, |e| match e {
+        Event::Disconnected(d) => Some(d),
+        _ => None,
+    })
+    .await;
+    assert!(
+        matches!(
+            cut.reason,
+            DisconnectReason::Relay {
+                status: tonic::Code::ResourceExhausted,
+                error: RelayError::SlowConsumer(_)
+            }
+        ) && !cut.is_final(),
+        "{cut:?}"
+    );
+    assert_eq!(wait_for(&mut events, connected).await, "node-1");
+    client.close();
+    sender.close();
+    relay.shut_down().await;
+}
+
+#[tokio::test]
+async fn retries_a_relay_that_holds_too_many_peers() {
+    let relay = Relay::start_with("127.0.0.1:0".parse().unwrap(), |config| {
+        config.server.max_connections = 1;
+    })
+    .await;
+    // A browser takes the only peer slot (the WebSocket port's TCP connections are not the
+    // gRPC port's, so the client's connection is served and its stream refused).
+    let (browser, _) = Browser::connect(&relay, "browser").await;
+    let (client, mut events) = connect(config(&relay.grpc_url(), "node-1")).unwrap();
+    for attempt in 1..=2 {
+        let refused = disconnected(&mut events).await;
+        assert!(
+            matches!(
+                refused.reason,
+                DisconnectReason::Relay {
+                    status: tonic::Code::ResourceExhausted,
+                    error: RelayError::TooManyPeers(_)
+                }
+            ) && refused.attempt == attempt
+                && !refused.is_final(),
+            "{refused:?}"
+        );
+    }
+    drop(browser);
+    let welcome = wait_for(&mut events, |e| match e {
+        Event::Connected(welcome) => Some(welcome),
+        Event::Disconnected(d) if !d.is_final() => None,
+        other => panic!("expected retries, then Connected: {other:?}"),
+    })
+    .await;
+    assert_eq!(welcome.peer_id, "node-1");
+    client.close();
+    relay.shut_down().await;
 }

@@ -40,9 +40,15 @@ pub struct Relay {
 impl Relay {
     /// The shipped relay.toml, gRPC on `grpc` (port 0: any), WebSocket on any port.
     pub async fn start(grpc: SocketAddr) -> Relay {
+        Relay::start_with(grpc, |_| {}).await
+    }
+
+    /// As [`Relay::start`], with `change` made to the shipped relay.toml.
+    pub async fn start_with(grpc: SocketAddr, change: impl FnOnce(&mut RelayConfig)) -> Relay {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../relay.toml");
         let text = std::fs::read_to_string(path).unwrap();
         let mut config = RelayConfig::from_toml_str(&text, "relay.toml").unwrap();
+        change(&mut config);
         config.server.grpc_listen = grpc;
         config.server.ws_listen = "127.0.0.1:0".parse().unwrap();
         let server = gsio_relay::Server::bind(config).await.expect("bind");
