@@ -36,8 +36,13 @@ pub fn connect(config: Config) -> Result<(Client, Events), ConnectError> {
         .http2_keep_alive_interval(std::time::Duration::from_secs(30))
         .keep_alive_timeout(std::time::Duration::from_secs(20))
         .keep_alive_while_idle(true);
-    let node_id: MetadataValue<Ascii> = MetadataValue::try_from(config.node_id.as_str())
-        .map_err(|_| ConnectError::InvalidNodeId(config.node_id.clone()))?;
+    // gRPC's ASCII metadata is printable ASCII; `MetadataValue` alone would also pass tabs and
+    // bytes 128-255 (the UTF-8 of "é"), which the relay then refuses as not ASCII.
+    let printable = |b: u8| (0x20..=0x7e).contains(&b);
+    let node_id = Some(config.node_id.as_str())
+        .filter(|id| id.bytes().all(printable))
+        .and_then(|id| MetadataValue::<Ascii>::try_from(id).ok())
+        .ok_or_else(|| ConnectError::InvalidNodeId(config.node_id.clone()))?;
     let (outbox_tx, outbox_rx) = mpsc::channel(config.outbox_capacity);
     let (events_tx, events_rx) = mpsc::channel(config.events_capacity);
     let (closing_tx, closing_rx) = watch::channel(false);

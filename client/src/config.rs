@@ -143,6 +143,36 @@ mod tests {
         assert!(!Backoff::default().exhausted(u32::MAX));
     }
 
+    /// The README's numbers, written out rather than read back from `Default`: 250 ms doubling
+    /// to 30 s, forever, and the jitter only ever takes time off.
+    #[test]
+    fn the_default_backoff_is_250_ms_doubling_to_30_s_forever() {
+        let backoff = Config::new("http://127.0.0.1:1", "n").backoff;
+        assert_eq!(
+            (backoff.initial, backoff.max, backoff.max_attempts),
+            (Duration::from_millis(250), Duration::from_secs(30), None)
+        );
+        let ms = |attempt, random| backoff.delay(attempt, random).as_millis();
+        assert_eq!(
+            [1, 2, 3, 4, 5, 6, 7, 8, 9, 100, u32::MAX].map(|a| ms(a, 0.0)),
+            [250, 500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000, 30000]
+        );
+        // Jitter shortens a delay (by at most half of it), never lengthens it.
+        for attempt in [1, 4, 8, 50] {
+            let full = ms(attempt, 0.0);
+            for random in [0.0, 0.1, 0.5, 0.9, 0.999_999] {
+                let delay = ms(attempt, random);
+                assert!(
+                    delay <= full && delay >= full / 2,
+                    "{attempt} {random}: {delay}"
+                );
+            }
+            assert!(ms(attempt, 0.9) < full, "the draw takes time off");
+        }
+        // Forever: no number of failures in a row is the last.
+        assert!([1, 1000, u32::MAX].iter().all(|&n| !backoff.exhausted(n)));
+    }
+
     #[test]
     fn bad_settings_are_refused() {
         let ok = Config::new("http://127.0.0.1:1", "n");

@@ -301,14 +301,32 @@ mod tests {
         assert_eq!(other.code(), "brand_new");
     }
 
+    /// One variant per code: exactly the codes the relay's core sends, and exactly the codes
+    /// of the README's table (section "Errors"), none twice.
     #[test]
-    fn knows_every_code_the_relay_sends() {
-        for code in gsio_relay_core::error::ErrorCode::ALL {
-            assert!(
-                RelayError::KNOWN_CODES.contains(&code.as_str()),
-                "{code} has no variant"
-            );
-        }
+    fn one_variant_per_code_the_relay_sends_and_the_readme_lists() {
+        use std::collections::BTreeSet;
+        let client: BTreeSet<&str> = RelayError::KNOWN_CODES.iter().copied().collect();
+        assert_eq!(client.len(), RelayError::KNOWN_CODES.len(), "a code twice");
+        let relay: BTreeSet<&str> = gsio_relay_core::error::ErrorCode::ALL
+            .iter()
+            .map(|code| code.as_str())
+            .collect();
+        assert_eq!(client, relay);
+
+        let readme = concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md");
+        let readme = std::fs::read_to_string(readme).unwrap();
+        let section = readme
+            .split("\n### Errors\n")
+            .nth(1)
+            .expect("an Errors section");
+        let section = section.split("\n#").next().unwrap();
+        let documented: BTreeSet<&str> = section
+            .lines()
+            .filter_map(|line| line.strip_prefix("| `")?.split_once('`'))
+            .map(|(code, _)| code)
+            .collect();
+        assert_eq!(client, documented);
     }
 
     #[test]

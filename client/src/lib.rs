@@ -18,19 +18,18 @@
 //!
 //! # async fn node() -> Result<(), Box<dyn std::error::Error>> {
 //! let (client, mut events) = connect(Config::new("http://127.0.0.1:50051", "node-1"))?;
+//! let mut peers = Vec::new();
 //! while let Some(event) = events.next().await {
 //!     match event {
-//!         // On every (re)connection: a restarted relay has forgotten this node.
-//!         Event::Connected(welcome) => {
-//!             println!("connected; peers: {:?}", welcome.peers);
+//!         Event::Connected(welcome) => {            // also after every reconnect
+//!             peers = welcome.peers;
 //!             client.send(Envelope::new("NodeAnnounce", json!({"node_id": "node-1"}))).await?;
 //!         }
 //!         Event::Message(request) if request.message_type == "NodeListRequest" => {
-//!             let nodes = json!({"nodes": ["node-1"]});
-//!             client.send(request.reply("NodeListResponse", nodes)).await?;
+//!             client.send(request.reply("NodeListResponse", json!({"nodes": peers}))).await?;
 //!         }
-//!         Event::Rejected(error) => eprintln!("{:?} refused: {error}", error.message_id()),
-//!         Event::Disconnected(gone) => eprintln!("disconnected: {}", gone.reason),
+//!         Event::Rejected(error) => eprintln!("{:?}: {error}", error.message_id()),
+//!         Event::Disconnected(gone) => eprintln!("{} (retry in {:?})", gone.reason, gone.reconnect_in),
 //!         _ => {}
 //!     }
 //! }
@@ -77,3 +76,31 @@ pub const NODE_ID_METADATA: &str = "x-gsio-node-id";
 
 /// The relay's own peer id: it signs `Welcome`, `Error`, `PeerJoined` and `PeerLeft`.
 pub const RELAY_ID: &str = "relay";
+
+#[cfg(test)]
+mod tests {
+    /// The README's example (section "A Rust client for nodes") is the example above, which
+    /// rustdoc compiles: the same lines, less the example's hidden ones (`# ...`).
+    #[test]
+    fn the_readme_example_is_the_compiled_doc_example() {
+        let readme = include_str!("../../README.md");
+        let section = readme
+            .split("\n## A Rust client for nodes\n")
+            .nth(1)
+            .unwrap();
+        let readme_example = section.split("```rust\n").nth(1).unwrap();
+        let readme_example: Vec<&str> =
+            readme_example.lines().take_while(|l| *l != "```").collect();
+        let doc_example: Vec<&str> = include_str!("lib.rs")
+            .lines()
+            .filter_map(|line| line.strip_prefix("//!"))
+            .map(|line| line.strip_prefix(' ').unwrap_or(line))
+            .skip_while(|line| *line != "```no_run")
+            .skip(1)
+            .take_while(|line| *line != "```")
+            .filter(|line| !line.starts_with("# "))
+            .collect();
+        assert!(readme_example.len() > 10, "{readme_example:?}");
+        assert_eq!(doc_example, readme_example);
+    }
+}

@@ -8,7 +8,7 @@ mod common;
 mod node;
 
 use common::{config, next_event, wait_for, Browser, Relay};
-use gsio_relay_client::{connect, Envelope, Event, Payload, RelayError};
+use gsio_relay_client::{connect, Envelope, Event, Events, Payload, RelayError};
 use serde_json::{json, Value};
 
 #[tokio::test]
@@ -158,5 +158,55 @@ async fn relay_errors_name_the_message_id_of_the_send() {
         Some("LedgerSyncResponse")
     );
     client.close();
+    relay.shut_down().await;
+}
+
+/// The `message_id` of the next message whose payload is `payload`.
+async fn received(inbox: &mut Events, payload: &str) -> String {
+    wait_for(inbox, |e| match e {
+        Event::Message(m) if m.payload.as_json() == payload => Some(m.message_id),
+        _ => None,
+    })
+    .await
+}
+
+#[tokio::test]
+async fn send_returns_the_message_id_the_recipient_receives() {
+    let relay = Relay::start("127.0.0.1:0".parse().unwrap()).await;
+    let (recipient, mut inbox) = connect(config(&relay.grpc_url(), "node-2")).unwrap();
+    wait_for(&mut inbox, |e| {
+        matches!(e, Event::Connected(_)).then_some(())
+    })
+    .await;
+    let (client, mut events) = connect(config(&relay.grpc_url(), "node-1")).unwrap();
+    wait_for(&mut events, |e| {
+        matches!(e, Event::Connected(_)).then_some(())
+    })
+    .await;
+    // Given: returned as is, and delivered as is.
+    let given = Envelope::new("NodeAnnounce", json!(1)).with_message_id("node-1:announce@7");
+    assert_eq!(client.send(given).await.unwrap(), "node-1:announce@7");
+    assert_eq!(received(&mut inbox, "1").await, "node-1:announce@7");
+
+    // Not given: a new UUID v4 for each send, the one the recipient gets.
+    let mut generated = Vec::new();
+    for payload in ["2", "3"] {
+        let id = client
+            .send(Envelope::new(
+                "NodeAnnounce",
+                Payload::from_json(payload).unwrap(),
+            ))
+            .await
+            .unwrap();
+        let uuid = uuid::Uuid::parse_str(&id).unwrap_or_else(|e| panic!("{id}: {e}"));
+        assert_eq!(uuid.get_version_num(), 4, "{id}");
+        assert_eq!(uuid.get_variant(), uuid::Variant::RFC4122, "{id}");
+        assert_eq!(id, uuid.hyphenated().to_string(), "the usual text form");
+        assert_eq!(received(&mut inbox, payload).await, id);
+        generated.push(id);
+    }
+    assert_ne!(generated[0], generated[1]);
+    client.close();
+    recipient.close();
     relay.shut_down().await;
 }

@@ -1,16 +1,19 @@
 //! Shared by the client's integration tests: a real relay in this process (the shipped
-//! `relay.toml`), on an address a test can restart it on, and a browser-like WebSocket peer.
+//! `relay.toml`), on an address a test can restart it on, a TCP proxy a test can cut like a
+//! failing network, and a browser-like WebSocket peer.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use gsio_relay_client::{Backoff, Config, Event, Events};
 use gsio_relay_core::RelayConfig;
 use serde_json::Value;
-use tokio::net::TcpStream;
-use tokio::sync::oneshot;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{broadcast, oneshot};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -37,9 +40,15 @@ pub struct Relay {
 impl Relay {
     /// The shipped relay.toml, gRPC on `grpc` (port 0: any), WebSocket on any port.
     pub async fn start(grpc: SocketAddr) -> Relay {
+        Relay::start_with(grpc, |_| {}).await
+    }
+
+    /// As [`Relay::start`], with `change` made to the shipped relay.toml.
+    pub async fn start_with(grpc: SocketAddr, change: impl FnOnce(&mut RelayConfig)) -> Relay {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../relay.toml");
         let text = std::fs::read_to_string(path).unwrap();
         let mut config = RelayConfig::from_toml_str(&text, "relay.toml").unwrap();
+        change(&mut config);
         config.server.grpc_listen = grpc;
         config.server.ws_listen = "127.0.0.1:0".parse().unwrap();
         let server = gsio_relay::Server::bind(config).await.expect("bind");
@@ -71,6 +80,108 @@ impl Relay {
             .expect("relay stopped in time")
             .unwrap()
             .unwrap();
+    }
+}
+
+/// How [`Proxy::cut`] breaks the connections it carries.
+#[derive(Debug, Clone, Copy)]
+pub enum Cut {
+    /// Both sockets reset: the client and the relay both see the connection fail.
+    Both,
+    /// The client's socket reset, the relay's kept open and silent (as when the client's
+    /// machine vanishes): the relay goes on holding the peer until [`Proxy::release_held`].
+    ClientSide,
+}
+
+/// A TCP proxy between clients and the relay, which a test cuts like a failing network. It
+/// accepts for as long as it lives, each connection forwarded to `target` both ways.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    /// Connections accepted so far.
+    accepted: Arc<AtomicUsize>,
+    /// Every connection being forwarded holds a receiver.
+    cuts: broadcast::Sender<Cut>,
+    /// Relay-side sockets of [`Cut::ClientSide`] connections. A sync lock: only pushed to and
+    /// drained, never held across an `.await`.
+    held: Arc<Mutex<Vec<TcpStream>>>,
+    task: JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(target: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (cuts, _) = broadcast::channel(4);
+        let held = Arc::new(Mutex::new(Vec::new()));
+        let task = tokio::spawn({
+            let (accepted, cuts, held) = (accepted.clone(), cuts.clone(), held.clone());
+            async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    accepted.fetch_add(1, Ordering::SeqCst);
+                    // Subscribed before a byte is forwarded: a connection that carried a
+                    // Welcome is one that a later cut reaches.
+                    let cut = cuts.subscribe();
+                    tokio::spawn(forward(client, target, cut, held.clone()));
+                }
+            }
+        });
+        Proxy {
+            addr,
+            accepted,
+            cuts,
+            held,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Breaks every connection being forwarded now; returns how many. Later ones are not cut.
+    pub fn cut(&self, how: Cut) -> usize {
+        self.cuts.send(how).unwrap_or(0)
+    }
+
+    /// Resets the relay-side sockets kept by [`Cut::ClientSide`]; returns how many.
+    pub fn release_held(&self) -> usize {
+        let held = std::mem::take(&mut *self.held.lock().unwrap());
+        for socket in &held {
+            socket.set_zero_linger().unwrap();
+        }
+        held.len()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn forward(
+    mut client: TcpStream,
+    target: SocketAddr,
+    mut cut: broadcast::Receiver<Cut>,
+    held: Arc<Mutex<Vec<TcpStream>>>,
+) {
+    let Ok(mut relay) = TcpStream::connect(target).await else {
+        return;
+    };
+    let how = tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut client, &mut relay) => return,
+        how = cut.recv() => how,
+    };
+    // A zero linger makes the close a reset: no orderly end of stream, as when a network fails.
+    client.set_zero_linger().unwrap();
+    match how {
+        Ok(Cut::ClientSide) => held.lock().unwrap().push(relay),
+        _ => relay.set_zero_linger().unwrap(),
     }
 }
 
