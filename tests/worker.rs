@@ -429,3 +429,40 @@ fn bundle_sizes_are_read_from_wrangler_and_the_readme() {
     );
     assert_eq!(readme_bundle_kib("the bundle is small"), None);
 }
+
+/// `scripts/build-worker.sh` checks that the wasm-bindgen CLI is the version `Cargo.lock` pins;
+/// when it cannot read that version it stops with a message saying so, instead of skipping the
+/// check. Run on a copy of the script in a directory of its own, whose `Cargo.lock` is missing
+/// or lists no wasm-bindgen (nothing there could be built: it has no worker/).
+#[test]
+fn the_worker_build_stops_without_the_locked_wasm_bindgen_version() {
+    let root = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("build-worker-lock-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(root.join("scripts")).unwrap();
+    let script = root.join("scripts/build-worker.sh");
+    std::fs::copy(repo_path("scripts/build-worker.sh"), &script).unwrap();
+    for (lockfile, says) in [
+        (None, "cannot read"),
+        (
+            Some("version = 4\n\n[[package]]\nname = \"wasm-bindgen-shared\"\nversion = \"0.2.130\"\n"),
+            "no wasm-bindgen version in",
+        ),
+    ] {
+        let lock = root.join("Cargo.lock");
+        match lockfile {
+            Some(text) => std::fs::write(&lock, text).unwrap(),
+            None => {
+                let _ = std::fs::remove_file(&lock);
+            }
+        }
+        let output = Command::new("bash").arg(&script).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{stderr}");
+        assert!(
+            stderr.contains(says) && stderr.contains("Cargo.lock"),
+            "expected \"{says}\" about Cargo.lock, got: {stderr}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}
