@@ -299,3 +299,77 @@ async fn run(command: Command, settings: &Settings) -> anyhow::Result<Report> {
     }
     Ok(report)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    extern "C" {
+        /// mimalloc's own answer to "is this pointer in one of my heaps?" (mimalloc.h; the
+        /// library is linked in by the `mimalloc` crate).
+        fn mi_is_in_heap_region(p: *const std::ffi::c_void) -> bool;
+    }
+
+    /// BENCHMARKS.md: the floor runs on "the relay's allocator (the bench binary, which the floor
+    /// is, runs on mimalloc)". Memory from the global allocator of this binary (this test
+    /// binary is built from the same `main.rs`) is mimalloc's, and the relay's `main.rs`
+    /// installs mimalloc too.
+    #[test]
+    fn the_bench_and_so_the_floor_run_on_the_relays_allocator() {
+        let frame = vec![0u8; 256];
+        // SAFETY: the pointer is only compared against mimalloc's heap regions, not read.
+        let ours = unsafe { mi_is_in_heap_region(frame.as_ptr().cast()) };
+        assert!(ours, "this binary's global allocator is not mimalloc");
+        let relay_main = include_str!("../../src/main.rs");
+        assert!(
+            relay_main.contains("#[global_allocator]")
+                && relay_main
+                    .contains("static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;"),
+            "gsio-relay's src/main.rs no longer installs mimalloc: the floor must follow it"
+        );
+    }
+
+    /// The floor the bench starts is this binary's hidden `floor` subcommand, given the queue
+    /// capacity and frame limit the relay runs with.
+    #[test]
+    fn the_floor_is_this_binary_with_the_relays_limits() {
+        let args = std::iter::once("relay-bench".to_owned()).chain(proc::floor_args(1234, 5678));
+        let cli = Cli::try_parse_from(args).unwrap();
+        let Command::Floor {
+            listen,
+            queue_capacity,
+            max_message_bytes,
+        } = cli.command
+        else {
+            panic!("not the floor: {:?}", cli.command);
+        };
+        assert_eq!(listen, "127.0.0.1:0".parse().unwrap());
+        assert_eq!((queue_capacity, max_message_bytes), (1234, 5678));
+    }
+
+    fn settings(args: &[&str]) -> anyhow::Result<Settings> {
+        let cli = Cli::try_parse_from(["relay-bench", "directed"].iter().chain(args)).unwrap();
+        cli.options.settings()
+    }
+
+    /// The floor gets the queue capacity and frame limit of the relay.toml the relay runs on,
+    /// with the relay's overrides; and BENCHMARKS.md: "Runs below keep every window under the
+    /// queue capacity, so neither target ever cuts a peer": a window at or above it is refused.
+    #[test]
+    fn the_floor_mirrors_the_relays_limits_and_the_window_stays_below_the_queue() {
+        let shipped = settings(&[]).unwrap();
+        assert_eq!(
+            (
+                shipped.queue_capacity,
+                shipped.max_message_bytes,
+                shipped.window
+            ),
+            (4096, 1 << 20, 1000)
+        );
+        let raised = settings(&["--relay-env", "GSIO_RELAY_LIMITS__QUEUE_CAPACITY=8192"]).unwrap();
+        assert_eq!(raised.queue_capacity, 8192);
+        let error = settings(&["--window", "4096"]).unwrap_err().to_string();
+        assert!(error.contains("queue_capacity"), "{error}");
+        assert!(settings(&["--window", "4095"]).is_ok());
+    }
+}

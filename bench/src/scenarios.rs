@@ -345,6 +345,16 @@ fn no_loss_check(report: &mut Report, name: &str, run: &RunResult) {
     report.check(&format!("messages lost, {name}"), measured, "0", Some(met));
 }
 
+/// Fan-out's fixed rate is in deliveries/s: the publisher sends that ÷ the subscribers.
+fn publisher_rate(deliveries_per_s: f64, subscribers: usize) -> f64 {
+    deliveries_per_s / subscribers as f64
+}
+
+/// A directed rate is in msgs/s over every sender: both peers of each pair send.
+fn per_sender_rate(msgs_per_s: f64, pairs: usize) -> f64 {
+    msgs_per_s / (2 * pairs) as f64
+}
+
 fn p99(run: &RunResult) -> f64 {
     run.latency.map_or(f64::INFINITY, |l| l.p99_ms)
 }
@@ -354,7 +364,7 @@ pub async fn fanout(settings: &Settings, report: &mut Report) -> Result<()> {
     println!("\n=== fanout: 1 publisher x {n} subscribers, broadcast, WebSocket ===");
     let floor = Target::floor(settings)?;
     let relay = Target::relay(settings)?;
-    let publisher_rate = settings.fanout_rate / n as f64;
+    let publisher_rate = publisher_rate(settings.fanout_rate, n);
     let by_mode = floor_and_relay(
         settings,
         [&floor, &relay],
@@ -425,7 +435,7 @@ pub async fn directed(settings: &Settings, report: &mut Report) -> Result<()> {
     println!("\n=== directed: {pairs} pairs, each peer sending to its partner, WebSocket ===");
     let floor = Target::floor(settings)?;
     let relay = Target::relay(settings)?;
-    let per_sender = settings.directed_rate / (2 * pairs) as f64;
+    let per_sender = per_sender_rate(settings.directed_rate, pairs);
     let by_mode = floor_and_relay(
         settings,
         [&floor, &relay],
@@ -473,7 +483,7 @@ pub async fn bridge(settings: &Settings, report: &mut Report) -> Result<()> {
     );
     let relay = Target::relay(settings)?;
     relay.needs_grpc()?;
-    let per_sender = settings.directed_rate / (2 * pairs) as f64;
+    let per_sender = per_sender_rate(settings.directed_rate, pairs);
     let kinds = [
         ("ws", Front::Ws, Front::Ws),
         ("grpc", Front::Grpc, Front::Grpc),
@@ -982,7 +992,7 @@ pub async fn soak(settings: &Settings, report: &mut Report) -> Result<()> {
         transport: "ws",
         target_rate: Some(rate),
     };
-    let pacing = Pacing::PerSender(rate / (2 * pairs) as f64);
+    let pacing = Pacing::PerSender(per_sender_rate(rate, pairs));
     let run = measure(
         settings,
         &relay,
@@ -1118,6 +1128,14 @@ mod tests {
             server: None,
             client: ProcUsage::default(),
         }
+    }
+
+    /// BENCHMARKS.md: "Fan-out's rate is in deliveries/s (50,000 = 250 msgs/s × 200);
+    /// directed's in msgs/s over all 200 senders (20,000 = 100 msgs/s per peer)".
+    #[test]
+    fn fixed_rates_are_split_among_the_senders_as_documented() {
+        assert_eq!(publisher_rate(50_000.0, 200), 250.0);
+        assert_eq!(per_sender_rate(20_000.0, 100), 100.0);
     }
 
     #[test]

@@ -557,9 +557,27 @@ mod tests {
         assert_eq!(fmt_num(1.23456, 3), "1.235");
     }
 
+    /// BENCHMARKS.md: "CPU µs per delivery = server CPU time ÷ messages received".
     #[test]
-    fn the_json_line_carries_loss_and_rate() {
+    fn cpu_per_delivery_is_cpu_time_over_messages_received() {
         let run = RunResult {
+            received: 2_000_000,
+            ..json_line_run()
+        };
+        let usage = ProcUsage {
+            cpu_s: 3.0,
+            ..ProcUsage::default()
+        };
+        assert_eq!(run.cpu_us_per_delivery(&usage), Some(1.5));
+        let nothing = RunResult {
+            received: 0,
+            ..json_line_run()
+        };
+        assert_eq!(nothing.cpu_us_per_delivery(&usage), None);
+    }
+
+    fn json_line_run() -> RunResult {
+        RunResult {
             scenario: "fanout",
             mode: "max",
             target: "relay",
@@ -584,7 +602,12 @@ mod tests {
             server_warnings: 0,
             server: None,
             client: ProcUsage::default(),
-        };
+        }
+    }
+
+    #[test]
+    fn the_json_line_carries_loss_and_rate() {
+        let run = json_line_run();
         let line = run.to_json();
         assert_eq!(line["lost"], 1);
         assert_eq!(line["delivered_per_s"], 38.0);
