@@ -352,6 +352,29 @@ mod tests {
         cli.options.settings()
     }
 
+    /// BENCHMARKS.md's scenarios and "How it measures" name these defaults: 1 × 200 fan-out at
+    /// 50,000 deliveries/s, 100 pairs at 20,000 msgs/s, a window of 1000, 5 s runs and at most
+    /// 5 s of drain, 10,000 idle WebSocket peers, 2,000 gRPC streams 100 per connection, 19,000
+    /// peers held for 5 s, a 60 s soak sampled every 5 s.
+    #[test]
+    fn the_defaults_are_the_documented_ones() {
+        let s = settings(&[]).unwrap();
+        assert_eq!((s.subscribers, s.fanout_rate), (200, 50_000.0));
+        assert_eq!((s.pairs, s.directed_rate), (100, 20_000.0));
+        assert_eq!(s.window, 1000);
+        assert_eq!(
+            (s.duration, s.drain),
+            (Duration::from_secs(5), Duration::from_secs(5))
+        );
+        assert_eq!(s.ws_conns, 10_000);
+        assert_eq!((s.grpc_streams, s.streams_per_conn), (2_000, 100));
+        assert_eq!((s.hold_peers, s.hold), (19_000, Duration::from_secs(5)));
+        assert_eq!(
+            (s.soak, s.soak_sample),
+            (Duration::from_secs(60), Duration::from_secs(5))
+        );
+    }
+
     /// The floor gets the queue capacity and frame limit of the relay.toml the relay runs on,
     /// with the relay's overrides; and BENCHMARKS.md: "Runs below keep every window under the
     /// queue capacity, so neither target ever cuts a peer": a window at or above it is refused.
