@@ -53,8 +53,12 @@ if [[ $# -eq 0 && "${GSIO_WORKER_FORCE_BUILD:-0}" != 1 ]] && up_to_date; then
 fi
 
 # The wasm-bindgen CLI must be the very version of the wasm-bindgen crate in Cargo.lock: their
-# interface schema must match, and a mismatch fails late with a cryptic message.
-locked_bindgen="$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/version = |"/, ""); print; exit }' "$root/Cargo.lock" 2>/dev/null || true)"
+# interface schema must match, and a mismatch fails late with a cryptic message. No version to
+# compare with is an error too, never a check skipped.
+[[ -r "$root/Cargo.lock" ]] || die "cannot read $root/Cargo.lock, which pins the wasm-bindgen version the CLI must match"
+locked_bindgen="$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/version = |"/, ""); print; exit }' "$root/Cargo.lock")"
+[[ "$locked_bindgen" =~ ^[0-9]+\.[0-9]+\.[0-9]+ ]] ||
+	die "no wasm-bindgen version in $root/Cargo.lock (found: '${locked_bindgen}'); the worker crate depends on wasm-bindgen, so Cargo.lock must list it"
 
 export WASM_BINDGEN_BIN="${WASM_BINDGEN_BIN:-$(command -v wasm-bindgen || true)}"
 export WASM_OPT_BIN="${WASM_OPT_BIN:-$node_bin/wasm-opt}"
@@ -64,11 +68,10 @@ command -v worker-build >/dev/null || die "worker-build not found; run scripts/s
 [[ -x "$WASM_BINDGEN_BIN" ]] || die "wasm-bindgen not found${WASM_BINDGEN_BIN:+ at $WASM_BINDGEN_BIN}; run scripts/setup-worker.sh"
 [[ -x "$WASM_OPT_BIN" ]] || die "wasm-opt not found at $WASM_OPT_BIN; run scripts/setup-worker.sh"
 [[ -x "$ESBUILD_BIN" ]] || die "esbuild not found at $ESBUILD_BIN; run scripts/setup-worker.sh"
-if [[ -n "$locked_bindgen" ]]; then
-	have_bindgen="$("$WASM_BINDGEN_BIN" --version | awk '{ print $2 }')"
-	[[ "$have_bindgen" == "$locked_bindgen" ]] ||
-		die "wasm-bindgen CLI is $have_bindgen but Cargo.lock has $locked_bindgen; run scripts/setup-worker.sh"
-fi
+have_bindgen="$("$WASM_BINDGEN_BIN" --version | awk '{ print $2 }')" ||
+	die "$WASM_BINDGEN_BIN --version failed; run scripts/setup-worker.sh"
+[[ "$have_bindgen" == "$locked_bindgen" ]] ||
+	die "wasm-bindgen CLI is '$have_bindgen' but Cargo.lock has $locked_bindgen; run scripts/setup-worker.sh"
 
 args=("$@")
 [[ ${#args[@]} -gt 0 ]] || args=(--release)

@@ -12,9 +12,16 @@
 //!
 //! # Bounds
 //! A sender stops at its deadline or after `max_per_sender` messages, whichever is first; the
-//! drain after it is bounded in time; every connect and every wait has a timeout.
+//! drain after it is bounded in time, and ends sooner once every receiver has its count or has
+//! lost its connection (nothing more can arrive there); every connect and every wait has a
+//! timeout.
+//!
+//! # Counting
+//! Each receiver tallies the sequence numbers it gets ([`Tally`]): what its sender reported as
+//! sent and never arrived is lost, and a duplicate is counted on its own, never in place of a
+//! lost message.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -224,6 +231,9 @@ impl Default for Gate {
 pub struct Link {
     received: AtomicU64,
     expected: AtomicU64,
+    /// Set when the receiver's connection ended: nothing more can arrive, so the drain stops
+    /// waiting for it.
+    ended: AtomicBool,
     gate: Arc<Gate>,
 }
 
@@ -232,6 +242,7 @@ impl Link {
         Arc::new(Link {
             received: AtomicU64::new(0),
             expected: AtomicU64::new(0),
+            ended: AtomicBool::new(false),
             gate: gate.clone(),
         })
     }
@@ -249,6 +260,12 @@ impl Link {
 
     fn received(&self) -> u64 {
         self.received.load(Ordering::SeqCst)
+    }
+
+    /// Whether the drain should still wait for this link: short of its count, and its receiver
+    /// still connected.
+    fn awaited(&self) -> bool {
+        !self.ended.load(Ordering::SeqCst) && self.received() < self.expected.load(Ordering::SeqCst)
     }
 }
 
@@ -443,6 +460,9 @@ async fn run_receiver(spec: ReceiverSpec, mut stop: watch::Receiver<bool>) -> Re
                 Incoming::Other => {}
                 Incoming::Ended(reason) => {
                     outcome.ended = Some(reason);
+                    if let Some(link) = &link {
+                        link.ended.store(true, Ordering::SeqCst);
+                    }
                     break;
                 }
             },
@@ -456,8 +476,12 @@ async fn run_receiver(spec: ReceiverSpec, mut stop: watch::Receiver<bool>) -> Re
 pub struct TrafficOutcome {
     pub sent: u64,
     pub expected: u64,
+    /// Stamped messages received, duplicates included.
     pub received: u64,
+    /// Expected sequence numbers that never arrived (see [`Tally::lost`]).
     pub lost: u64,
+    pub duplicates: u64,
+    pub unexpected: u64,
     pub gaps: u64,
     pub late: u64,
     pub elapsed_s: f64,
@@ -529,14 +553,10 @@ pub async fn run_traffic(
         }
     }
 
-    // Drain: until every link has what it expects, or the bound.
+    // Drain: until every link has what it expects or has lost its receiver, or the bound.
     let all_links: Vec<Arc<Link>> = sender_links.into_iter().flatten().collect();
     let drain_end = Instant::now() + plan.drain;
-    while Instant::now() < drain_end
-        && all_links
-            .iter()
-            .any(|l| l.received() < l.expected.load(Ordering::SeqCst))
-    {
+    while Instant::now() < drain_end && all_links.iter().any(|l| l.awaited()) {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let (server, client) = meter.finish();
@@ -548,6 +568,8 @@ pub async fn run_traffic(
         expected: 0,
         received: 0,
         lost: 0,
+        duplicates: 0,
+        unexpected: 0,
         gaps: 0,
         late: 0,
         elapsed_s: 0.0,
@@ -570,6 +592,8 @@ pub async fn run_traffic(
             Ok(Ok(outcome)) => {
                 result.received += outcome.tally.received;
                 result.lost += outcome.tally.lost(expected);
+                result.duplicates += outcome.tally.duplicates;
+                result.unexpected += outcome.tally.unexpected(expected);
                 result.gaps += outcome.tally.gaps;
                 result.late += outcome.tally.late;
                 result.latency.merge(&outcome.latency);
@@ -852,7 +876,7 @@ mod tests {
     }
 
     /// The whole counting path, over real sockets to a real floor: every message sent is
-    /// counted once, nothing is lost, and a receiver whose sender stops short shows the loss.
+    /// counted once and nothing is lost. (Loss: see [`a_lossy_target_shows_every_loss`].)
     #[test]
     fn a_run_against_the_floor_counts_everything() {
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -898,5 +922,125 @@ mod tests {
             assert_eq!(outcome.received, 2000);
             assert_eq!(outcome.lost, 0);
         });
+    }
+
+    /// A stand-in target on `listener`: the receiver `p0b` and the sender `p0a` each get a
+    /// Welcome once registered; every frame of `p0a` goes to `p0b` `copies(seq)` times (0: the
+    /// message is lost, 2: duplicated), and right after the frame with sequence number `last`
+    /// the target closes `p0b`'s connection. The receiver has then read everything forwarded
+    /// to it, so the counts are exact and the run's drain need not wait for anything.
+    async fn lossy_target(listener: tokio::net::TcpListener, copies: fn(u64) -> usize, last: u64) {
+        use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+        let (mut sender, mut receiver) = (None, None);
+        while sender.is_none() {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut id = String::new();
+            // The callback's error type is tungstenite's (a whole HTTP response).
+            #[allow(clippy::result_large_err)]
+            let handshake =
+                tokio_tungstenite::accept_hdr_async(tcp, |request: &Request, response| {
+                    id = request
+                        .uri()
+                        .query()
+                        .unwrap_or_default()
+                        .replace("node_id=", "");
+                    Ok::<Response, _>(response)
+                });
+            let mut ws = handshake.await.unwrap();
+            ws.send(Message::text(wire::floor_welcome(&id)))
+                .await
+                .unwrap();
+            match id.as_str() {
+                "p0b" => receiver = Some(ws),
+                "p0a" => sender = Some(ws),
+                other => panic!("unexpected peer {other}"),
+            }
+        }
+        let mut sender = sender.expect("connected");
+        // The test connects the receiver first.
+        let mut receiver = receiver.expect("the receiver connects before the sender");
+        while let Some(Ok(frame)) = sender.next().await {
+            let Message::Text(text) = &frame else {
+                continue;
+            };
+            let seq = wire::scan(text).expect("a stamped frame").seq;
+            for _ in 0..copies(seq) {
+                receiver.feed(frame.clone()).await.unwrap();
+            }
+            if seq == last {
+                receiver.close(None).await.unwrap();
+                return;
+            }
+            receiver.flush().await.unwrap();
+        }
+    }
+
+    /// One sender `p0a` → one receiver `p0b` through [`lossy_target`]: 100 messages.
+    fn lossy_run(copies: fn(u64) -> usize) -> TrafficOutcome {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("ws://{}", listener.local_addr().unwrap());
+            tokio::spawn(lossy_target(listener, copies, 99));
+            let (_, receiving) = ws_connect(&url, "p0b").await.unwrap().split();
+            let (sending, _) = ws_connect(&url, "p0a").await.unwrap().split();
+            let gate = Arc::new(Gate::default());
+            let link = Link::new(&gate);
+            let topology = Topology {
+                senders: vec![SenderSpec {
+                    tx: Tx::Ws(sending),
+                    route: Route::new(wire::DIRECTED_TYPE, "p0a", "p0b"),
+                    links: vec![link.clone()],
+                    gate,
+                }],
+                receivers: vec![ReceiverSpec {
+                    rx: Rx::Ws(receiving),
+                    link: Some(link),
+                }],
+            };
+            let plan = Plan {
+                pacing: Pacing::Max,
+                duration: Duration::from_secs(30),
+                max_per_sender: 100,
+                // Never binding: the sender does not wait for messages that will not come.
+                window: 1000,
+                drain: Duration::from_secs(30),
+            };
+            run_traffic(topology, plan, None, None).await
+        })
+    }
+
+    /// Loss is counted by sequence number against what the sender reported as sent, over real
+    /// sockets: messages dropped in the middle or at the end are lost, and duplicates are
+    /// counted on their own, never standing in for a lost message.
+    #[test]
+    fn a_lossy_target_shows_every_loss() {
+        // Every 10th message dropped (seq 3, 13, ...) and every 10th duplicated (7, 17, ...):
+        // 100 arrivals for 100 sent, and still 10 lost.
+        let outcome = lossy_run(|seq| match seq % 10 {
+            3 => 0,
+            7 => 2,
+            _ => 1,
+        });
+        assert_eq!(
+            (outcome.sent, outcome.expected, outcome.received),
+            (100, 100, 100)
+        );
+        assert_eq!(
+            (outcome.lost, outcome.duplicates, outcome.unexpected),
+            (10, 10, 0)
+        );
+        assert_eq!((outcome.gaps, outcome.late), (10, 0));
+        // The target closed the receiver's connection after the last message.
+        assert_eq!(outcome.disconnects, 1);
+
+        // The target stops forwarding at seq 60: the last 40 are lost, with no gap to show it.
+        let outcome = lossy_run(|seq| usize::from(seq < 60));
+        assert_eq!((outcome.sent, outcome.received), (100, 60));
+        assert_eq!((outcome.lost, outcome.duplicates, outcome.gaps), (40, 0, 0));
     }
 }

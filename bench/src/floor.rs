@@ -21,7 +21,8 @@
 //!
 //! # A full queue
 //! As on the relay, a full queue means its reader is not keeping up, and that connection is
-//! closed (1008 `slow_consumer`, the relay's close code and reason): the frame that found the
+//! closed with the relay's close frame (the core's `SlowConsumer` error: 1008, a reason that
+//! starts with `slow_consumer`): the frame that found the
 //! queue full is not delivered, and neither is what was still queued. The bench's scenarios
 //! never get there (each sender keeps fewer frames in flight per receiver than the queue
 //! holds), so in a valid run this path costs what it costs the relay, one atomic load per turn.
@@ -39,6 +40,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use futures_util::{SinkExt, StreamExt};
+use gsio_relay_core::RelayError;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -239,9 +241,12 @@ async fn connection(
     }
     if slow {
         eprintln!("floor: slow consumer {id:?} disconnected: queue of {queue_capacity} full");
+        // The very close frame the relay sends a slow consumer (gsio-relay `src/ws.rs`,
+        // `close_frame`).
+        let error = RelayError::SlowConsumer(queue_capacity);
         let frame = CloseFrame {
-            code: CloseCode::Policy,
-            reason: "slow_consumer: the floor's queue is full".into(),
+            code: CloseCode::from(error.ws_close_code()),
+            reason: error.close_reason().into(),
         };
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
             if ws.close(Some(frame)).await.is_ok() {
@@ -364,5 +369,175 @@ mod tests {
             "{}",
             close.reason
         );
+        // The relay's own close frame for a slow consumer, to the byte.
+        let relays = RelayError::SlowConsumer(4);
+        assert_eq!(
+            (u16::from(close.code), close.reason.as_str()),
+            (relays.ws_close_code(), relays.close_reason().as_str())
+        );
+    }
+
+    /// The first argument of the first `.{setter}(` call in `text`.
+    fn argument_of<'t>(text: &'t str, setter: &str) -> &'t str {
+        let call = format!(".{setter}(");
+        let at = text
+            .find(&call)
+            .unwrap_or_else(|| panic!("no {call} in the relay's ws_config"))
+            + call.len();
+        let end = at + text[at..].find(')').expect("a closing parenthesis");
+        &text[at..end]
+    }
+
+    /// `2 * 1024` and the like.
+    fn product(expression: &str) -> usize {
+        expression
+            .split('*')
+            .map(|factor| factor.trim().parse::<usize>().expect("a number"))
+            .product()
+    }
+
+    /// The value of `const {name}: {ty} = {value};` in `text`.
+    fn constant<'t>(text: &'t str, name: &str) -> &'t str {
+        let head = format!("const {name}: ");
+        let line = text
+            .lines()
+            .find(|line| line.trim_start().starts_with(&head))
+            .unwrap_or_else(|| panic!("no {head} in the relay's src/ws.rs"));
+        line.split_once(" = ")
+            .expect("a value")
+            .1
+            .trim_end_matches(';')
+    }
+
+    /// BENCHMARKS.md: the floor has "the relay's WebSocket settings (2 KiB read buffer, 16 KiB
+    /// write buffer, the same frame limit)" and writes "batched like the relay's". The relay
+    /// keeps its settings private (no API exists for the bench), so this reads them from its
+    /// source, `src/ws.rs`, and compares every field of the floor's `WebSocketConfig` with
+    /// them; a change on either side fails here until the other follows.
+    #[test]
+    fn the_floor_has_the_relays_websocket_settings() {
+        use gsio_relay_core::config::Limits;
+        let relay = include_str!("../../src/ws.rs");
+        let at = relay.find("fn ws_config(").expect("the relay's ws_config");
+        let body = &relay[at..at + relay[at..].find("\n}\n").expect("its end")];
+        let setters: Vec<&str> = body
+            .lines()
+            .map(str::trim)
+            .filter(|line| line.starts_with('.'))
+            .map(|line| &line[1..line.find('(').expect("a call")])
+            .collect();
+        assert_eq!(
+            setters,
+            [
+                "read_buffer_size",
+                "write_buffer_size",
+                "max_message_size",
+                "max_frame_size"
+            ],
+            "the relay's ws_config changed: mirror it in the floor's"
+        );
+        assert!(body.contains("WebSocketConfig::default()"), "{body}");
+        let (hard_param, _) = body["fn ws_config(".len()..]
+            .split_once(':')
+            .expect("a parameter");
+        assert_eq!(
+            argument_of(body, "max_message_size"),
+            format!("Some({hard_param}")
+        );
+        assert_eq!(
+            argument_of(body, "max_frame_size"),
+            format!("Some({hard_param}")
+        );
+        // The relay passes the core's hard frame limit of its configured message size.
+        assert!(
+            relay.contains("let hard_frame_bytes = relay.config().limits.hard_frame_bytes();")
+                && relay.contains("Some(ws_config(hard_frame_bytes))"),
+            "the relay's frame limit no longer comes from Limits::hard_frame_bytes"
+        );
+
+        let max = 1 << 20;
+        let hard = Limits {
+            max_message_bytes: max,
+            ..Default::default()
+        }
+        .hard_frame_bytes();
+        let relays = WebSocketConfig::default()
+            .read_buffer_size(product(argument_of(body, "read_buffer_size")))
+            .write_buffer_size(product(argument_of(body, "write_buffer_size")))
+            .max_message_size(Some(hard))
+            .max_frame_size(Some(hard));
+        assert_eq!(format!("{:?}", ws_config(max)), format!("{relays:?}"));
+
+        assert_eq!(constant(relay, "WRITE_BATCH"), WRITE_BATCH.to_string());
+        assert_eq!(
+            constant(relay, "CLOSE_TIMEOUT"),
+            format!("Duration::from_secs({})", CLOSE_TIMEOUT.as_secs())
+        );
+    }
+
+    /// BENCHMARKS.md: "frames shared between recipients": a broadcast frame is queued for every
+    /// recipient as the same bytes, not a copy each.
+    #[test]
+    fn a_broadcast_frame_is_shared_by_its_recipients() {
+        let registry: Shared = Arc::default();
+        let (one, mut one_out) = queue::queue(4);
+        let (two, mut two_out) = queue::queue(4);
+        registry.write().unwrap().all.extend([(1, one), (2, two)]);
+        forward(&registry, 3, &Destination::Everyone, Message::text("frame"));
+        let (Some(Message::Text(first)), Some(Message::Text(second))) =
+            (one_out.try_next(), two_out.try_next())
+        else {
+            panic!("both recipients got a text frame");
+        };
+        assert_eq!(first.as_str().as_ptr(), second.as_str().as_ptr());
+    }
+
+    /// The next frame's text, within 10 s.
+    async fn next_text(ws: &mut Ws) -> String {
+        match tokio::time::timeout(std::time::Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) => text.to_string(),
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+
+    /// BENCHMARKS.md: "Both targets get the very same JSON text ... Such a frame is complete,
+    /// so the relay forwards the sender's text." A receiver reads, from the relay (in this
+    /// process, on the shipped relay.toml with the bench's overrides) and from the floor alike,
+    /// the very bytes its sender wrote: reading costs the bench's clients the same with both.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_relay_and_the_floor_deliver_the_senders_very_bytes() {
+        use crate::clients::{ws_connect, MAX_MESSAGE_BYTES};
+        use crate::wire::{Route, Stamp, BROADCAST_TYPE, DIRECTED_TYPE};
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let floor = format!("ws://{}", listener.local_addr().unwrap());
+        tokio::spawn(serve(listener, 4096, MAX_MESSAGE_BYTES));
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../relay.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let config =
+            gsio_relay_core::RelayConfig::load(&text, path, crate::proc::RELAY_ENV.iter().copied())
+                .unwrap();
+        let server = gsio_relay::Server::bind(config).await.unwrap();
+        let relay = format!("ws://{}", server.ws_addr());
+        tokio::spawn(server.run(std::future::pending()));
+
+        let stamp = Stamp {
+            seq: 7,
+            ts: 123_456_789,
+        };
+        for url in [floor, relay] {
+            // Directed, p7a -> p7b.
+            let mut receiver = ws_connect(&url, "p7b").await.unwrap();
+            let mut sender = ws_connect(&url, "p7a").await.unwrap();
+            let sent = Route::new(DIRECTED_TYPE, "p7a", "p7b").ws_text(stamp);
+            sender.send(Message::text(sent.clone())).await.unwrap();
+            assert_eq!(next_text(&mut receiver).await, sent, "{url}");
+            // Broadcast, from a publisher to a subscriber.
+            let mut subscriber = ws_connect(&url, "s7_0").await.unwrap();
+            let mut publisher = ws_connect(&url, "pub7").await.unwrap();
+            let sent = Route::new(BROADCAST_TYPE, "pub7", "").ws_text(stamp);
+            publisher.send(Message::text(sent.clone())).await.unwrap();
+            assert_eq!(next_text(&mut subscriber).await, sent, "{url}");
+        }
     }
 }

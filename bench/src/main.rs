@@ -299,3 +299,100 @@ async fn run(command: Command, settings: &Settings) -> anyhow::Result<Report> {
     }
     Ok(report)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    extern "C" {
+        /// mimalloc's own answer to "is this pointer in one of my heaps?" (mimalloc.h; the
+        /// library is linked in by the `mimalloc` crate).
+        fn mi_is_in_heap_region(p: *const std::ffi::c_void) -> bool;
+    }
+
+    /// BENCHMARKS.md: the floor runs on "the relay's allocator (the bench binary, which the floor
+    /// is, runs on mimalloc)". Memory from the global allocator of this binary (this test
+    /// binary is built from the same `main.rs`) is mimalloc's, and the relay's `main.rs`
+    /// installs mimalloc too.
+    #[test]
+    fn the_bench_and_so_the_floor_run_on_the_relays_allocator() {
+        let frame = vec![0u8; 256];
+        // SAFETY: the pointer is only compared against mimalloc's heap regions, not read.
+        let ours = unsafe { mi_is_in_heap_region(frame.as_ptr().cast()) };
+        assert!(ours, "this binary's global allocator is not mimalloc");
+        let relay_main = include_str!("../../src/main.rs");
+        assert!(
+            relay_main.contains("#[global_allocator]")
+                && relay_main
+                    .contains("static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;"),
+            "gsio-relay's src/main.rs no longer installs mimalloc: the floor must follow it"
+        );
+    }
+
+    /// The floor the bench starts is this binary's hidden `floor` subcommand, given the queue
+    /// capacity and frame limit the relay runs with.
+    #[test]
+    fn the_floor_is_this_binary_with_the_relays_limits() {
+        let args = std::iter::once("relay-bench".to_owned()).chain(proc::floor_args(1234, 5678));
+        let cli = Cli::try_parse_from(args).unwrap();
+        let Command::Floor {
+            listen,
+            queue_capacity,
+            max_message_bytes,
+        } = cli.command
+        else {
+            panic!("not the floor: {:?}", cli.command);
+        };
+        assert_eq!(listen, "127.0.0.1:0".parse().unwrap());
+        assert_eq!((queue_capacity, max_message_bytes), (1234, 5678));
+    }
+
+    fn settings(args: &[&str]) -> anyhow::Result<Settings> {
+        let cli = Cli::try_parse_from(["relay-bench", "directed"].iter().chain(args)).unwrap();
+        cli.options.settings()
+    }
+
+    /// BENCHMARKS.md's scenarios and "How it measures" name these defaults: 1 × 200 fan-out at
+    /// 50,000 deliveries/s, 100 pairs at 20,000 msgs/s, a window of 1000, 5 s runs and at most
+    /// 5 s of drain, 10,000 idle WebSocket peers, 2,000 gRPC streams 100 per connection, 19,000
+    /// peers held for 5 s, a 60 s soak sampled every 5 s.
+    #[test]
+    fn the_defaults_are_the_documented_ones() {
+        let s = settings(&[]).unwrap();
+        assert_eq!((s.subscribers, s.fanout_rate), (200, 50_000.0));
+        assert_eq!((s.pairs, s.directed_rate), (100, 20_000.0));
+        assert_eq!(s.window, 1000);
+        assert_eq!(
+            (s.duration, s.drain),
+            (Duration::from_secs(5), Duration::from_secs(5))
+        );
+        assert_eq!(s.ws_conns, 10_000);
+        assert_eq!((s.grpc_streams, s.streams_per_conn), (2_000, 100));
+        assert_eq!((s.hold_peers, s.hold), (19_000, Duration::from_secs(5)));
+        assert_eq!(
+            (s.soak, s.soak_sample),
+            (Duration::from_secs(60), Duration::from_secs(5))
+        );
+    }
+
+    /// The floor gets the queue capacity and frame limit of the relay.toml the relay runs on,
+    /// with the relay's overrides; and BENCHMARKS.md: "Runs below keep every window under the
+    /// queue capacity, so neither target ever cuts a peer": a window at or above it is refused.
+    #[test]
+    fn the_floor_mirrors_the_relays_limits_and_the_window_stays_below_the_queue() {
+        let shipped = settings(&[]).unwrap();
+        assert_eq!(
+            (
+                shipped.queue_capacity,
+                shipped.max_message_bytes,
+                shipped.window
+            ),
+            (4096, 1 << 20, 1000)
+        );
+        let raised = settings(&["--relay-env", "GSIO_RELAY_LIMITS__QUEUE_CAPACITY=8192"]).unwrap();
+        assert_eq!(raised.queue_capacity, 8192);
+        let error = settings(&["--window", "4096"]).unwrap_err().to_string();
+        assert!(error.contains("queue_capacity"), "{error}");
+        assert!(settings(&["--window", "4095"]).is_ok());
+    }
+}

@@ -163,8 +163,20 @@ pub fn relay_binary() -> Result<PathBuf> {
     Ok(path)
 }
 
-/// Starts the relay on `config` with ephemeral ports, announcements off, and `extra` env
-/// overrides; waits for its "listening" line.
+/// The overrides the bench starts the relay with, over the `relay.toml` it is given: ephemeral
+/// ports, room for every connection a scenario opens, no announcements (they would be traffic
+/// the floor does not have), and broadcast for any type without a rule (the bench's own `Bench`
+/// type; the shipped default, `auto`, broadcasts it too).
+pub const RELAY_ENV: &[(&str, &str)] = &[
+    ("GSIO_RELAY_SERVER__WS_LISTEN", "127.0.0.1:0"),
+    ("GSIO_RELAY_SERVER__GRPC_LISTEN", "127.0.0.1:0"),
+    ("GSIO_RELAY_SERVER__MAX_CONNECTIONS", "100000"),
+    ("GSIO_RELAY_DISCOVERY__ANNOUNCE_PEERS", "false"),
+    ("GSIO_RELAY_ROUTING__DEFAULT", "broadcast"),
+];
+
+/// Starts the relay on `config` with [`RELAY_ENV`] and `extra` env overrides; waits for its
+/// "listening" line.
 pub fn spawn_relay(config: &Path, extra: &[(String, String)]) -> Result<RelayProcess> {
     let binary = relay_binary()?;
     let mut command = Command::new(&binary);
@@ -173,11 +185,7 @@ pub fn spawn_relay(config: &Path, extra: &[(String, String)]) -> Result<RelayPro
         .arg(config)
         .env("NO_COLOR", "1")
         .env("RUST_LOG", "info")
-        .env("GSIO_RELAY_SERVER__WS_LISTEN", "127.0.0.1:0")
-        .env("GSIO_RELAY_SERVER__GRPC_LISTEN", "127.0.0.1:0")
-        .env("GSIO_RELAY_SERVER__MAX_CONNECTIONS", "100000")
-        .env("GSIO_RELAY_DISCOVERY__ANNOUNCE_PEERS", "false")
-        .env("GSIO_RELAY_ROUTING__DEFAULT", "broadcast")
+        .envs(RELAY_ENV.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -271,18 +279,26 @@ pub struct FloorProcess {
     pub ws_url: String,
 }
 
+/// The arguments that make this binary the floor, with the relay's queue capacity and frame
+/// limit.
+pub fn floor_args(queue_capacity: usize, max_message_bytes: usize) -> Vec<String> {
+    vec![
+        "floor".to_owned(),
+        "--listen".to_owned(),
+        "127.0.0.1:0".to_owned(),
+        "--queue-capacity".to_owned(),
+        queue_capacity.to_string(),
+        "--max-message-bytes".to_owned(),
+        max_message_bytes.to_string(),
+    ]
+}
+
 /// Re-executes this binary as `floor`, with the relay's queue capacity and frame limits.
 pub fn spawn_floor(queue_capacity: usize, max_message_bytes: usize) -> Result<FloorProcess> {
     let exe = std::env::current_exe()?;
     let mut command = Command::new(&exe);
     command
-        .arg("floor")
-        .arg("--listen")
-        .arg("127.0.0.1:0")
-        .arg("--queue-capacity")
-        .arg(queue_capacity.to_string())
-        .arg("--max-message-bytes")
-        .arg(max_message_bytes.to_string())
+        .args(floor_args(queue_capacity, max_message_bytes))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
@@ -505,6 +521,28 @@ mod tests {
             .as_ref()
             .unwrap()
             .contains("connections=3"));
+    }
+
+    /// BENCHMARKS.md: with `--url`, "the running relay must route `LedgerSyncResponse` as
+    /// directed and `Bench` as broadcast, with `discovery.announce_peers = false`"; the relay
+    /// the bench starts itself does, on the shipped relay.toml with [`RELAY_ENV`], loaded by the
+    /// relay's own loader (which also refuses an override naming no key). `Ping` is echoed (the
+    /// idle connections' liveness check).
+    #[test]
+    fn the_relay_the_bench_starts_routes_as_the_bench_assumes() {
+        use crate::wire::{BROADCAST_TYPE, DIRECTED_TYPE, ECHO_TYPE};
+        use gsio_relay_core::{Mode, RelayConfig};
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../relay.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let config = RelayConfig::load(&text, path, RELAY_ENV.iter().copied()).unwrap();
+        let routing = &config.routing;
+        assert_eq!(routing.mode_for(BROADCAST_TYPE), Mode::Broadcast);
+        assert_eq!(routing.mode_for(DIRECTED_TYPE), Mode::Directed);
+        assert_eq!(routing.mode_for(ECHO_TYPE), Mode::Echo);
+        assert!(!config.discovery.announce_peers);
+        assert_eq!(config.server.ws_listen.port(), 0);
+        assert_eq!(config.server.grpc_listen.port(), 0);
+        assert_eq!(config.server.max_connections, 100_000);
     }
 
     #[test]

@@ -239,6 +239,8 @@ async fn measure(
         expected: outcome.expected,
         received: outcome.received,
         lost: outcome.lost,
+        duplicates: outcome.duplicates,
+        unexpected: outcome.unexpected,
         gaps: outcome.gaps,
         late: outcome.late,
         elapsed_s: outcome.elapsed_s,
@@ -310,16 +312,47 @@ fn plan(settings: &Settings, pacing: Pacing, duration: Duration) -> Plan {
     }
 }
 
-fn no_loss_check(report: &mut Report, name: &str, run: &RunResult) {
-    report.check(
-        &format!("messages lost, {name}"),
-        format!(
-            "{} lost of {} ({} errors, {} disconnects)",
-            run.lost, run.expected, run.errors, run.disconnects
-        ),
-        "0",
-        Some(run.lost == 0 && run.disconnects == 0),
+/// The target "messages lost with consumers that keep reading: 0", read strictly: every
+/// expected message arrived exactly once and in order, nothing else arrived, and no client saw
+/// an Error envelope or a disconnect. Returns what was measured and whether it is met.
+fn delivery_verdict(run: &RunResult) -> (String, bool) {
+    let faults = [
+        (run.lost, "lost"),
+        (run.duplicates, "duplicates"),
+        (run.unexpected, "unexpected"),
+        (run.gaps, "gaps"),
+        (run.late, "late"),
+        (run.errors, "errors"),
+        (run.disconnects, "disconnects"),
+    ];
+    let counts: Vec<String> = faults
+        .iter()
+        .skip(1)
+        .map(|(count, what)| format!("{count} {what}"))
+        .collect();
+    let measured = format!(
+        "{} lost of {} ({})",
+        run.lost,
+        run.expected,
+        counts.join(", ")
     );
+    let met = faults.iter().all(|(count, _)| *count == 0) && run.received == run.expected;
+    (measured, met)
+}
+
+fn no_loss_check(report: &mut Report, name: &str, run: &RunResult) {
+    let (measured, met) = delivery_verdict(run);
+    report.check(&format!("messages lost, {name}"), measured, "0", Some(met));
+}
+
+/// Fan-out's fixed rate is in deliveries/s: the publisher sends that ÷ the subscribers.
+fn publisher_rate(deliveries_per_s: f64, subscribers: usize) -> f64 {
+    deliveries_per_s / subscribers as f64
+}
+
+/// A directed rate is in msgs/s over every sender: both peers of each pair send.
+fn per_sender_rate(msgs_per_s: f64, pairs: usize) -> f64 {
+    msgs_per_s / (2 * pairs) as f64
 }
 
 fn p99(run: &RunResult) -> f64 {
@@ -331,7 +364,7 @@ pub async fn fanout(settings: &Settings, report: &mut Report) -> Result<()> {
     println!("\n=== fanout: 1 publisher x {n} subscribers, broadcast, WebSocket ===");
     let floor = Target::floor(settings)?;
     let relay = Target::relay(settings)?;
-    let publisher_rate = settings.fanout_rate / n as f64;
+    let publisher_rate = publisher_rate(settings.fanout_rate, n);
     let by_mode = floor_and_relay(
         settings,
         [&floor, &relay],
@@ -402,7 +435,7 @@ pub async fn directed(settings: &Settings, report: &mut Report) -> Result<()> {
     println!("\n=== directed: {pairs} pairs, each peer sending to its partner, WebSocket ===");
     let floor = Target::floor(settings)?;
     let relay = Target::relay(settings)?;
-    let per_sender = settings.directed_rate / (2 * pairs) as f64;
+    let per_sender = per_sender_rate(settings.directed_rate, pairs);
     let by_mode = floor_and_relay(
         settings,
         [&floor, &relay],
@@ -450,7 +483,7 @@ pub async fn bridge(settings: &Settings, report: &mut Report) -> Result<()> {
     );
     let relay = Target::relay(settings)?;
     relay.needs_grpc()?;
-    let per_sender = settings.directed_rate / (2 * pairs) as f64;
+    let per_sender = per_sender_rate(settings.directed_rate, pairs);
     let kinds = [
         ("ws", Front::Ws, Front::Ws),
         ("grpc", Front::Grpc, Front::Grpc),
@@ -959,7 +992,7 @@ pub async fn soak(settings: &Settings, report: &mut Report) -> Result<()> {
         transport: "ws",
         target_rate: Some(rate),
     };
-    let pacing = Pacing::PerSender(rate / (2 * pairs) as f64);
+    let pacing = Pacing::PerSender(per_sender_rate(rate, pairs));
     let run = measure(
         settings,
         &relay,
@@ -1060,4 +1093,96 @@ pub async fn soak(settings: &Settings, report: &mut Report) -> Result<()> {
     no_loss_check(report, "soak (relay)", &run);
     relay.stop(report);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::ProcUsage;
+
+    /// A run in which every one of 1000 expected messages arrived once, in order.
+    fn clean_run() -> RunResult {
+        RunResult {
+            scenario: "directed",
+            mode: "max",
+            target: "relay",
+            transport: "ws",
+            senders: 2,
+            receivers: 2,
+            target_rate: None,
+            sent: 1000,
+            expected: 1000,
+            received: 1000,
+            lost: 0,
+            duplicates: 0,
+            unexpected: 0,
+            gaps: 0,
+            late: 0,
+            elapsed_s: 1.0,
+            latency: None,
+            errors: 0,
+            first_error: None,
+            disconnects: 0,
+            first_disconnect: None,
+            server_warnings: 0,
+            server: None,
+            client: ProcUsage::default(),
+        }
+    }
+
+    /// BENCHMARKS.md: "Fan-out's rate is in deliveries/s (50,000 = 250 msgs/s × 200);
+    /// directed's in msgs/s over all 200 senders (20,000 = 100 msgs/s per peer)".
+    #[test]
+    fn fixed_rates_are_split_among_the_senders_as_documented() {
+        assert_eq!(publisher_rate(50_000.0, 200), 250.0);
+        assert_eq!(per_sender_rate(20_000.0, 100), 100.0);
+    }
+
+    #[test]
+    fn a_clean_run_meets_the_no_loss_target() {
+        let (measured, met) = delivery_verdict(&clean_run());
+        assert!(met, "{measured}");
+        assert_eq!(
+            measured,
+            "0 lost of 1000 (0 duplicates, 0 unexpected, 0 gaps, 0 late, 0 errors, 0 disconnects)"
+        );
+    }
+
+    /// Each fault alone fails the target, even where the count of arrivals adds up (a
+    /// duplicate standing in for a lost message, a gap later filled).
+    #[test]
+    fn any_fault_fails_the_no_loss_target() {
+        type Fault = (&'static str, fn(&mut RunResult));
+        let faults: [Fault; 8] = [
+            ("a lost message", |r| {
+                r.lost = 1;
+                r.received = 999;
+            }),
+            ("a duplicate standing in for a lost one", |r| {
+                r.lost = 1;
+                r.duplicates = 1;
+            }),
+            ("a duplicate", |r| {
+                r.duplicates = 1;
+                r.received = 1001;
+            }),
+            ("an unexpected message", |r| {
+                r.unexpected = 1;
+                r.received = 1001;
+            }),
+            ("a gap later filled", |r| {
+                r.gaps = 1;
+                r.late = 1;
+            }),
+            ("an Error envelope", |r| r.errors = 1),
+            ("a disconnect", |r| r.disconnects = 1),
+            ("arrivals that do not add up", |r| r.received = 998),
+        ];
+        for (fault, apply) in faults {
+            let mut run = clean_run();
+            apply(&mut run);
+            let (measured, met) = delivery_verdict(&run);
+            assert!(!met, "{fault}: {measured}");
+        }
+    }
 }

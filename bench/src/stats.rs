@@ -1,9 +1,13 @@
-//! Counting what arrived and summarising a run: per-receiver [`Tally`] (received, gaps, late),
-//! [`Latency`] histograms, and the [`RunResult`] printed as a table and as one JSON line.
+//! Counting what arrived and summarising a run: per-receiver [`Tally`] (received, distinct,
+//! duplicates, gaps, late), [`Latency`] histograms, and the [`RunResult`] printed as a table and
+//! as one JSON line.
 //!
-//! Loss is always *expected minus received*: a receiver expects every message its sender(s)
-//! reported as sent, and counts only messages carrying a bench stamp. Gaps and late (repeated or
-//! out-of-order) sequence numbers are reported beside it, so a duplicate can never hide a loss.
+//! Loss is always *expected minus what arrived*, counted by sequence number: a receiver expects
+//! every message its sender reported as sent (sequence numbers `0..expected`), and a number that
+//! never arrived is lost. A duplicate is counted on its own and never stands in for a lost
+//! message; gaps and late (out-of-order) arrivals are reported beside them.
+
+use std::collections::BTreeMap;
 
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
@@ -11,32 +15,74 @@ use serde_json::{json, Value};
 /// What one receiver saw of one sender's sequence (seq 0, 1, 2, ... in order).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Tally {
-    /// Messages with a bench stamp.
+    /// Messages with a bench stamp, duplicates included.
     pub received: u64,
-    /// The sequence number expected next.
-    next_seq: u64,
-    /// Sequence numbers skipped over (a later one came first).
+    /// Sequence numbers that arrived more than once: each extra copy counts one.
+    pub duplicates: u64,
+    /// Sequence numbers skipped over when they were due (a later one came first).
     pub gaps: u64,
-    /// Sequence numbers at or below one already seen: duplicates or reordering.
+    /// Sequence numbers that arrived after a later one (out of order, first copy).
     pub late: u64,
+    /// The sequence number expected next: every number below it arrived, but those in `missing`.
+    next_seq: u64,
+    /// Skipped sequence numbers still not arrived, as ranges `start -> end` (end exclusive).
+    /// Empty while messages arrive in order, so the common case costs no allocation.
+    missing: BTreeMap<u64, u64>,
 }
 
 impl Tally {
     pub fn record(&mut self, seq: u64) {
         self.received += 1;
         if seq == self.next_seq {
-            self.next_seq += 1;
+            self.next_seq = seq.saturating_add(1);
         } else if seq > self.next_seq {
             self.gaps += seq - self.next_seq;
-            self.next_seq = seq + 1;
-        } else {
+            self.missing.insert(self.next_seq, seq);
+            self.next_seq = seq.saturating_add(1);
+        } else if self.fill(seq) {
             self.late += 1;
+        } else {
+            self.duplicates += 1;
         }
     }
 
-    /// Expected minus received (never negative: extra messages show up as `late`).
+    /// Takes `seq` out of the missing ranges; false when it was not missing (it arrived before).
+    fn fill(&mut self, seq: u64) -> bool {
+        let Some((&start, &end)) = self.missing.range(..=seq).next_back() else {
+            return false;
+        };
+        if seq >= end {
+            return false;
+        }
+        self.missing.remove(&start);
+        if start < seq {
+            self.missing.insert(start, seq);
+        }
+        if seq + 1 < end {
+            self.missing.insert(seq + 1, end);
+        }
+        true
+    }
+
+    /// Distinct sequence numbers received.
+    pub fn distinct(&self) -> u64 {
+        self.received - self.duplicates
+    }
+
+    /// Sequence numbers in `0..expected` that never arrived.
     pub fn lost(&self, expected: u64) -> u64 {
-        expected.saturating_sub(self.received)
+        let skipped: u64 = self
+            .missing
+            .iter()
+            .map(|(&start, &end)| end.min(expected).saturating_sub(start))
+            .sum();
+        skipped + expected.saturating_sub(self.next_seq)
+    }
+
+    /// Distinct sequence numbers at or beyond `expected`: messages its sender never reported
+    /// as sent.
+    pub fn unexpected(&self, expected: u64) -> u64 {
+        self.distinct() - (expected - self.lost(expected))
     }
 }
 
@@ -129,7 +175,12 @@ pub struct RunResult {
     pub sent: u64,
     pub expected: u64,
     pub received: u64,
+    /// Expected sequence numbers that never arrived.
     pub lost: u64,
+    /// Extra copies of sequence numbers that had arrived already.
+    pub duplicates: u64,
+    /// Sequence numbers no sender reported as sent.
+    pub unexpected: u64,
     pub gaps: u64,
     pub late: u64,
     /// From the first send to the last delivery.
@@ -184,6 +235,8 @@ impl RunResult {
             "expected": self.expected,
             "received": self.received,
             "lost": self.lost,
+            "duplicates": self.duplicates,
+            "unexpected": self.unexpected,
             "gaps": self.gaps,
             "late": self.late,
             "elapsed_s": round(self.elapsed_s, 3),
@@ -259,8 +312,14 @@ pub fn print_table(title: &str, runs: &[&RunResult], labels: &[&str]) {
     );
     row("received", all(&|r| Some(r.received as f64)), 0, false);
     row(
-        "LOST (expected-received)",
+        "LOST (expected, never came)",
         all(&|r| Some(r.lost as f64)),
+        0,
+        false,
+    );
+    row(
+        "duplicates / unexpected",
+        all(&|r| Some((r.duplicates + r.unexpected) as f64)),
         0,
         false,
     );
@@ -371,50 +430,76 @@ pub fn fmt_num(value: f64, places: usize) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn in_order_delivery_has_no_loss() {
+    fn seen(seqs: &[u64]) -> Tally {
         let mut tally = Tally::default();
-        for seq in 0..100 {
+        for &seq in seqs {
             tally.record(seq);
         }
-        assert_eq!(tally.received, 100);
-        assert_eq!((tally.gaps, tally.late), (0, 0));
-        assert_eq!(tally.lost(100), 0);
+        tally
+    }
+
+    #[test]
+    fn in_order_delivery_has_no_loss() {
+        let tally = seen(&(0..100).collect::<Vec<_>>());
+        assert_eq!((tally.received, tally.distinct()), (100, 100));
+        assert_eq!((tally.gaps, tally.late, tally.duplicates), (0, 0, 0));
+        assert_eq!((tally.lost(100), tally.unexpected(100)), (0, 0));
+        assert!(tally.missing.is_empty());
     }
 
     #[test]
     fn a_missing_middle_is_a_gap_and_a_loss() {
-        let mut tally = Tally::default();
-        for seq in (0..10).filter(|s| *s != 4 && *s != 5) {
-            tally.record(seq);
-        }
+        let tally = seen(&[0, 1, 2, 3, 6, 7, 8, 9]);
         assert_eq!(tally.received, 8);
-        assert_eq!(tally.gaps, 2);
-        assert_eq!(tally.late, 0);
+        assert_eq!((tally.gaps, tally.late, tally.duplicates), (2, 0, 0));
         assert_eq!(tally.lost(10), 2);
     }
 
     #[test]
     fn a_missing_tail_is_a_loss_without_a_gap() {
-        let mut tally = Tally::default();
-        for seq in 0..7 {
-            tally.record(seq);
-        }
+        let tally = seen(&[0, 1, 2, 3, 4, 5, 6]);
         assert_eq!(tally.gaps, 0);
         assert_eq!(tally.lost(10), 3);
     }
 
+    /// Counting arrivals alone, four arrived for four expected: no loss. By sequence number, 2
+    /// never came and 1 came twice.
     #[test]
-    fn duplicates_are_late_and_do_not_hide_a_loss_in_the_gap_count() {
-        let mut tally = Tally::default();
-        for seq in [0, 1, 1, 3, 2] {
-            tally.record(seq);
-        }
-        assert_eq!(tally.received, 5);
-        assert_eq!(tally.gaps, 1);
-        assert_eq!(tally.late, 2);
-        // Five arrived for four expected: no loss by count, but gaps and late say why.
-        assert_eq!(tally.lost(4), 0);
+    fn a_duplicate_never_hides_a_loss() {
+        let tally = seen(&[0, 1, 1, 3]);
+        assert_eq!((tally.received, tally.distinct()), (4, 3));
+        assert_eq!(tally.duplicates, 1);
+        assert_eq!(tally.lost(4), 1);
+        // A whole run of copies: still every missing number is lost.
+        let tally = seen(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!((tally.duplicates, tally.lost(10)), (9, 9));
+    }
+
+    #[test]
+    fn a_late_arrival_fills_its_gap_and_is_not_a_duplicate() {
+        let tally = seen(&[0, 3, 1, 4, 2]);
+        assert_eq!((tally.gaps, tally.late, tally.duplicates), (2, 2, 0));
+        assert_eq!(tally.lost(5), 0);
+        assert!(tally.missing.is_empty(), "{tally:?}");
+        // A copy of a late one is a duplicate; the number still missing is lost.
+        let tally = seen(&[0, 5, 3, 3, 1]);
+        assert_eq!((tally.gaps, tally.late, tally.duplicates), (4, 2, 1));
+        assert_eq!(tally.lost(6), 2);
+        assert_eq!(tally.missing, BTreeMap::from([(2, 3), (4, 5)]));
+    }
+
+    #[test]
+    fn numbers_the_sender_never_reported_are_unexpected_not_lost() {
+        let tally = seen(&[0, 1, 2, 7, 9]);
+        assert_eq!(tally.lost(3), 0);
+        assert_eq!(tally.unexpected(3), 2);
+        // Beyond what was expected, skipped numbers are not lost either.
+        assert_eq!(tally.lost(8), 4);
+        assert_eq!(tally.unexpected(8), 1);
+        // A wild number costs one range, not memory for every number skipped.
+        let tally = seen(&[0, u64::MAX - 1]);
+        assert_eq!((tally.lost(10), tally.unexpected(10)), (9, 1));
+        assert_eq!(tally.missing.len(), 1);
     }
 
     #[test]
@@ -472,9 +557,27 @@ mod tests {
         assert_eq!(fmt_num(1.23456, 3), "1.235");
     }
 
+    /// BENCHMARKS.md: "CPU µs per delivery = server CPU time ÷ messages received".
     #[test]
-    fn the_json_line_carries_loss_and_rate() {
+    fn cpu_per_delivery_is_cpu_time_over_messages_received() {
         let run = RunResult {
+            received: 2_000_000,
+            ..json_line_run()
+        };
+        let usage = ProcUsage {
+            cpu_s: 3.0,
+            ..ProcUsage::default()
+        };
+        assert_eq!(run.cpu_us_per_delivery(&usage), Some(1.5));
+        let nothing = RunResult {
+            received: 0,
+            ..json_line_run()
+        };
+        assert_eq!(nothing.cpu_us_per_delivery(&usage), None);
+    }
+
+    fn json_line_run() -> RunResult {
+        RunResult {
             scenario: "fanout",
             mode: "max",
             target: "relay",
@@ -486,6 +589,8 @@ mod tests {
             expected: 20,
             received: 19,
             lost: 1,
+            duplicates: 0,
+            unexpected: 0,
             gaps: 1,
             late: 0,
             elapsed_s: 0.5,
@@ -497,7 +602,12 @@ mod tests {
             server_warnings: 0,
             server: None,
             client: ProcUsage::default(),
-        };
+        }
+    }
+
+    #[test]
+    fn the_json_line_carries_loss_and_rate() {
+        let run = json_line_run();
         let line = run.to_json();
         assert_eq!(line["lost"], 1);
         assert_eq!(line["delivered_per_s"], 38.0);

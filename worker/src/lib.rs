@@ -4,7 +4,8 @@
 //! # Layout
 //! - [`fetch`] is the Worker's entry point. It owns no state: every WebSocket upgrade goes to
 //!   the [`RelayRoom`] Durable Object named after the request path (one room per network; `/` is
-//!   the default network). Any other request gets `426 Upgrade Required`.
+//!   the default network). Any other request gets `426 Upgrade Required` (but the test hook of
+//!   [`TEST_HOOKS_VAR`], where it is enabled).
 //! - [`RelayRoom`] holds the peers of one network. The whole conversation (parsing, identity,
 //!   Welcome and announcements, routing, errors, close codes) is `gsio-relay-core`'s
 //!   [`Connection`], exactly as natively; this file only moves frames between sockets and the
@@ -14,7 +15,9 @@
 //! Sockets are accepted with the WebSocket Hibernation API, so an idle room can be evicted
 //! from memory while its sockets stay open. A peer's identity therefore lives in its socket's
 //! attachment ([`PeerAttachment`]); the in-memory peer table ([`Room`]) is only a cache,
-//! rebuilt from the attachments whenever an instance starts without it.
+//! rebuilt from the attachments whenever an instance starts without it. `tests/worker.rs` lets
+//! workerd really evict rooms (it does after 10 s without an event) and checks that the next
+//! message, connect or close finds every peer.
 //!
 //! # Configuration
 //! The repository's `relay.toml` is embedded at build time. The Worker's `[vars]` may override
@@ -52,10 +55,13 @@ pub const OVERRIDABLE: [&str; 5] = [
     "GSIO_RELAY_DISCOVERY__WELCOME_PEERS_MAX",
 ];
 
-/// With this var set to "1", `GET /<network>?__forget` drops the room's in-memory state, as an
-/// eviction would; the tests use it to check that routing survives on attachments alone.
+/// With this var set to "1", a plain `GET /<network>?__instance` names the room's current
+/// instance, without touching its peer table: a new name means the runtime evicted the previous
+/// instance. The tests use it to know that a room really was evicted before checking that
+/// routing survives on the sockets' attachments alone. Without the var, such a request is an
+/// ordinary one (answered `426`, or served as a WebSocket upgrade).
 const TEST_HOOKS_VAR: &str = "GSIO_RELAY_TEST_HOOKS";
-const FORGET_QUERY: &str = "__forget";
+const INSTANCE_QUERY: &str = "__instance";
 
 #[event(start)]
 fn start() {
@@ -65,7 +71,7 @@ fn start() {
 
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
-    if !is_websocket_upgrade(&req)? && !is_forget(&req, &env)? {
+    if !is_websocket_upgrade(&req)? && !is_test_hook(&req, &env)? {
         return upgrade_required();
     }
     let network = req.path();
@@ -109,7 +115,11 @@ pub struct RelayRoom {
     /// `None` in a fresh instance until first needed (see [`RelayRoom::room`]). Never borrowed
     /// across an `.await`.
     room: RefCell<Option<Room>>,
+    /// `GSIO_RELAY_TEST_HOOKS=1`: the test hook of [`TEST_HOOKS_VAR`] is answered.
     test_hooks: bool,
+    /// Random, fixed when the runtime constructs this instance: tells it apart from the instance
+    /// before an eviction (the `__instance` test hook).
+    instance: u64,
 }
 
 impl DurableObject for RelayRoom {
@@ -130,6 +140,7 @@ impl DurableObject for RelayRoom {
             config,
             room: RefCell::new(None),
             test_hooks: test_hooks(&env),
+            instance: random_u52(),
         }
     }
 
@@ -140,9 +151,8 @@ impl DurableObject for RelayRoom {
                 return Response::error(format!("gsio-relay: invalid configuration: {error}"), 500)
             }
         };
-        if self.test_hooks && query_has(&req, FORGET_QUERY)? {
-            self.room.replace(None);
-            return Response::ok("in-memory state dropped\n");
+        if self.test_hooks && query_has(&req, INSTANCE_QUERY)? {
+            return Response::ok(format!("instance {:013x}\n", self.instance));
         }
         if !is_websocket_upgrade(&req)? {
             return upgrade_required();
@@ -336,8 +346,12 @@ impl Table<Socket> for RelayRoom {
 /// 104 random bits (Math.random, twice) keying the message ids this room assigns: ids must be
 /// unique, not secret, and each rebuilt room gets a fresh seed.
 fn id_seed() -> u128 {
-    let half = || (worker::js_sys::Math::random() * (1u64 << 52) as f64) as u128;
-    (half() << 64) | half()
+    (u128::from(random_u52()) << 64) | u128::from(random_u52())
+}
+
+/// 52 random bits from `Math.random` (as many as an f64 in [0, 1) carries).
+fn random_u52() -> u64 {
+    (worker::js_sys::Math::random() * (1u64 << 52) as f64) as u64
 }
 
 fn test_hooks(env: &Env) -> bool {
@@ -345,8 +359,9 @@ fn test_hooks(env: &Env) -> bool {
         .is_ok_and(|value| value.to_string() == "1")
 }
 
-fn is_forget(req: &Request, env: &Env) -> Result<bool> {
-    Ok(test_hooks(env) && query_has(req, FORGET_QUERY)?)
+/// A request for the test hook, on a Worker where it is enabled.
+fn is_test_hook(req: &Request, env: &Env) -> Result<bool> {
+    Ok(test_hooks(env) && query_has(req, INSTANCE_QUERY)?)
 }
 
 fn query_param(req: &Request, name: &str) -> Result<Option<String>> {
