@@ -102,7 +102,7 @@ async fn routing_survives_a_room_that_lost_its_memory() {
     // Broadcast reaches exactly the peers still connected.
     c.send("NodeAnnounce", "c", "", "\"hi\"").await;
     assert_eq!(a.recv().await.payload, "\"hi\"");
-    c.expect_silence().await;
+    common::nothing_else_back(&mut c, "c").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
