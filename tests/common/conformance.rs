@@ -90,6 +90,7 @@ macro_rules! websocket_scenarios {
             $($args)*
             malformed_frames_get_errors_and_the_connection_survives,
             unchanged_frames_are_forwarded_verbatim,
+            mutated_frames_never_break_the_relay,
         );
     };
 }
@@ -111,7 +112,7 @@ crate::websocket_scenarios!(scenario_names!(WEBSOCKET_ONLY =>));
 pub fn every_scenario_is_listed_once() {
     assert_eq!(
         (ANY_FRONT.len(), WEBSOCKET_ONLY.len()),
-        (22, 2),
+        (22, 3),
         "the lists gained or lost scenarios"
     );
     let source = include_str!("conformance.rs");
@@ -1062,4 +1063,79 @@ pub async fn gsio_net_messages_route_as_shipped_and_parse_as_p2p_messages<N: Net
     nothing_else_back(&mut a, "a").await;
     nothing_else_from(&mut a, "a", &mut b, "b").await;
     nothing_else_from(&mut a, "a", &mut c, "c").await;
+}
+
+/// "Nothing sent from the network can panic the relay", over WebSocket: thousands of mutated
+/// envelopes (deterministic, from [`Mutator`](crate::common::mutate::Mutator)) as text frames and
+/// noise as binary frames, read back concurrently. Every answer is an envelope, the connection
+/// survives them all (its sentinel echo arrives after them), and the relay still routes between
+/// two fresh peers. `tests/hostile.rs` runs this against a native relay whose threads report any
+/// panic, even one a task would have swallowed.
+pub async fn mutated_frames_never_break_the_relay(net: WsNet) {
+    use futures_util::{SinkExt, StreamExt};
+    const TEXT_FRAMES: usize = 2000;
+    const SEEDS: &[&str] = &[
+        r#"{"message_type":"NodeAnnounce","message_id":"m-1","sender_id":"fuzz","recipient_id":"","payload":{"node_id":"fuzz","k":[1,2.5,"x\u00e9",null,true]}}"#,
+        r#"{"message_type":"LedgerSyncResponse","sender_id":"fuzz","recipient_id":"fuzz","payload":123456789012345678901}"#,
+        r#"{"message_type":"NodeListRequest","recipient_id":"ghost","payload":[[[{"a":"\ud83d\ude80"}]]]}"#,
+        r#"{"message_type":"Ping","message_id":null,"sender_id":null,"payload":"\"\\\/\b\f\n\r\t"}"#,
+        r#"{"message_type":"Ping"}"#,
+    ];
+    const ALPHABET: &[u8] = b"{}[]\":,.-+eE0123456789 \\/untrlfasx\x00\x7f";
+    let sentinel_id = "fuzz-sentinel";
+    let fuzz = net.peer("fuzz").await;
+    let (mut sink, mut stream) = fuzz.ws.split();
+    let reader = tokio::spawn(async move {
+        let mut answers = 0usize;
+        loop {
+            let frame = tokio::time::timeout(crate::common::ARRIVES, stream.next())
+                .await
+                .unwrap_or_else(|_| panic!("no answer within the limit after {answers}"));
+            let text = match frame {
+                Some(Ok(Frame::Text(text))) => text,
+                Some(Ok(Frame::Ping(_) | Frame::Pong(_))) => continue,
+                other => panic!("the fuzzed connection ended after {answers} answers: {other:?}"),
+            };
+            let got: crate::common::Got = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("the relay sent a non-envelope ({e}): {text}"));
+            if got.message_id == sentinel_id {
+                return answers;
+            }
+            answers += 1;
+        }
+    });
+    let mut mutator = crate::common::mutate::Mutator::new(0x6773_696f_7265_6c79);
+    for n in 0..TEXT_FRAMES {
+        let seed = mutator.pick(SEEDS).as_bytes();
+        let bytes = mutator.mutate(seed, ALPHABET);
+        // A text frame carries UTF-8; invalid sequences become U+FFFD.
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        sink.feed(Frame::text(text)).await.unwrap();
+        if n % 20 == 0 {
+            let noise = mutator.noise(64);
+            sink.feed(binary(&noise)).await.unwrap();
+        }
+        if n % 64 == 0 {
+            sink.flush().await.unwrap();
+        }
+    }
+    let sentinel = format!(
+        r#"{{"message_type":"Ping","message_id":"{sentinel_id}","sender_id":"fuzz","payload":1}}"#
+    );
+    sink.send(Frame::text(sentinel)).await.unwrap();
+    let answers = reader.await.unwrap();
+    // Most mutations break the envelope, and every broken one is answered with an Error.
+    assert!(
+        answers > TEXT_FRAMES / 2,
+        "only {answers} answers to {TEXT_FRAMES} frames"
+    );
+    let mut x = net.peer("after-x").await;
+    let mut y = net.peer("after-y").await;
+    x.send("LedgerSyncResponse", "after-x", "after-y", "\"routed\"")
+        .await;
+    let got = y.recv_skipping_announcements().await;
+    assert_eq!(
+        (got.sender_id.as_str(), got.payload.as_str()),
+        ("after-x", "\"routed\"")
+    );
 }

@@ -4,6 +4,7 @@
 
 pub mod conformance;
 pub mod gsio_net;
+pub mod mutate;
 pub mod wrangler;
 
 use std::path::{Path, PathBuf};
