@@ -73,6 +73,18 @@ impl WatchedRelay {
         self.relay.as_ref().unwrap()
     }
 
+    /// Runs `test` (the client side), then checks the relay's threads before anything else: a
+    /// panic in the relay is the failure to report, whatever the clients saw because of it.
+    async fn check(&self, test: impl std::future::Future<Output = ()> + Send + 'static) {
+        let outcome = tokio::spawn(test).await;
+        self.assert_no_panics();
+        if let Err(failed) = outcome {
+            std::panic::resume_unwind(failed.into_panic());
+        }
+        self.still_serves().await;
+        self.assert_no_panics();
+    }
+
     fn assert_no_panics(&self) {
         let panics: Vec<_> = RELAY_PANICS
             .lock()
@@ -110,12 +122,14 @@ impl WatchedRelay {
 impl Drop for WatchedRelay {
     fn drop(&mut self) {
         drop(self.relay.take());
-        // Not `drop`: dropping a runtime waits for its threads, which an async test must not.
+        // Not `drop`: dropping a runtime blocks until its tasks end, which tokio refuses inside
+        // the test's own runtime.
         self.runtime.take().unwrap().shutdown_background();
     }
 }
 
-/// A WebSocket client that writes its frames byte by byte as told, and reads the relay's.
+/// A WebSocket client that sends exactly the bytes it is given (frames no library would write)
+/// and parses the relay's frames itself.
 struct RawWs {
     reader: OwnedReadHalf,
     writer: OwnedWriteHalf,
@@ -339,14 +353,10 @@ async fn twice_the_limit_is_read_and_fragments_do_not_get_around_it() {
 #[tokio::test]
 async fn mutated_websocket_frames_do_not_panic_the_relay() {
     let watched = WatchedRelay::start("ws-frames").await;
-    conformance::mutated_frames_never_break_the_relay(WsNet::at(format!(
-        "{}/",
-        watched.relay().ws_url
-    )))
-    .await;
-    watched.assert_no_panics();
-    watched.still_serves().await;
-    watched.assert_no_panics();
+    let net = WsNet::at(format!("{}/", watched.relay().ws_url));
+    watched
+        .check(conformance::mutated_frames_never_break_the_relay(net))
+        .await;
 }
 
 /// "Nothing sent from the network can panic the relay", below the envelopes: broken WebSocket
@@ -358,6 +368,12 @@ async fn broken_framing_and_non_protocol_bytes_do_not_panic_the_relay() {
     let watched = WatchedRelay::start("framing").await;
     let ws_url = watched.relay().ws_url.clone();
     let grpc_url = watched.relay().grpc_url.clone();
+    watched
+        .check(send_broken_framing_and_noise(ws_url, grpc_url))
+        .await;
+}
+
+async fn send_broken_framing_and_noise(ws_url: String, grpc_url: String) {
     let mut mutator = Mutator::new(0x0bad_f00d);
 
     // After the handshake: framing a conforming client never sends.
@@ -441,10 +457,6 @@ async fn broken_framing_and_non_protocol_bytes_do_not_panic_the_relay() {
         raw.send_last_and_wait_for_the_end(&bytes, &format!("gRPC port {n}"))
             .await;
     }
-
-    watched.assert_no_panics();
-    watched.still_serves().await;
-    watched.assert_no_panics();
 }
 
 /// A well-formed protobuf `Envelope` whose fields are mutated: types, ids and JSON payloads
@@ -473,14 +485,14 @@ fn mutated_fields(mutator: &mut Mutator) -> Vec<u8> {
             String::from_utf8_lossy(&mutator.mutate(seed.as_bytes(), alphabet)).into_owned()
         }
     };
-    let message_type = mutator.pick(TYPES).to_owned();
-    let payload = mutator.pick(PAYLOADS).to_owned();
+    let message_type = *mutator.pick(TYPES);
+    let payload = *mutator.pick(PAYLOADS);
     let envelope = pb::Envelope {
-        message_type: field(mutator, &message_type, b"ABCabc \x00"),
+        message_type: field(mutator, message_type, b"ABCabc \x00"),
         message_id: field(mutator, "m-1", b"-_.:@ \x00"),
         sender_id: field(mutator, "n1", b"-_.:@ \x00"),
         recipient_id: field(mutator, "", b"-_.:@n1 \x00"),
-        payload_json: field(mutator, &payload, JSON),
+        payload_json: field(mutator, payload, JSON),
     };
     prost::Message::encode_to_vec(&envelope)
 }
@@ -527,10 +539,15 @@ impl tonic::codec::Codec for RawCodec {
 /// read the batch when the stream ends.
 #[tokio::test]
 async fn mutated_protobuf_envelopes_do_not_panic_the_relay() {
+    let watched = WatchedRelay::start("grpc-envelopes").await;
+    let grpc_url = watched.relay().grpc_url.clone();
+    watched.check(send_mutated_protobuf(grpc_url)).await;
+}
+
+async fn send_mutated_protobuf(grpc_url: String) {
     const STREAMS: usize = 250;
     const PER_STREAM: usize = 10;
-    let watched = WatchedRelay::start("grpc-envelopes").await;
-    let channel = grpc_channel(&watched.relay().grpc_url).await;
+    let channel = grpc_channel(&grpc_url).await;
     let seeds: Vec<Vec<u8>> = [
         common::pb_envelope(
             "NodeAnnounce",
@@ -622,9 +639,6 @@ async fn mutated_protobuf_envelopes_do_not_panic_the_relay() {
         "{decodable} decodable and {undecodable} undecodable mutations sent, \
          {answered_errors} Error envelopes back, {refused_streams} streams refused"
     );
-    watched.assert_no_panics();
-    watched.still_serves().await;
-    watched.assert_no_panics();
 }
 
 /// The watch itself can fail: a panic inside a task on a watched relay's runtime, which tokio
