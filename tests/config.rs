@@ -16,6 +16,9 @@ fn the_shipped_relay_toml_is_valid_and_documents_every_mode() {
     let config = config::load(&repo_path("relay.toml")).unwrap();
     assert_eq!(config.server.ws_listen.to_string(), "127.0.0.1:8787");
     assert_eq!(config.server.grpc_listen.to_string(), "127.0.0.1:50051");
+    // The README: the shipped file's default is auto (the schema's is broadcast).
+    assert_eq!(config.routing.default, Mode::Auto);
+    assert_eq!(config.limits.queue_capacity, 4096);
     let modes: Vec<Mode> = config.routing.rules.values().copied().collect();
     for mode in [Mode::Echo, Mode::Broadcast, Mode::Directed] {
         assert!(modes.contains(&mode), "no rule uses {mode}");
@@ -24,6 +27,27 @@ fn the_shipped_relay_toml_is_valid_and_documents_every_mode() {
     let text = std::fs::read_to_string(repo_path("relay.toml")).unwrap();
     let core = gsio_relay_core::RelayConfig::from_toml_str(&text, "relay.toml").unwrap();
     assert_eq!(core, config);
+}
+
+/// The README's table of defaults, as the literal numbers it prints (not the code's own
+/// `Default`): what an empty relay.toml gives through the loader the binary uses.
+#[test]
+fn an_empty_file_gives_the_documented_defaults() {
+    let file = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("empty-relay-{}.toml", std::process::id()));
+    std::fs::write(&file, "").unwrap();
+    let config = config::load(&file).unwrap();
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(config.server.ws_listen.to_string(), "127.0.0.1:8787");
+    assert_eq!(config.server.grpc_listen.to_string(), "127.0.0.1:50051");
+    assert_eq!(config.server.max_connections, 20000);
+    assert_eq!(config.server.shutdown_grace_ms, 5000);
+    assert_eq!(config.limits.max_message_bytes, 1048576);
+    assert_eq!(config.limits.queue_capacity, 4096);
+    assert!(config.discovery.announce_peers);
+    assert_eq!(config.discovery.welcome_peers_max, 100);
+    assert_eq!(config.routing.default, Mode::Broadcast);
+    assert!(config.routing.rules.is_empty());
 }
 
 fn toml_files(dir: &Path) -> Vec<std::path::PathBuf> {
@@ -180,11 +204,13 @@ async fn the_binary_serves_and_stops_cleanly_on_sigterm() {
             // Another tool's variable with a similar prefix is not an override.
             .env("RELAY_PROJECT_DIR", "/elsewhere")
             .env("GSIO_RELAY_SERVER__GRPC_LISTEN", "127.0.0.1:0")
-            .env("GSIO_RELAY_ROUTING__DEFAULT", "echo"),
+            // Variable names are case-insensitive: this one in lower case still applies.
+            .env("gsio_relay_routing__default", "echo"),
     );
     let mut peer = WsPeer::connect(&format!("{}/?node_id=cli", relay.url)).await;
     peer.expect_welcome("cli").await;
-    // GSIO_RELAY_ROUTING__DEFAULT=echo applies to types without a rule.
+    // gsio_relay_routing__default=echo applies to types without a rule (the file says auto,
+    // which would send this unaddressed envelope to the other peers: there are none).
     peer.send("Unruled", "cli", "", "1").await;
     assert_eq!(peer.recv().await.message_type, "Unruled");
 

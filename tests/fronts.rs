@@ -4,7 +4,7 @@
 mod common;
 
 use common::conformance::FIDELITY_PAYLOADS;
-use common::{AnyPeer, GrpcPeer, Peer, TestRelay, WsPeer};
+use common::{nothing_else_back, nothing_else_from, AnyPeer, GrpcPeer, Peer, TestRelay, WsPeer};
 use gsio_relay::pb;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite;
@@ -75,9 +75,9 @@ async fn every_mode_works_in_all_four_directions() {
             "{case}"
         );
         // Nothing else arrived anywhere.
-        s.expect_silence().await;
-        r.expect_silence().await;
-        o.expect_silence().await;
+        nothing_else_back(&mut s, "sender").await;
+        nothing_else_from(&mut s, "sender", &mut r, "receiver").await;
+        nothing_else_from(&mut s, "sender", &mut o, "other").await;
     }
 }
 
@@ -96,7 +96,8 @@ async fn payloads_cross_fronts_exactly() {
             assert_eq!(got.payload, payload, "{from:?} -> {to:?}");
         }
         let _ = s.recv().await; // PeerJoined r
-        s.expect_silence().await;
+        nothing_else_back(&mut s, "s").await;
+        nothing_else_from(&mut s, "s", &mut r, "r").await;
     }
 }
 
@@ -117,11 +118,63 @@ async fn grpc_identity_from_metadata_or_first_envelope() {
     anonymous.expect_error("identity_required").await;
     anonymous.send("NodeAnnounce", "node-2", "", "2").await;
     let welcome = anonymous.expect_welcome("node-2").await;
-    let mut peers: Vec<String> = serde_json::from_value(welcome["peers"].clone()).unwrap();
-    peers.sort();
-    assert_eq!(peers, ["node-1", "watcher"]);
+    // Sorted by the relay (watcher joined first).
+    assert_eq!(welcome["peers"], serde_json::json!(["node-1", "watcher"]));
     assert_eq!(ws.recv().await.message_type, "PeerJoined");
     assert_eq!(ws.recv().await.payload, "2");
+}
+
+/// "Closing the sending side leaves the relay: what is already queued for the peer is
+/// delivered, then the stream ends with `OK`." A gRPC peer with a backlog larger than HTTP/2's
+/// flow-control windows (so most of it is still queued in the relay, not in flight) closes its
+/// sending side without having read anything: it leaves at once (the others are told, the
+/// relay no longer lists it), and still receives every envelope queued for it, in order, and
+/// then the stream's `OK`.
+#[tokio::test]
+async fn grpc_half_close_delivers_what_is_queued_then_ends_ok() {
+    const BACKLOG: usize = 200;
+    let relay = TestRelay::start().await;
+    let mut g = relay.grpc("g").await;
+    let mut w = relay.ws("w").await;
+    let filler = "q".repeat(32 * 1024);
+    for seq in 0..BACKLOG {
+        let payload = format!("\"{seq} {filler}\"");
+        w.send("LedgerSyncResponse", "w", "g", &payload).await;
+    }
+    // w's echo is routed after w's envelopes: once it is back, all of them are queued for g.
+    nothing_else_back(&mut w, "w").await;
+
+    // Dropping the only sender ends the request stream: the client half-closes.
+    drop(std::mem::replace(
+        &mut g.tx,
+        tokio::sync::mpsc::channel(1).0,
+    ));
+    let left = w.recv().await;
+    assert_eq!(
+        (
+            left.message_type.as_str(),
+            left.payload_json()["peer_id"].as_str()
+        ),
+        ("PeerLeft", Some("g"))
+    );
+    assert_eq!(relay.relay.peer_ids(), ["w"]);
+
+    assert_eq!(g.recv().await.message_type, "PeerJoined"); // w
+    for seq in 0..BACKLOG {
+        let got = g.recv().await;
+        let prefix = format!("\"{seq} ");
+        assert!(
+            got.payload.starts_with(&prefix),
+            "envelope {seq} of {BACKLOG}: {}",
+            &got.payload[..got.payload.len().min(20)]
+        );
+    }
+    match tokio::time::timeout(common::ARRIVES, g.inbound.message()).await {
+        Ok(Ok(None)) => {} // the end of the stream, with status OK
+        Ok(Ok(Some(extra))) => panic!("more than was sent: {}", extra.message_type),
+        Ok(Err(status)) => panic!("the stream ended with {status:?}, not OK"),
+        Err(_) => panic!("the stream did not end"),
+    }
 }
 
 #[tokio::test]

@@ -304,6 +304,7 @@ async fn woken_by_a_close(dev: &WranglerDev) {
     c.send("NodeAnnounce", "c", "", "\"hi\"").await;
     assert_eq!(a.recv().await.payload_json()["peer_id"], "c");
     assert_eq!(a.recv().await.payload, "\"hi\"");
+    common::nothing_else_back(&mut c, "c").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

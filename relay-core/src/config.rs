@@ -211,7 +211,8 @@ pub struct InvalidConfig {
 /// e.g. `GSIO_RELAY_ROUTING__DEFAULT=echo`. Distinctive on purpose: `RELAY_` is a common prefix
 /// of other tools' settings, and a stray variable must not stop the relay. Only names with a
 /// `__` after the prefix are overrides (so `GSIO_RELAY_CONFIG`, the file's path, is not); an
-/// override naming an unknown section or key is an error, so typos are caught.
+/// override naming an unknown section or key is an error, so typos are caught. Names are
+/// matched case-insensitively, prefix included (`gsio_relay_routing__default` is an override).
 pub const ENV_PREFIX: &str = "GSIO_RELAY_";
 
 /// Why a configuration could not be loaded. Every variant names where the bad value came from.
@@ -246,9 +247,14 @@ struct Override {
 }
 
 impl Override {
-    /// `None` for a variable that is not an override (another prefix, or no `__`).
+    /// `None` for a variable that is not an override (another prefix, or no `__`). The name is
+    /// case-insensitive.
     fn parse(name: &str, value: &str) -> Option<Override> {
-        let path = name.strip_prefix(ENV_PREFIX)?;
+        let prefix = name.get(..ENV_PREFIX.len())?;
+        if !prefix.eq_ignore_ascii_case(ENV_PREFIX) {
+            return None;
+        }
+        let path = &name[ENV_PREFIX.len()..];
         if !path.contains("__") {
             return None;
         }
@@ -552,6 +558,88 @@ mod tests {
                 && err.contains("GSIO_RELAY_SERVER__GRPC_LISTEN"),
             "{err}"
         );
+    }
+
+    /// The README's bounds, as the literal numbers it prints: each edge is accepted, one past
+    /// it refused naming the key and the range.
+    #[test]
+    fn documented_bounds_are_the_edges() {
+        let cases = [
+            ("max_message_bytes", 256, 255, "use 256 to 67108864"),
+            (
+                "max_message_bytes",
+                67_108_864,
+                67_108_865,
+                "use 256 to 67108864",
+            ),
+            ("queue_capacity", 1, 0, "use 1 to 1000000"),
+            ("queue_capacity", 1_000_000, 1_000_001, "use 1 to 1000000"),
+        ];
+        for (key, edge, past, range) in cases {
+            let text = |n: u64| format!("[limits]\n{key} = {n}\n");
+            let config = RelayConfig::from_toml_str(&text(edge), "t.toml")
+                .unwrap_or_else(|e| panic!("{key} = {edge} refused: {e}"));
+            let limits = &config.limits;
+            let got = match key {
+                "max_message_bytes" => limits.max_message_bytes,
+                _ => limits.queue_capacity,
+            };
+            assert_eq!(got as u64, edge);
+            let err = RelayConfig::from_toml_str(&text(past), "t.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!("limits.{key}")) && err.contains(range),
+                "{key} = {past}: {err}"
+            );
+        }
+        // The README's example of a bad override, word for word.
+        let err = RelayConfig::load(
+            "",
+            "relay.toml",
+            [("GSIO_RELAY_LIMITS__QUEUE_CAPACITY", "0")],
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "GSIO_RELAY_LIMITS__QUEUE_CAPACITY: `limits.queue_capacity`: 0 is out of range; use 1 to 1000000"
+        );
+    }
+
+    /// "Variable names are case-insensitive": the prefix, the section and the key.
+    #[test]
+    fn variable_names_are_case_insensitive() {
+        let c = RelayConfig::load(
+            "",
+            "relay.toml",
+            [
+                ("gsio_relay_routing__default", "echo"),
+                ("Gsio_Relay_Limits__Queue_Capacity", "9"),
+                ("GSIO_RELAY_discovery__ANNOUNCE_peers", "false"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.routing.default, Mode::Echo);
+        assert_eq!(c.limits.queue_capacity, 9);
+        assert!(!c.discovery.announce_peers);
+        // Errors name the variable as it was spelled.
+        let err =
+            RelayConfig::load("", "relay.toml", [("gsio_relay_limits__typo", "1")]).unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::Variable { variable, .. } if variable == "gsio_relay_limits__typo"),
+            "{err:?}"
+        );
+        // Still only names with the prefix, and a `__` after it.
+        let c = RelayConfig::load(
+            "",
+            "relay.toml",
+            [
+                ("relay_routing__default", "echo"),
+                ("gsio_relay_config", "x"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c, RelayConfig::default());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 pub mod conformance;
 pub mod gsio_net;
+pub mod mutate;
 pub mod wrangler;
 
 use std::path::{Path, PathBuf};
@@ -26,7 +27,8 @@ use tonic::transport::Channel;
 
 /// How long a test waits for something that should arrive.
 pub const ARRIVES: Duration = Duration::from_secs(10);
-/// How long a test waits to be sure something does not arrive.
+/// How long a test waits to be sure something does not arrive, where no sentinel can prove it
+/// (see [`Peer::expect_silence`]).
 pub const QUIET: Duration = Duration::from_millis(300);
 
 pub fn repo_path(relative: &str) -> PathBuf {
@@ -196,11 +198,52 @@ pub trait Peer {
         got
     }
 
+    /// The next envelope is of `message_type` with `payload`: a sentinel, sent after the
+    /// envelopes that must not reach this peer over the same path (one sender, one recipient:
+    /// ordered), so nothing else arrived before it. Returns it.
+    async fn expect_sentinel(&mut self, message_type: &str, payload: &str) -> Got {
+        let got = self.recv().await;
+        assert_eq!(
+            (got.message_type.as_str(), got.payload.as_str()),
+            (message_type, payload),
+            "expected the sentinel {message_type} {payload}; this arrived before it: {got:?}"
+        );
+        got
+    }
+
+    /// Nothing arrives within [`QUIET`]. A timed wait, so a last resort: it cannot tell "never"
+    /// from "later". Where a later envelope over the same path can follow what must not
+    /// arrive, use a sentinel ([`Peer::expect_sentinel`]) instead.
     async fn expect_silence(&mut self) {
         if let Some(got) = self.try_recv(QUIET).await {
             panic!("expected nothing, got {got:?}");
         }
     }
+}
+
+/// Proves with a sentinel that `to` received none of `from`'s earlier envelopes: one more
+/// envelope from `from` directed to `to` (one sender, one recipient: it arrives after anything
+/// `from` sent before it) must be the next thing `to` receives. Needs the shipped rules
+/// (`LedgerSyncResponse` directed).
+pub async fn nothing_else_from<P: Peer, Q: Peer>(
+    from: &mut P,
+    from_id: &str,
+    to: &mut Q,
+    to_id: &str,
+) {
+    let payload = format!("\"sentinel {}\"", next_message_id());
+    from.send("LedgerSyncResponse", from_id, to_id, &payload)
+        .await;
+    to.expect_sentinel("LedgerSyncResponse", &payload).await;
+}
+
+/// Proves with a sentinel that `peer` got none of its own earlier envelopes back (nor an answer
+/// to them beyond those already read): an echo it sends now must be the next thing it receives.
+/// Needs the shipped rules (`Ping` echo).
+pub async fn nothing_else_back<P: Peer>(peer: &mut P, id: &str) {
+    let payload = format!("\"sentinel {}\"", next_message_id());
+    peer.send("Ping", id, "", &payload).await;
+    peer.expect_sentinel("Ping", &payload).await;
 }
 
 /// A WebSocket client (tokio-tungstenite).
