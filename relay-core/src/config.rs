@@ -715,4 +715,22 @@ mod tests {
             }
         }
     }
+
+    /// README: a frame is not read at all beyond "twice the size limit, and at least the limit
+    /// plus 64 KiB".
+    #[test]
+    fn the_hard_frame_limit_is_twice_the_limit_and_at_least_64_kib_more() {
+        let hard = |max_message_bytes| {
+            Limits {
+                max_message_bytes,
+                ..Limits::default()
+            }
+            .hard_frame_bytes()
+        };
+        assert_eq!(hard(1_048_576), 2_097_152);
+        assert_eq!(hard(65_536), 131_072);
+        assert_eq!(hard(256), 256 + 65_536);
+        assert_eq!(hard(60_000), 60_000 + 65_536);
+        assert_eq!(hard(64 * 1024 * 1024), 128 * 1024 * 1024);
+    }
 }
