@@ -978,6 +978,15 @@ pub async fn message_ids_are_kept_or_assigned_once<N: Network>(net: N) {
     a.send_with_id("NodeAnnounce", "", "1", Some(given)).await;
     assert_eq!(b.recv().await.message_id, given);
     assert_eq!(c.recv().await.message_id, given);
+    // The relay does not remember ids: the same id again is neither refused nor dropped.
+    a.send_with_id("NodeAnnounce", "", "1.5", Some(given)).await;
+    for peer in [&mut b, &mut c] {
+        let again = peer.recv().await;
+        assert_eq!(
+            (again.message_id.as_str(), again.payload.as_str()),
+            (given, "1.5")
+        );
+    }
     // Not given (or empty): one id assigned, the same for every recipient.
     for id in [None, Some("")] {
         a.send_with_id("NodeAnnounce", "", "2", id).await;
