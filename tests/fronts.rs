@@ -601,3 +601,25 @@ async fn each_grpc_connection_allows_max_connections_plus_100_streams() {
     assert_eq!(response.status(), 200);
     assert_eq!(connection.max_concurrent_send_streams(), 7 + 100);
 }
+
+/// README: the payload travels over gRPC "as JSON text (`payload_json`, empty means `null`)": a
+/// gRPC envelope with an empty `payload_json` reaches a WebSocket peer with `"payload":null`.
+#[tokio::test]
+async fn an_empty_payload_json_arrives_as_null() {
+    let relay = TestRelay::start().await;
+    let mut w = relay.ws("w").await;
+    let mut g = relay.grpc("g").await;
+    assert_eq!(w.recv().await.message_type, "PeerJoined");
+    g.send_pb(common::pb_envelope(
+        "LedgerSyncResponse",
+        "m-1",
+        "g",
+        "w",
+        "",
+    ))
+    .await;
+    let text = w.recv_text().await;
+    let got: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(got["message_id"], "m-1", "{text}");
+    assert!(got.get("payload").is_some_and(|p| p.is_null()), "{text}");
+}
