@@ -54,6 +54,11 @@ impl ConnEvents {
         first
     }
 
+    /// True once the connection was kicked (one atomic load: checked on every delivery).
+    pub(crate) fn is_kicked(&self) -> bool {
+        self.raised.load(Ordering::SeqCst) & ConnEvents::KICKED != 0
+    }
+
     pub(crate) fn raise(&self, events: u8) {
         self.raised.fetch_or(events, Ordering::SeqCst);
         for waker in &self.wakers {

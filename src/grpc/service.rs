@@ -157,7 +157,8 @@ impl server::relay_service_server::RelayService for RelayGrpc {
     }
 }
 
-/// The outbound half of one stream: what the peer's outbox yields, until it ends.
+/// The outbound half of one stream: what the peer's outbox yields, until it ends. Whatever ends
+/// it (kicked, shutdown), what was queued for the peer goes out first, in order, then the status.
 struct Writer {
     outbox: crate::queue::Outbox,
     /// Kicked (slow consumer) or shutdown's close phase.
@@ -171,9 +172,11 @@ struct Writer {
     state: WriterState,
 }
 
-#[derive(PartialEq)]
 enum WriterState {
     Open,
+    /// Kicked (slow consumer): the reader task takes the peer out of the hub at once, so the
+    /// outbox ends after what was queued; write all of it, then end with this error's status.
+    Kicked(RelayError),
     /// Shutting down: write what is queued, then end with UNAVAILABLE.
     Draining,
     Ended,
@@ -187,39 +190,50 @@ enum Event {
 
 impl Writer {
     async fn next(&mut self) -> Option<Result<WireEnvelope, Status>> {
-        if self.state == WriterState::Open {
-            let event = tokio::select! {
-                biased;
-                raised = self.events.raised(Waiter::Writer, ConnEvents::KICKED | ConnEvents::CLOSE) => {
-                    if raised & ConnEvents::KICKED != 0 {
-                        Event::Kicked(self.events.reason())
-                    } else {
-                        Event::Closing
+        loop {
+            match &self.state {
+                WriterState::Open => {
+                    let event = tokio::select! {
+                        biased;
+                        raised = self.events.raised(Waiter::Writer, ConnEvents::KICKED | ConnEvents::CLOSE) => {
+                            if raised & ConnEvents::KICKED != 0 {
+                                Event::Kicked(self.events.reason())
+                            } else {
+                                Event::Closing
+                            }
+                        }
+                        message = self.outbox.recv() => Event::Message(message),
+                    };
+                    match event {
+                        Event::Message(Some(message)) => {
+                            return Some(Ok(WireEnvelope::of(&message)))
+                        }
+                        Event::Kicked(error) => self.state = WriterState::Kicked(error),
+                        // The peer left. If that is the shutdown, the client must still be told.
+                        Event::Message(None) if self.running.phase() == Phase::Running => {
+                            self.state = WriterState::Ended;
+                            return None;
+                        }
+                        Event::Message(None) | Event::Closing => self.state = WriterState::Draining,
                     }
                 }
-                message = self.outbox.recv() => Event::Message(message),
-            };
-            match event {
-                Event::Message(Some(message)) => return Some(Ok(WireEnvelope::of(&message))),
-                Event::Kicked(error) => {
+                WriterState::Kicked(error) => {
+                    if let Some(message) = self.outbox.recv().await {
+                        return Some(Ok(WireEnvelope::of(&message)));
+                    }
+                    let status = status_for(error);
                     self.state = WriterState::Ended;
-                    return Some(Err(status_for(&error)));
+                    return Some(Err(status));
                 }
-                // The peer left. If that is the shutdown, the client must still be told.
-                Event::Message(None) if self.running.phase() == Phase::Running => {
+                WriterState::Draining => {
+                    if let Some(message) = self.outbox.try_next() {
+                        return Some(Ok(WireEnvelope::of(&message)));
+                    }
                     self.state = WriterState::Ended;
-                    return None;
+                    return Some(Err(status_for(&RelayError::ShuttingDown)));
                 }
-                Event::Message(None) | Event::Closing => self.state = WriterState::Draining,
+                WriterState::Ended => return None,
             }
         }
-        if self.state == WriterState::Draining {
-            if let Some(message) = self.outbox.try_next() {
-                return Some(Ok(WireEnvelope::of(&message)));
-            }
-            self.state = WriterState::Ended;
-            return Some(Err(status_for(&RelayError::ShuttingDown)));
-        }
-        None
     }
 }
