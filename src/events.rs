@@ -54,9 +54,10 @@ impl ConnEvents {
         first
     }
 
-    /// True once the connection was kicked (one atomic load: checked on every delivery).
-    pub(crate) fn is_kicked(&self) -> bool {
-        self.raised.load(Ordering::SeqCst) & ConnEvents::KICKED != 0
+    /// True once any of `events` was raised (one atomic load: a kick is checked on every
+    /// delivery).
+    pub(crate) fn is_raised(&self, events: u8) -> bool {
+        self.raised.load(Ordering::SeqCst) & events != 0
     }
 
     pub(crate) fn raise(&self, events: u8) {

@@ -93,7 +93,7 @@ impl Link for PeerHandle {
         // Checked before the push: a writer that is still draining may have made room, and
         // taking a later envelope after refusing an earlier one would leave a gap in what the
         // peer receives.
-        if self.events.is_kicked() {
+        if self.events.is_raised(ConnEvents::KICKED) {
             return Err(Refused::SlowConsumer { newly: false });
         }
         match self.queue.push(message.clone()) {

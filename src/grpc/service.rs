@@ -91,13 +91,15 @@ impl server::relay_service_server::RelayService for RelayGrpc {
         let slot = Arc::new(slot);
         let reader_slot = slot.clone();
 
-        let shutdown = self.shutdown.clone();
         let events = outbox.events();
         let registration = self.shutdown.register(&events);
         let reader_events = events.clone();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
+                    // Checked first: once shutdown says stop reading, no envelope is read, even
+                    // one that is already waiting.
+                    biased;
                     // Shutdown, or disconnected as a slow consumer: leave the hub now, even if
                     // the client has stopped polling the response stream that would say why.
                     _ = reader_events.raised(Waiter::Reader, ConnEvents::KICKED | ConnEvents::STOP_READING) => break,
@@ -132,9 +134,12 @@ impl server::relay_service_server::RelayService for RelayGrpc {
             }
             drop(reading);
             // During shutdown the peer must stay registered until the close phase, so that its
-            // queue is drained rather than cut (the outbound stream ends it).
-            if shutdown.phase() != Phase::Running {
-                shutdown.reached(Phase::Close).await;
+            // queue is drained rather than cut (the outbound stream ends it). Known from this
+            // connection's events: shutdown raises a phase on them before it publishes it.
+            if reader_events.is_raised(ConnEvents::STOP_READING) {
+                reader_events
+                    .raised(Waiter::Reader, ConnEvents::CLOSE)
+                    .await;
             }
             drop(peer);
             drop(reader_slot);
@@ -144,7 +149,6 @@ impl server::relay_service_server::RelayService for RelayGrpc {
             outbox,
             events,
             _registration: registration,
-            running: self.shutdown.clone(),
             _done: done,
             _slot: slot,
             state: WriterState::Open,
@@ -164,7 +168,6 @@ struct Writer {
     /// Kicked (slow consumer) or shutdown's close phase.
     events: Arc<ConnEvents>,
     _registration: crate::shutdown::Registration,
-    running: Shutdown,
     /// Dropped with the stream, which tells the shutdown controller this connection is done.
     _done: crate::shutdown::DoneToken,
     /// This stream's peer slot, shared with the reader task.
@@ -210,7 +213,9 @@ impl Writer {
                         }
                         Event::Kicked(error) => self.state = WriterState::Kicked(error),
                         // The peer left. If that is the shutdown, the client must still be told.
-                        Event::Message(None) if self.running.phase() == Phase::Running => {
+                        Event::Message(None)
+                            if !self.events.is_raised(ConnEvents::STOP_READING) =>
+                        {
                             self.state = WriterState::Ended;
                             return None;
                         }
