@@ -162,3 +162,65 @@ pub(crate) fn queue(capacity: usize) -> (PeerHandle, Outbox) {
     };
     (handle, outbox)
 }
+
+#[cfg(test)]
+mod tests {
+    use gsio_relay_core::Envelope;
+
+    use super::*;
+
+    fn numbered(n: u64) -> Arc<Message> {
+        Arc::new(Message::new(Envelope::from_relay(
+            "Test",
+            format!("m{n}"),
+            "",
+            n,
+        )))
+    }
+
+    fn id(message: &Message) -> &str {
+        &message.envelope().message_id
+    }
+
+    /// A full queue refuses, kicks once, and from then on refuses everything, even after its
+    /// writer has made room: what the peer gets is an unbroken prefix of what was sent to it.
+    #[test]
+    fn a_kicked_queue_takes_nothing_more_even_with_room() {
+        let (handle, mut outbox) = queue(2);
+        assert_eq!(handle.send(&numbered(0)), Ok(()));
+        assert_eq!(handle.send(&numbered(1)), Ok(()));
+        assert_eq!(
+            handle.send(&numbered(2)),
+            Err(Refused::SlowConsumer { newly: true })
+        );
+        assert!(outbox.events().is_raised(ConnEvents::KICKED));
+        assert_eq!(outbox.try_next().as_deref().map(id), Some("m0"));
+        assert_eq!(
+            handle.send(&numbered(3)),
+            Err(Refused::SlowConsumer { newly: false })
+        );
+        assert_eq!(outbox.try_next().as_deref().map(id), Some("m1"));
+        assert!(outbox.try_next().is_none());
+    }
+
+    /// Once every handle is gone, the outbox yields what was queued, then ends (the kicked
+    /// writer's drain relies on it).
+    #[test]
+    fn the_outbox_ends_after_what_was_queued() {
+        let (handle, mut outbox) = queue(4);
+        handle.send(&numbered(0)).unwrap();
+        handle.send(&numbered(1)).unwrap();
+        drop(handle);
+        let drained = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(async {
+                let mut ids = Vec::new();
+                while let Some(message) = outbox.recv().await {
+                    ids.push(id(&message).to_owned());
+                }
+                ids
+            });
+        assert_eq!(drained, ["m0", "m1"]);
+    }
+}
