@@ -583,6 +583,23 @@ async fn a_reading_peer_is_not_cut_off_by_a_burst() {
     assert_eq!(Stats::get(&relay.relay.stats.slow_consumer_disconnects), 0);
 }
 
+/// A WebSocket peer whose socket takes little (a 4 KiB receive buffer): what the relay sends it
+/// beyond its own socket's buffer stays queued in the relay until the peer reads.
+async fn ws_with_small_buffer(relay: &TestRelay, id: &str) -> WsPeer {
+    let addr: std::net::SocketAddr = ws_addr(relay).parse().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(addr).await.unwrap();
+    let url = format!("ws://{addr}/?node_id={id}");
+    let (ws, _) =
+        tokio_tungstenite::client_async(url, tokio_tungstenite::MaybeTlsStream::Plain(stream))
+            .await
+            .unwrap();
+    let mut peer = WsPeer { ws };
+    peer.expect_welcome(id).await;
+    peer
+}
+
 /// Shutdown with far more queued for two peers that have not read yet than their connections
 /// hold: each gets all of it, in order, then its close (1001 / `UNAVAILABLE`); so does the
 /// sender, who has nothing queued.
@@ -595,13 +612,14 @@ async fn shutdown_delivers_what_is_queued_and_tells_every_peer() {
     let mut relay = TestRelay::start_with(relay_config).await;
     let mut ws_sender = relay.ws("ws-sender").await;
     let grpc_receiver = relay.grpc("grpc-receiver").await;
-    let ws_receiver = relay.ws("ws-receiver").await;
+    let ws_receiver = ws_with_small_buffer(&relay, "ws-receiver").await;
     for _ in 0..2 {
         assert_eq!(ws_sender.recv().await.message_type, "PeerJoined");
     }
 
-    // 120 envelopes of 64 KiB: more than socket buffers and HTTP/2 windows take, so much of it
-    // is still queued in the relay when the shutdown starts.
+    // 120 envelopes of 64 KiB: more than the receivers' connections take (a small socket
+    // buffer, an HTTP/2 window), so much of it is still queued in the relay when the shutdown
+    // starts.
     const BURST: u64 = 120;
     let pad = Value::from(padding());
     for seq in 0..BURST {
