@@ -600,6 +600,25 @@ async fn ws_with_small_buffer(relay: &TestRelay, id: &str) -> WsPeer {
     peer
 }
 
+/// A gRPC peer on a connection of its own whose socket has a 4 KiB receive buffer: it reads at
+/// the pace of a slow network, so the relay's last bytes reach it well after the relay wrote them.
+async fn grpc_with_small_buffer(grpc_url: &str, id: &str) -> GrpcPeer {
+    let addr: std::net::SocketAddr = grpc_url.trim_start_matches("http://").parse().unwrap();
+    let connector = tower::service_fn(move |_: tonic::transport::Uri| async move {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.set_recv_buffer_size(4096)?;
+        let stream = socket.connect(addr).await?;
+        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+    });
+    let channel = Channel::from_shared(grpc_url.to_owned())
+        .unwrap()
+        .connect_with_connector(connector)
+        .await
+        .unwrap();
+    let mut peer = GrpcPeer::over(channel, Some(id)).await.unwrap();
+    peer.expect_welcome(id).await;
+    peer
+}
 /// Shutdown with far more queued for two peers that have not read yet than their connections
 /// hold: each gets all of it, in order, then its close (1001 / `UNAVAILABLE`); so does the
 /// sender, who has nothing queued.
@@ -611,7 +630,7 @@ async fn shutdown_delivers_what_is_queued_and_tells_every_peer() {
     relay_config.server.shutdown_grace_ms = 120_000;
     let mut relay = TestRelay::start_with(relay_config).await;
     let mut ws_sender = relay.ws("ws-sender").await;
-    let grpc_receiver = relay.grpc("grpc-receiver").await;
+    let grpc_receiver = grpc_with_small_buffer(&relay.grpc_url, "grpc-receiver").await;
     let ws_receiver = ws_with_small_buffer(&relay, "ws-receiver").await;
     for _ in 0..2 {
         assert_eq!(ws_sender.recv().await.message_type, "PeerJoined");
@@ -1210,10 +1229,7 @@ async fn the_binary_drains_and_exits_0_on(signal: libc::c_int) {
         RelayProcess::start(&[("GSIO_RELAY_SERVER__SHUTDOWN_GRACE_MS", "120000")]).await;
     let mut sender = WsPeer::connect(&format!("{}/?node_id=sender", relay.ws_url)).await;
     sender.expect_welcome("sender").await;
-    let mut receiver = GrpcPeer::connect(&relay.grpc_url, Some("receiver"))
-        .await
-        .unwrap();
-    receiver.expect_welcome("receiver").await;
+    let receiver = grpc_with_small_buffer(&relay.grpc_url, "receiver").await;
     assert_eq!(sender.recv().await.message_type, "PeerJoined");
     // 64 KiB each: most of it is still queued in the relay when the signal comes (an HTTP/2
     // window is 64 KiB).
@@ -1234,7 +1250,11 @@ async fn the_binary_drains_and_exits_0_on(signal: libc::c_int) {
     assert_eq!(code, 1001);
     assert!(reason.starts_with("shutting_down"), "{reason}");
     let (received, ending) = read_to_end(AnyPeer::Grpc(receiver)).await;
-    assert_eq!(numbered(&received), (0..QUEUED).collect::<Vec<_>>());
+    assert_eq!(
+        numbered(&received),
+        (0..QUEUED).collect::<Vec<_>>(),
+        "then {ending:?}"
+    );
     ending.assert_for("shutting_down");
     let status = relay.exit_status().await;
     assert_eq!(status.code(), Some(0), "{status:?}: {:#?}", relay.log);
