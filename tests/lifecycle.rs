@@ -896,11 +896,12 @@ async fn shutdown_waits_one_grace_period_in_all() {
     assert_eq!(sender.await.unwrap().0, 1001);
 }
 
-/// Directed envelopes of [`chunk`]'s size from a new peer `filler` to `to`, far more than HTTP/2
-/// windows and socket buffers take: a `to` that does not read keeps most of them queued.
-/// Returns once all are routed (the sentinel is back).
+/// How many envelopes [`fill`] sends.
 const FILL: u64 = 50;
 
+/// [`FILL`] directed envelopes of [`chunk`]'s size from a new peer `filler` to `to`, more than
+/// HTTP/2 windows and socket buffers take: a `to` that does not read keeps most of them queued.
+/// Returns once all are routed (the sentinel is back).
 async fn fill(relay: &TestRelay, filler: &str, to: &str) {
     let peer = join(relay, Front::Ws, filler).await;
     let (mut outgoing, mut received, _reader) = split(peer);
