@@ -54,6 +54,12 @@ impl ConnEvents {
         first
     }
 
+    /// True once any of `events` was raised (one atomic load: a kick is checked on every
+    /// delivery).
+    pub(crate) fn is_raised(&self, events: u8) -> bool {
+        self.raised.load(Ordering::SeqCst) & events != 0
+    }
+
     pub(crate) fn raise(&self, events: u8) {
         self.raised.fetch_or(events, Ordering::SeqCst);
         for waker in &self.wakers {

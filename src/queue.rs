@@ -5,11 +5,30 @@
 //! every [`PeerHandle`] the hub holds for it.
 //!
 //! # Slow consumers
-//! Each peer has one bounded outbound queue (`limits.queue_capacity`). Delivery never waits:
-//! it is a non-blocking push. When a peer's queue is full, that peer is disconnected as a slow consumer
-//! (WebSocket close 1008 / gRPC `RESOURCE_EXHAUSTED`, reason `slow_consumer`), the sender is told
-//! with a `recipient_queue_full` error naming it, and `slow_consumer_disconnects` is counted.
-//! So one stalled peer never stalls a sender, and nothing is dropped without somebody being
+//! Each peer has one bounded outbound queue (`limits.queue_capacity`). Delivery never waits: it
+//! is a non-blocking push. A push that finds a peer's queue full means that peer is not reading,
+//! and it is disconnected as a slow consumer:
+//!
+//! - **From that envelope on, it takes nothing more.** Every later push to it is refused as
+//!   well, even if its writer has made room since, so what it receives from each sender is an
+//!   unbroken prefix of what that sender sent it: everything up to the first envelope it missed.
+//! - **Every sender whose envelope it missed is told**: an `Error` with `recipient_queue_full`
+//!   naming the peer, and the `message_id` of the missed envelope. Once it has left the hub (next
+//!   point), a directed envelope to it is answered `unknown_recipient`, and a broadcast no longer
+//!   counts it as a recipient.
+//! - **It leaves the hub at once**: others stop routing to it, its id is free, and a `PeerLeft`
+//!   is announced. Its writer then delivers everything that was queued for it, in order, and ends
+//!   the connection with the reason: WebSocket close 1008, gRPC `RESOURCE_EXHAUSTED`, both with
+//!   a reason starting `slow_consumer`. On WebSocket the queued messages and the close frame must
+//!   be written within 5 s (the front's `CLOSE_TIMEOUT`): a peer that still does not read by then
+//!   is dropped, and what was not written by then is lost to it without its senders being told
+//!   (it had been queued); the peer sees its connection end without a close frame. On gRPC,
+//!   HTTP/2 flow control holds the rest until the client reads it, gives up the stream, or the
+//!   relay shuts down.
+//! - **It is counted** (`slow_consumer_disconnects`), logged at warn when it happens, and the
+//!   count is logged again when the relay stops.
+//!
+//! So one stalled peer never stalls a sender, and no envelope is dropped without somebody being
 //! told.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -68,8 +87,15 @@ impl QueueTx {
 /// The core reaches a peer through its handle ([`gsio_relay_core::Connection`] decides who
 /// receives what; this only queues).
 impl Link for PeerHandle {
-    /// Queues `message` without waiting; a full queue disconnects the peer (see the module doc).
+    /// Queues `message` without waiting; a full queue disconnects the peer, and a disconnected
+    /// peer takes nothing more (see the module doc).
     fn send(&self, message: &Arc<Message>) -> Result<(), Refused> {
+        // Checked before the push: a writer that is still draining may have made room, and
+        // taking a later envelope after refusing an earlier one would leave a gap in what the
+        // peer receives.
+        if self.events.is_raised(ConnEvents::KICKED) {
+            return Err(Refused::SlowConsumer { newly: false });
+        }
         match self.queue.push(message.clone()) {
             Ok(()) => Ok(()),
             Err(PushError::Full) => {
@@ -135,4 +161,66 @@ pub(crate) fn queue(capacity: usize) -> (PeerHandle, Outbox) {
         events,
     };
     (handle, outbox)
+}
+
+#[cfg(test)]
+mod tests {
+    use gsio_relay_core::Envelope;
+
+    use super::*;
+
+    fn numbered(n: u64) -> Arc<Message> {
+        Arc::new(Message::new(Envelope::from_relay(
+            "Test",
+            format!("m{n}"),
+            "",
+            n,
+        )))
+    }
+
+    fn id(message: &Message) -> &str {
+        &message.envelope().message_id
+    }
+
+    /// A full queue refuses, kicks once, and from then on refuses everything, even after its
+    /// writer has made room: what the peer gets is an unbroken prefix of what was sent to it.
+    #[test]
+    fn a_kicked_queue_takes_nothing_more_even_with_room() {
+        let (handle, mut outbox) = queue(2);
+        assert_eq!(handle.send(&numbered(0)), Ok(()));
+        assert_eq!(handle.send(&numbered(1)), Ok(()));
+        assert_eq!(
+            handle.send(&numbered(2)),
+            Err(Refused::SlowConsumer { newly: true })
+        );
+        assert!(outbox.events().is_raised(ConnEvents::KICKED));
+        assert_eq!(outbox.try_next().as_deref().map(id), Some("m0"));
+        assert_eq!(
+            handle.send(&numbered(3)),
+            Err(Refused::SlowConsumer { newly: false })
+        );
+        assert_eq!(outbox.try_next().as_deref().map(id), Some("m1"));
+        assert!(outbox.try_next().is_none());
+    }
+
+    /// Once every handle is gone, the outbox yields what was queued, then ends (the kicked
+    /// writer's drain relies on it).
+    #[test]
+    fn the_outbox_ends_after_what_was_queued() {
+        let (handle, mut outbox) = queue(4);
+        handle.send(&numbered(0)).unwrap();
+        handle.send(&numbered(1)).unwrap();
+        drop(handle);
+        let drained = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(async {
+                let mut ids = Vec::new();
+                while let Some(message) = outbox.recv().await {
+                    ids.push(id(&message).to_owned());
+                }
+                ids
+            });
+        assert_eq!(drained, ["m0", "m1"]);
+    }
 }

@@ -14,7 +14,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use gsio_relay_core::RelayConfig;
@@ -210,6 +210,7 @@ fn limited_incoming(
             let limited = Limited {
                 stream,
                 _permit: permit,
+                linger: None,
             };
             Some((Ok(limited), listener))
         }
@@ -262,10 +263,18 @@ fn tune(stream: &TcpStream) {
     let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive);
 }
 
-/// A TCP connection to the gRPC port that frees its connection slot when dropped.
+/// How long a gRPC connection the relay ends waits, after its last byte, for the client to close
+/// its side (see [`Limited`]'s `poll_shutdown`).
+const LINGER: Duration = Duration::from_secs(5);
+
+/// A TCP connection to the gRPC port that frees its connection slot when dropped, and that ends
+/// with a lingering close.
 pub struct Limited {
     stream: TcpStream,
     _permit: OwnedSemaphorePermit,
+    /// Set once the relay has sent its last byte: how long it still waits for the client to
+    /// close its side.
+    linger: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Connected for Limited {
@@ -299,8 +308,34 @@ impl AsyncWrite for Limited {
         Pin::new(&mut self.stream).poll_flush(cx)
     }
 
+    /// Called by HTTP/2 when it ends the connection (at shutdown, after the `GOAWAY` and the last
+    /// stream's status): sends our FIN, then reads and drops whatever the client still sends
+    /// until it closes its side, for at most [`LINGER`]. Closing the socket at once would lose
+    /// the end of the last streams: a client still reading them sends window updates, and a
+    /// socket closed with unread bytes (or receiving bytes after it is closed) answers with a
+    /// reset, which discards what the client's kernel had not handed to it yet and what ours
+    /// had not sent. The WebSocket front waits for the client's close frame for the same reason.
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
+        let this = &mut *self;
+        if this.linger.is_none() {
+            ready!(Pin::new(&mut this.stream).poll_shutdown(cx))?;
+            this.linger = Some(Box::pin(tokio::time::sleep(LINGER)));
+        }
+        let mut scratch = [0u8; 1024];
+        loop {
+            if let Some(linger) = this.linger.as_mut() {
+                if linger.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Ok(()));
+                }
+            }
+            let mut unread = ReadBuf::new(&mut scratch);
+            match ready!(Pin::new(&mut this.stream).poll_read(cx, &mut unread)) {
+                // The client closed its side (or the connection failed): nothing more to wait for.
+                Ok(()) if unread.filled().is_empty() => return Poll::Ready(Ok(())),
+                Err(_) => return Poll::Ready(Ok(())),
+                Ok(()) => {}
+            }
+        }
     }
 
     fn poll_write_vectored(

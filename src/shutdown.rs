@@ -91,7 +91,8 @@ impl Shutdown {
         let key = self.registry.next.fetch_add(1, Ordering::Relaxed);
         let mut live = self.registry.live.lock().unwrap_or_else(|p| p.into_inner());
         live.insert(key, Arc::downgrade(conn));
-        // Read under the lock: the controller changes the phase before it takes the lock.
+        // Read under the lock, under which the controller publishes a phase: either this
+        // connection is in the map when the controller raises the phase, or it reads it here.
         let events = phase_events(self.phase());
         if events != 0 {
             conn.raise(events);
@@ -135,8 +136,11 @@ impl Controller {
         self.shutdown.clone()
     }
 
+    /// Raises `phase` on every live connection, then publishes it to whatever waits in
+    /// [`Shutdown::reached`] (the listeners among them). In that order: once a listener has
+    /// stopped, every connection has been told, so a client that finds the port closed knows
+    /// that nothing it sends from then on is read.
     fn enter(&self, phase: Phase) {
-        self.phase.send_replace(phase);
         let live = self
             .shutdown
             .registry
@@ -146,6 +150,8 @@ impl Controller {
         for conn in live.values().filter_map(Weak::upgrade) {
             conn.raise(phase_events(phase));
         }
+        self.phase.send_replace(phase);
+        drop(live);
     }
 
     /// Runs both phases by `deadline` (the one grace period of the whole shutdown); returns

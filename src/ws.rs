@@ -1,7 +1,9 @@
 //! The WebSocket front: one JSON envelope per text frame, for browsers and any WebSocket client.
 //!
 //! One task per connection reads frames and writes the peer's outbox, batching writes (several
-//! frames fed, one flush). The identity may be fixed by `?node_id=ID` on the URL. Every protocol
+//! frames fed, one flush). However the relay ends a connection (kicked, refused, shutdown), it
+//! writes what was queued for it, in order, before the close frame, within [`CLOSE_TIMEOUT`].
+//! The identity may be fixed by `?node_id=ID` on the URL. Every protocol
 //! decision (errors, close codes and reasons) is the core's [`gsio_relay_core::Connection`]'s;
 //! this module moves frames and carries out its [`Step`]s. A frame over the hard limit
 //! ([`gsio_relay_core::config::Limits::hard_frame_bytes`]) is not read at all.
@@ -29,7 +31,8 @@ use crate::state::Relay;
 
 /// A client must finish the WebSocket handshake within this time.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long the relay keeps trying to tell a peer why its connection ends.
+/// How long a connection the relay ends may take to write what was queued for it and its close
+/// frame: a peer that does not read by then is dropped, with the rest unwritten.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// At most this many queued frames are written before one flush.
 const WRITE_BATCH: usize = 64;
@@ -112,19 +115,16 @@ async fn connection(
     let _registration = shutdown.register(&events);
     if let Some(id) = node_id {
         if let Step::Close(error) = peer.claim(&id) {
-            // Bounded (a client that does not read cannot hold the task), and closed through
-            // `close`, which waits for the client's reply: dropping the socket with the
-            // client's first frames unread would reset the connection, and a reset can discard
-            // the Error and the close frame before the client reads them.
-            let written = tokio::time::timeout(CLOSE_TIMEOUT, write_queued(&mut ws, &mut outbox));
-            if let Ok(Ok(())) = written.await {
-                close(&mut ws, close_frame(&error)).await;
-            }
-            return;
+            // The Error envelope is queued: `finish` writes it, then the close.
+            return Box::pin(finish(ws, outbox, None, peer, End::Kicked(error))).await;
         }
     }
 
     let mut reading = Some(reading);
+    // A message taken from the outbox but not yet handed to the socket, because a write was
+    // interrupted (kicked, shutdown) while the socket was full; it goes out first when the
+    // connection ends.
+    let mut held: Option<Arc<Message>> = None;
     let mut watching = ConnEvents::KICKED | ConnEvents::STOP_READING | ConnEvents::CLOSE;
     // True after a write: the next turn prefers reading (see the select below).
     let mut read_turn = false;
@@ -182,16 +182,21 @@ async fn connection(
             next = outbox.recv() => match next {
                 Some(message) => {
                     read_turn = true;
+                    held = Some(message);
                     // A peer that stopped reading blocks this write; its queue then fills and
-                    // the kick ends the connection.
+                    // the kick ends the connection. `write_batch` is cancel safe: what it has
+                    // not handed to the socket stays in `held` or in the outbox.
                     tokio::select! {
-                        written = write_batch(&mut ws, &mut outbox, message) => {
+                        written = write_batch(&mut ws, &mut outbox, &mut held) => {
                             if written.is_err() {
                                 break End::Gone;
                             }
                         }
-                        _ = events.raised(Waiter::Writer, ConnEvents::KICKED) => {
-                            break End::Kicked(events.reason());
+                        raised = events.raised(Waiter::Writer, ConnEvents::KICKED | ConnEvents::CLOSE) => {
+                            if raised & ConnEvents::KICKED != 0 {
+                                break End::Kicked(events.reason());
+                            }
+                            break End::Shutdown;
                         }
                     }
                 }
@@ -201,24 +206,39 @@ async fn connection(
     };
 
     // Boxed for the same reason as the handshake: only the ending needs this state.
-    Box::pin(finish(ws, outbox, peer, ending)).await;
+    Box::pin(finish(ws, outbox, held, peer, ending)).await;
 }
 
-/// Ends a connection: out of the hub, and the peer told why, within [`CLOSE_TIMEOUT`].
-async fn finish(mut ws: Ws, mut outbox: Outbox, peer: PeerConn, ending: End) {
+/// Ends a connection: out of the hub, what is queued written, and the peer told why, all within
+/// [`CLOSE_TIMEOUT`]. Past it, the connection is dropped with whatever is still unwritten.
+async fn finish(
+    mut ws: Ws,
+    mut outbox: Outbox,
+    mut held: Option<Arc<Message>>,
+    peer: PeerConn,
+    ending: End,
+) {
     match ending {
         End::Gone => drop(peer),
         End::Kicked(error) => {
-            // Out of the hub first: others must stop routing to it while it is being closed.
+            // Out of the hub first: others stop routing to it at once and its id is free. With
+            // its last handle gone, its outbox ends after what was queued before.
             drop(peer);
-            close(&mut ws, close_frame(&error)).await;
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+                if write_rest(&mut ws, &mut outbox, &mut held).await.is_ok() {
+                    close(&mut ws, close_frame(&error)).await;
+                }
+            })
+            .await;
         }
         End::Shutdown => {
             // Still in the hub while its queue drains (nothing is routed any more).
-            let drained = tokio::time::timeout(CLOSE_TIMEOUT, write_queued(&mut ws, &mut outbox));
-            if let Ok(Ok(())) = drained.await {
-                close(&mut ws, close_frame(&RelayError::ShuttingDown)).await;
-            }
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+                if write_queued(&mut ws, &mut outbox, &mut held).await.is_ok() {
+                    close(&mut ws, close_frame(&RelayError::ShuttingDown)).await;
+                }
+            })
+            .await;
             drop(peer);
         }
     }
@@ -227,21 +247,21 @@ async fn finish(mut ws: Ws, mut outbox: Outbox, peer: PeerConn, ending: End) {
 enum End {
     /// The client went away (or the socket failed): nothing more to say.
     Gone,
-    /// Disconnected by the relay for this reason (slow consumer, a frame it will not read).
+    /// Disconnected by the relay for this reason (slow consumer, a frame it will not read, an id
+    /// refused at connect): out of the hub at once, then what was queued, then the close.
     Kicked(RelayError),
+    /// The relay is stopping: what is queued, then the close, then out of the hub.
     Shutdown,
 }
 
-/// Sends a close frame and waits for the peer's reply, bounded in time (a peer that does not
-/// read may never take it). Waiting matters: closing the socket with the peer's bytes unread
-/// makes the kernel send a reset, which can discard our close frame before the peer reads it.
+/// Sends a close frame and waits for the peer's reply; the caller bounds it in time (a peer
+/// that does not read may never take it). Waiting matters: closing the socket with the peer's
+/// bytes unread makes the kernel send a reset, which can discard our close frame (and the
+/// messages before it) before the peer reads them.
 async fn close(ws: &mut Ws, frame: CloseFrame) {
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-        if ws.close(Some(frame)).await.is_ok() {
-            while let Some(Ok(_)) = ws.next().await {}
-        }
-    })
-    .await;
+    if ws.close(Some(frame)).await.is_ok() {
+        while let Some(Ok(_)) = ws.next().await {}
+    }
 }
 
 /// The close frame telling a peer why the relay ends its connection: the core's code, and a
@@ -273,25 +293,58 @@ fn text_input(text: Utf8Bytes) -> Input {
 
 type Ws = WebSocketStream<TcpStream>;
 
-/// Writes `first` and whatever else is queued (up to a batch), then flushes once.
+/// Writes `held` and whatever else is queued (up to a batch), then flushes once.
+///
+/// Cancel safe: a message leaves `held` (or the outbox) only once the socket is ready to take
+/// it, so a write interrupted while the socket is full loses nothing (unlike `SinkExt::feed`,
+/// which drops the message it holds); and an interrupted flush leaves the bytes in the socket's
+/// buffer, to go out with the next write.
 async fn write_batch(
     ws: &mut Ws,
     outbox: &mut Outbox,
-    first: Arc<Message>,
+    held: &mut Option<Arc<Message>>,
 ) -> Result<(), tungstenite::Error> {
-    ws.feed(text_frame(&first)).await?;
-    for _ in 1..WRITE_BATCH {
-        let Some(message) = outbox.try_next() else {
+    for _ in 0..WRITE_BATCH {
+        if held.is_none() {
+            *held = outbox.try_next();
+        }
+        let Some(message) = held.as_ref() else {
             break;
         };
+        std::future::poll_fn(|cx| ws.poll_ready_unpin(cx)).await?;
+        ws.start_send_unpin(text_frame(message))?;
+        *held = None;
+    }
+    ws.flush().await
+}
+
+/// Writes `held` and everything queued now (the peer is still in the hub, so more may come; it
+/// is not waited for).
+async fn write_queued(
+    ws: &mut Ws,
+    outbox: &mut Outbox,
+    held: &mut Option<Arc<Message>>,
+) -> Result<(), tungstenite::Error> {
+    if let Some(message) = held.take() {
+        ws.feed(text_frame(&message)).await?;
+    }
+    while let Some(message) = outbox.try_next() {
         ws.feed(text_frame(&message)).await?;
     }
     ws.flush().await
 }
 
-/// Writes everything queued now.
-async fn write_queued(ws: &mut Ws, outbox: &mut Outbox) -> Result<(), tungstenite::Error> {
-    while let Some(message) = outbox.try_next() {
+/// Writes `held` and everything queued until the outbox ends: the peer has left the hub, so its
+/// outbox ends once what was queued before is taken.
+async fn write_rest(
+    ws: &mut Ws,
+    outbox: &mut Outbox,
+    held: &mut Option<Arc<Message>>,
+) -> Result<(), tungstenite::Error> {
+    if let Some(message) = held.take() {
+        ws.feed(text_frame(&message)).await?;
+    }
+    while let Some(message) = outbox.recv().await {
         ws.feed(text_frame(&message)).await?;
     }
     ws.flush().await

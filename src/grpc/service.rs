@@ -91,13 +91,15 @@ impl server::relay_service_server::RelayService for RelayGrpc {
         let slot = Arc::new(slot);
         let reader_slot = slot.clone();
 
-        let shutdown = self.shutdown.clone();
         let events = outbox.events();
         let registration = self.shutdown.register(&events);
         let reader_events = events.clone();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
+                    // Checked first: once shutdown says stop reading, no envelope is read, even
+                    // one that is already waiting.
+                    biased;
                     // Shutdown, or disconnected as a slow consumer: leave the hub now, even if
                     // the client has stopped polling the response stream that would say why.
                     _ = reader_events.raised(Waiter::Reader, ConnEvents::KICKED | ConnEvents::STOP_READING) => break,
@@ -132,9 +134,12 @@ impl server::relay_service_server::RelayService for RelayGrpc {
             }
             drop(reading);
             // During shutdown the peer must stay registered until the close phase, so that its
-            // queue is drained rather than cut (the outbound stream ends it).
-            if shutdown.phase() != Phase::Running {
-                shutdown.reached(Phase::Close).await;
+            // queue is drained rather than cut (the outbound stream ends it). Known from this
+            // connection's events: shutdown raises a phase on them before it publishes it.
+            if reader_events.is_raised(ConnEvents::STOP_READING) {
+                reader_events
+                    .raised(Waiter::Reader, ConnEvents::CLOSE)
+                    .await;
             }
             drop(peer);
             drop(reader_slot);
@@ -144,7 +149,6 @@ impl server::relay_service_server::RelayService for RelayGrpc {
             outbox,
             events,
             _registration: registration,
-            running: self.shutdown.clone(),
             _done: done,
             _slot: slot,
             state: WriterState::Open,
@@ -157,13 +161,13 @@ impl server::relay_service_server::RelayService for RelayGrpc {
     }
 }
 
-/// The outbound half of one stream: what the peer's outbox yields, until it ends.
+/// The outbound half of one stream: what the peer's outbox yields, until it ends. Whatever ends
+/// it (kicked, shutdown), what was queued for the peer goes out first, in order, then the status.
 struct Writer {
     outbox: crate::queue::Outbox,
     /// Kicked (slow consumer) or shutdown's close phase.
     events: Arc<ConnEvents>,
     _registration: crate::shutdown::Registration,
-    running: Shutdown,
     /// Dropped with the stream, which tells the shutdown controller this connection is done.
     _done: crate::shutdown::DoneToken,
     /// This stream's peer slot, shared with the reader task.
@@ -171,9 +175,11 @@ struct Writer {
     state: WriterState,
 }
 
-#[derive(PartialEq)]
 enum WriterState {
     Open,
+    /// Kicked (slow consumer): the reader task takes the peer out of the hub at once, so the
+    /// outbox ends after what was queued; write all of it, then end with this error's status.
+    Kicked(RelayError),
     /// Shutting down: write what is queued, then end with UNAVAILABLE.
     Draining,
     Ended,
@@ -187,39 +193,52 @@ enum Event {
 
 impl Writer {
     async fn next(&mut self) -> Option<Result<WireEnvelope, Status>> {
-        if self.state == WriterState::Open {
-            let event = tokio::select! {
-                biased;
-                raised = self.events.raised(Waiter::Writer, ConnEvents::KICKED | ConnEvents::CLOSE) => {
-                    if raised & ConnEvents::KICKED != 0 {
-                        Event::Kicked(self.events.reason())
-                    } else {
-                        Event::Closing
+        loop {
+            match &self.state {
+                WriterState::Open => {
+                    let event = tokio::select! {
+                        biased;
+                        raised = self.events.raised(Waiter::Writer, ConnEvents::KICKED | ConnEvents::CLOSE) => {
+                            if raised & ConnEvents::KICKED != 0 {
+                                Event::Kicked(self.events.reason())
+                            } else {
+                                Event::Closing
+                            }
+                        }
+                        message = self.outbox.recv() => Event::Message(message),
+                    };
+                    match event {
+                        Event::Message(Some(message)) => {
+                            return Some(Ok(WireEnvelope::of(&message)))
+                        }
+                        Event::Kicked(error) => self.state = WriterState::Kicked(error),
+                        // The peer left. If that is the shutdown, the client must still be told.
+                        Event::Message(None)
+                            if !self.events.is_raised(ConnEvents::STOP_READING) =>
+                        {
+                            self.state = WriterState::Ended;
+                            return None;
+                        }
+                        Event::Message(None) | Event::Closing => self.state = WriterState::Draining,
                     }
                 }
-                message = self.outbox.recv() => Event::Message(message),
-            };
-            match event {
-                Event::Message(Some(message)) => return Some(Ok(WireEnvelope::of(&message))),
-                Event::Kicked(error) => {
+                WriterState::Kicked(error) => {
+                    if let Some(message) = self.outbox.recv().await {
+                        return Some(Ok(WireEnvelope::of(&message)));
+                    }
+                    let status = status_for(error);
                     self.state = WriterState::Ended;
-                    return Some(Err(status_for(&error)));
+                    return Some(Err(status));
                 }
-                // The peer left. If that is the shutdown, the client must still be told.
-                Event::Message(None) if self.running.phase() == Phase::Running => {
+                WriterState::Draining => {
+                    if let Some(message) = self.outbox.try_next() {
+                        return Some(Ok(WireEnvelope::of(&message)));
+                    }
                     self.state = WriterState::Ended;
-                    return None;
+                    return Some(Err(status_for(&RelayError::ShuttingDown)));
                 }
-                Event::Message(None) | Event::Closing => self.state = WriterState::Draining,
+                WriterState::Ended => return None,
             }
         }
-        if self.state == WriterState::Draining {
-            if let Some(message) = self.outbox.try_next() {
-                return Some(Ok(WireEnvelope::of(&message)));
-            }
-            self.state = WriterState::Ended;
-            return Some(Err(status_for(&RelayError::ShuttingDown)));
-        }
-        None
     }
 }
