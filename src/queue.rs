@@ -84,6 +84,14 @@ impl QueueTx {
     }
 }
 
+impl PeerHandle {
+    /// Envelopes waiting in this peer's queue now (what an operator, or a test, wants to know of
+    /// a peer that reads slowly).
+    pub fn queued(&self) -> usize {
+        self.queue.depth.queued.load(Ordering::Acquire)
+    }
+}
+
 /// The core reaches a peer through its handle ([`gsio_relay_core::Connection`] decides who
 /// receives what; this only queues).
 impl Link for PeerHandle {

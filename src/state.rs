@@ -74,6 +74,11 @@ impl Relay {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// How many envelopes wait in the queue of the peer `id`, if it is connected.
+    pub fn queued(&self, id: &str) -> Option<usize> {
+        Table::read(&self.hub).get(id).map(PeerHandle::queued)
+    }
+
     /// Ids of the peers connected now, sorted.
     pub fn peer_ids(&self) -> Vec<String> {
         let mut ids: Vec<String> = Table::read(&self.hub)

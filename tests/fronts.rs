@@ -415,9 +415,17 @@ async fn a_flooded_peer_still_gets_its_frames_read() {
             }
         })
     };
-    // Long enough for the socket buffers towards "a" to fill: from then on "a"'s queue is
+    // Wait until envelopes wait in "a"'s queue (its socket is full): from then on the queue is
     // never empty while the flood lasts.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while relay.relay.queued("a").unwrap_or(0) < 100 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a's queue never filled: {:?}",
+            relay.relay.queued("a")
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     a_sink
         .send(tungstenite::Message::text(common::envelope(
             "LedgerSyncResponse",
@@ -438,7 +446,7 @@ async fn a_flooded_peer_still_gets_its_frames_read() {
     flood.await.unwrap();
 }
 
-/// The kernel's view of the relay's end of the TCP connection `relay_port` ← `client_port`:
+/// The kernel's view of the relay's end of the TCP connection `relay_port` <- `client_port`:
 /// `(timer, ticks)` from `/proc/net/tcp`, where timer 2 is the keepalive timer and ticks are
 /// hundredths of a second until it fires (Linux's USER_HZ).
 fn server_socket_timer(relay_port: u16, client_port: u16) -> Option<(u8, u64)> {
