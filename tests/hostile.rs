@@ -656,3 +656,88 @@ async fn the_watch_sees_a_panic_inside_a_relay_task() {
         "the watch missed a panic on the relay's threads"
     );
 }
+
+/// Opens an `Exchange` as `id` that sends `messages` as raw bytes and keeps its sending side
+/// open; returns what comes back until the stream ends, and the status it ends with.
+async fn raw_exchange(
+    grpc_url: &str,
+    id: &str,
+    messages: Vec<Vec<u8>>,
+) -> (Vec<pb::Envelope>, tonic::Status) {
+    let channel = grpc_channel(grpc_url).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(messages.len().max(1));
+    for message in messages {
+        tx.send(message).await.unwrap();
+    }
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    request
+        .metadata_mut()
+        .insert("x-gsio-node-id", id.parse().unwrap());
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+        "/gsio.relay.v1.RelayService/Exchange",
+    );
+    let mut inbound = grpc
+        .streaming(request, path, RawCodec)
+        .await
+        .unwrap()
+        .into_inner();
+    let mut got = Vec::new();
+    loop {
+        match tokio::time::timeout(ARRIVES, inbound.message()).await {
+            Err(_) => panic!("the stream did not end"),
+            Ok(Ok(Some(envelope))) => got.push(envelope),
+            Ok(Ok(None)) => panic!("the stream ended OK, without saying why: {got:?}"),
+            Ok(Err(status)) => {
+                drop(tx); // held open until here: the relay, not the client, ended the stream
+                return (got, status);
+            }
+        }
+    }
+}
+
+/// README: on gRPC, bytes that are not an `Envelope` end the stream with `INVALID_ARGUMENT`
+/// (`invalid_field`), and a message over the hard frame limit with `RESOURCE_EXHAUSTED`
+/// (`message_too_large`), each after what the stream had before it.
+#[tokio::test]
+async fn unreadable_grpc_messages_end_the_stream_with_a_status_that_says_why() {
+    let relay = TestRelay::start().await;
+    let ping = prost::Message::encode_to_vec(&common::pb_envelope("Ping", "p-1", "", "", "1"));
+
+    // A field tag of 0 is no protobuf.
+    let (got, status) = raw_exchange(
+        &relay.grpc_url,
+        "bad-bytes",
+        vec![ping.clone(), vec![0x00, 0x01]],
+    )
+    .await;
+    let types: Vec<&str> = got.iter().map(|e| e.message_type.as_str()).collect();
+    assert_eq!(types, ["Welcome", "Ping"], "{got:?}");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().starts_with("invalid_field"), "{status:?}");
+
+    let limit = relay.relay.config().limits.hard_frame_bytes();
+    let huge = prost::Message::encode_to_vec(&common::pb_envelope(
+        "Ping",
+        "p-2",
+        "",
+        "",
+        &format!("\"{}\"", "h".repeat(limit)),
+    ));
+    let (got, status) = raw_exchange(&relay.grpc_url, "too-big", vec![ping, huge]).await;
+    let types: Vec<&str> = got.iter().map(|e| e.message_type.as_str()).collect();
+    assert_eq!(types, ["Welcome", "Ping"], "{got:?}");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().starts_with("message_too_large"),
+        "{status:?}"
+    );
+    // Both ids are free again: the relay left no peer behind.
+    let deadline = tokio::time::Instant::now() + ARRIVES;
+    while !relay.relay.peer_ids().is_empty() {
+        let left = relay.relay.peer_ids();
+        assert!(tokio::time::Instant::now() < deadline, "{left:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}

@@ -165,6 +165,15 @@ pub enum RelayError {
 }
 
 impl RelayError {
+    /// A gRPC message that does not decode as a `gsio.relay.v1.Envelope`: it ends the stream
+    /// (the decoder cannot find the next message after it).
+    pub fn undecodable_envelope() -> RelayError {
+        RelayError::InvalidField {
+            field: "envelope",
+            expected: "a protobuf gsio.relay.v1.Envelope",
+        }
+    }
+
     /// The reason of a WebSocket close frame for this error: the code, then the message, cut to
     /// the 123 bytes a close frame allows (on a character boundary).
     pub fn close_reason(&self) -> String {
@@ -193,7 +202,10 @@ impl RelayError {
     /// error. Only errors that end a connection get here; the rest are `Error` envelopes.
     pub fn grpc_code(&self) -> i32 {
         match self.code() {
-            ErrorCode::InvalidPeerId | ErrorCode::ReservedPeerId => grpc_code::INVALID_ARGUMENT,
+            // `invalid_field` ends a gRPC stream whose bytes are not an `Envelope` at all.
+            ErrorCode::InvalidPeerId | ErrorCode::ReservedPeerId | ErrorCode::InvalidField => {
+                grpc_code::INVALID_ARGUMENT
+            }
             ErrorCode::PeerIdInUse => grpc_code::ALREADY_EXISTS,
             ErrorCode::SlowConsumer | ErrorCode::MessageTooLarge | ErrorCode::TooManyPeers => {
                 grpc_code::RESOURCE_EXHAUSTED
@@ -258,6 +270,7 @@ mod tests {
             (RelayError::ReservedPeerId, 1008, 3),
             (RelayError::FrameTooLarge { limit: 9 }, 1009, 8),
             (RelayError::TooManyPeers { limit: 9 }, 1008, 8),
+            (RelayError::undecodable_envelope(), 1008, 3),
         ];
         for (error, ws, grpc) in table {
             assert_eq!(

@@ -32,6 +32,21 @@ pub fn status_for(error: &RelayError) -> Status {
     )
 }
 
+/// Why a stream cannot be read any further, as the relay's error, when its client sent
+/// something it should not have: a message over the hard frame limit, or bytes that are no
+/// `Envelope` (tonic reports a prost decode failure as `INTERNAL` with this message).
+fn unreadable(status: &Status, hard_limit: usize) -> Option<RelayError> {
+    match status.code() {
+        tonic::Code::OutOfRange | tonic::Code::ResourceExhausted => {
+            Some(RelayError::FrameTooLarge { limit: hard_limit })
+        }
+        tonic::Code::Internal if status.message().starts_with("failed to decode Protobuf") => {
+            Some(RelayError::undecodable_envelope())
+        }
+        _ => None,
+    }
+}
+
 /// The RelayService implementation.
 pub struct RelayGrpc {
     relay: Arc<Relay>,
@@ -84,6 +99,7 @@ impl server::relay_service_server::RelayService for RelayGrpc {
             }
         }
         let mut inbound = request.into_inner();
+        let hard_limit = self.relay.config().limits.hard_frame_bytes();
         let (reading, done) = self.shutdown.tokens();
         // Shared by the reader task and the writer: the slot is free once both are done (the
         // reader may end first and the writer still deliver what is queued, or the other way
@@ -119,13 +135,14 @@ impl server::relay_service_server::RelayService for RelayGrpc {
                             break;
                         }
                         Ok(None) => break,
+                        // The stream cannot be read past a message that is too large or
+                        // does not decode: it ends, telling the client why (after what is
+                        // queued for it, as any kick). Other errors are the transport's: the
+                        // client is gone.
                         Err(status) => {
-                            match status.code() {
-                                // A message over tonic's hard limit: the stream is unusable.
-                                tonic::Code::OutOfRange | tonic::Code::ResourceExhausted => {
-                                    tracing::debug!("gRPC stream ended: {status}");
-                                }
-                                _ => tracing::debug!("gRPC stream read failed: {status}"),
+                            tracing::debug!("gRPC stream read failed: {status}");
+                            if let Some(error) = unreadable(&status, hard_limit) {
+                                reader_events.kick(error);
                             }
                             break;
                         }
