@@ -1,0 +1,208 @@
+//! # The claims table: what README.md and BENCHMARKS.md promise, and the test that fails when
+//! it breaks
+//!
+//! One row per behavioural sentence, in the order the documents make them. A cell
+//! `path::function` names a test function in that file; `every_claim_names_a_test_that_exists`
+//! below fails when one is renamed or removed, so the table cannot silently rot. Scenarios of
+//! `tests/common/conformance.rs` run natively over WebSocket, gRPC and both fronts
+//! (`tests/conformance_native.rs`) and in workerd (`tests/worker.rs`). A claim checked by a
+//! script rather than a test says so. Measured figures (BENCHMARKS.md's tables, the README's
+//! install times) are measurements, not claims a test can hold.
+//!
+//! ## README: the two commands
+//!
+//! | claim | test |
+//! |---|---|
+//! | A gRPC peer and a WebSocket peer see each other's messages | `tests/fronts.rs::every_mode_works_in_all_four_directions` |
+//! | `cargo run --release` runs the relay on `./relay.toml` | `tests/config.rs::the_binary_reads_relay_toml_in_its_working_directory_by_default` |
+//! | ... on `ws://127.0.0.1:8787` and gRPC `127.0.0.1:50051` | `tests/config.rs::the_shipped_relay_toml_is_valid_and_documents_every_mode`, `tests/config.rs::an_empty_file_gives_the_documented_defaults` |
+//! | `--config other.toml` picks another file | `tests/config.rs::the_binary_exits_non_zero_naming_the_problem` |
+//! | `GSIO_RELAY_CONFIG=other.toml` picks another file | `tests/config.rs::the_binary_serves_and_stops_cleanly_on_sigterm` |
+//! | `GSIO_RELAY_<SECTION>__<KEY>` overrides any key | `relay-core/src/config.rs::vars_override_the_file_like_the_environment_does`, `src/config.rs::env_overrides_the_file_and_is_named_in_errors` |
+//! | an override naming an unknown section or key stops the relay, naming the variable | `relay-core/src/config.rs::vars_override_the_file_like_the_environment_does`, `tests/config.rs::the_binary_exits_non_zero_naming_the_problem` |
+//! | other variables, `RELAY_*` ones of other tools included, are left alone | `tests/config.rs::the_binary_serves_and_stops_cleanly_on_sigterm` |
+//! | variable names are case-insensitive | `relay-core/src/config.rs::variable_names_are_case_insensitive`, `tests/config.rs::the_binary_serves_and_stops_cleanly_on_sigterm` |
+//! | per-type rule names are case-sensitive | `relay-core/src/config.rs::rules_pick_the_mode_per_type` |
+//! | the file's errors name the file, the key and the line | `relay-core/src/config.rs::errors_name_file_key_and_line`, `tests/config.rs::invalid_fixtures_fail_naming_file_and_key` |
+//! | the native relay and the Worker load the file with the same code | `tests/worker.rs::vars_override_relay_toml_and_bad_ones_are_reported` |
+//! | logs go to stderr through `tracing`, at the level `RUST_LOG` sets | `tests/config.rs::the_binary_serves_and_stops_cleanly_on_sigterm` |
+//! | the test command installs what is missing and runs every test | script: `scripts/test.sh --fresh-machine` (a fresh clone, empty `CARGO_HOME`), run before an issue is resolved |
+//! | `cargo install --locked` first, the same version unlocked when the registry lost a pinned dependency | script: `scripts/setup-worker.sh`, run by `--fresh-machine` |
+//! | the tests include an offline `wrangler deploy --dry-run` | `tests/worker.rs::dry_run_deploy_builds_the_bundle_offline` |
+//!
+//! ## README: from a browser
+//!
+//! | claim | test |
+//! |---|---|
+//! | the tests run this very snippet, read from the README, in Node's `WebSocket`, against both runtimes | `tests/conformance_native.rs::the_readme_browser_snippet_works`, `tests/worker.rs::the_readme_browser_snippet_works_unchanged` |
+//! | the first envelope fixes the id; a `Welcome` comes first | `tests/common/conformance.rs::identity_from_first_envelope` |
+//! | `message_id` delivered as given; left out, the relay assigns one | `tests/common/conformance.rs::message_ids_are_kept_or_assigned_once` |
+//! | `?node_id=` fixes the id before sending anything | `tests/common/conformance.rs::second_connection_with_a_live_id_is_refused`, `tests/common/conformance.rs::welcome_announces_id_peers_and_limits` |
+//! | `wrangler dev` also listens on 8787 | `tests/config.rs::wrangler_dev_listens_on_the_relays_websocket_address` |
+//!
+//! ## README: from a node (gRPC)
+//!
+//! | claim | test |
+//! |---|---|
+//! | one `Exchange` stream is one peer; one HTTP/2 connection may carry many | `tests/lifecycle.rs::grpc_streams_on_one_connection_past_the_limit_are_refused` |
+//! | streams count against `max_connections` with WebSocket peers; past it refused at once, `RESOURCE_EXHAUSTED` `too_many_peers` naming the setting | `tests/lifecycle.rs::websocket_peers_and_grpc_streams_share_the_limit`, `tests/lifecycle.rs::grpc_streams_refused_at_connect_give_their_slot_back` |
+//! | TCP connections to the gRPC port are not peers (idle, or carrying health checks) | `tests/lifecycle.rs::websocket_peers_and_grpc_streams_share_the_limit`, `tests/lifecycle.rs::grpc_streams_on_one_connection_past_the_limit_are_refused` |
+//! | ... bounded separately by the same number, and wait past it | `tests/fronts.rs::grpc_tcp_connections_are_bounded_and_wait_in_the_backlog` |
+//! | each connection allows `max_connections` + 100 concurrent streams | `tests/fronts.rs::each_grpc_connection_allows_max_connections_plus_100_streams` |
+//! | the id comes from `x-gsio-node-id`, or else the first envelope's `sender_id` | `tests/fronts.rs::grpc_identity_from_metadata_or_first_envelope` |
+//! | closing the sending side: what is queued is delivered, then `OK` | `tests/fronts.rs::grpc_half_close_delivers_what_is_queued_then_ends_ok` |
+//! | the payload is exact JSON text across both fronts | `tests/fronts.rs::payloads_cross_fronts_exactly` |
+//! | an empty `payload_json` means `null` | `tests/fronts.rs::an_empty_payload_json_arrives_as_null` |
+//! | health and reflection (v1, v1alpha) are served | `tests/fronts.rs::grpc_health_and_reflection_are_served` |
+//! | the grpcurl `Exchange` prints the `Welcome` and the echoed `Ping` (grpcurl itself is not installed; the same exchange through tonic) | `tests/common/conformance.rs::echo_returns_to_sender_only`, `tests/fronts.rs::grpc_identity_from_metadata_or_first_envelope` |
+//!
+//! ## README: a Rust client for nodes
+//!
+//! | claim | test |
+//! |---|---|
+//! | it generates its own tonic client, so it does not build the relay | `client/tests/manifest.rs::the_library_does_not_depend_on_the_relay` |
+//! | the README's example is the crate's compiled doc example | `client/src/lib.rs::the_readme_example_is_the_compiled_doc_example` |
+//! | `send` returns the `message_id` (a UUID v4 unless given) | `client/tests/node.rs::send_returns_the_message_id_the_recipient_receives` |
+//! | payloads are JSON text, exact | `client/tests/node.rs::payloads_cross_between_client_and_browser_exactly` |
+//! | it reconnects with the same id after a relay restart | `client/tests/reconnect.rs::reconnects_across_a_relay_restart_and_delivers_what_was_sent_meanwhile`, `client/tests/reconnect.rs::waits_for_a_relay_that_is_not_up_yet` |
+//! | ... after a transport failure | `client/tests/reconnect.rs::reconnects_with_the_same_id_after_the_transport_fails` |
+//! | ... after any other end (a slow-consumer cut, a full relay) | `client/tests/reconnect.rs::reconnects_after_being_cut_as_a_slow_consumer`, `client/tests/reconnect.rs::retries_a_relay_that_holds_too_many_peers` |
+//! | backoff: 250 ms doubling to 30 s, jitter only shortens, forever by default | `client/src/config.rs::the_default_backoff_is_250_ms_doubling_to_30_s_forever`, `client/src/config.rs::delays_grow_to_the_bound_and_jitter_only_shortens`, `client/tests/reconnect.rs::failed_attempts_wait_as_the_default_backoff_says` |
+//! | an id refused (`ALREADY_EXISTS`, `INVALID_ARGUMENT`) stops it | `client/tests/reconnect.rs::an_id_in_use_is_final_and_queued_sends_come_back`, `client/tests/reconnect.rs::an_id_outside_the_relays_syntax_is_final` |
+//! | `retry_refused_id` retries | `client/tests/reconnect.rs::retry_refused_id_retries_an_id_in_use_until_its_holder_leaves` |
+//! | `ALREADY_EXISTS` is retried once connected with the id (its own old connection) | `client/tests/reconnect.rs::retries_while_its_own_old_connection_still_holds_the_id` |
+//! | sends while disconnected wait in a bounded outbox, out after the next `Welcome`; `send` waits for room | `client/tests/reconnect.rs::send_waits_for_room_until_the_welcomed_client_drains_the_outbox` |
+//! | `try_send` returns `Full`; once stopped `Closed`; the final `Disconnected` hands back the unwritten | `client/tests/reconnect.rs::gives_up_after_max_attempts_and_hands_back_the_outbox` |
+//! | `Event::Rejected` carries a `RelayError`, one variant per code, with the `message_id` it answers | `client/src/error.rs::one_variant_per_code_the_relay_sends_and_the_readme_lists`, `client/tests/node.rs::relay_errors_name_the_message_id_of_the_send` |
+//! | the example node answers a browser | `client/tests/node.rs::example_node_answers_a_browsers_node_list_request`, `client/tests/node.rs::the_example_node_announces_itself_to_a_browser` |
+//!
+//! ## README: the protocol
+//!
+//! | claim | test |
+//! |---|---|
+//! | `message_type` non-empty | `relay-core/src/envelope.rs::every_malformed_frame_has_its_own_code` |
+//! | `message_id`, `sender_id`, `recipient_id` may be absent, empty or `null`; `payload` absent means `null` | `relay-core/src/envelope.rs::optional_fields_default_to_empty_and_null` |
+//! | an empty `sender_id` is filled in | `tests/common/conformance.rs::empty_sender_is_filled_in` |
+//! | every envelope a peer receives carries all five fields and parses as gsio-net's `P2PMessage` | `tests/common/conformance.rs::gsio_net_messages_route_as_shipped_and_parse_as_p2p_messages` |
+//! | message id syntax; another is refused with `invalid_message_id` | `relay-core/src/ids.rs::message_id_syntax`, `tests/common/conformance.rs::errors_name_the_message_id_they_answer` |
+//! | assigned ids are UUID v4, one per message, the same for every recipient | `relay-core/src/ids.rs::assigned_ids_are_uuid_v4_text_and_do_not_repeat`, `tests/common/conformance.rs::message_ids_are_kept_or_assigned_once` |
+//! | the relay's own envelopes carry ids; an `Error` names the `message_id` it answers | `tests/common/conformance.rs::errors_name_the_message_id_they_answer` |
+//! | the relay does not remember ids: a repeated one is neither refused nor dropped | `tests/common/conformance.rs::message_ids_are_kept_or_assigned_once` |
+//! | one JSON object per text frame; an unknown field is an error | `tests/common/conformance.rs::malformed_frames_get_errors_and_the_connection_survives` |
+//! | payload fidelity on every path (integers, beyond 2^53, nesting, unicode, escapes) | `tests/common/conformance.rs::payloads_arrive_exactly`, `tests/fronts.rs::payloads_cross_fronts_exactly`, `relay-core/src/envelope.rs::deep_nesting_is_carried_without_recursion` |
+//! | WebSocket to WebSocket forwards the sender's text when the relay did not change it | `tests/common/conformance.rs::unchanged_frames_are_forwarded_verbatim`, `relay-core/src/session.rs::accepted_text_is_forwarded_as_sent_only_when_unchanged` |
+//! | the id is fixed once; another non-empty `sender_id` is `spoofed_sender` | `tests/common/conformance.rs::spoofed_sender_is_refused` |
+//! | id syntax; `relay` is reserved | `tests/common/conformance.rs::invalid_ids_are_refused`, `relay-core/src/id.rs::accepts_documented_syntax`, `relay-core/src/id.rs::rejects_everything_else_with_a_code` |
+//! | an id already connected: by URL or metadata `peer_id_in_use` and closed (1008 after an Error; `ALREADY_EXISTS`); by first envelope refused, still anonymous | `tests/common/conformance.rs::second_connection_with_a_live_id_is_refused`, `tests/fronts.rs::a_refused_node_id_gets_its_error_and_an_orderly_close`, `tests/fronts.rs::grpc_stream_ending_errors_are_statuses` |
+//! | the id is free again as soon as its holder disconnects | `tests/common/conformance.rs::an_id_is_free_again_once_its_holder_has_left` |
+//! | TCP keepalive notices a vanished machine in about 90 s | `tests/fronts.rs::accepted_connections_have_tcp_keepalive_on_both_fronts` |
+//! | one `Welcome` as soon as the id is known, before anything else, with id, peers, count, limits and routing | `tests/common/conformance.rs::welcome_announces_id_peers_and_limits`, `relay-core/src/connection.rs::join_welcomes_first_then_announces_to_the_others` |
+//! | `peers`: at most `welcome_peers_max`, sorted; `peer_count` exact | `tests/common/conformance.rs::welcome_lists_the_other_peers_sorted`, `relay-core/src/hub.rs::welcome_lists_peers_and_limits` |
+//! | `PeerJoined` / `PeerLeft` when `announce_peers` is on, none when off | `tests/common/conformance.rs::peers_learn_of_joins_and_leaves`, `relay-core/src/connection.rs::announcements_follow_the_switch` |
+//! | `echo` | `tests/common/conformance.rs::echo_returns_to_sender_only` |
+//! | `broadcast`: every other peer, on either front, never the sender | `tests/common/conformance.rs::broadcast_reaches_every_other_peer` |
+//! | `directed`; an empty or unknown recipient is an error and goes nowhere | `tests/common/conformance.rs::directed_reaches_only_the_recipient`, `tests/common/conformance.rs::directed_to_unknown_or_empty_recipient_is_an_error` |
+//! | `auto` | `tests/common/conformance.rs::auto_routes_addressed_to_one_and_unaddressed_to_all` |
+//! | the shipped rules for GSIO-Net's types | `tests/common/conformance.rs::gsio_net_messages_route_as_shipped_and_parse_as_p2p_messages`, `tests/config.rs::the_shipped_relay_toml_is_valid_and_documents_every_mode` |
+//! | one sender's messages to one recipient arrive in order | `tests/common/conformance.rs::messages_from_one_sender_arrive_in_order`, `tests/common/conformance.rs::a_burst_of_a_thousand_arrives_whole_and_in_order` |
+//! | a bad envelope gets an `Error` and the connection stays open; `recipient_id` empty while anonymous | `relay-core/src/connection.rs::every_refusal_is_an_error_envelope_to_the_connections_id_or_nobody`, `tests/fronts.rs::grpc_bad_envelopes_get_error_envelopes_and_the_stream_survives` |
+//! | the error table is the relay's set of codes | `client/src/error.rs::one_variant_per_code_the_relay_sends_and_the_readme_lists`, `relay-core/src/error.rs::codes_are_unique_snake_case` |
+//! | `invalid_json`, `not_an_object`, `missing_message_type`, `invalid_field`, `unknown_field`, `unsupported_frame` | `tests/common/conformance.rs::malformed_frames_get_errors_and_the_connection_survives`, `relay-core/src/envelope.rs::every_malformed_frame_has_its_own_code`, `relay-core/src/envelope.rs::wrong_type_names_the_field` |
+//! | `message_too_large` | `tests/common/conformance.rs::oversized_message_is_refused_and_the_connection_survives` |
+//! | `identity_required` | `tests/common/conformance.rs::identity_required_before_any_routing` |
+//! | a frame beyond twice the limit (at least 64 KiB more) ends it with 1009, refused from its header | `tests/hostile.rs::a_frame_beyond_twice_the_limit_is_refused_with_1009_before_its_body`, `tests/hostile.rs::twice_the_limit_is_read_and_fragments_do_not_get_around_it`, `relay-core/src/config.rs::the_hard_frame_limit_is_twice_the_limit_and_at_least_64_kib_more` |
+//! | close reasons start with the code; one close code and one status per ending | `relay-core/src/error.rs::close_reasons_start_with_the_code_and_fit_a_close_frame`, `relay-core/src/error.rs::connection_ending_errors_map_to_one_close_code_and_one_status` |
+//! | nothing sent from the network can panic the relay | `tests/hostile.rs::mutated_websocket_frames_do_not_panic_the_relay`, `tests/hostile.rs::mutated_protobuf_envelopes_do_not_panic_the_relay`, `tests/hostile.rs::broken_framing_and_non_protocol_bytes_do_not_panic_the_relay`, `tests/common/conformance.rs::mutated_frames_never_break_the_relay`, `relay-core/src/session.rs::mutated_frames_never_panic` |
+//!
+//! ## README: shutdown and slow consumers
+//!
+//! | claim | test |
+//! |---|---|
+//! | SIGINT or SIGTERM: the relay drains, tells every peer and exits 0 | `tests/lifecycle.rs::the_binary_drains_and_exits_0_on_sigint`, `tests/lifecycle.rs::the_binary_drains_and_exits_0_on_sigterm`, `tests/config.rs::the_binary_serves_and_stops_cleanly_on_sigterm` |
+//! | it stops accepting and stops reading while it drains | `tests/lifecycle.rs::while_it_drains_the_relay_reads_nothing_from_websocket_peers_and_accepts_nobody`, `tests/lifecycle.rs::while_it_drains_the_relay_reads_nothing_from_grpc_peers_and_accepts_nobody` |
+//! | it delivers what is queued, then close 1001 / `UNAVAILABLE` | `tests/lifecycle.rs::shutdown_delivers_what_is_queued_and_tells_every_peer` |
+//! | `shutdown_grace_ms` bounds it all; a peer that never reads is cut off | `tests/lifecycle.rs::the_grace_period_cuts_off_peers_that_never_read`, `tests/lifecycle.rs::shutdown_waits_one_grace_period_in_all`, `tests/lifecycle.rs::a_client_that_never_sends_its_handshake_does_not_delay_shutdown` |
+//! | a WebSocket client past `max_connections` waits until a slot frees | `tests/lifecycle.rs::connections_past_the_limit_wait_until_a_slot_frees` |
+//! | a slow consumer gets an unbroken run up to the first envelope it missed, then its close (1008 / `RESOURCE_EXHAUSTED`) | `tests/lifecycle.rs::a_stalled_websocket_peer_gets_what_was_queued_then_close_1008`, `tests/lifecycle.rs::a_stalled_grpc_peer_gets_what_was_queued_then_resource_exhausted`, `src/queue.rs::a_kicked_queue_takes_nothing_more_even_with_room` |
+//! | every sender of an envelope it missed is told, naming that envelope | `tests/lifecycle.rs::every_envelope_a_stalled_websocket_peer_missed_is_answered`, `tests/lifecycle.rs::every_envelope_a_stalled_grpc_peer_missed_is_answered`, `relay-core/src/connection.rs::a_slow_recipient_is_counted_once_and_every_sender_told` |
+//! | it is counted, logged at warn, and the count logged at shutdown | `tests/lifecycle.rs::a_slow_consumer_is_logged_at_warn_and_counted_at_shutdown` |
+//! | one stalled peer never slows the others | `tests/lifecycle.rs::one_stalled_peer_never_slows_the_others` |
+//! | a reading peer absorbs a burst of twice the default queue | `tests/lifecycle.rs::a_reading_peer_is_not_cut_off_by_a_burst` |
+//! | a flooded peer still has its own frames read | `tests/fronts.rs::a_flooded_peer_still_gets_its_frames_read` |
+//! | gRPC: bytes that are no `Envelope` end the stream `INVALID_ARGUMENT`, an oversized message `RESOURCE_EXHAUSTED` | `tests/hostile.rs::unreadable_grpc_messages_end_the_stream_with_a_status_that_says_why` |
+//!
+//! ## README: edge relay
+//!
+//! | claim | test |
+//! |---|---|
+//! | the same protocol, envelopes and codes: the conformance table runs unchanged on both, one named test per scenario and runtime | `tests/conformance_native.rs::every_scenario_is_listed_once` |
+//! | the deploy declares the build, the Durable Object binding and its migration; dry run offline | `tests/worker.rs::dry_run_deploy_builds_the_bundle_offline` |
+//! | the bundle's size (about 890 KiB, 340 KiB gzipped) | `tests/worker.rs::dry_run_deploy_builds_the_bundle_offline`, `tests/worker.rs::bundle_sizes_are_read_from_wrangler_and_the_readme` |
+//! | networks by path, isolated | `tests/worker.rs::networks_chosen_by_path_are_isolated` |
+//! | a plain HTTP request gets 426 | `tests/worker.rs::a_plain_http_request_gets_426` |
+//! | the peer table is rebuilt from the sockets' attachments after an eviction | `tests/worker.rs::routing_survives_a_real_eviction` |
+//! | the test hook does nothing without `GSIO_RELAY_TEST_HOOKS` | `tests/worker.rs::test_hooks_do_nothing_without_the_variable` |
+//! | `[vars]` override the listed keys; a bad value answers every upgrade 500 naming it | `tests/worker.rs::vars_override_relay_toml_and_bad_ones_are_reported` |
+//! | `max_message_bytes` is enforced and announced on the edge | `tests/common/conformance.rs::oversized_message_is_refused_and_the_connection_survives`, `tests/common/conformance.rs::welcome_announces_id_peers_and_limits` |
+//! | the Worker build checks the wasm-bindgen version `Cargo.lock` pins | `tests/worker.rs::the_worker_build_stops_without_the_locked_wasm_bindgen_version` |
+//!
+//! (The edge's limits, no `[server]` section, no queue to overflow, no shutdown to announce,
+//! say what the Worker does not do; they hold no behaviour to test.)
+//!
+//! ## README: relay.toml
+//!
+//! | claim | test |
+//! |---|---|
+//! | every default, as documented | `tests/config.rs::an_empty_file_gives_the_documented_defaults` |
+//! | the bounds: 256 to 64 MiB, 1 to 1,000,000 | `relay-core/src/config.rs::documented_bounds_are_the_edges` |
+//! | a bad file exits 2 naming the file, the key and the line; a bad override names the variable | `tests/config.rs::the_binary_exits_non_zero_naming_the_problem` |
+//! | unknown keys are errors; the fixture folders hold valid and invalid files | `tests/config.rs::invalid_fixtures_fail_naming_file_and_key`, `tests/config.rs::valid_fixtures_load` |
+//!
+//! ## BENCHMARKS.md: how it measures
+//!
+//! | claim | test |
+//! |---|---|
+//! | the relay is started on the shipped file with the listed overrides, and routes as the bench assumes | `bench/src/proc.rs::the_relay_the_bench_starts_routes_as_the_bench_assumes` |
+//! | the floor is the bench binary itself, with the relay's limits | `bench/src/main.rs::the_floor_is_this_binary_with_the_relays_limits`, `bench/src/main.rs::the_floor_mirrors_the_relays_limits_and_the_window_stays_below_the_queue` |
+//! | the floor has the relay's WebSocket settings and write batching | `bench/src/floor.rs::the_floor_has_the_relays_websocket_settings` |
+//! | the floor runs on the relay's allocator | `bench/src/main.rs::the_bench_and_so_the_floor_run_on_the_relays_allocator` |
+//! | a full queue closes that peer with the relay's own close frame | `bench/src/floor.rs::a_full_queue_closes_the_slow_connection` |
+//! | frames are shared between recipients | `bench/src/floor.rs::a_broadcast_frame_is_shared_by_its_recipients` |
+//! | both targets get the very same JSON text; the relay forwards the sender's text | `bench/src/floor.rs::the_relay_and_the_floor_deliver_the_senders_very_bytes` |
+//! | latency from one clock, in nanoseconds | `bench/src/wire.rs::stamps_from_any_thread_share_one_clock_in_nanoseconds` |
+//! | loss is counted by sequence number; duplicates and unexpected numbers apart | `bench/src/stats.rs::a_duplicate_never_hides_a_loss`, `bench/src/stats.rs::a_late_arrival_fills_its_gap_and_is_not_a_duplicate`, `bench/src/stats.rs::numbers_the_sender_never_reported_are_unexpected_not_lost`, `bench/src/clients.rs::a_lossy_target_shows_every_loss` |
+//! | the no-loss target fails on any fault | `bench/src/scenarios.rs::any_fault_fails_the_no_loss_target`, `bench/src/scenarios.rs::a_clean_run_meets_the_no_loss_target` |
+//! | fixed rates are split among the senders as documented | `bench/src/scenarios.rs::fixed_rates_are_split_among_the_senders_as_documented` |
+//! | CPU µs per delivery = server CPU time ÷ messages received | `bench/src/stats.rs::cpu_per_delivery_is_cpu_time_over_messages_received` |
+//! | the defaults the document names | `bench/src/main.rs::the_defaults_are_the_documented_ones` |
+//!
+//! (Not held by a test: a fresh relay and floor per scenario, children killed with the bench,
+//! one task per connection in the floor, and the idle-RSS formula; they describe the tool's
+//! code, which the figures' reader can check in `bench/src/`.)
+
+/// Every `path::function` the table names is a function in that file, and the table is not
+/// empty: a renamed or deleted test breaks this, not the table's promise.
+#[test]
+fn every_claim_names_a_test_that_exists() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let table = std::fs::read_to_string(root.join("tests/claims.rs")).unwrap();
+    let mut named = 0;
+    for row in table.lines().filter(|l| l.starts_with("//! | ")) {
+        for cell in row.split('`').skip(1).step_by(2) {
+            let Some((path, function)) = cell.split_once("::") else {
+                continue;
+            };
+            if !path.ends_with(".rs") {
+                continue;
+            }
+            let source = std::fs::read_to_string(root.join(path))
+                .unwrap_or_else(|e| panic!("{path} (named by the claims table): {e}"));
+            let defined = [format!("fn {function}("), format!("fn {function}<")]
+                .iter()
+                .any(|signature| source.contains(signature.as_str()));
+            assert!(defined, "the claims table names {path}::{function}, which is gone");
+            named += 1;
+        }
+    }
+    assert!(named >= 150, "the claims table names only {named} tests");
+}
