@@ -200,7 +200,10 @@ fn every_claim_names_a_test_that_exists() {
             let defined = [format!("fn {function}("), format!("fn {function}<")]
                 .iter()
                 .any(|signature| source.contains(signature.as_str()));
-            assert!(defined, "the claims table names {path}::{function}, which is gone");
+            assert!(
+                defined,
+                "the claims table names {path}::{function}, which is gone"
+            );
             named += 1;
         }
     }

@@ -4,23 +4,10 @@
 mod common;
 
 use common::conformance::FIDELITY_PAYLOADS;
-use common::{nothing_else_back, nothing_else_from, AnyPeer, GrpcPeer, Peer, TestRelay, WsPeer};
+use common::{nothing_else_back, nothing_else_from, Front, GrpcPeer, Peer, TestRelay, WsPeer};
 use gsio_relay::pb;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite;
-
-#[derive(Clone, Copy, Debug)]
-enum Front {
-    Ws,
-    Grpc,
-}
-
-async fn join(relay: &TestRelay, front: Front, id: &str) -> AnyPeer {
-    match front {
-        Front::Ws => AnyPeer::Ws(relay.ws(id).await),
-        Front::Grpc => AnyPeer::Grpc(relay.grpc(id).await),
-    }
-}
 
 const FRONT_PAIRS: [(Front, Front); 4] = [
     (Front::Ws, Front::Ws),
@@ -33,9 +20,9 @@ const FRONT_PAIRS: [(Front, Front); 4] = [
 async fn every_mode_works_in_all_four_directions() {
     for (from, to) in FRONT_PAIRS {
         let relay = TestRelay::start().await;
-        let mut s = join(&relay, from, "sender").await;
-        let mut r = join(&relay, to, "receiver").await;
-        let mut o = join(&relay, to, "other").await;
+        let mut s = relay.join(from, "sender").await;
+        let mut r = relay.join(to, "receiver").await;
+        let mut o = relay.join(to, "other").await;
         // Sender saw both joins, receiver saw "other" join.
         for _ in 0..2 {
             assert_eq!(s.recv().await.message_type, "PeerJoined");
@@ -85,8 +72,8 @@ async fn every_mode_works_in_all_four_directions() {
 async fn payloads_cross_fronts_exactly() {
     for (from, to) in FRONT_PAIRS {
         let relay = TestRelay::start().await;
-        let mut s = join(&relay, from, "s").await;
-        let mut r = join(&relay, to, "r").await;
+        let mut s = relay.join(from, "s").await;
+        let mut r = relay.join(to, "r").await;
         let deep = format!("{}0{}", "[".repeat(5000), "]".repeat(5000));
         let mut payloads = FIDELITY_PAYLOADS.to_vec();
         payloads.push(&deep);

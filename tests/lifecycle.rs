@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{
-    grpc_channel, repo_path, shipped_config, AnyPeer, Frame, Got, GrpcPeer, Peer, TestRelay,
+    grpc_channel, repo_path, shipped_config, AnyPeer, Frame, Front, Got, GrpcPeer, Peer, TestRelay,
     WsPeer, ARRIVES,
 };
 use futures_util::{SinkExt, StreamExt};
@@ -66,20 +66,6 @@ async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     while !condition() {
         assert!(Instant::now() < deadline, "not within {ARRIVES:?}: {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// Which front a test peer uses.
-#[derive(Debug, Clone, Copy)]
-enum Front {
-    Ws,
-    Grpc,
-}
-
-async fn join(relay: &TestRelay, front: Front, id: &str) -> AnyPeer {
-    match front {
-        Front::Ws => AnyPeer::Ws(relay.ws(id).await),
-        Front::Grpc => AnyPeer::Grpc(relay.grpc(id).await),
     }
 }
 
@@ -367,8 +353,8 @@ fn small_queues() -> RelayConfig {
 /// its close.
 async fn a_stalled_peer_gets_what_was_queued_then_its_close(front: Front) {
     let relay = TestRelay::start_with(small_queues()).await;
-    let sender = join(&relay, Front::Ws, "sender").await;
-    let stalled = join(&relay, front, "stalled").await; // reads nothing until the end
+    let sender = relay.join(Front::Ws, "sender").await;
+    let stalled = relay.join(front, "stalled").await; // reads nothing until the end
 
     let flooded = flood(sender, "sender", "NodeAnnounce", "").await;
     let first_missed = flooded.first_missed();
@@ -392,7 +378,7 @@ async fn a_stalled_peer_gets_what_was_queued_then_its_close(front: Front) {
         !relay.relay.peer_ids().contains(&"stalled".to_owned())
     })
     .await;
-    let _successor = join(&relay, Front::Ws, "stalled").await;
+    let _successor = relay.join(Front::Ws, "stalled").await;
 
     let (received, ending) = read_to_end(stalled).await;
     let seqs: Vec<u64> = received.iter().map(seq_of).collect();
@@ -425,9 +411,9 @@ async fn every_envelope_a_stalled_peer_missed_is_answered(front: Front) {
     let senders = [("s0", Front::Ws), ("s1", Front::Grpc), ("s2", Front::Ws)];
     let mut joined = Vec::new();
     for (id, sender_front) in senders {
-        joined.push((id, join(&relay, sender_front, id).await));
+        joined.push((id, relay.join(sender_front, id).await));
     }
-    let stalled = join(&relay, front, "stalled").await;
+    let stalled = relay.join(front, "stalled").await;
 
     let floods: Vec<_> = joined
         .into_iter()
@@ -514,10 +500,10 @@ async fn one_stalled_peer_never_slows_the_others() {
     let mut config = shipped_config();
     config.limits.queue_capacity = 1_000_000;
     let relay = TestRelay::start_with(config).await;
-    let sender = join(&relay, Front::Ws, "sender").await;
-    let stalled = join(&relay, Front::Ws, "stalled").await;
-    let fast_ws = join(&relay, Front::Ws, "fast-ws").await;
-    let fast_grpc = join(&relay, Front::Grpc, "fast-grpc").await;
+    let sender = relay.join(Front::Ws, "sender").await;
+    let stalled = relay.join(Front::Ws, "stalled").await;
+    let fast_ws = relay.join(Front::Ws, "fast-ws").await;
+    let fast_grpc = relay.join(Front::Grpc, "fast-grpc").await;
     // Far more than the stalled peer's socket buffers hold.
     const FLOOD: u64 = 400;
     let readers = [
@@ -560,8 +546,8 @@ async fn a_reading_peer_is_not_cut_off_by_a_burst() {
     let capacity = relay.relay.config().limits.queue_capacity as u64;
     let burst = 2 * capacity;
     let mut sender = relay.ws("sender").await;
-    let ws_reader = join(&relay, Front::Ws, "reader-ws").await;
-    let grpc_reader = join(&relay, Front::Grpc, "reader-grpc").await;
+    let ws_reader = relay.join(Front::Ws, "reader-ws").await;
+    let grpc_reader = relay.join(Front::Grpc, "reader-grpc").await;
     let readers = [
         tokio::spawn(reads_all(ws_reader, "sender", burst)),
         tokio::spawn(reads_all(grpc_reader, "sender", burst)),
@@ -903,7 +889,7 @@ const FILL: u64 = 50;
 /// HTTP/2 windows and socket buffers take: a `to` that does not read keeps most of them queued.
 /// Returns once all are routed (the sentinel is back).
 async fn fill(relay: &TestRelay, filler: &str, to: &str) {
-    let peer = join(relay, Front::Ws, filler).await;
+    let peer = relay.join(Front::Ws, filler).await;
     let (mut outgoing, mut received, _reader) = split(peer);
     let pad = padding();
     for seq in 0..FILL {
@@ -973,8 +959,8 @@ async fn while_it_drains_the_relay_reads_and_accepts_nothing(front: Front) {
     let holder = relay.grpc("holder").await;
     fill(&relay, "filler", "holder").await;
     let channel = grpc_channel(&relay.grpc_url).await;
-    let observer = join(&relay, Front::Ws, "observer").await;
-    let sender = join(&relay, front, "sender").await;
+    let observer = relay.join(Front::Ws, "observer").await;
+    let sender = relay.join(front, "sender").await;
 
     // The observer's numbered envelopes, counted as they arrive.
     let (_observer_out, mut observed, observer_end) = split(observer);

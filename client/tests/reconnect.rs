@@ -24,6 +24,13 @@ fn connected(event: Event) -> Option<String> {
     }
 }
 
+fn a_disconnect(event: Event) -> Option<Disconnected> {
+    match event {
+        Event::Disconnected(d) => Some(d),
+        _ => None,
+    }
+}
+
 fn echoed(text: &'static str) -> impl FnMut(Event) -> Option<()> {
     move |event| match event {
         Event::Message(m) if m.message_type == "Ping" && m.payload.as_json() == text => Some(()),
@@ -41,11 +48,7 @@ async fn reconnects_across_a_relay_restart_and_delivers_what_was_sent_meanwhile(
     wait_for(&mut events, echoed("1")).await;
 
     relay.shut_down().await;
-    let gone = wait_for(&mut events, |e| match e {
-        Event::Disconnected(d) => Some(d),
-        _ => None,
-    })
-    .await;
+    let gone = wait_for(&mut events, a_disconnect).await;
     assert!(
         matches!(
             gone.reason,
@@ -88,11 +91,7 @@ async fn reconnects_across_a_relay_restart_and_delivers_what_was_sent_meanwhile(
     wait_for(&mut events, echoed("3")).await;
 
     client.close();
-    let last = wait_for(&mut events, |e| match e {
-        Event::Disconnected(d) => Some(d),
-        _ => None,
-    })
-    .await;
+    let last = wait_for(&mut events, a_disconnect).await;
     assert_eq!(
         (last.reason, last.reconnect_in),
         (DisconnectReason::Closed, None)
@@ -518,11 +517,7 @@ async fn reconnects_after_being_cut_as_a_slow_consumer() {
     }
     assert!(missed, "node-1 was never cut");
 
-    let cut = wait_for(&mut events, |e| match e {
-        Event::Disconnected(d) => Some(d),
-        _ => None,
-    })
-    .await;
+    let cut = wait_for(&mut events, a_disconnect).await;
     assert!(
         matches!(
             cut.reason,

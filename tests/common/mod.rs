@@ -106,6 +106,21 @@ impl TestRelay {
         peer.expect_welcome(id).await;
         peer
     }
+
+    /// A peer welcomed as `id` on `front`.
+    pub async fn join(&self, front: Front, id: &str) -> AnyPeer {
+        match front {
+            Front::Ws => AnyPeer::Ws(self.ws(id).await),
+            Front::Grpc => AnyPeer::Grpc(self.grpc(id).await),
+        }
+    }
+}
+
+/// Which front a test peer uses.
+#[derive(Debug, Clone, Copy)]
+pub enum Front {
+    Ws,
+    Grpc,
 }
 
 /// An envelope as a test client received it; the payload is kept as raw text, so payload
