@@ -73,6 +73,14 @@ have_bindgen="$("$WASM_BINDGEN_BIN" --version | awk '{ print $2 }')" ||
 [[ "$have_bindgen" == "$locked_bindgen" ]] ||
 	die "wasm-bindgen CLI is '$have_bindgen' but Cargo.lock has $locked_bindgen; run scripts/setup-worker.sh"
 
+# The Worker's release profile, here rather than in Cargo.toml's [profile.release] (which the
+# native relay shares, and would make slower): the bundle is uploaded and instantiated on every
+# cold start, so size comes first. One codegen unit and fat LTO let the linker drop what the
+# Worker never calls; "z" optimizes for size. Measured in BENCHMARKS.md ("Worker (wrangler dev)").
+export CARGO_PROFILE_RELEASE_OPT_LEVEL="${CARGO_PROFILE_RELEASE_OPT_LEVEL:-z}"
+export CARGO_PROFILE_RELEASE_LTO="${CARGO_PROFILE_RELEASE_LTO:-fat}"
+export CARGO_PROFILE_RELEASE_CODEGEN_UNITS="${CARGO_PROFILE_RELEASE_CODEGEN_UNITS:-1}"
+
 args=("$@")
 [[ ${#args[@]} -gt 0 ]] || args=(--release)
 
