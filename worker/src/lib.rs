@@ -20,8 +20,10 @@
 //! message, connect or close finds every peer.
 //!
 //! # Configuration
-//! The repository's `relay.toml` is embedded at build time. The Worker's `[vars]` may override
-//! the keys in [`OVERRIDABLE`], with the same names as the native relay's environment variables.
+//! The repository's `relay.toml` is parsed and validated when the Worker is built (`build.rs`,
+//! with the native relay's loader: a bad file fails the build), and embedded as JSON. The
+//! Worker's `[vars]` may override the keys in [`OVERRIDABLE`], with the same names, values and
+//! errors as the native relay's environment variables.
 
 #![forbid(unsafe_code)]
 
@@ -43,8 +45,8 @@ use worker::{
 /// Name of the Durable Object namespace binding in `wrangler.toml`.
 const RELAY_ROOM_BINDING: &str = "RELAY_ROOM";
 
-/// The configuration every room starts from.
-const RELAY_TOML: &str = include_str!("../../relay.toml");
+/// The configuration every room starts from: relay.toml, validated by `build.rs`.
+const RELAY_CONFIG_JSON: &str = include_str!(concat!(env!("OUT_DIR"), "/relay-config.json"));
 
 /// The `relay.toml` keys a `[vars]` entry may override (string values: `"echo"`, `"4096"`).
 pub const OVERRIDABLE: [&str; 5] = [
@@ -128,10 +130,11 @@ impl DurableObject for RelayRoom {
             .iter()
             .filter_map(|name| Some((*name, env.var(name).ok()?.to_string())))
             .collect();
-        // The same loader as the native relay's, with [vars] in place of the environment.
-        let config = RelayConfig::load(RELAY_TOML, "relay.toml (embedded)", vars)
-            .map(Arc::new)
-            .map_err(|error| error.to_string());
+        // The native relay's overrides, with [vars] in place of the environment.
+        let config = serde_json::from_str::<RelayConfig>(RELAY_CONFIG_JSON)
+            .map_err(|error| format!("relay.toml (built in): {error}"))
+            .and_then(|config| config.with_overrides(vars).map_err(|e| e.to_string()))
+            .map(Arc::new);
         if let Err(error) = &config {
             worker::console_error!("gsio-relay: invalid configuration: {error}");
         }
