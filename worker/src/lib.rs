@@ -368,15 +368,26 @@ fn is_test_hook(req: &Request, env: &Env) -> Result<bool> {
 }
 
 fn query_param(req: &Request, name: &str) -> Result<Option<String>> {
-    Ok(req
-        .url()?
-        .query_pairs()
+    Ok(form_urlencoded::parse(query(req).as_bytes())
         .find(|(key, _)| key == name)
         .map(|(_, value)| value.into_owned()))
 }
 
 fn query_has(req: &Request, name: &str) -> Result<bool> {
-    Ok(req.url()?.query_pairs().any(|(key, _)| key == name))
+    Ok(form_urlencoded::parse(query(req).as_bytes()).any(|(key, _)| key == name))
+}
+
+/// The request's query, for `form_urlencoded::parse` (what `Url::query_pairs` decodes it
+/// with). workerd hands over the URL already parsed and serialized (WHATWG), so the query is
+/// what follows the first `?`, up to a `#`; parsing the URL again with `Request::url` would put
+/// the `url` crate's parser and its IDNA tables in the wasm for nothing (BENCHMARKS.md, "Worker
+/// (wrangler dev)").
+fn query(req: &Request) -> String {
+    let url = req.inner().url();
+    match url.split_once('?') {
+        Some((_, rest)) => rest.split('#').next().unwrap_or_default().to_owned(),
+        None => String::new(),
+    }
 }
 
 fn is_websocket_upgrade(req: &Request) -> Result<bool> {
