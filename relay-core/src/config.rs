@@ -5,7 +5,10 @@
 //! back to a default. Every section and key has a default, so an empty file is a valid config.
 //! Both runtimes load it the same way, [`RelayConfig::load`]: the file, then the
 //! `GSIO_RELAY_<SECTION>__<KEY>` overrides (the native relay's environment, the Worker's
-//! `[vars]`), then [`RelayConfig::validate`].
+//! `[vars]`), then [`RelayConfig::validate`]. The Worker splits that in two: its build script
+//! loads the file (so the TOML parser, feature `parse-toml`, stays out of its wasm), and at run
+//! time [`RelayConfig::with_overrides`] lays the `[vars]` over the result, through the same
+//! override code.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -414,8 +417,9 @@ impl RelayConfig {
     }
 
     /// The one way both runtimes load their configuration: `relay.toml`'s text, then the
-    /// override variables among `vars` laid over it (the native relay passes its environment,
-    /// the Worker its `[vars]`), then validation. Names that are not overrides (see
+    /// override variables among `vars` laid over it (the native relay passes its environment;
+    /// the Worker's build script passes none, and the Worker its `[vars]` to
+    /// [`RelayConfig::with_overrides`] at run time), then validation. Names that are not overrides (see
     /// [`ENV_PREFIX`]) are ignored.
     ///
     /// The file must be valid on its own, so that its errors name the file, the key and the
