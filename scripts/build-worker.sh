@@ -13,8 +13,9 @@
 # yourself to override.
 #
 # Without arguments the build is skipped when the last release build started after every input
-# last changed (worker/src, worker/Cargo.toml, relay-core/, relay.toml (embedded), the workspace Cargo.toml and
-# Cargo.lock), so that each `wrangler dev` start does not spend seconds on cargo, wasm-bindgen
+# last changed (worker/src, worker/build.rs, worker/Cargo.toml, relay-core/, relay.toml (parsed by
+# build.rs), the workspace Cargo.toml, Cargo.lock and this script, whose profile settings shape the
+# wasm), so that each `wrangler dev` start does not spend seconds on cargo, wasm-bindgen
 # and wasm-opt for nothing. GSIO_WORKER_FORCE_BUILD=1 builds anyway. A new path dependency of
 # the worker crate must be added to `inputs` below.
 set -euo pipefail
@@ -31,7 +32,7 @@ die() {
 	exit 1
 }
 
-inputs=("$worker/src" "$worker/Cargo.toml" "$root/relay-core" "$root/relay.toml" "$root/Cargo.toml" "$root/Cargo.lock")
+inputs=("$worker/src" "$worker/build.rs" "$worker/Cargo.toml" "$root/relay-core" "$root/relay.toml" "$root/Cargo.toml" "$root/Cargo.lock" "${BASH_SOURCE[0]}")
 # Written when a release build succeeds; its mtime is when that build started, so an input saved
 # during the build still counts as newer.
 stamp="$out/.release-build"
@@ -72,6 +73,19 @@ have_bindgen="$("$WASM_BINDGEN_BIN" --version | awk '{ print $2 }')" ||
 	die "$WASM_BINDGEN_BIN --version failed; run scripts/setup-worker.sh"
 [[ "$have_bindgen" == "$locked_bindgen" ]] ||
 	die "wasm-bindgen CLI is '$have_bindgen' but Cargo.lock has $locked_bindgen; run scripts/setup-worker.sh"
+
+# The Worker's release profile, here rather than in Cargo.toml's [profile.release] (which the
+# native relay shares, and would make slower): the bundle is uploaded and instantiated on every
+# cold start, so size comes first. One codegen unit and fat LTO let the linker drop what the
+# Worker never calls; "z" optimizes for size. Measured in BENCHMARKS.md ("Worker (wrangler dev)").
+export CARGO_PROFILE_RELEASE_OPT_LEVEL="${CARGO_PROFILE_RELEASE_OPT_LEVEL:-z}"
+export CARGO_PROFILE_RELEASE_LTO="${CARGO_PROFILE_RELEASE_LTO:-fat}"
+export CARGO_PROFILE_RELEASE_CODEGEN_UNITS="${CARGO_PROFILE_RELEASE_CODEGEN_UNITS:-1}"
+# worker-build keeps the wasm's name section (function names, for stack traces): about a quarter
+# of the bundle. Stripped here: a panic still logs its message and source location (the panic
+# hook prints them), only the wasm frames of a JS stack trace lose their names.
+# CARGO_PROFILE_RELEASE_STRIP=none keeps them, for debugging a deployed Worker.
+export CARGO_PROFILE_RELEASE_STRIP="${CARGO_PROFILE_RELEASE_STRIP:-symbols}"
 
 args=("$@")
 [[ ${#args[@]} -gt 0 ]] || args=(--release)

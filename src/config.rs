@@ -1,5 +1,6 @@
 //! Loading `relay.toml`: the file's text and this process's environment, handed to the core's
-//! [`RelayConfig::load`], the one loader both runtimes share (the Worker hands it its `[vars]`).
+//! [`RelayConfig::load`], the one loader both runtimes share (the Worker's build script runs it on
+//! the file, and the Worker lays its `[vars]` over the result with the same override code).
 //!
 //! Overrides are `GSIO_RELAY_<SECTION>__<KEY>` variables (see [`ENV_PREFIX`]). Every error names
 //! where the bad value came from: the file (with the key and line) or the variable.

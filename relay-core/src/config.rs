@@ -5,13 +5,19 @@
 //! back to a default. Every section and key has a default, so an empty file is a valid config.
 //! Both runtimes load it the same way, [`RelayConfig::load`]: the file, then the
 //! `GSIO_RELAY_<SECTION>__<KEY>` overrides (the native relay's environment, the Worker's
-//! `[vars]`), then [`RelayConfig::validate`].
+//! `[vars]`), then [`RelayConfig::validate`]. The Worker splits that in two: its build script
+//! loads the file (so the TOML parser, feature `parse-toml`, stays out of its wasm), and at run
+//! time [`RelayConfig::with_overrides`] lays the `[vars]` over the result, through the same
+//! override code.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
+
+#[cfg(any(test, not(feature = "parse-toml")))]
+mod scalar;
 
 /// How envelopes of one `message_type` travel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -263,11 +269,7 @@ impl Override {
             .map(str::to_ascii_lowercase)
             .collect::<Vec<_>>();
         // A TOML value (`8192`, `true`, `"echo"`), or else the text itself (`echo`).
-        let value = format!("v = {value}")
-            .parse::<toml::Table>()
-            .ok()
-            .and_then(|mut parsed| parsed.remove("v"))
-            .unwrap_or_else(|| toml::Value::String(value.to_owned()));
+        let value = override_value(value).unwrap_or_else(|| toml::Value::String(value.to_owned()));
         Some(Override {
             variable: name.to_owned(),
             keys,
@@ -298,9 +300,28 @@ impl Override {
     }
 }
 
+/// An override's value as TOML: any TOML value, read by the TOML parser.
+#[cfg(feature = "parse-toml")]
+fn override_value(text: &str) -> Option<toml::Value> {
+    format!("v = {text}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut parsed| parsed.remove("v"))
+}
+
+/// An override's value as TOML, without the TOML parser (the Worker's build leaves it out): the
+/// scalars every key of relay.toml takes (booleans, integers, floats, one-line strings), read
+/// as TOML reads them (a unit test compares the two on a table of values). Arrays, inline tables
+/// and dates, which no key takes, are text here, so their error names the value as a string.
+#[cfg(not(feature = "parse-toml"))]
+fn override_value(text: &str) -> Option<toml::Value> {
+    scalar::parse(text)
+}
+
 /// The dotted key (`server.ws_listen`) of the `key = value` line holding byte `at` of `text`,
 /// under the last `[section]` header above it; just the section for a header line. Enough for
 /// relay.toml's shape (sections of plain keys); `None` where the line is neither.
+#[cfg(feature = "parse-toml")]
 fn dotted_key_at(text: &str, at: usize) -> Option<String> {
     let at = at.min(text.len());
     let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
@@ -335,6 +356,58 @@ fn from_table(table: toml::Table) -> Result<RelayConfig, String> {
         .map_err(|e| e.to_string())
 }
 
+/// The override variables among `vars` laid over `config`'s keys as TOML (`base`, asked for only
+/// when there are overrides: the file's table natively, the config's own on the Worker), then
+/// validated: the one implementation of overrides, for both runtimes.
+fn overlay<N: AsRef<str>, V: AsRef<str>>(
+    config: RelayConfig,
+    base: impl FnOnce(&RelayConfig) -> Result<toml::Table, String>,
+    vars: impl IntoIterator<Item = (N, V)>,
+) -> Result<RelayConfig, ConfigError> {
+    let mut overrides: Vec<Override> = vars
+        .into_iter()
+        .filter_map(|(name, value)| Override::parse(name.as_ref(), value.as_ref()))
+        .collect();
+    if overrides.is_empty() {
+        return Ok(config);
+    }
+    // The same order whatever the environment's, so the same variables give the same result.
+    overrides.sort_by(|a, b| a.variable.cmp(&b.variable));
+    let all = || {
+        overrides
+            .iter()
+            .map(|o| o.variable.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    // Cannot fail for a config that came from TOML (every value fits TOML's types); if it ever
+    // did, the variables are refused rather than silently dropped.
+    let table = base(&config).map_err(|message| ConfigError::Variable {
+        variable: all(),
+        message: format!("cannot lay overrides over the configuration: {message}"),
+    })?;
+    let mut merged = table.clone();
+    for o in &overrides {
+        o.apply(&mut merged)?;
+    }
+    from_table(merged).map_err(|message| {
+        // Blame the first variable that is wrong on its own; else all of them together.
+        let alone = overrides.iter().find_map(|o| {
+            let mut one = table.clone();
+            o.apply(&mut one).err().or_else(|| {
+                from_table(one).err().map(|message| ConfigError::Variable {
+                    variable: o.variable.clone(),
+                    message,
+                })
+            })
+        });
+        alone.unwrap_or_else(|| ConfigError::Variable {
+            variable: all(),
+            message,
+        })
+    })
+}
+
 /// The smallest `limits.max_message_bytes`: room for an envelope with a modest payload.
 pub const MIN_MESSAGE_BYTES: usize = 256;
 /// The largest `limits.max_message_bytes`.
@@ -342,6 +415,7 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 /// The largest `limits.queue_capacity`.
 pub const MAX_QUEUE_CAPACITY: usize = 1_000_000;
 
+#[cfg(feature = "parse-toml")]
 impl RelayConfig {
     /// Parses TOML text and validates it, without overrides. `file` names the file in errors.
     pub fn from_toml_str(text: &str, file: &str) -> Result<RelayConfig, ConfigError> {
@@ -349,8 +423,9 @@ impl RelayConfig {
     }
 
     /// The one way both runtimes load their configuration: `relay.toml`'s text, then the
-    /// override variables among `vars` laid over it (the native relay passes its environment,
-    /// the Worker its `[vars]`), then validation. Names that are not overrides (see
+    /// override variables among `vars` laid over it (the native relay passes its environment;
+    /// the Worker's build script passes none, and the Worker its `[vars]` to
+    /// [`RelayConfig::with_overrides`] at run time), then validation. Names that are not overrides (see
     /// [`ENV_PREFIX`]) are ignored.
     ///
     /// The file must be valid on its own, so that its errors name the file, the key and the
@@ -371,41 +446,24 @@ impl RelayConfig {
             file: file.to_owned(),
             invalid,
         })?;
-        let mut overrides: Vec<Override> = vars
-            .into_iter()
-            .filter_map(|(name, value)| Override::parse(name.as_ref(), value.as_ref()))
-            .collect();
-        if overrides.is_empty() {
-            return Ok(config);
-        }
-        // The same order whatever the environment's, so the same variables give the same result.
-        overrides.sort_by(|a, b| a.variable.cmp(&b.variable));
-        let mut merged = table.clone();
-        for o in &overrides {
-            o.apply(&mut merged)?;
-        }
-        from_table(merged).map_err(|message| {
-            // Blame the first variable that is wrong on its own; else all of them together.
-            let alone = overrides.iter().find_map(|o| {
-                let mut one = table.clone();
-                o.apply(&mut one).err().or_else(|| {
-                    from_table(one).err().map(|message| ConfigError::Variable {
-                        variable: o.variable.clone(),
-                        message,
-                    })
-                })
-            });
-            alone.unwrap_or_else(|| ConfigError::Variable {
-                variable: overrides
-                    .iter()
-                    .map(|o| o.variable.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                message,
-            })
-        })
+        overlay(config, |_| Ok(table), vars)
     }
+}
 
+impl RelayConfig {
+    /// This configuration (already validated: the Worker's, parsed and checked when it was
+    /// built) with the override variables among `vars` laid over it, then validated again:
+    /// [`RelayConfig::load`] without the file, with the same names, values and errors.
+    pub fn with_overrides<N: AsRef<str>, V: AsRef<str>>(
+        self,
+        vars: impl IntoIterator<Item = (N, V)>,
+    ) -> Result<RelayConfig, ConfigError> {
+        overlay(
+            self,
+            |config| toml::Table::try_from(config).map_err(|e| e.to_string()),
+            vars,
+        )
+    }
     /// Checks what the types alone cannot; the error names the key.
     pub fn validate(self) -> Result<RelayConfig, InvalidConfig> {
         let bad = |key: &str, message: String| {
@@ -732,5 +790,56 @@ mod tests {
         assert_eq!(hard(256), 256 + 65_536);
         assert_eq!(hard(60_000), 60_000 + 65_536);
         assert_eq!(hard(64 * 1024 * 1024), 128 * 1024 * 1024);
+    }
+
+    /// The Worker's way (relay.toml parsed when it was built, `[vars]` laid over the result at
+    /// run time) gives what the native loader gives, errors included, word for word.
+    #[test]
+    fn overrides_over_a_loaded_config_match_the_loader() {
+        let file = include_str!("../../relay.toml");
+        let cases: &[(&str, &str)] = &[
+            ("GSIO_RELAY_ROUTING__DEFAULT", "echo"),
+            ("GSIO_RELAY_ROUTING__DEFAULT", "\"directed\""),
+            ("GSIO_RELAY_ROUTING__DEFAULT", "sideways"),
+            ("GSIO_RELAY_LIMITS__QUEUE_CAPACITY", "8192"),
+            ("GSIO_RELAY_LIMITS__QUEUE_CAPACITY", "1_000"),
+            ("GSIO_RELAY_LIMITS__QUEUE_CAPACITY", "0"),
+            ("GSIO_RELAY_LIMITS__QUEUE_CAPACITY", "-1"),
+            ("GSIO_RELAY_LIMITS__QUEUE_CAPACITY", "1.5"),
+            ("GSIO_RELAY_LIMITS__QUEUE_CAPACITY", "nan"),
+            ("GSIO_RELAY_LIMITS__QUEUE_CAPACITY", "big"),
+            ("GSIO_RELAY_LIMITS__QUEUE_CAPACITY", "true"),
+            ("GSIO_RELAY_LIMITS__MAX_MESSAGE_BYTES", "10"),
+            (
+                "GSIO_RELAY_LIMITS__MAX_MESSAGE_BYTES",
+                "99999999999999999999",
+            ),
+            ("GSIO_RELAY_DISCOVERY__ANNOUNCE_PEERS", "false"),
+            ("GSIO_RELAY_DISCOVERY__ANNOUNCE_PEERS", "1"),
+            ("GSIO_RELAY_DISCOVERY__ANNOUNCE_PEERS", "yes"),
+            ("GSIO_RELAY_DISCOVERY__WELCOME_PEERS_MAX", "5"),
+            ("GSIO_RELAY_LIMITS__TYPO", "1"),
+            ("GSIO_RELAY_ROUTNG__DEFAULT", "echo"),
+            ("GSIO_RELAY_ROUTING__DEFAULT__X", "echo"),
+            ("GSIO_RELAY_ROUTING__RULES", "echo"),
+            ("GSIO_RELAY_ROUTING__RULES__PING", "loud"),
+            ("GSIO_RELAY_SERVER__WS_LISTEN", "localhost"),
+            ("GSIO_RELAY_SERVER__WS_LISTEN", "127.0.0.1:50051"),
+            ("RELAY_ROUTING__DEFAULT", "sideways"),
+        ];
+        let loaded = RelayConfig::from_toml_str(file, "relay.toml").unwrap();
+        for (name, value) in cases {
+            let native = RelayConfig::load(file, "relay.toml", [(*name, *value)]);
+            let worker = loaded.clone().with_overrides([(*name, *value)]);
+            assert_eq!(worker, native, "{name}={value}");
+        }
+        let both = [
+            ("GSIO_RELAY_SERVER__WS_LISTEN", "127.0.0.1:9"),
+            ("GSIO_RELAY_SERVER__GRPC_LISTEN", "127.0.0.1:9"),
+        ];
+        assert_eq!(
+            loaded.with_overrides(both),
+            RelayConfig::load(file, "relay.toml", both)
+        );
     }
 }

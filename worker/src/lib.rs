@@ -20,8 +20,10 @@
 //! message, connect or close finds every peer.
 //!
 //! # Configuration
-//! The repository's `relay.toml` is embedded at build time. The Worker's `[vars]` may override
-//! the keys in [`OVERRIDABLE`], with the same names as the native relay's environment variables.
+//! The repository's `relay.toml` is parsed and validated when the Worker is built (`build.rs`,
+//! with the native relay's loader: a bad file fails the build), and embedded as JSON. The
+//! Worker's `[vars]` may override the keys in [`OVERRIDABLE`], with the same names, values and
+//! errors as the native relay's environment variables.
 
 #![forbid(unsafe_code)]
 
@@ -43,8 +45,8 @@ use worker::{
 /// Name of the Durable Object namespace binding in `wrangler.toml`.
 const RELAY_ROOM_BINDING: &str = "RELAY_ROOM";
 
-/// The configuration every room starts from.
-const RELAY_TOML: &str = include_str!("../../relay.toml");
+/// The configuration every room starts from: relay.toml, validated by `build.rs`.
+const RELAY_CONFIG_JSON: &str = include_str!(concat!(env!("OUT_DIR"), "/relay-config.json"));
 
 /// The `relay.toml` keys a `[vars]` entry may override (string values: `"echo"`, `"4096"`).
 pub const OVERRIDABLE: [&str; 5] = [
@@ -128,10 +130,11 @@ impl DurableObject for RelayRoom {
             .iter()
             .filter_map(|name| Some((*name, env.var(name).ok()?.to_string())))
             .collect();
-        // The same loader as the native relay's, with [vars] in place of the environment.
-        let config = RelayConfig::load(RELAY_TOML, "relay.toml (embedded)", vars)
-            .map(Arc::new)
-            .map_err(|error| error.to_string());
+        // The native relay's overrides, with [vars] in place of the environment.
+        let config = serde_json::from_str::<RelayConfig>(RELAY_CONFIG_JSON)
+            .map_err(|error| format!("relay.toml (built in): {error}"))
+            .and_then(|config| config.with_overrides(vars).map_err(|e| e.to_string()))
+            .map(Arc::new);
         if let Err(error) = &config {
             worker::console_error!("gsio-relay: invalid configuration: {error}");
         }
@@ -365,15 +368,26 @@ fn is_test_hook(req: &Request, env: &Env) -> Result<bool> {
 }
 
 fn query_param(req: &Request, name: &str) -> Result<Option<String>> {
-    Ok(req
-        .url()?
-        .query_pairs()
+    Ok(form_urlencoded::parse(query(req).as_bytes())
         .find(|(key, _)| key == name)
         .map(|(_, value)| value.into_owned()))
 }
 
 fn query_has(req: &Request, name: &str) -> Result<bool> {
-    Ok(req.url()?.query_pairs().any(|(key, _)| key == name))
+    Ok(form_urlencoded::parse(query(req).as_bytes()).any(|(key, _)| key == name))
+}
+
+/// The request's query, for `form_urlencoded::parse` (what `Url::query_pairs` decodes it
+/// with). workerd hands over the URL already parsed and serialized (WHATWG), so the query is
+/// what follows the first `?`, up to a `#`; parsing the URL again with `Request::url` would put
+/// the `url` crate's parser and its IDNA tables in the wasm for nothing (BENCHMARKS.md, "Worker
+/// (wrangler dev)").
+fn query(req: &Request) -> String {
+    let url = req.inner().url();
+    match url.split_once('?') {
+        Some((_, rest)) => rest.split('#').next().unwrap_or_default().to_owned(),
+        None => String::new(),
+    }
 }
 
 fn is_websocket_upgrade(req: &Request) -> Result<bool> {
