@@ -618,3 +618,58 @@ async fn an_empty_payload_json_arrives_as_null() {
     assert_eq!(got["message_id"], "m-1", "{text}");
     assert!(got.get("payload").is_some_and(|p| p.is_null()), "{text}");
 }
+
+/// BENCHMARKS.md, conns: the relay's heap is not backed by transparent huge pages. With them,
+/// mimalloc asks for huge pages on its arena (`madvise(MADV_HUGEPAGE)`), and on a kernel that
+/// grants them (THP `madvise` or `always`) the untouched bulk of every large buffer becomes
+/// resident: each HTTP/2 connection's 16 KiB write buffer, 8 KiB read buffer and 4 KiB HPACK
+/// buffer (fixed in h2) are then paid in full, 49 KiB per one-stream connection against 29.
+/// The `no_thp` feature of `mimalloc` keeps that `madvise` out; the kernel records it as the
+/// `hg` flag of a mapping, so the real binary (the allocator is in `main.rs`) is read here.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_relay_binary_asks_for_no_transparent_huge_pages() {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gsio-relay"))
+        .args(["--config", "relay.toml"])
+        .current_dir(common::repo_path(""))
+        .env("GSIO_RELAY_SERVER__WS_LISTEN", "127.0.0.1:0")
+        .env("GSIO_RELAY_SERVER__GRPC_LISTEN", "127.0.0.1:0")
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (listening_tx, listening_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("listening") {
+                let _ = listening_tx.send(());
+            }
+        }
+    });
+    // Serving: its allocator has long made its arena.
+    let listening = listening_rx.recv_timeout(Duration::from_secs(30));
+    let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", child.id()));
+    let _ = child.kill();
+    let _ = child.wait();
+    listening.expect("the relay did not log that it is listening");
+    let smaps = smaps.unwrap();
+    let flags: Vec<&str> = smaps
+        .lines()
+        .filter(|line| line.starts_with("VmFlags:"))
+        .collect();
+    assert!(!flags.is_empty(), "no VmFlags in /proc/<pid>/smaps");
+    let huge: Vec<&&str> = flags
+        .iter()
+        .filter(|line| line.split_whitespace().any(|flag| flag == "hg"))
+        .collect();
+    assert!(
+        huge.is_empty(),
+        "mappings advised for huge pages (mimalloc without no_thp?): {huge:?}"
+    );
+}
