@@ -175,6 +175,7 @@
 //! | fixed rates are split among the senders as documented | `bench/src/scenarios.rs::fixed_rates_are_split_among_the_senders_as_documented` |
 //! | CPU µs per delivery = server CPU time ÷ messages received | `bench/src/stats.rs::cpu_per_delivery_is_cpu_time_over_messages_received` |
 //! | the defaults the document names | `bench/src/main.rs::the_defaults_are_the_documented_ones` |
+//! | the relay's heap is not backed by transparent huge pages (mimalloc `no_thp`), which the idle-connection figures rely on | `tests/fronts.rs::the_relay_binary_asks_for_no_transparent_huge_pages` |
 //!
 //! (Not held by a test: a fresh relay and floor per scenario, children killed with the bench,
 //! one task per connection in the floor, and the idle-RSS formula; they describe the tool's
