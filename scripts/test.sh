@@ -74,3 +74,6 @@ bash scripts/build-worker.sh
 
 step "tests: core, native relay, benchmark, Worker in workerd (and its dry-run deploy)"
 cargo test --workspace --exclude gsio-relay-worker --all-targets --no-fail-fast
+
+step "doc tests (the client's example is the README's, compiled)"
+cargo test --workspace --exclude gsio-relay-worker --doc --no-fail-fast
