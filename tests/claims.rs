@@ -61,7 +61,7 @@
 //! | claim | test |
 //! |---|---|
 //! | it generates its own tonic client, so it does not build the relay | `client/tests/manifest.rs::the_library_does_not_depend_on_the_relay` |
-//! | the README's example is the crate's compiled doc example | `client/src/lib.rs::the_readme_example_is_the_compiled_doc_example` |
+//! | the README's example is the crate's doc example, compiled by the test command's doc-test step | `client/src/lib.rs::the_readme_example_is_the_compiled_doc_example` |
 //! | `send` returns the `message_id` (a UUID v4 unless given) | `client/tests/node.rs::send_returns_the_message_id_the_recipient_receives` |
 //! | payloads are JSON text, exact | `client/tests/node.rs::payloads_cross_between_client_and_browser_exactly` |
 //! | it reconnects with the same id after a relay restart | `client/tests/reconnect.rs::reconnects_across_a_relay_restart_and_delivers_what_was_sent_meanwhile`, `client/tests/reconnect.rs::waits_for_a_relay_that_is_not_up_yet` |
