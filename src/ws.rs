@@ -225,7 +225,10 @@ async fn finish(
             // its last handle gone, its outbox ends after what was queued before.
             drop(peer);
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-                if write_rest(&mut ws, &mut outbox, &mut held).await.is_ok() {
+                if write_out(&mut ws, &mut outbox, &mut held, Until::Ended)
+                    .await
+                    .is_ok()
+                {
                     close(&mut ws, close_frame(&error)).await;
                 }
             })
@@ -234,7 +237,10 @@ async fn finish(
         End::Shutdown => {
             // Still in the hub while its queue drains (nothing is routed any more).
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-                if write_queued(&mut ws, &mut outbox, &mut held).await.is_ok() {
+                if write_out(&mut ws, &mut outbox, &mut held, Until::Empty)
+                    .await
+                    .is_ok()
+                {
                     close(&mut ws, close_frame(&RelayError::ShuttingDown)).await;
                 }
             })
@@ -318,33 +324,32 @@ async fn write_batch(
     ws.flush().await
 }
 
-/// Writes `held` and everything queued now (the peer is still in the hub, so more may come; it
-/// is not waited for).
-async fn write_queued(
-    ws: &mut Ws,
-    outbox: &mut Outbox,
-    held: &mut Option<Arc<Message>>,
-) -> Result<(), tungstenite::Error> {
-    if let Some(message) = held.take() {
-        ws.feed(text_frame(&message)).await?;
-    }
-    while let Some(message) = outbox.try_next() {
-        ws.feed(text_frame(&message)).await?;
-    }
-    ws.flush().await
+/// How far [`write_out`] goes.
+#[derive(Clone, Copy)]
+enum Until {
+    /// What is queued now: the peer is still in the hub, so more may come; it is not waited for.
+    Empty,
+    /// Until the outbox ends: the peer has left the hub, so its outbox ends once what was queued
+    /// before is taken.
+    Ended,
 }
 
-/// Writes `held` and everything queued until the outbox ends: the peer has left the hub, so its
-/// outbox ends once what was queued before is taken.
-async fn write_rest(
+/// Writes `held` and then the outbox, as far as `until` says, then flushes.
+async fn write_out(
     ws: &mut Ws,
     outbox: &mut Outbox,
     held: &mut Option<Arc<Message>>,
+    until: Until,
 ) -> Result<(), tungstenite::Error> {
     if let Some(message) = held.take() {
         ws.feed(text_frame(&message)).await?;
     }
-    while let Some(message) = outbox.recv().await {
+    loop {
+        let next = match until {
+            Until::Empty => outbox.try_next(),
+            Until::Ended => outbox.recv().await,
+        };
+        let Some(message) = next else { break };
         ws.feed(text_frame(&message)).await?;
     }
     ws.flush().await

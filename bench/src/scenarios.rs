@@ -1098,7 +1098,6 @@ pub async fn soak(settings: &Settings, report: &mut Report) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stats::ProcUsage;
 
     /// A run in which every one of 1000 expected messages arrived once, in order.
     fn clean_run() -> RunResult {
@@ -1109,24 +1108,11 @@ mod tests {
             transport: "ws",
             senders: 2,
             receivers: 2,
-            target_rate: None,
             sent: 1000,
             expected: 1000,
             received: 1000,
-            lost: 0,
-            duplicates: 0,
-            unexpected: 0,
-            gaps: 0,
-            late: 0,
             elapsed_s: 1.0,
-            latency: None,
-            errors: 0,
-            first_error: None,
-            disconnects: 0,
-            first_disconnect: None,
-            server_warnings: 0,
-            server: None,
-            client: ProcUsage::default(),
+            ..RunResult::default()
         }
     }
 

@@ -159,7 +159,7 @@ pub struct ProcUsage {
 }
 
 /// One traffic run against one target.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct RunResult {
     pub scenario: &'static str,
     /// "max" or "fixed".
@@ -584,24 +584,13 @@ mod tests {
             transport: "ws",
             senders: 1,
             receivers: 2,
-            target_rate: None,
             sent: 10,
             expected: 20,
             received: 19,
             lost: 1,
-            duplicates: 0,
-            unexpected: 0,
             gaps: 1,
-            late: 0,
             elapsed_s: 0.5,
-            latency: None,
-            errors: 0,
-            first_error: None,
-            disconnects: 0,
-            first_disconnect: None,
-            server_warnings: 0,
-            server: None,
-            client: ProcUsage::default(),
+            ..RunResult::default()
         }
     }
 
