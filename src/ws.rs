@@ -279,22 +279,22 @@ fn close_frame(error: &RelayError) -> CloseFrame {
     }
 }
 
-/// `message` as a text frame. Its JSON is UTF-8 by its type (`ByteString`); tungstenite checks
-/// it again (a pass over the bytes, no copy), which keeps this crate free of `unsafe`.
+/// `message` as a text frame, sharing its bytes.
 fn text_frame(message: &Message) -> tungstenite::Message {
-    let text = Utf8Bytes::try_from(message.json().as_bytes().clone())
-        // Unreachable (the core's text is UTF-8); a copy is the safe answer all the same.
-        .unwrap_or_else(|_| Utf8Bytes::from(message.json_str()));
+    let json: &ByteString = message.json();
+    // SAFETY: a `ByteString` is UTF-8 by construction (each of its safe constructors checks, or
+    // takes a `String`), which is the whole of `Utf8Bytes`'s invariant. The check `try_from`
+    // would repeat was a pass over every byte of every frame written.
+    let text = unsafe { Utf8Bytes::from_bytes_unchecked(json.as_bytes().clone()) };
     tungstenite::Message::Text(text)
 }
 
-/// A text frame as the core's input: its bytes, shared, not copied. tungstenite has checked
-/// them already; the core's text type checks again (a pass over the bytes), so that neither
-/// crate needs `unsafe` to trust the other.
+/// A text frame as the core's input: its bytes, shared, not copied.
 fn text_input(text: Utf8Bytes) -> Input {
-    // tungstenite never yields a text frame that is not UTF-8; were it to, the frame is
-    // refused as not being text rather than trusted.
-    ByteString::try_from(Bytes::from(text)).map_or(Input::Binary, Input::Text)
+    // SAFETY: a `Utf8Bytes` is UTF-8 by construction (tungstenite checks every text frame it
+    // reads, and its other constructors take `str`s), which is the whole of `ByteString`'s
+    // invariant. The check `try_from` would repeat was a pass over every byte of every frame read.
+    Input::Text(unsafe { ByteString::from_bytes_unchecked(Bytes::from(text)) })
 }
 
 type Ws = WebSocketStream<TcpStream>;

@@ -306,7 +306,7 @@ impl<L: Link> Connection<L> {
                     }
                     _ => None,
                 };
-                inbound.envelope.message_id = id;
+                inbound.envelope.message_id = id.into();
             }
             let message = Arc::new(inbound.into_message());
             let routed = hub.route(sender, &message).map(|targets| {
@@ -394,8 +394,8 @@ mod tests {
                 .map(|m| {
                     let e = m.envelope();
                     (
-                        e.message_type.clone(),
-                        e.sender_id.clone(),
+                        e.message_type.to_string(),
+                        e.sender_id.to_string(),
                         e.payload.get().to_owned(),
                     )
                 })
@@ -578,7 +578,7 @@ mod tests {
         log.got
             .borrow_mut()
             .drain(..)
-            .map(|m| m.envelope().message_id.clone())
+            .map(|m| m.envelope().message_id.to_string())
             .collect()
     }
 

@@ -22,16 +22,61 @@ use serde_json::value::RawValue;
 use crate::error::RelayError;
 use crate::id::RELAY_ID;
 
+mod scan;
+
 /// One envelope, as routed by the core.
 #[derive(Clone)]
+///
+/// Each field shares its bytes ([`ByteString`]): an envelope read from a frame holds slices of
+/// that frame, so reading one copies and allocates nothing per field.
 pub struct Envelope {
-    pub message_type: String,
+    pub message_type: ByteString,
     /// Unique per message; empty until the sender or the relay gives one (see [`crate::ids`]).
-    pub message_id: String,
-    pub sender_id: String,
-    pub recipient_id: String,
+    pub message_id: ByteString,
+    pub sender_id: ByteString,
+    pub recipient_id: ByteString,
     /// The payload's JSON text exactly as the sender wrote it (`null` when absent).
-    pub payload: Box<RawValue>,
+    pub payload: Payload,
+}
+
+/// One JSON value's text, as its sender wrote it (without the whitespace around it): valid JSON
+/// by construction, since every constructor either checks it or writes it. Shares its bytes: a
+/// payload read from a frame is a slice of that frame, never a copy.
+#[derive(Clone)]
+pub struct Payload(ByteString);
+
+impl Payload {
+    /// `null`, the payload of an envelope sent without one.
+    pub fn null() -> Payload {
+        Payload(ByteString::from_static("null"))
+    }
+
+    /// `text` if it is one JSON value (whitespace around it is dropped), else `None`.
+    pub fn parse(text: String) -> Option<Payload> {
+        let value: &RawValue = serde_json::from_str(&text).ok()?;
+        Some(if value.get().len() == text.len() {
+            Payload(ByteString::from(text))
+        } else {
+            Payload(ByteString::from(value.get().to_owned()))
+        })
+    }
+
+    /// `value` written as JSON.
+    pub fn to_json(value: &impl Serialize) -> Payload {
+        Payload(ByteString::from(
+            serde_json::to_string(value).expect("relay-authored payloads serialize"),
+        ))
+    }
+
+    /// A value found in `text` by one of this module's parsers (see [`found`]).
+    fn found(text: Option<&ByteString>, value: &str) -> Payload {
+        Payload(found(text, value))
+    }
+
+    /// The JSON text.
+    pub fn get(&self) -> &str {
+        &self.0
+    }
 }
 
 /// Equal when every field is, the payload compared as text.
@@ -59,9 +104,18 @@ impl fmt::Debug for Envelope {
     }
 }
 
-/// The payload used where none was sent.
-pub fn null_payload() -> Box<RawValue> {
-    RawValue::from_string("null".to_owned()).expect("null is JSON")
+/// `part`, found in `text` by one of this module's parsers: shared when `text` is a `ByteString`
+/// holding it, copied otherwise.
+fn found(text: Option<&ByteString>, part: &str) -> ByteString {
+    let within = text.filter(|text| {
+        let (start, end) = (text.as_ptr() as usize, text.as_ptr() as usize + text.len());
+        let at = part.as_ptr() as usize;
+        start <= at && at + part.len() <= end
+    });
+    match within {
+        Some(text) => text.slice_ref(part),
+        None => ByteString::from(part),
+    }
 }
 
 impl Envelope {
@@ -75,6 +129,48 @@ impl Envelope {
     /// complete text may be forwarded as is (recipients always see all five fields), and one
     /// that lacks only its `message_id` may be forwarded with the relay's id put in front.
     pub fn parse_json_checked(text: &str) -> Result<(Envelope, Completeness), RelayError> {
+        Envelope::parse(text, None)
+    }
+
+    /// Like [`Envelope::parse_json_checked`], the payload sharing `text`'s bytes.
+    pub fn parse_shared(text: &ByteString) -> Result<(Envelope, Completeness), RelayError> {
+        Envelope::parse(text, Some(text))
+    }
+
+    /// The fast path for a plain envelope (see [`scan`]), else the full parser. `shared` is
+    /// `text` as a `ByteString`, when it is one.
+    fn parse(
+        text: &str,
+        shared: Option<&ByteString>,
+    ) -> Result<(Envelope, Completeness), RelayError> {
+        match scan::plain(text) {
+            Some(plain) => Ok(Envelope::from_plain(plain, shared)),
+            None => Envelope::parse_json_fully(text, shared),
+        }
+    }
+
+    /// A plain envelope (see [`scan`]) as the full parser would read it.
+    fn from_plain(plain: scan::Plain<'_>, shared: Option<&ByteString>) -> (Envelope, Completeness) {
+        let complete = match plain.message_id {
+            None => Completeness::LacksMessageId,
+            Some("") => Completeness::Incomplete,
+            Some(_) => Completeness::Complete,
+        };
+        let envelope = Envelope {
+            message_type: found(shared, plain.message_type),
+            message_id: found(shared, plain.message_id.unwrap_or_default()),
+            sender_id: found(shared, plain.sender_id),
+            recipient_id: found(shared, plain.recipient_id),
+            payload: Payload::found(shared, plain.payload),
+        };
+        (envelope, complete)
+    }
+
+    /// The full parser: every valid form, and a specific error for every invalid one.
+    fn parse_json_fully(
+        text: &str,
+        shared: Option<&ByteString>,
+    ) -> Result<(Envelope, Completeness), RelayError> {
         let mut problem = None;
         let mut de = serde_json::Deserializer::from_str(text);
         let fields = match de.deserialize_any(FieldsVisitor {
@@ -101,11 +197,13 @@ impl Envelope {
             Some(_) => Completeness::Incomplete,
         };
         let envelope = Envelope {
-            message_type,
-            message_id: fields.message_id.flatten().unwrap_or_default(),
-            sender_id: fields.sender_id.flatten().unwrap_or_default(),
-            recipient_id: fields.recipient_id.flatten().unwrap_or_default(),
-            payload: fields.payload.map_or_else(null_payload, RawValue::to_owned),
+            message_type: message_type.into(),
+            message_id: fields.message_id.flatten().unwrap_or_default().into(),
+            sender_id: fields.sender_id.flatten().unwrap_or_default().into(),
+            recipient_id: fields.recipient_id.flatten().unwrap_or_default().into(),
+            payload: fields
+                .payload
+                .map_or_else(Payload::null, |raw| Payload::found(shared, raw.get())),
         };
         Ok((envelope, complete))
     }
@@ -122,25 +220,25 @@ impl Envelope {
             return Err(RelayError::MissingMessageType);
         }
         let payload = if payload_json.trim().is_empty() {
-            null_payload()
+            Payload::null()
         } else {
-            RawValue::from_string(payload_json).map_err(|_| RelayError::InvalidField {
+            Payload::parse(payload_json).ok_or(RelayError::InvalidField {
                 field: "payload_json",
                 expected: "one JSON value (or empty for null)",
             })?
         };
         Ok(Envelope {
-            message_type,
-            message_id: String::new(),
-            sender_id,
-            recipient_id,
+            message_type: message_type.into(),
+            message_id: ByteString::new(),
+            sender_id: sender_id.into(),
+            recipient_id: recipient_id.into(),
             payload,
         })
     }
 
     /// The same envelope with `message_id` set (empty: the relay assigns one).
     pub fn with_message_id(mut self, message_id: String) -> Envelope {
-        self.message_id = message_id;
+        self.message_id = message_id.into();
         self
     }
 
@@ -153,33 +251,38 @@ impl Envelope {
         payload: impl Serialize,
     ) -> Envelope {
         Envelope {
-            message_type: message_type.to_owned(),
-            message_id,
-            sender_id: RELAY_ID.to_owned(),
-            recipient_id: recipient_id.to_owned(),
-            payload: serde_json::value::to_raw_value(&payload)
-                .expect("relay-authored payloads serialize"),
+            message_type: message_type.into(),
+            message_id: message_id.into(),
+            sender_id: ByteString::from_static(RELAY_ID),
+            recipient_id: recipient_id.into(),
+            payload: Payload::to_json(&payload),
         }
     }
 
     /// The envelope as one JSON object (the WebSocket text frame).
     pub fn to_json(&self) -> String {
-        #[derive(Serialize)]
-        struct Wire<'a> {
-            message_type: &'a str,
-            message_id: &'a str,
-            sender_id: &'a str,
-            recipient_id: &'a str,
-            payload: &'a RawValue,
+        let payload = self.payload.get();
+        let mut json = Vec::with_capacity(
+            80 + self.message_type.len()
+                + self.message_id.len()
+                + self.sender_id.len()
+                + self.recipient_id.len()
+                + payload.len(),
+        );
+        let fields = [
+            ("{\"message_type\":", &self.message_type),
+            (",\"message_id\":", &self.message_id),
+            (",\"sender_id\":", &self.sender_id),
+            (",\"recipient_id\":", &self.recipient_id),
+        ];
+        for (key, value) in fields {
+            json.extend_from_slice(key.as_bytes());
+            serde_json::to_writer(&mut json, &**value).expect("strings always serialize");
         }
-        serde_json::to_string(&Wire {
-            message_type: &self.message_type,
-            message_id: &self.message_id,
-            sender_id: &self.sender_id,
-            recipient_id: &self.recipient_id,
-            payload: &self.payload,
-        })
-        .expect("strings and raw JSON always serialize")
+        json.extend_from_slice(b",\"payload\":");
+        json.extend_from_slice(payload.as_bytes());
+        json.push(b'}');
+        String::from_utf8(json).expect("JSON strings and a JSON value are UTF-8")
     }
 }
 
@@ -479,7 +582,7 @@ mod tests {
     #[test]
     fn optional_fields_default_to_empty_and_null() {
         let e = env(r#"{"message_type":"T","sender_id":null}"#);
-        assert_eq!((e.sender_id.as_str(), e.recipient_id.as_str()), ("", ""));
+        assert_eq!((&*e.sender_id, &*e.recipient_id), ("", ""));
         assert_eq!(e.payload.get(), "null");
     }
 
@@ -547,10 +650,7 @@ mod tests {
     #[test]
     fn escaped_strings_are_decoded() {
         let e = env(r#"{"message_type":"A\u0042","sender_id":"n\u002d1"}"#);
-        assert_eq!(
-            (e.message_type.as_str(), e.sender_id.as_str()),
-            ("AB", "n-1")
-        );
+        assert_eq!((&*e.message_type, &*e.sender_id), ("AB", "n-1"));
     }
 
     #[test]
@@ -666,6 +766,36 @@ mod tests {
         assert_eq!(bad.unwrap_err().code(), ErrorCode::InvalidField);
         let empty = Envelope::from_parts("".into(), "a".into(), "".into(), "1".into());
         assert_eq!(empty.unwrap_err().code(), ErrorCode::MissingMessageType);
+    }
+
+    /// An envelope read from a frame holds slices of it, not copies: every field on the fast
+    /// path, the payload also on the full parser's (which decodes escaped strings).
+    #[test]
+    fn a_shared_frame_is_sliced_not_copied() {
+        let within = |text: &ByteString, part: &str| {
+            let start = text.as_ptr() as usize;
+            let at = part.as_ptr() as usize;
+            start <= at && at + part.len() <= start + text.len()
+        };
+        let plain = ByteString::from_static(
+            r#"{"message_type":"T","message_id":"m-1","sender_id":"a","recipient_id":"b","payload":{"k":[1]}}"#,
+        );
+        let (e, _) = Envelope::parse_shared(&plain).unwrap();
+        for part in [
+            &*e.message_type,
+            &*e.message_id,
+            &*e.sender_id,
+            &*e.recipient_id,
+            e.payload.get(),
+        ] {
+            assert!(within(&plain, part), "{part} was copied out of {plain}");
+        }
+        let escaped = ByteString::from_static(
+            r#"{"message_type":"\u0054","sender_id":"a","recipient_id":"b","payload":{"k":[1]}}"#,
+        );
+        let (e, _) = Envelope::parse_shared(&escaped).unwrap();
+        assert_eq!(&*e.message_type, "T");
+        assert!(within(&escaped, e.payload.get()), "the payload was copied");
     }
 
     #[test]

@@ -179,9 +179,11 @@ impl<P> Hub<P> {
             Mode::Broadcast => Ok(self.others(sender)),
             Mode::Auto if envelope.recipient_id.is_empty() => Ok(self.others(sender)),
             Mode::Directed | Mode::Auto => {
-                let to = envelope.recipient_id.as_str();
+                let to: &str = &envelope.recipient_id;
                 if to.is_empty() {
-                    return Err(RelayError::MissingRecipient(envelope.message_type.clone()));
+                    return Err(RelayError::MissingRecipient(
+                        envelope.message_type.to_string(),
+                    ));
                 }
                 match self.entry(to) {
                     Some(peer) => Ok(Targets::one(Some(peer))),
@@ -423,11 +425,7 @@ mod tests {
         let joined = h.join(id("d"), 9, "d").unwrap();
         let w = joined.welcome.envelope();
         assert_eq!(
-            (
-                w.message_type.as_str(),
-                w.sender_id.as_str(),
-                w.recipient_id.as_str()
-            ),
+            (&*w.message_type, &*w.sender_id, &*w.recipient_id),
             ("Welcome", "relay", "d")
         );
         let p = payload(&joined.welcome);

@@ -31,7 +31,7 @@ pub mod session;
 
 pub use config::{Mode, RelayConfig, Routing};
 pub use connection::{Connection, Counts, Input, Link, Refused, Step, Table};
-pub use envelope::{Envelope, Message};
+pub use envelope::{Envelope, Message, Payload};
 pub use error::{ErrorCode, RelayError};
 pub use hub::{Hub, Joined, Targets};
 pub use id::{PeerId, RELAY_ID};

@@ -85,8 +85,8 @@ impl Rejection {
         let id_ok = check_message_id(&envelope.message_id).is_ok();
         Rejection {
             error,
-            message_type: Some(envelope.message_type),
-            message_id: id_ok.then_some(envelope.message_id),
+            message_type: Some(envelope.message_type.to_string()),
+            message_id: id_ok.then(|| envelope.message_id.to_string()),
         }
     }
 }
@@ -103,7 +103,7 @@ impl Session {
             }
             .into());
         }
-        let (envelope, completeness) = Envelope::parse_json_checked(&text)?;
+        let (envelope, completeness) = Envelope::parse_shared(&text)?;
         let original = match completeness {
             Completeness::Complete => Some(SenderText::AsIs(text)),
             Completeness::LacksMessageId => Some(SenderText::LacksMessageId(text)),
@@ -176,7 +176,7 @@ impl Session {
     pub fn admit(&self, envelope: &mut Envelope) -> Result<Admitted, RelayError> {
         match &self.id {
             Some(id) if envelope.sender_id.is_empty() => {
-                envelope.sender_id = id.as_str().to_owned();
+                envelope.sender_id = id.as_str().into();
                 Ok(Admitted {
                     claim: None,
                     rewritten: true,

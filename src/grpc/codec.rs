@@ -112,11 +112,11 @@ where
 /// The core envelope as protobuf.
 pub fn to_pb(envelope: &Envelope) -> pb::Envelope {
     pb::Envelope {
-        message_type: envelope.message_type.clone(),
-        sender_id: envelope.sender_id.clone(),
-        recipient_id: envelope.recipient_id.clone(),
+        message_type: envelope.message_type.to_string(),
+        sender_id: envelope.sender_id.to_string(),
+        recipient_id: envelope.recipient_id.to_string(),
         payload_json: envelope.payload.get().to_owned(),
-        message_id: envelope.message_id.clone(),
+        message_id: envelope.message_id.to_string(),
     }
 }
 
