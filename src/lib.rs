@@ -18,9 +18,11 @@
 //! - [`shutdown`]: the two-phase graceful shutdown.
 //! - [`pb`]: the generated protobuf types and client (what a node author uses too).
 
+pub mod admin;
 pub mod config;
 pub mod events;
 pub mod grpc;
+pub mod metrics;
 pub mod peer;
 pub mod queue;
 pub mod server;
