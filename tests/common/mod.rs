@@ -2,6 +2,7 @@
 //! clients for both fronts (tokio-tungstenite, the generated tonic client).
 #![allow(dead_code)]
 
+pub mod cdp;
 pub mod conformance;
 pub mod gsio_net;
 pub mod http;
