@@ -356,7 +356,9 @@ async fn readyz_turns_503_when_shutdown_begins_and_the_listener_answers_through_
             !server.is_finished(),
             "the relay stopped before /readyz said 503"
         );
-        let readyz = get(&relay.admin_url, "/readyz").await.unwrap();
+        let readyz = get(&relay.admin_url, "/readyz")
+            .await
+            .expect("the admin listener stopped before /readyz said 503");
         if readyz.status == 503 {
             assert_eq!(readyz.body, "draining\n");
             break;
