@@ -126,6 +126,15 @@ async fn every_documented_metric_is_exposed_with_its_type() {
         metrics.label_values("gsio_relay_connections", "front"),
         ["grpc", "ws"]
     );
+    // From the start, at zero.
+    for mode in ["echo", "broadcast", "directed"] {
+        let routed = metrics.value("gsio_relay_envelopes_routed_total", &[("mode", mode)]);
+        assert_eq!(routed, 0.0, "{mode}");
+    }
+    for code in gsio_relay_core::ErrorCode::ALL {
+        let errors = metrics.value("gsio_relay_errors_total", &[("code", code.as_str())]);
+        assert_eq!(errors, 0.0, "{code:?}");
+    }
     let codes = metrics.label_values("gsio_relay_errors_total", "code");
     let mut all: Vec<String> = gsio_relay_core::ErrorCode::ALL
         .iter()

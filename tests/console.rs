@@ -136,6 +136,20 @@ async fn the_console_follows_peers_rates_and_rules_by_itself() {
     assert_eq!(peers.as_str().unwrap().lines().count(), 1, "{peers}");
     assert_eq!(browser.evaluate("window.openedOnce").await, "yes");
 
+    // What it polls is JSON, and it is all the page ever fetched.
+    let state: Value =
+        serde_json::from_str(&get(&relay.admin_url, "/api/state").await.unwrap().body).unwrap();
+    assert_eq!(state["peers"][0]["id"], "ws-peer");
+    let fetched = browser
+        .evaluate("performance.getEntriesByType('resource').map((r) => r.name)")
+        .await;
+    let fetched = fetched.as_array().unwrap();
+    assert!(!fetched.is_empty());
+    let state_url = format!("{}/api/state", relay.admin_url);
+    for url in fetched {
+        assert_eq!(url.as_str(), Some(state_url.as_str()), "{fetched:?}");
+    }
+
     // The browser this test started is gone once dropped.
     let pid = libc::pid_t::try_from(browser.pid()).unwrap();
     drop(browser);
