@@ -19,6 +19,7 @@ pub struct PeerConn {
     connection: Connection<PeerHandle>,
     /// Routed and delivered so far, added to the shared [`Stats`] when the connection ends.
     pending: Counts,
+    /// Which front's open-connections gauge this connection is in, to leave it when it ends.
     front: Front,
     /// Where this connection's routing is counted as it happens ([`crate::metrics`]).
     meter: ConnMeter,
