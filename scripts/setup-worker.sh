@@ -2,9 +2,12 @@
 # Installs what building and running the Cloudflare Worker (worker/) needs, and nothing that is
 # already there at the right version: the wasm32 target, worker-build, the wasm-bindgen CLI that
 # matches Cargo.lock, and worker/node_modules (wrangler, workerd, esbuild, binaryen's wasm-opt)
-# from worker/package-lock.json. Safe to run again; every step says what it does or skips.
+# from worker/package-lock.json. Also the one other tool the tests drive: Debian's chromium (the
+# admin console's browser test, tests/console.rs). Safe to run again; every step says what it
+# does or skips.
 #
-# Needs rustup, cargo, node and npm, and reaches only crates.io and the npm registry.
+# Needs rustup, cargo, node and npm, and reaches only crates.io, the npm registry and (for
+# chromium, when it is missing) Debian's package archive through apt-get.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -77,6 +80,25 @@ if [[ "$have" == "$want" ]]; then
 else
 	say "wasm-bindgen-cli: installing $want (found: ${have:-none})"
 	install_exact wasm-bindgen-cli "$want"
+fi
+
+if command -v chromium >/dev/null; then
+	say "chromium: present"
+elif command -v apt-get >/dev/null; then
+	say "chromium: installing with apt-get (the console's browser test drives it headless)"
+	if [[ "$(id -u)" -eq 0 ]]; then
+		apt_get=(apt-get)
+	elif command -v sudo >/dev/null; then
+		apt_get=(sudo apt-get)
+	else
+		echo "setup-worker: chromium is missing and installing it needs root (apt-get install -y chromium)" >&2
+		exit 1
+	fi
+	"${apt_get[@]}" update
+	DEBIAN_FRONTEND=noninteractive "${apt_get[@]}" install -y --no-install-recommends chromium
+else
+	echo "setup-worker: chromium is missing and there is no apt-get to install it; install Chromium (a \`chromium\` on PATH) for tests/console.rs" >&2
+	exit 1
 fi
 
 # npm ci writes node_modules/.package-lock.json; older than package-lock.json means stale.

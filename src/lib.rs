@@ -6,7 +6,8 @@
 //!
 //! # Layout
 //! - [`config`]: loading `relay.toml` with `RELAY_` environment overrides (figment).
-//! - [`server`]: binds both fronts, runs them, shuts them down gracefully.
+//! - [`server`]: binds both fronts and the admin listener, runs them, shuts them down
+//!   gracefully.
 //! - [`ws`]: the WebSocket front (JSON text frames).
 //! - [`grpc`]: the gRPC front: [`grpc::service`] (`RelayService/Exchange`) and
 //!   [`grpc::codec`] (the wire type, the codec and the proto conversions).
@@ -16,11 +17,17 @@
 //! - [`queue`]: the bounded per-peer queues and their slow-consumer policy.
 //! - [`events`]: one connection's out-of-band events (kicked, shutdown's phases).
 //! - [`shutdown`]: the two-phase graceful shutdown.
+//! - [`metrics`]: what the relay counts, and how cheaply (sharded relaxed atomics, fed by the
+//!   core's `Meter` as it routes).
+//! - [`admin`]: the admin listener: `/metrics`, `/healthz`, `/readyz` and the console
+//!   (`console.html`, embedded).
 //! - [`pb`]: the generated protobuf types and client (what a node author uses too).
 
+pub mod admin;
 pub mod config;
 pub mod events;
 pub mod grpc;
+pub mod metrics;
 pub mod peer;
 pub mod queue;
 pub mod server;

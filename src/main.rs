@@ -64,6 +64,7 @@ async fn run(config: gsio_relay_core::RelayConfig) -> anyhow::Result<()> {
     tracing::info!(
         websocket = %format!("ws://{}", server.ws_addr()),
         grpc = %server.grpc_addr(),
+        admin = %format!("http://{}", server.admin_addr()),
         "gsio-relay listening"
     );
     server.run(shutdown).await?;

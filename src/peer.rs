@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use gsio_relay_core::{Connection, Counts, Input, PeerId, Step};
 
+use crate::metrics::{ConnMeter, Front};
 use crate::queue::{queue, Outbox, PeerHandle};
 use crate::state::{Relay, Stats};
 
@@ -18,19 +19,27 @@ pub struct PeerConn {
     connection: Connection<PeerHandle>,
     /// Routed and delivered so far, added to the shared [`Stats`] when the connection ends.
     pending: Counts,
+    /// Which front's open-connections gauge this connection is in, to leave it when it ends.
+    front: Front,
+    /// Where this connection's routing is counted as it happens ([`crate::metrics`]).
+    meter: ConnMeter,
 }
 
 impl PeerConn {
     /// A new, still anonymous connection, and the outbox its writer drains.
-    pub fn open(relay: &Arc<Relay>) -> (PeerConn, Outbox) {
+    pub fn open(relay: &Arc<Relay>, front: Front) -> (PeerConn, Outbox) {
         let config = relay.config();
-        let (handle, outbox) = queue(config.limits.queue_capacity);
+        let (handle, outbox) = queue(config.limits.queue_capacity, front);
         Stats::bump(&relay.stats.connections, 1);
-        let connection = Connection::open(relay.next_conn_id(), handle, &config);
+        let conn = relay.next_conn_id();
+        let meter = relay.metrics.opened(front, conn);
+        let connection = Connection::open(conn, handle, &config);
         let peer = PeerConn {
             relay: relay.clone(),
             connection,
             pending: Counts::default(),
+            front,
+            meter,
         };
         (peer, outbox)
     }
@@ -42,14 +51,20 @@ impl PeerConn {
     /// Fixes the identity before any envelope (`?node_id=`, `x-gsio-node-id`); see
     /// [`Connection::claim`].
     pub fn claim(&mut self, raw: &str) -> Step {
-        let step = self.connection.claim(self.relay.table(), raw);
+        let mut meter = self.relay.metrics.meter(&mut self.meter);
+        let step = self
+            .connection
+            .claim_metered(self.relay.table(), raw, &mut meter);
         self.after(step)
     }
 
     /// One frame or decoded envelope; see [`Connection::input`].
     pub fn input(&mut self, input: Input) -> Step {
         let anonymous = self.connection.id().is_none();
-        let step = self.connection.input(self.relay.table(), input);
+        let mut meter = self.relay.metrics.meter(&mut self.meter);
+        let step = self
+            .connection
+            .input_metered(self.relay.table(), input, &mut meter);
         if anonymous {
             if let Some(id) = self.connection.id() {
                 tracing::info!(conn = self.connection.conn_id(), peer = %id, "peer joined");
@@ -93,6 +108,7 @@ impl Drop for PeerConn {
         let stats = &self.relay.stats;
         Stats::bump(&stats.messages_routed, self.pending.routed);
         Stats::bump(&stats.deliveries, self.pending.delivered);
+        self.relay.metrics.closed(self.front);
         if let Some(id) = id {
             tracing::info!(conn = self.connection.conn_id(), peer = %id, "peer left");
         }

@@ -38,12 +38,15 @@ use gsio_relay_core::{Link, Message, Refused, RelayError};
 use tokio::sync::mpsc;
 
 use crate::events::ConnEvents;
+use crate::metrics::Front;
 
 /// How other connections reach one peer: its queue, and the switch that disconnects it.
 #[derive(Clone)]
 pub struct PeerHandle {
     queue: QueueTx,
     events: Arc<ConnEvents>,
+    /// The front the peer came through, for the console.
+    front: Front,
 }
 
 /// The sending side of a peer's bounded queue.
@@ -89,6 +92,10 @@ impl PeerHandle {
     /// a peer that reads slowly).
     pub fn queued(&self) -> usize {
         self.queue.depth.queued.load(Ordering::Acquire)
+    }
+
+    pub fn front(&self) -> Front {
+        self.front
     }
 }
 
@@ -152,7 +159,7 @@ impl Outbox {
 }
 
 /// A peer's queue: the handle others reach it by, and the receiving side for its writer.
-pub(crate) fn queue(capacity: usize) -> (PeerHandle, Outbox) {
+pub(crate) fn queue(capacity: usize, front: Front) -> (PeerHandle, Outbox) {
     let (tx, rx) = mpsc::unbounded_channel();
     let depth = Arc::new(Depth {
         queued: AtomicUsize::new(0),
@@ -167,6 +174,7 @@ pub(crate) fn queue(capacity: usize) -> (PeerHandle, Outbox) {
     let handle = PeerHandle {
         queue: QueueTx { tx, depth },
         events,
+        front,
     };
     (handle, outbox)
 }
@@ -194,7 +202,7 @@ mod tests {
     /// writer has made room: what the peer gets is an unbroken prefix of what was sent to it.
     #[test]
     fn a_kicked_queue_takes_nothing_more_even_with_room() {
-        let (handle, mut outbox) = queue(2);
+        let (handle, mut outbox) = queue(2, Front::Ws);
         assert_eq!(handle.send(&numbered(0)), Ok(()));
         assert_eq!(handle.send(&numbered(1)), Ok(()));
         assert_eq!(
@@ -215,7 +223,7 @@ mod tests {
     /// writer's drain relies on it).
     #[test]
     fn the_outbox_ends_after_what_was_queued() {
-        let (handle, mut outbox) = queue(4);
+        let (handle, mut outbox) = queue(4, Front::Ws);
         handle.send(&numbered(0)).unwrap();
         handle.send(&numbered(1)).unwrap();
         drop(handle);

@@ -1,4 +1,6 @@
-//! Binding both fronts and running them until a shutdown signal (see [`crate::shutdown`]).
+//! Binding both fronts and the admin listener, and running them until a shutdown signal (see
+//! [`crate::shutdown`]). The admin listener ([`crate::admin`]) answers all through the drain
+//! (`/readyz` 503) and stops last.
 //!
 //! # The connection limit
 //! `server.max_connections` bounds *peers*: WebSocket connections and gRPC `Exchange` streams
@@ -44,10 +46,12 @@ pub enum ServerError {
     Reflection(#[from] tonic_reflection::server::Error),
 }
 
-/// Both fronts, bound and ready to run.
+/// Both fronts and the admin listener, bound and ready to run.
 pub struct Server {
     ws: TcpListener,
     grpc: TcpListener,
+    /// Metrics, probes and the console ([`crate::admin`]).
+    admin: TcpListener,
     relay: Arc<Relay>,
     config: Arc<RelayConfig>,
 }
@@ -59,14 +63,16 @@ async fn listen(addr: SocketAddr, key: &'static str) -> Result<TcpListener, Serv
 }
 
 impl Server {
-    /// Binds the WebSocket and gRPC listeners (port 0 picks a free port).
+    /// Binds the WebSocket, gRPC and admin listeners (port 0 picks a free port).
     pub async fn bind(config: RelayConfig) -> Result<Server, ServerError> {
         let ws = listen(config.server.ws_listen, "server.ws_listen").await?;
         let grpc = listen(config.server.grpc_listen, "server.grpc_listen").await?;
+        let admin = listen(config.server.admin_listen, "server.admin_listen").await?;
         let config = Arc::new(config);
         Ok(Server {
             ws,
             grpc,
+            admin,
             relay: Relay::new(config.clone()),
             config,
         })
@@ -82,6 +88,12 @@ impl Server {
             .expect("bound listener has an address")
     }
 
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
     pub fn relay(&self) -> Arc<Relay> {
         self.relay.clone()
     }
@@ -93,10 +105,20 @@ impl Server {
         let Server {
             ws,
             grpc,
+            admin,
             relay,
             config,
         } = self;
         let controller = Controller::new();
+        let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+        let admin_task = tokio::spawn(crate::admin::serve(
+            admin,
+            relay.clone(),
+            controller.subscribe(),
+            async move {
+                let _ = admin_stopped.await;
+            },
+        ));
         let max_connections = config.server.max_connections;
         // Peers: WebSocket connections and gRPC streams (see the module's docs).
         let peer_slots = Arc::new(Semaphore::new(max_connections));
@@ -165,6 +187,16 @@ impl Server {
                 tracing::warn!("gRPC connections still open after the grace period");
             }
         }
+        // Last: it answered (`/readyz` 503) all through the drain. Requests in flight get a
+        // moment to finish.
+        let _ = stop_admin.send(());
+        let mut admin_task = admin_task;
+        match tokio::time::timeout(ADMIN_LINGER, &mut admin_task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(error))) => tracing::error!("admin listener failed: {error}"),
+            Ok(Err(join_error)) => tracing::error!("admin listener task failed: {join_error}"),
+            Err(_) => admin_task.abort(),
+        }
         let stats = &relay.stats;
         tracing::info!(
             connections = Stats::get(&stats.connections),
@@ -177,6 +209,10 @@ impl Server {
         Ok(())
     }
 }
+
+/// How long the admin listener may take, once the relay has stopped, to finish the requests in
+/// flight.
+const ADMIN_LINGER: Duration = Duration::from_secs(1);
 
 /// Streams a client may have open at once on one HTTP/2 connection beyond the peer limit: room
 /// for health checks (`Watch` is long-lived) and reflection next to a full set of `Exchange`

@@ -8,6 +8,7 @@ use std::sync::{Arc, RwLock};
 use gsio_relay_core::hub::ConnId;
 use gsio_relay_core::{Hub, RelayConfig, Table};
 
+use crate::metrics::{Front, Metrics};
 use crate::queue::PeerHandle;
 
 /// Shared by every connection of both fronts.
@@ -17,6 +18,25 @@ pub struct Relay {
     hub: RwLock<Hub<PeerHandle>>,
     next_conn: AtomicU64,
     pub stats: Stats,
+    /// What `/metrics` and the console read (see [`crate::metrics`] for what counting costs).
+    pub metrics: Metrics,
+}
+
+/// One connected peer, as the console shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerView {
+    pub id: String,
+    pub front: Front,
+    /// Envelopes waiting in its queue.
+    pub queued: usize,
+}
+
+/// The peers' queue depths at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueDepths {
+    pub peers: usize,
+    pub max: usize,
+    pub total: usize,
 }
 
 /// Counters, readable while the relay runs (logged at shutdown, asserted by tests).
@@ -55,6 +75,7 @@ fn id_seed() -> u128 {
 impl Relay {
     pub fn new(config: Arc<RelayConfig>) -> Arc<Relay> {
         Arc::new(Relay {
+            metrics: Metrics::new(&config),
             hub: RwLock::new(Hub::new(config, id_seed())),
             next_conn: AtomicU64::new(1),
             stats: Stats::default(),
@@ -77,6 +98,39 @@ impl Relay {
     /// How many envelopes wait in the queue of the peer `id`, if it is connected.
     pub fn queued(&self, id: &str) -> Option<usize> {
         Table::read(&self.hub).get(id).map(PeerHandle::queued)
+    }
+
+    /// The connected peers, sorted by id, at most `limit` of them (the console's table; the
+    /// table is read-locked while they are copied), and how many there are in all.
+    pub fn peers(&self, limit: usize) -> (Vec<PeerView>, usize) {
+        let hub = Table::read(&self.hub);
+        let mut peers: Vec<PeerView> = hub
+            .peers()
+            .map(|(id, handle)| PeerView {
+                id: id.to_string(),
+                front: handle.front(),
+                queued: handle.queued(),
+            })
+            .collect();
+        let count = peers.len();
+        drop(hub);
+        peers.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        peers.truncate(limit);
+        (peers, count)
+    }
+
+    /// The deepest queue and the sum of all of them, now (read at scrape time).
+    pub fn queue_depths(&self) -> QueueDepths {
+        let hub = Table::read(&self.hub);
+        hub.peers()
+            .fold(QueueDepths::default(), |depths, (_, handle)| {
+                let queued = handle.queued();
+                QueueDepths {
+                    peers: depths.peers + 1,
+                    max: depths.max.max(queued),
+                    total: depths.total + queued,
+                }
+            })
     }
 
     /// Ids of the peers connected now, sorted.

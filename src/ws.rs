@@ -24,6 +24,7 @@ use tokio_tungstenite::tungstenite::{self, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::events::{ConnEvents, Waiter};
+use crate::metrics::Front;
 use crate::peer::PeerConn;
 use crate::queue::Outbox;
 use crate::shutdown::{Phase, Shutdown};
@@ -110,7 +111,7 @@ async fn connection(
         }
     };
 
-    let (mut peer, mut outbox) = PeerConn::open(&relay);
+    let (mut peer, mut outbox) = PeerConn::open(&relay, Front::Ws);
     let events = outbox.events();
     let _registration = shutdown.register(&events);
     if let Some(id) = node_id {

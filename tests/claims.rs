@@ -149,6 +149,21 @@
 //! (The edge's limits, no `[server]` section, no queue to overflow, no shutdown to announce,
 //! say what the Worker does not do; they hold no behaviour to test.)
 //!
+//! ## README: operating
+//!
+//! | claim | test |
+//! |---|---|
+//! | the admin listener is `server.admin_listen`, default `127.0.0.1:9090`, its own port | `tests/config.rs::an_empty_file_gives_the_documented_defaults`, `tests/config.rs::invalid_fixtures_fail_naming_file_and_key`, `relay-core/src/config.rs::errors_name_file_key_and_line` |
+//! | the `gsio-relay listening` line gives its address (`admin=http://...`) | `tests/admin.rs::the_binary_logs_the_admin_address_and_serves_it` |
+//! | it answers while the relay drains and stops once the relay has stopped | `tests/admin.rs::readyz_turns_503_when_shutdown_begins_and_the_listener_answers_through_the_drain` |
+//! | `/metrics` is OpenMetrics text, parsed by a Prometheus text parser; every listed metric with its type and labels; every code and mode at zero from the start | `tests/admin.rs::every_documented_metric_is_exposed_with_its_type` |
+//! | counters move while traffic flows and peers stay connected: routed by mode (`auto` as the mode it took), by type, deliveries; connections open and accepted by front; peers | `tests/admin.rs::metrics_move_while_peers_stay_connected`, `relay-core/src/hub.rs::routes_name_their_rule_and_resolved_mode`, `relay-core/src/connection.rs::the_meter_hears_each_routing_by_rule_and_mode_and_each_refusal_by_code` |
+//! | errors by code; only the types the rules name are series, the rest `other` | `tests/admin.rs::errors_count_by_code_and_types_the_rules_do_not_name_are_other`, `src/metrics.rs::types_are_counted_by_rule_and_the_rest_as_other`, `src/metrics.rs::a_rule_named_other_is_not_a_second_series` |
+//! | slow-consumer disconnects; deepest queue and envelopes queued now | `tests/admin.rs::queue_depth_and_slow_consumers_show_a_peer_that_does_not_read` |
+//! | `/healthz` 200 while the process runs; `/readyz` 200 while accepting, 503 from the start of shutdown until the relay stops, while queued envelopes are still delivered | `tests/admin.rs::readyz_turns_503_when_shutdown_begins_and_the_listener_answers_through_the_drain` |
+//! | the console shows peers (id, front, queue depth), rates and totals by type and mode, rules and limits, the last reload; it updates itself from `/api/state` (JSON), fetches nothing else, and shows names as text | `tests/console.rs::the_console_follows_peers_rates_and_rules_by_itself` |
+//! | the test command installs Debian's `chromium` when it is missing | script: `scripts/setup-worker.sh` |
+//!
 //! ## README: relay.toml
 //!
 //! | claim | test |

@@ -16,6 +16,7 @@ fn the_shipped_relay_toml_is_valid_and_documents_every_mode() {
     let config = config::load(&repo_path("relay.toml")).unwrap();
     assert_eq!(config.server.ws_listen.to_string(), "127.0.0.1:8787");
     assert_eq!(config.server.grpc_listen.to_string(), "127.0.0.1:50051");
+    assert_eq!(config.server.admin_listen.to_string(), "127.0.0.1:9090");
     // The README: the shipped file's default is auto (the schema's is broadcast).
     assert_eq!(config.routing.default, Mode::Auto);
     assert_eq!(config.limits.queue_capacity, 4096);
@@ -40,6 +41,7 @@ fn an_empty_file_gives_the_documented_defaults() {
     let _ = std::fs::remove_file(&file);
     assert_eq!(config.server.ws_listen.to_string(), "127.0.0.1:8787");
     assert_eq!(config.server.grpc_listen.to_string(), "127.0.0.1:50051");
+    assert_eq!(config.server.admin_listen.to_string(), "127.0.0.1:9090");
     assert_eq!(config.server.max_connections, 20000);
     assert_eq!(config.server.shutdown_grace_ms, 5000);
     assert_eq!(config.limits.max_message_bytes, 1048576);
@@ -204,6 +206,7 @@ async fn the_binary_serves_and_stops_cleanly_on_sigterm() {
             // Another tool's variable with a similar prefix is not an override.
             .env("RELAY_PROJECT_DIR", "/elsewhere")
             .env("GSIO_RELAY_SERVER__GRPC_LISTEN", "127.0.0.1:0")
+            .env("GSIO_RELAY_SERVER__ADMIN_LISTEN", "127.0.0.1:0")
             // Variable names are case-insensitive: this one in lower case still applies.
             .env("gsio_relay_routing__default", "echo"),
     );
@@ -236,6 +239,7 @@ async fn the_binary_reads_relay_toml_in_its_working_directory_by_default() {
     std::fs::write(
         dir.join("relay.toml"),
         "[server]\nws_listen = \"127.0.0.1:0\"\ngrpc_listen = \"127.0.0.1:0\"\n\
+         admin_listen = \"127.0.0.1:0\"\n\
          [routing]\ndefault = \"echo\"\n",
     )
     .unwrap();

@@ -635,6 +635,7 @@ fn the_relay_binary_asks_for_no_transparent_huge_pages() {
         .current_dir(common::repo_path(""))
         .env("GSIO_RELAY_SERVER__WS_LISTEN", "127.0.0.1:0")
         .env("GSIO_RELAY_SERVER__GRPC_LISTEN", "127.0.0.1:0")
+        .env("GSIO_RELAY_SERVER__ADMIN_LISTEN", "127.0.0.1:0")
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
         .stderr(std::process::Stdio::piped())

@@ -1126,6 +1126,7 @@ impl RelayProcess {
             .current_dir(env!("CARGO_TARGET_TMPDIR"))
             .env("GSIO_RELAY_SERVER__WS_LISTEN", "127.0.0.1:0")
             .env("GSIO_RELAY_SERVER__GRPC_LISTEN", "127.0.0.1:0")
+            .env("GSIO_RELAY_SERVER__ADMIN_LISTEN", "127.0.0.1:0")
             .env_remove("RUST_LOG")
             .env("NO_COLOR", "1")
             .envs(env.iter().copied())

@@ -170,6 +170,7 @@ pub fn relay_binary() -> Result<PathBuf> {
 pub const RELAY_ENV: &[(&str, &str)] = &[
     ("GSIO_RELAY_SERVER__WS_LISTEN", "127.0.0.1:0"),
     ("GSIO_RELAY_SERVER__GRPC_LISTEN", "127.0.0.1:0"),
+    ("GSIO_RELAY_SERVER__ADMIN_LISTEN", "127.0.0.1:0"),
     ("GSIO_RELAY_SERVER__MAX_CONNECTIONS", "100000"),
     ("GSIO_RELAY_DISCOVERY__ANNOUNCE_PEERS", "false"),
     ("GSIO_RELAY_ROUTING__DEFAULT", "broadcast"),
@@ -542,6 +543,7 @@ mod tests {
         assert!(!config.discovery.announce_peers);
         assert_eq!(config.server.ws_listen.port(), 0);
         assert_eq!(config.server.grpc_listen.port(), 0);
+        assert_eq!(config.server.admin_listen.port(), 0);
         assert_eq!(config.server.max_connections, 100_000);
     }
 

@@ -71,6 +71,10 @@ pub struct ServerConfig {
     /// gRPC front (RelayService, health, reflection).
     #[serde(default = "default_grpc_listen")]
     pub grpc_listen: SocketAddr,
+    /// The operator's HTTP listener (`/metrics`, `/healthz`, `/readyz`, the console at `/`).
+    /// Loopback by default: it is for the machine's own scraper and operator, not the network.
+    #[serde(default = "default_admin_listen")]
+    pub admin_listen: SocketAddr,
     /// Connections (both fronts together) held at once; a connection past it waits in the
     /// kernel's accept queue until another one ends.
     #[serde(default = "default_max_connections")]
@@ -85,6 +89,7 @@ impl Default for ServerConfig {
         ServerConfig {
             ws_listen: default_ws_listen(),
             grpc_listen: default_grpc_listen(),
+            admin_listen: default_admin_listen(),
             max_connections: default_max_connections(),
             shutdown_grace_ms: default_shutdown_grace_ms(),
         }
@@ -168,6 +173,16 @@ impl Default for Routing {
 }
 
 impl Routing {
+    /// The rule for envelopes of `message_type`: its key in `rules` (the type itself, borrowed
+    /// from the config) and mode, or `None` and the default. One lookup serves routing and
+    /// metrics, which count by rule so that the network cannot choose their labels.
+    pub fn rule_for(&self, message_type: &str) -> (Option<&str>, Mode) {
+        match self.rules.get_key_value(message_type) {
+            Some((key, mode)) => (Some(key.as_str()), *mode),
+            None => (None, self.default),
+        }
+    }
+
     /// The mode for envelopes of `message_type`.
     pub fn mode_for(&self, message_type: &str) -> Mode {
         self.rules
@@ -182,6 +197,9 @@ fn default_ws_listen() -> SocketAddr {
 }
 fn default_grpc_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 50051))
+}
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9090))
 }
 fn default_max_connections() -> usize {
     20_000
@@ -501,6 +519,15 @@ impl RelayConfig {
                 format!("{grpc} is also server.ws_listen; the two fronts need their own ports"),
             );
         }
+        let admin = self.server.admin_listen;
+        for (other, other_key) in [(ws, "server.ws_listen"), (grpc, "server.grpc_listen")] {
+            if admin == other && admin.port() != 0 {
+                return bad(
+                    "server.admin_listen",
+                    format!("{admin} is also {other_key}; the admin listener needs its own port"),
+                );
+            }
+        }
         if let Some(bad_key) = self.routing.rules.keys().find(|k| k.trim().is_empty()) {
             return bad(
                 "routing.rules",
@@ -757,6 +784,18 @@ mod tests {
             (
                 "[server]\nws_listen = \"127.0.0.1:9\"\ngrpc_listen = \"127.0.0.1:9\"\n",
                 &["server.grpc_listen"],
+            ),
+            (
+                "[server]\nws_listen = \"127.0.0.1:9\"\nadmin_listen = \"127.0.0.1:9\"\n",
+                &["server.admin_listen", "server.ws_listen"],
+            ),
+            (
+                "[server]\nadmin_listen = \"127.0.0.1:50051\"\n",
+                &["server.admin_listen", "server.grpc_listen"],
+            ),
+            (
+                "[server]\nadmin_listen = \"localhost\"\n",
+                &["t.toml", "admin_listen", "line 2"],
             ),
             (
                 "[server]\nws_listen = \"localhost\"\n",

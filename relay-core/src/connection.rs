@@ -31,8 +31,8 @@ use bytestring::ByteString;
 
 use crate::config::RelayConfig;
 use crate::envelope::{prepend_message_id, Envelope, Message};
-use crate::error::RelayError;
-use crate::hub::{error_message, ConnId, Hub, Offending};
+use crate::error::{ErrorCode, RelayError};
+use crate::hub::{error_message, ConnId, Hub, Offending, Route};
 use crate::id::PeerId;
 use crate::ids::IdBlock;
 use crate::session::{Inbound, Rejection, SenderText, Session};
@@ -134,6 +134,22 @@ pub struct Counts {
     pub slow_consumers: u64,
 }
 
+/// What a front's metrics learn of a connection's steps, as they happen (the `*_metered`
+/// methods take one; the plain ones pass `()`, which counts nothing). Called synchronously on
+/// the hot path, so an implementation must be cheap: a few relaxed increments.
+pub trait Meter {
+    /// One message routed by `route`, handed to `delivered` recipients.
+    fn routed(&mut self, route: Route<'_>, delivered: u64);
+    /// One `Error` envelope with `code` sent to this connection.
+    fn rejected(&mut self, code: ErrorCode);
+}
+
+/// Counts nothing.
+impl Meter for () {
+    fn routed(&mut self, _: Route<'_>, _: u64) {}
+    fn rejected(&mut self, _: ErrorCode) {}
+}
+
 /// One connection, from accept to close.
 pub struct Connection<L> {
     /// Tells this connection apart from a later one that takes the same id.
@@ -194,10 +210,20 @@ impl<L: Link> Connection<L> {
     /// connection is told with an `Error` envelope and must close: a connection that asked for
     /// an id it cannot have is not left open under another one.
     pub fn claim(&mut self, table: &impl Table<L>, raw: &str) -> Step {
+        self.claim_metered(table, raw, &mut ())
+    }
+
+    /// [`Connection::claim`], telling `meter`.
+    pub fn claim_metered(
+        &mut self,
+        table: &impl Table<L>,
+        raw: &str,
+        meter: &mut impl Meter,
+    ) -> Step {
         match PeerId::parse(raw).and_then(|id| self.join(table, id)) {
             Ok(()) => Step::Continue,
             Err(error) => {
-                self.reject(table, &error, Offending::default());
+                self.reject(table, &error, Offending::default(), meter);
                 Step::Close(error)
             }
         }
@@ -206,6 +232,16 @@ impl<L: Link> Connection<L> {
     /// One input: parsed, admitted, joined if it names this connection's id, routed; or
     /// answered with an `Error` envelope.
     pub fn input(&mut self, table: &impl Table<L>, input: Input) -> Step {
+        self.input_metered(table, input, &mut ())
+    }
+
+    /// [`Connection::input`], telling `meter` what was routed and refused.
+    pub fn input_metered(
+        &mut self,
+        table: &impl Table<L>,
+        input: Input,
+        meter: &mut impl Meter,
+    ) -> Step {
         let inbound = match input {
             Input::Text(text) => self.session.accept_text(text, self.max_message_bytes),
             Input::Decoded { envelope, size } => {
@@ -222,13 +258,13 @@ impl<L: Link> Connection<L> {
             }
         };
         match inbound {
-            Ok(inbound) => self.dispatch(table, inbound),
+            Ok(inbound) => self.dispatch(table, inbound, meter),
             Err(rejected) => {
                 let offending = Offending {
                     message_type: rejected.message_type.as_deref(),
                     message_id: rejected.message_id.as_deref(),
                 };
-                self.reject(table, &rejected.error, offending)
+                self.reject(table, &rejected.error, offending, meter)
             }
         }
         Step::Continue
@@ -256,7 +292,7 @@ impl<L: Link> Connection<L> {
         std::mem::take(&mut self.counts)
     }
 
-    fn dispatch(&mut self, table: &impl Table<L>, inbound: Inbound) {
+    fn dispatch(&mut self, table: &impl Table<L>, inbound: Inbound, meter: &mut impl Meter) {
         if let Some(id) = inbound.claim.clone() {
             if let Err(error) = self.join(table, id) {
                 let envelope = &inbound.envelope;
@@ -264,10 +300,10 @@ impl<L: Link> Connection<L> {
                     message_type: Some(&envelope.message_type),
                     message_id: Some(&envelope.message_id),
                 };
-                return self.reject(table, &error, offending);
+                return self.reject(table, &error, offending, meter);
             }
         }
-        self.route(table, inbound);
+        self.route(table, inbound, meter);
     }
 
     fn join(&mut self, table: &impl Table<L>, id: PeerId) -> Result<(), RelayError> {
@@ -288,7 +324,7 @@ impl<L: Link> Connection<L> {
 
     /// Gives the envelope its id if the sender did not, then hands it to every recipient the
     /// rules name, under one read of the table.
-    fn route(&mut self, table: &impl Table<L>, mut inbound: Inbound) {
+    fn route(&mut self, table: &impl Table<L>, mut inbound: Inbound, meter: &mut impl Meter) {
         let Some(sender) = self.session.id() else {
             // Admission binds the session before routing; nothing to route from nobody.
             return;
@@ -309,10 +345,11 @@ impl<L: Link> Connection<L> {
                 inbound.envelope.message_id = id.into();
             }
             let message = Arc::new(inbound.into_message());
-            let routed = hub.route(sender, &message).map(|targets| {
+            let routed = hub.route_by_rule(sender, &message).map(|(route, targets)| {
+                let mut delivered = 0;
                 for (id, peer) in targets {
                     match peer.send(&message) {
-                        Ok(()) => self.counts.delivered += 1,
+                        Ok(()) => delivered += 1,
                         Err(Refused::SlowConsumer { newly }) => {
                             self.counts.slow_consumers += u64::from(newly);
                             missed.push(id.clone());
@@ -320,6 +357,8 @@ impl<L: Link> Connection<L> {
                         Err(Refused::Gone) => {}
                     }
                 }
+                self.counts.delivered += delivered;
+                meter.routed(route, delivered);
             });
             (routed, message)
         };
@@ -330,19 +369,26 @@ impl<L: Link> Connection<L> {
         };
         match routed {
             Ok(()) => self.counts.routed += 1,
-            Err(error) => self.reject(table, &error, offending),
+            Err(error) => self.reject(table, &error, offending, meter),
         }
         for slow in missed {
             let error = RelayError::RecipientQueueFull(slow.to_string());
-            self.reject(table, &error, offending);
+            self.reject(table, &error, offending, meter);
         }
     }
 
     /// Answers this connection with an `Error` envelope; the connection stays open.
-    fn reject(&mut self, table: &impl Table<L>, error: &RelayError, offending: Offending<'_>) {
+    fn reject(
+        &mut self,
+        table: &impl Table<L>,
+        error: &RelayError,
+        offending: Offending<'_>,
+        meter: &mut impl Meter,
+    ) {
         let recipient = self.session.id().map_or("", PeerId::as_str);
         let message_id = table.read().next_message_id();
         self.counts.errors_sent += 1;
+        meter.rejected(error.code());
         let message = error_message(message_id, recipient, error, offending);
         self.deliver_own(&Arc::new(message));
     }
@@ -760,6 +806,60 @@ mod tests {
         drop(b);
         a.leave(&net.table);
         assert!(a_log.types().is_empty());
+    }
+
+    /// Records what a connection tells its meter.
+    #[derive(Default)]
+    struct Tape {
+        routed: Vec<(Option<String>, &'static str, u64)>,
+        rejected: Vec<&'static str>,
+    }
+
+    impl Meter for Tape {
+        fn routed(&mut self, route: Route<'_>, delivered: u64) {
+            self.routed.push((
+                route.rule.map(str::to_owned),
+                route.mode.as_str(),
+                delivered,
+            ));
+        }
+        fn rejected(&mut self, code: ErrorCode) {
+            self.rejected.push(code.as_str());
+        }
+    }
+
+    #[test]
+    fn the_meter_hears_each_routing_by_rule_and_mode_and_each_refusal_by_code() {
+        let mut net = Net::new(RULES);
+        let [(mut a, _), (_b, _), (_c, _)] = net.three();
+        let mut tape = Tape::default();
+        for text in [
+            envelope("Ping", "a", ""),
+            envelope("Note", "a", ""),
+            envelope("Sync", "a", "c"),
+            envelope("Ask", "a", ""),
+            envelope("Sync", "a", "ghost"),
+            "{".to_owned(),
+        ] {
+            let step = a.input_metered(&net.table, Input::Text(ByteString::from(text)), &mut tape);
+            assert_eq!(step, Step::Continue);
+        }
+        let anon_log = Log::default();
+        let mut anon = net.open(anon_log);
+        let _ = anon.claim_metered(&net.table, "a", &mut tape);
+        assert_eq!(
+            tape.routed,
+            [
+                (Some("Ping".to_owned()), "echo", 1),
+                (None, "broadcast", 2),
+                (Some("Sync".to_owned()), "directed", 1),
+                (Some("Ask".to_owned()), "broadcast", 2),
+            ]
+        );
+        assert_eq!(
+            tape.rejected,
+            ["unknown_recipient", "invalid_json", "peer_id_in_use"]
+        );
     }
 
     #[test]

@@ -173,11 +173,29 @@ impl<P> Hub<P> {
         sender: &'h PeerId,
         message: &Message,
     ) -> Result<Targets<'h, P>, RelayError> {
+        self.route_by_rule(sender, message)
+            .map(|(_, targets)| targets)
+    }
+
+    /// [`Hub::route`], also saying which rule decided and how the message travels ([`Route`]),
+    /// for the front's metrics: the same single lookup of the rules.
+    pub fn route_by_rule<'h>(
+        &'h self,
+        sender: &'h PeerId,
+        message: &Message,
+    ) -> Result<(Route<'h>, Targets<'h, P>), RelayError> {
         let envelope = message.envelope();
-        match self.config.routing.mode_for(&envelope.message_type) {
-            Mode::Echo => Ok(Targets::one(self.entry(sender.as_str()))),
-            Mode::Broadcast => Ok(self.others(sender)),
-            Mode::Auto if envelope.recipient_id.is_empty() => Ok(self.others(sender)),
+        let (rule, mode) = self.config.routing.rule_for(&envelope.message_type);
+        let route = |mode| Route { rule, mode };
+        match mode {
+            Mode::Echo => Ok((
+                route(RouteMode::Echo),
+                Targets::one(self.entry(sender.as_str())),
+            )),
+            Mode::Broadcast => Ok((route(RouteMode::Broadcast), self.others(sender))),
+            Mode::Auto if envelope.recipient_id.is_empty() => {
+                Ok((route(RouteMode::Broadcast), self.others(sender)))
+            }
             Mode::Directed | Mode::Auto => {
                 let to: &str = &envelope.recipient_id;
                 if to.is_empty() {
@@ -186,7 +204,7 @@ impl<P> Hub<P> {
                     ));
                 }
                 match self.entry(to) {
-                    Some(peer) => Ok(Targets::one(Some(peer))),
+                    Some(peer) => Ok((route(RouteMode::Directed), Targets::one(Some(peer)))),
                     None => Err(RelayError::UnknownRecipient(
                         crate::id::truncate_for_display(to),
                     )),
@@ -223,6 +241,37 @@ impl<P> Hub<P> {
                 routing: &self.config.routing,
             },
         )
+    }
+}
+
+/// How one routed message travelled, and by which rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route<'c> {
+    /// The `[routing.rules]` key that decided (the `message_type` itself), or `None` for a type
+    /// the rules do not name (routed by the default). Borrowed from the config, so a label made
+    /// from it is one the operator chose, never one the network did.
+    pub rule: Option<&'c str>,
+    /// How it travelled (`auto` resolved to `directed` or `broadcast`).
+    pub mode: RouteMode,
+}
+
+/// How a routed message travelled: a [`Mode`] with `auto` resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RouteMode {
+    Echo,
+    Broadcast,
+    Directed,
+}
+
+impl RouteMode {
+    pub const ALL: [RouteMode; 3] = [RouteMode::Echo, RouteMode::Broadcast, RouteMode::Directed];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteMode::Echo => "echo",
+            RouteMode::Broadcast => "broadcast",
+            RouteMode::Directed => "directed",
+        }
     }
 }
 
@@ -375,6 +424,26 @@ mod tests {
                 })
                 .map_err(|e| e.code());
             assert_eq!(got, expect.map(<[&str]>::to_vec), "{ty} to {to:?}");
+        }
+    }
+
+    #[test]
+    fn routes_name_their_rule_and_resolved_mode() {
+        let mut h = hub("[routing.rules]\nPing = \"echo\"\nAsk = \"auto\"\nSync = \"directed\"\n");
+        h.join(id("a"), 1, "a").unwrap();
+        h.join(id("b"), 2, "b").unwrap();
+        let table = [
+            ("Ping", "", Some("Ping"), RouteMode::Echo),
+            ("Ask", "", Some("Ask"), RouteMode::Broadcast),
+            ("Ask", "b", Some("Ask"), RouteMode::Directed),
+            ("Sync", "b", Some("Sync"), RouteMode::Directed),
+            ("Anything", "", None, RouteMode::Broadcast),
+        ];
+        let a = id("a");
+        for (ty, to, rule, mode) in table {
+            let env = Envelope::from_parts(ty.into(), "a".into(), to.into(), "1".into()).unwrap();
+            let (route, _) = h.route_by_rule(&a, &Message::new(env)).unwrap();
+            assert_eq!(route, Route { rule, mode }, "{ty} to {to:?}");
         }
     }
 

@@ -30,9 +30,9 @@ pub mod ids;
 pub mod session;
 
 pub use config::{Mode, RelayConfig, Routing};
-pub use connection::{Connection, Counts, Input, Link, Refused, Step, Table};
+pub use connection::{Connection, Counts, Input, Link, Meter, Refused, Step, Table};
 pub use envelope::{Envelope, Message, Payload};
 pub use error::{ErrorCode, RelayError};
-pub use hub::{Hub, Joined, Targets};
+pub use hub::{Hub, Joined, Route, RouteMode, Targets};
 pub use id::{PeerId, RELAY_ID};
 pub use session::{Inbound, Rejection, SenderText, Session};

@@ -19,6 +19,7 @@ use super::codec::{from_pb, WireEnvelope};
 use super::server;
 use super::NODE_ID_METADATA;
 use crate::events::{ConnEvents, Waiter};
+use crate::metrics::Front;
 use crate::peer::PeerConn;
 use crate::shutdown::{Phase, Shutdown};
 use crate::state::Relay;
@@ -89,7 +90,7 @@ impl server::relay_service_server::RelayService for RelayGrpc {
         let Ok(slot) = self.slots.clone().try_acquire_owned() else {
             return Err(status_for(&RelayError::TooManyPeers { limit: self.limit }));
         };
-        let (mut peer, outbox) = PeerConn::open(&self.relay);
+        let (mut peer, outbox) = PeerConn::open(&self.relay, Front::Grpc);
         if let Some(value) = request.metadata().get(NODE_ID_METADATA) {
             let id = value.to_str().map_err(|_| {
                 Status::invalid_argument(format!("{NODE_ID_METADATA} must be ASCII"))

@@ -2,8 +2,10 @@
 //! clients for both fronts (tokio-tungstenite, the generated tonic client).
 #![allow(dead_code)]
 
+pub mod cdp;
 pub mod conformance;
 pub mod gsio_net;
+pub mod http;
 pub mod mutate;
 pub mod wrangler;
 
@@ -41,6 +43,7 @@ pub fn shipped_config() -> RelayConfig {
     let mut config = RelayConfig::from_toml_str(&text, "relay.toml").unwrap();
     config.server.ws_listen = "127.0.0.1:0".parse().unwrap();
     config.server.grpc_listen = "127.0.0.1:0".parse().unwrap();
+    config.server.admin_listen = "127.0.0.1:0".parse().unwrap();
     config
 }
 
@@ -48,6 +51,8 @@ pub fn shipped_config() -> RelayConfig {
 pub struct TestRelay {
     pub ws_url: String,
     pub grpc_url: String,
+    /// The admin listener: `http://127.0.0.1:PORT`.
+    pub admin_url: String,
     pub relay: std::sync::Arc<gsio_relay::state::Relay>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), gsio_relay::server::ServerError>>>,
@@ -62,6 +67,7 @@ impl TestRelay {
         let server = gsio_relay::Server::bind(config).await.expect("bind");
         let ws_url = format!("ws://{}", server.ws_addr());
         let grpc_url = format!("http://{}", server.grpc_addr());
+        let admin_url = format!("http://{}", server.admin_addr());
         let relay = server.relay();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server.run(async {
@@ -70,6 +76,7 @@ impl TestRelay {
         TestRelay {
             ws_url,
             grpc_url,
+            admin_url,
             relay,
             stop: Some(stop),
             task: Some(task),

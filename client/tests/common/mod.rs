@@ -51,6 +51,7 @@ impl Relay {
         change(&mut config);
         config.server.grpc_listen = grpc;
         config.server.ws_listen = "127.0.0.1:0".parse().unwrap();
+        config.server.admin_listen = "127.0.0.1:0".parse().unwrap();
         let server = gsio_relay::Server::bind(config).await.expect("bind");
         let (stop, stopped) = oneshot::channel::<()>();
         let grpc_addr = server.grpc_addr();
