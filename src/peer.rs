@@ -26,7 +26,7 @@ impl PeerConn {
         let config = relay.config();
         let (handle, outbox) = queue(config.limits.queue_capacity);
         Stats::bump(&relay.stats.connections, 1);
-        let connection = Connection::open(relay.next_conn_id(), handle, &config);
+        let connection = Connection::open(relay.next_conn_id(), handle, relay.table());
         let peer = PeerConn {
             relay: relay.clone(),
             connection,
