@@ -5,14 +5,15 @@
 //! which the Cloudflare Worker in `worker/` runs too.
 //!
 //! # Layout
-//! - [`config`]: loading `relay.toml` with `RELAY_` environment overrides (figment).
+//! - [`config`]: loading `relay.toml` with `GSIO_RELAY_` environment overrides.
+//! - [`reload`]: reloading `relay.toml` while the relay runs (file watch, `SIGHUP`).
 //! - [`server`]: binds both fronts, runs them, shuts them down gracefully.
 //! - [`ws`]: the WebSocket front (JSON text frames).
 //! - [`grpc`]: the gRPC front: [`grpc::service`] (`RelayService/Exchange`) and
 //!   [`grpc::codec`] (the wire type, the codec and the proto conversions).
 //! - [`peer`]: one connection, front-independent: identity, admission, routing, delivery.
 //! - [`state`]: the [`state::Relay`] every connection shares (the hub, connection ids,
-//!   counters).
+//!   counters, the record of reloads).
 //! - [`queue`]: the bounded per-peer queues and their slow-consumer policy.
 //! - [`events`]: one connection's out-of-band events (kicked, shutdown's phases).
 //! - [`shutdown`]: the two-phase graceful shutdown.
@@ -23,6 +24,7 @@ pub mod events;
 pub mod grpc;
 pub mod peer;
 pub mod queue;
+pub mod reload;
 pub mod server;
 pub mod shutdown;
 pub mod state;

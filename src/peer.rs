@@ -23,8 +23,7 @@ pub struct PeerConn {
 impl PeerConn {
     /// A new, still anonymous connection, and the outbox its writer drains.
     pub fn open(relay: &Arc<Relay>) -> (PeerConn, Outbox) {
-        let config = relay.config();
-        let (handle, outbox) = queue(config.limits.queue_capacity);
+        let (handle, outbox) = queue(relay.queue_capacity());
         Stats::bump(&relay.stats.connections, 1);
         let connection = Connection::open(relay.next_conn_id(), handle, relay.table());
         let peer = PeerConn {

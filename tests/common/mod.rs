@@ -2,6 +2,7 @@
 //! clients for both fronts (tokio-tungstenite, the generated tonic client).
 #![allow(dead_code)]
 
+pub mod binary;
 pub mod conformance;
 pub mod gsio_net;
 pub mod mutate;
@@ -59,7 +60,21 @@ impl TestRelay {
     }
 
     pub async fn start_with(config: RelayConfig) -> TestRelay {
-        let server = gsio_relay::Server::bind(config).await.expect("bind");
+        TestRelay::serve(gsio_relay::Server::bind(config).await.expect("bind"))
+    }
+
+    /// A relay started on the file at `path` (loaded as the binary loads it, the environment's
+    /// overrides included), on ephemeral ports, that reloads the file when it changes.
+    pub async fn watching(path: &Path) -> TestRelay {
+        let mut config = gsio_relay::config::load(path).expect("a valid relay.toml to start on");
+        config.server.ws_listen = "127.0.0.1:0".parse().unwrap();
+        config.server.grpc_listen = "127.0.0.1:0".parse().unwrap();
+        let mut server = gsio_relay::Server::bind(config).await.expect("bind");
+        let _ = server.watch_config(path);
+        TestRelay::serve(server)
+    }
+
+    fn serve(server: gsio_relay::Server) -> TestRelay {
         let ws_url = format!("ws://{}", server.ws_addr());
         let grpc_url = format!("http://{}", server.grpc_addr());
         let relay = server.relay();
