@@ -168,7 +168,7 @@ fn watch_folder(
 }
 
 /// Reads `path` whole and puts it in force, or changes nothing; logs and records either.
-pub fn reload(path: &Path, relay: &Relay) {
+pub(crate) fn reload(path: &Path, relay: &Relay) {
     let file = path.display();
     let mut config = match crate::config::load(path) {
         Ok(config) => config,

@@ -37,6 +37,8 @@ fn rules(ping: &str) -> String {
             "grpc_listen = \"127.0.0.1:0\"",
         ),
         ("Ping = \"echo\"", &format!("Ping = \"{ping}\"")),
+        // Present, so that the tests that edit it edit something.
+        ("format = \"text\"", "format = \"text\""),
     ] {
         assert!(text.contains(from), "the shipped relay.toml lost {from}");
         text = text.replace(from, to);
@@ -89,8 +91,8 @@ async fn expect_config_changed<P: Peer>(peer: &mut P, ping: &str) -> Value {
     payload
 }
 
-/// Starts the binary on `path`.
-fn start(path: &Path) -> RunningBinary {
+/// Starts the binary on `path`, with `overrides` as its only `GSIO_RELAY_*` variables.
+fn start_with(path: &Path, overrides: &[(&str, &str)]) -> RunningBinary {
     let mut command = Command::new(BIN);
     command.arg("--config").arg(path);
     for (name, _) in std::env::vars() {
@@ -98,7 +100,12 @@ fn start(path: &Path) -> RunningBinary {
             command.env_remove(name);
         }
     }
+    command.envs(overrides.iter().copied());
     RunningBinary::start(&mut command)
+}
+
+fn start(path: &Path) -> RunningBinary {
+    start_with(path, &[])
 }
 
 /// A WebSocket peer `w` and a gRPC peer `g` on the binary, welcomed, `w` told of `g`.
@@ -132,13 +139,14 @@ async fn ping_is_echo<P: Peer, Q: Peer>(from: &mut P, from_id: &str, to: &mut Q,
 
 /// README "Reloading relay.toml": an edit applies to the next envelope, with no connection
 /// dropped, however the editor saves: in place, by renaming a temporary file over it, or by
-/// deleting and recreating it. Each reload is logged with its generation.
+/// deleting and recreating it. The file is read with the environment's overrides over it (the
+/// queue capacity here), as at start. Each reload is logged with its generation.
 #[tokio::test]
 async fn an_edit_reaches_routing_while_peers_on_both_fronts_stay_connected() {
     let dir = folder("edit");
     let path = dir.join("relay.toml");
     std::fs::write(&path, rules("echo")).unwrap();
-    let relay = start(&path);
+    let relay = start_with(&path, &[("GSIO_RELAY_LIMITS__QUEUE_CAPACITY", "77")]);
     let (mut w, mut g) = two_fronts(&relay).await;
     ping_is_echo(&mut w, "w", &mut g, "g").await;
 
@@ -149,7 +157,11 @@ async fn an_edit_reaches_routing_while_peers_on_both_fronts_stay_connected() {
     ];
     for (n, (ping, how)) in steps.into_iter().enumerate() {
         save(&path, &rules(ping), how);
-        expect_config_changed(&mut w, ping).await;
+        let told = expect_config_changed(&mut w, ping).await;
+        assert_eq!(
+            told["limits"]["queue_capacity"], 77,
+            "the override still applies"
+        );
         expect_config_changed(&mut g, ping).await;
         if ping == "broadcast" {
             ping_is_broadcast(&mut w, "w", &mut g, "g").await;
@@ -297,7 +309,7 @@ async fn a_restart_only_key_warns_and_keeps_its_old_value() {
     let edited = rules("echo")
         .replace("ws_listen = \"127.0.0.1:0\"", "ws_listen = \"127.0.0.1:1\"")
         .replace("max_connections = 20000", "max_connections = 7")
-        + "\n[log]\nformat = \"json\"\n";
+        .replace("format = \"text\"", "format = \"json\"");
     std::fs::write(&path, edited).unwrap();
     let warning = relay.entry("apply only when the relay starts", 1).await;
     for key in ["server.ws_listen", "server.max_connections", "log.format"] {
@@ -443,7 +455,7 @@ async fn restart_only_keys_keep_their_values_in_the_config_in_force() {
         )
         .replace("max_connections = 20000", "max_connections = 7")
         .replace("shutdown_grace_ms = 5000", "shutdown_grace_ms = 250")
-        + "\n[log]\nformat = \"json\"\n";
+        .replace("format = \"text\"", "format = \"json\"");
     std::fs::write(&path, edited).unwrap();
     let status = reloads_reach(&relay, 1, 0).await;
     assert_eq!(status.generation, 2);
@@ -466,5 +478,52 @@ async fn restart_only_keys_keep_their_values_in_the_config_in_force() {
             before.server.max_connections,
             &before.log
         )
+    );
+}
+
+/// README "Reloading relay.toml": a larger `max_message_bytes` reaches frames only as far as the
+/// transports' hard limit allows: a WebSocket connection opened after the reload reads a frame
+/// over the old hard limit; one opened before, and the gRPC front (until a restart), end the
+/// connection at it, as for any frame over the hard limit.
+#[tokio::test]
+async fn a_raised_limit_reaches_frames_only_as_far_as_the_transports_allow() {
+    let dir = folder("raised");
+    let path = dir.join("relay.toml");
+    let limited = |max: usize| {
+        rules("echo").replace(
+            "max_message_bytes = 1048576",
+            &format!("max_message_bytes = {max}"),
+        )
+    };
+    // Hard limit at start: 1000 + 64 KiB.
+    std::fs::write(&path, limited(1000)).unwrap();
+    let relay = TestRelay::watching(&path).await;
+    let mut old = relay.ws("old").await;
+    let mut g = relay.grpc("g").await;
+    assert_eq!(old.recv().await.message_type, "PeerJoined");
+
+    std::fs::write(&path, limited(200_000)).unwrap();
+    let told = expect_config_changed(&mut old, "echo").await;
+    assert_eq!(told["limits"]["max_message_bytes"], 200_000);
+    expect_config_changed(&mut g, "echo").await;
+
+    let big = format!("\"{}\"", "x".repeat(100_000));
+    let mut new = relay.ws("new").await;
+    new.send("Ping", "new", "", &big).await;
+    let got = new.recv_skipping_announcements().await;
+    assert_eq!(
+        (got.message_type.as_str(), got.payload.len()),
+        ("Ping", big.len())
+    );
+
+    old.send("Ping", "old", "", &big).await;
+    let (code, reason) = old.expect_close().await;
+    assert_eq!(code, 1009, "{reason}");
+    g.send("Ping", "g", "", &big).await;
+    let status = g.expect_status().await;
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().starts_with("message_too_large"),
+        "{status:?}"
     );
 }
