@@ -99,6 +99,7 @@
 //! | one `Welcome` as soon as the id is known, before anything else, with id, peers, count, limits and routing | `tests/common/conformance.rs::welcome_announces_id_peers_and_limits`, `relay-core/src/connection.rs::join_welcomes_first_then_announces_to_the_others` |
 //! | `peers`: at most `welcome_peers_max`, sorted; `peer_count` exact | `tests/common/conformance.rs::welcome_lists_the_other_peers_sorted`, `relay-core/src/hub.rs::welcome_lists_peers_and_limits` |
 //! | `PeerJoined` / `PeerLeft` when `announce_peers` is on, none when off | `tests/common/conformance.rs::peers_learn_of_joins_and_leaves`, `relay-core/src/connection.rs::announcements_follow_the_switch` |
+//! | `ConfigChanged` (native, on a reload) to every peer on both fronts, before anything routed by the new rules; its payload is the new Welcome's `limits` and `routing`; none when neither changed; a later joiner learns them from its Welcome | `tests/reload.rs::the_notice_reaches_both_fronts_only_when_what_welcome_announces_changed`, `relay-core/src/connection.rs::a_reload_is_announced_before_anything_it_routes`, `relay-core/src/hub.rs::set_config_announces_only_a_changed_welcome_block` |
 //! | `echo` | `tests/common/conformance.rs::echo_returns_to_sender_only` |
 //! | `broadcast`: every other peer, on either front, never the sender | `tests/common/conformance.rs::broadcast_reaches_every_other_peer` |
 //! | `directed`; an empty or unknown recipient is an error and goes nowhere | `tests/common/conformance.rs::directed_reaches_only_the_recipient`, `tests/common/conformance.rs::directed_to_unknown_or_empty_recipient_is_an_error` |
@@ -157,6 +158,30 @@
 //! | the bounds: 256 to 64 MiB, 1 to 1,000,000 | `relay-core/src/config.rs::documented_bounds_are_the_edges` |
 //! | a bad file exits 2 naming the file, the key and the line; a bad override names the variable | `tests/config.rs::the_binary_exits_non_zero_naming_the_problem` |
 //! | unknown keys are errors; the fixture folders hold valid and invalid files | `tests/config.rs::invalid_fixtures_fail_naming_file_and_key`, `tests/config.rs::valid_fixtures_load` |
+//!
+//! | `log.format`: `"text"` by default, or `"json"` | `relay-core/src/config.rs::log_format_is_text_by_default_or_json` |
+//!
+//! ## README: operating
+//!
+//! | claim | test |
+//! |---|---|
+//! | a saved edit applies to the next envelope, no connection dropped, however the editor saves (in place, rename over, delete and recreate) | `tests/reload.rs::an_edit_reaches_routing_while_peers_on_both_fronts_stay_connected` |
+//! | the file is read whole by the startup loader, the overrides laid over it | `tests/reload.rs::an_edit_reaches_routing_while_peers_on_both_fronts_stay_connected` |
+//! | `SIGHUP` reloads at once; an edit to a symlink's target in another folder needs it | `tests/reload.rs::sighup_reloads_the_file` |
+//! | a file that does not load (syntax, unknown key, bad value, not UTF-8, gone) changes nothing; the error names the file, the key and the line; counted | `tests/reload.rs::a_bad_file_changes_nothing_is_logged_with_file_key_and_line_and_counted` |
+//! | still watched after a failure: a half-saved file is read again when the save completes | `tests/reload.rs::a_half_saved_file_fails_then_the_finished_save_is_applied`, `tests/reload.rs::a_bad_file_changes_nothing_is_logged_with_file_key_and_line_and_counted` |
+//! | start-only keys are named in a warning and keep their values; every other key, `shutdown_grace_ms` included, is put in force | `tests/reload.rs::a_restart_only_key_warns_and_keeps_its_old_value`, `tests/reload.rs::restart_only_keys_keep_their_values_in_the_config_in_force`, `src/reload.rs::only_the_restart_only_keys_keep_their_old_values` |
+//! | a smaller `max_message_bytes` applies to the next envelope; the connection stays | `tests/reload.rs::the_notice_reaches_both_fronts_only_when_what_welcome_announces_changed`, `relay-core/src/connection.rs::a_reload_is_announced_before_anything_it_routes` |
+//! | a smaller `queue_capacity` applies to the next envelope queued; a deeper queue is not cut for that alone | `src/queue.rs::a_new_capacity_applies_to_the_next_push` |
+//! | the hard frame limit stays the transports': new WebSocket connections get the raised one, older ones and gRPC keep theirs | `tests/reload.rs::a_raised_limit_reaches_frames_only_as_far_as_the_transports_allow` |
+//! | peers are told with `ConfigChanged` only when what their Welcome announced changed | `tests/reload.rs::the_notice_reaches_both_fronts_only_when_what_welcome_announces_changed` |
+//! | each reload is logged with the keys it changed and the generation; `Relay::reloads()` keeps the generation, the counts and the last reload | `tests/reload.rs::an_edit_reaches_routing_while_peers_on_both_fronts_stay_connected`, `tests/reload.rs::the_notice_reaches_both_fronts_only_when_what_welcome_announces_changed`, `tests/reload.rs::a_half_saved_file_fails_then_the_finished_save_is_applied` |
+//! | the edge: `wrangler dev` rebuilds and reloads the Worker when `relay.toml` changes (`watch_dir` lists it), through the build command `wrangler deploy` also runs; `GSIO_RELAY_CONFIG` builds with another file | `tests/worker.rs::an_edit_of_relay_toml_reaches_wrangler_dev_on_its_rebuild` |
+//! | a bad file fails the Worker's build, naming the file, the key and the line | `tests/worker.rs::a_bad_relay_toml_fails_the_worker_build_naming_file_key_and_line` |
+//! | JSON log lines carry the text lines' fields at the top level, beside `timestamp`, `level`, `target`, `message` | `tests/config.rs::json_log_lines_have_the_fields_of_the_text_lines` |
+//!
+//! (Not held by a test: that the Worker sends no `ConfigChanged`, which it has no way to: it
+//! never reloads, so it never calls the core's `reconfigure`.)
 //!
 //! ## BENCHMARKS.md: how it measures
 //!
