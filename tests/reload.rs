@@ -527,3 +527,49 @@ async fn a_raised_limit_reaches_frames_only_as_far_as_the_transports_allow() {
         "{status:?}"
     );
 }
+
+/// README "Reloading relay.toml": a smaller `queue_capacity` reaches the queues of peers already
+/// connected. A peer that reads nothing (`s`) is sent far more than its connection holds, by
+/// broadcast: under the new capacity its queue fills and it is cut as a slow consumer, which its
+/// sender is told of; under the capacity it had when it connected (4096, more than is sent) it
+/// would not be.
+#[tokio::test]
+async fn a_smaller_queue_capacity_reaches_connected_peers() {
+    let dir = folder("queue");
+    let path = dir.join("relay.toml");
+    std::fs::write(&path, rules("echo")).unwrap();
+    let relay = TestRelay::watching(&path).await;
+    let mut w = relay.ws("w").await;
+    let _s = relay.ws("s").await; // reads nothing from here on
+    assert_eq!(w.recv().await.message_type, "PeerJoined");
+
+    std::fs::write(
+        &path,
+        rules("echo").replace("queue_capacity = 4096", "queue_capacity = 64"),
+    )
+    .unwrap();
+    let told = expect_config_changed(&mut w, "echo").await;
+    assert_eq!(told["limits"]["queue_capacity"], 64);
+
+    // 1000 envelopes of 32 KiB: 32 MiB, far beyond what two sockets' buffers hold, and far
+    // below the 4096 the queue had before.
+    let payloads: Vec<String> = (0..1000)
+        .map(|n| format!("\"{n} {}\"", "x".repeat(32 * 1024)))
+        .collect();
+    common::conformance::FrontPeer::send_burst(&mut w, "NodeAnnounce", "w", &payloads).await;
+    let sentinel = format!("\"sentinel {}\"", common::next_message_id());
+    w.send("Ping", "w", "", &sentinel).await;
+    let mut codes = Vec::new();
+    loop {
+        let got = w.recv_skipping_announcements().await;
+        if got.message_type == "Ping" {
+            assert_eq!(got.payload, sentinel);
+            break;
+        }
+        codes.push(got.error_code());
+    }
+    assert!(
+        codes.iter().any(|code| code == "recipient_queue_full"),
+        "s was not cut under the new capacity: {codes:?}"
+    );
+}
