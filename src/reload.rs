@@ -138,8 +138,7 @@ pub(crate) async fn watch(watch: ConfigWatch, relay: Arc<Relay>, shutdown: Shutd
 
 /// Watches the folder of `path` (not the file: a rename over it, or a delete and create, would
 /// leave a watch on the file itself looking at a file that is gone) and sends
-/// [`Trigger::Changed`] for each change to an entry named like the file. Reads (the relay's own
-/// included) are not changes.
+/// [`Trigger::Changed`] for each change to an entry named like the file.
 fn watch_folder(
     path: &Path,
     tx: mpsc::UnboundedSender<Trigger>,
@@ -152,6 +151,9 @@ fn watch_folder(
     };
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else { return };
+        // Opens and closes are not changes: the writes before a close were reported already,
+        // and where a backend reports reads, the relay's own read must not trigger another
+        // reload. (inotify, as notify sets it up, reports no reads.)
         if matches!(event.kind, EventKind::Access(_)) {
             return;
         }
