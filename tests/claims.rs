@@ -99,7 +99,7 @@
 //! | one `Welcome` as soon as the id is known, before anything else, with id, peers, count, limits and routing | `tests/common/conformance.rs::welcome_announces_id_peers_and_limits`, `relay-core/src/connection.rs::join_welcomes_first_then_announces_to_the_others` |
 //! | `peers`: at most `welcome_peers_max`, sorted; `peer_count` exact | `tests/common/conformance.rs::welcome_lists_the_other_peers_sorted`, `relay-core/src/hub.rs::welcome_lists_peers_and_limits` |
 //! | `PeerJoined` / `PeerLeft` when `announce_peers` is on, none when off | `tests/common/conformance.rs::peers_learn_of_joins_and_leaves`, `relay-core/src/connection.rs::announcements_follow_the_switch` |
-//! | `ConfigChanged` (native, on a reload) to every peer on both fronts, before anything routed by the new rules; its payload is the new Welcome's `limits` and `routing`; none when neither changed; a later joiner learns them from its Welcome | `tests/reload.rs::the_notice_reaches_both_fronts_only_when_what_welcome_announces_changed`, `relay-core/src/connection.rs::a_reload_is_announced_before_anything_it_routes`, `relay-core/src/hub.rs::set_config_announces_only_a_changed_welcome_block` |
+//! | `ConfigChanged` (native, on a reload) to every peer on both fronts, before anything routed by the new rules; its payload is the new Welcome's `limits` and `routing`; none when neither changed; a later joiner learns them from its Welcome | `tests/reload.rs::the_notice_reaches_both_fronts_only_when_what_welcome_announces_changed`, `tests/common/conformance.rs::config_changed_reaches_every_peer_when_the_announced_rules_change`, `relay-core/src/connection.rs::a_reload_is_announced_before_anything_it_routes`, `relay-core/src/hub.rs::set_config_announces_only_a_changed_welcome_block` |
 //! | `echo` | `tests/common/conformance.rs::echo_returns_to_sender_only` |
 //! | `broadcast`: every other peer, on either front, never the sender | `tests/common/conformance.rs::broadcast_reaches_every_other_peer` |
 //! | `directed`; an empty or unknown recipient is an error and goes nowhere | `tests/common/conformance.rs::directed_reaches_only_the_recipient`, `tests/common/conformance.rs::directed_to_unknown_or_empty_recipient_is_an_error` |
@@ -137,6 +137,7 @@
 //! | claim | test |
 //! |---|---|
 //! | the same protocol, envelopes and codes: the conformance table runs unchanged on both, one named test per scenario and runtime | `tests/conformance_native.rs::every_scenario_is_listed_once` |
+//! | the table's native-only list: `ConfigChanged` on a reload, over WebSocket, gRPC and both | `tests/common/conformance.rs::config_changed_reaches_every_peer_when_the_announced_rules_change`, `tests/conformance_native.rs::every_scenario_is_listed_once` |
 //! | the deploy declares the build, the Durable Object binding and its migration; dry run offline | `tests/worker.rs::dry_run_deploy_builds_the_bundle_offline` |
 //! | the bundle's size (about 340 KiB, 140 KiB gzipped; relay.toml parsed at build time) | `tests/worker.rs::dry_run_deploy_builds_the_bundle_offline`, `tests/worker.rs::bundle_sizes_are_read_from_wrangler_and_the_readme` |
 //! | networks by path, isolated | `tests/worker.rs::networks_chosen_by_path_are_isolated` |

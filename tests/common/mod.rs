@@ -36,6 +36,26 @@ pub fn repo_path(relative: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
 }
 
+/// The shipped relay.toml's text, listening on ephemeral ports.
+pub fn shipped_relay_toml_on_ephemeral_ports() -> String {
+    let text = std::fs::read_to_string(repo_path("relay.toml")).unwrap();
+    let mut text = text.clone();
+    for (from, to) in [
+        (
+            "ws_listen = \"127.0.0.1:8787\"",
+            "ws_listen = \"127.0.0.1:0\"",
+        ),
+        (
+            "grpc_listen = \"127.0.0.1:50051\"",
+            "grpc_listen = \"127.0.0.1:0\"",
+        ),
+    ] {
+        assert!(text.contains(from), "the shipped relay.toml lost {from}");
+        text = text.replace(from, to);
+    }
+    text
+}
+
 /// The shipped relay.toml, on ephemeral ports.
 pub fn shipped_config() -> RelayConfig {
     let text = std::fs::read_to_string(repo_path("relay.toml")).unwrap();
@@ -50,6 +70,8 @@ pub struct TestRelay {
     pub ws_url: String,
     pub grpc_url: String,
     pub relay: std::sync::Arc<gsio_relay::state::Relay>,
+    /// The relay.toml it reloads, when started by [`TestRelay::watching`].
+    pub relay_toml: Option<PathBuf>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), gsio_relay::server::ServerError>>>,
 }
@@ -71,7 +93,21 @@ impl TestRelay {
         config.server.grpc_listen = "127.0.0.1:0".parse().unwrap();
         let mut server = gsio_relay::Server::bind(config).await.expect("bind");
         let _ = server.watch_config(path);
-        TestRelay::serve(server)
+        let mut relay = TestRelay::serve(server);
+        relay.relay_toml = Some(path.to_owned());
+        relay
+    }
+
+    /// A relay on a copy of the shipped relay.toml (on ephemeral ports) in a folder of its own,
+    /// reloading it when it changes ([`TestRelay::relay_toml`]).
+    pub async fn reloading() -> TestRelay {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("relay-toml-{}", next_message_id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("relay.toml");
+        std::fs::write(&path, shipped_relay_toml_on_ephemeral_ports()).unwrap();
+        TestRelay::watching(&path).await
     }
 
     fn serve(server: gsio_relay::Server) -> TestRelay {
@@ -86,6 +122,7 @@ impl TestRelay {
             ws_url,
             grpc_url,
             relay,
+            relay_toml: None,
             stop: Some(stop),
             task: Some(task),
         }
