@@ -12,17 +12,27 @@
 # points it at a local copy instead (scripts/setup-worker.sh installs them). Set any of them
 # yourself to override.
 #
-# Without arguments the build is skipped when the last release build started after every input
-# last changed (worker/src, worker/build.rs, worker/Cargo.toml, relay-core/, relay.toml (parsed by
-# build.rs), the workspace Cargo.toml, Cargo.lock and this script, whose profile settings shape the
-# wasm), so that each `wrangler dev` start does not spend seconds on cargo, wasm-bindgen
-# and wasm-opt for nothing. GSIO_WORKER_FORCE_BUILD=1 builds anyway. A new path dependency of
-# the worker crate must be added to `inputs` below.
+# The rules come from relay.toml at the repository's root, parsed and validated by
+# worker/build.rs; GSIO_RELAY_CONFIG=path (the native relay's own variable; relative to the
+# current directory) builds the Worker with another file instead. GSIO_WORKER_OUT=dir writes the
+# build somewhere other than worker/build (the tests build Workers of their own there).
+#
+# Without arguments the build is skipped when the last release build into the same place, with
+# the same relay.toml, started after every input last changed (worker/src, worker/build.rs,
+# worker/Cargo.toml, relay-core/, the relay.toml in use, the workspace Cargo.toml, Cargo.lock and
+# this script, whose profile settings shape the wasm), so that each `wrangler dev` start does not
+# spend seconds on cargo, wasm-bindgen and wasm-opt for nothing. GSIO_WORKER_FORCE_BUILD=1 builds
+# anyway. A new path dependency of the worker crate must be added to `inputs` below.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 worker="$root/worker"
-out="$worker/build"
+out="${GSIO_WORKER_OUT:-$worker/build}"
+[[ "$out" == /* ]] || out="$PWD/$out"
+config="${GSIO_RELAY_CONFIG:-$root/relay.toml}"
+[[ "$config" == /* ]] || config="$PWD/$config"
+# build.rs reads the file named here (cargo reruns it when the name or the file changes).
+export GSIO_RELAY_CONFIG="$config"
 node_bin="$worker/node_modules/.bin"
 cargo_bin="${CARGO_HOME:-$HOME/.cargo}/bin"
 export PATH="$cargo_bin:$PATH"
@@ -32,13 +42,14 @@ die() {
 	exit 1
 }
 
-inputs=("$worker/src" "$worker/build.rs" "$worker/Cargo.toml" "$root/relay-core" "$root/relay.toml" "$root/Cargo.toml" "$root/Cargo.lock" "${BASH_SOURCE[0]}")
-# Written when a release build succeeds; its mtime is when that build started, so an input saved
-# during the build still counts as newer.
+inputs=("$worker/src" "$worker/build.rs" "$worker/Cargo.toml" "$root/relay-core" "$config" "$root/Cargo.toml" "$root/Cargo.lock" "${BASH_SOURCE[0]}")
+# Written when a release build succeeds, holding the relay.toml it was built with; its mtime is
+# when that build started, so an input saved during the build still counts as newer.
 stamp="$out/.release-build"
 
 up_to_date() {
 	[[ -f "$stamp" && -f "$out/index.js" && -f "$out/index_bg.wasm" ]] || return 1
+	[[ "$(cat "$stamp")" == "$config" ]] || return 1
 	local input
 	for input in "${inputs[@]}"; do
 		[[ -e "$input" ]] || continue
@@ -96,9 +107,10 @@ started="$(mktemp "$out/.build-started.XXXXXX")"
 trap 'rm -f "$started"' EXIT
 
 cd "$worker"
-echo "build-worker: worker-build ${args[*]} (wasm-bindgen $WASM_BINDGEN_BIN, wasm-opt $WASM_OPT_BIN, esbuild $ESBUILD_BIN)"
-worker-build "${args[@]}"
+echo "build-worker: worker-build ${args[*]} with $config into $out (wasm-bindgen $WASM_BINDGEN_BIN, wasm-opt $WASM_OPT_BIN, esbuild $ESBUILD_BIN)"
+worker-build --out-dir "$out" "${args[@]}"
 
 if [[ "${args[*]}" == --release ]]; then
+	printf '%s' "$config" >"$started"
 	mv "$started" "$stamp"
 fi

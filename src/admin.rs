@@ -156,9 +156,29 @@ fn state_json(relay: &Relay, phase: Phase) -> Value {
             "discovery": &config.discovery,
             "max_connections": config.server.max_connections,
         },
-        // The reload status goes here once reloading exists (`relay.reloads()`): the console's
-        // "Last reload" section shows this value's fields as they are.
-        "last_reload": Value::Null,
+        // The console's "Last reload" section shows this value's fields as they are.
+        "last_reload": last_reload(relay),
+    })
+}
+
+/// The reload record for the console: the generation and counts, and the latest reload (when,
+/// whether it was put in force, and what it changed or why it was refused); `null` fields
+/// before the first reload.
+fn last_reload(relay: &Relay) -> Value {
+    let reloads = relay.reloads();
+    let last = reloads.last.as_ref();
+    let at = last.map(|last| {
+        last.at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis() as u64)
+    });
+    json!({
+        "generation": reloads.generation,
+        "succeeded": reloads.succeeded,
+        "failed": reloads.failed,
+        "at_unix_ms": at,
+        "ok": last.map(|last| last.ok),
+        "message": last.map(|last| last.message.as_str()),
     })
 }
 
@@ -299,8 +319,20 @@ impl Collector for RelayCollector {
             "Envelopes waiting in all peer queues now",
             to_i64(depths.total),
         )?;
-        // Reloads: `gsio_relay_reloads_total{result="ok"|"failed"}` (counters) and
-        // `gsio_relay_config_generation` (a gauge) go here, read from `relay.reloads()`.
+        let reloads = relay.reloads();
+        counters(
+            &mut encoder,
+            "gsio_relay_reloads",
+            "Reloads of relay.toml: ok (a valid file was read) or failed (the rules stayed)",
+            "result",
+            [("ok", reloads.succeeded), ("failed", reloads.failed)],
+        )?;
+        gauge(
+            &mut encoder,
+            "gsio_relay_config_generation",
+            "Which rules are in force: 1 at start, +1 for each reload that changed them",
+            i64::try_from(reloads.generation).unwrap_or(i64::MAX),
+        )?;
         Ok(())
     }
 }

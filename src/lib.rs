@@ -5,7 +5,8 @@
 //! which the Cloudflare Worker in `worker/` runs too.
 //!
 //! # Layout
-//! - [`config`]: loading `relay.toml` with `RELAY_` environment overrides (figment).
+//! - [`config`]: loading `relay.toml` with `GSIO_RELAY_` environment overrides.
+//! - [`reload`]: reloading `relay.toml` while the relay runs (file watch, `SIGHUP`).
 //! - [`server`]: binds both fronts and the admin listener, runs them, shuts them down
 //!   gracefully.
 //! - [`ws`]: the WebSocket front (JSON text frames).
@@ -13,7 +14,7 @@
 //!   [`grpc::codec`] (the wire type, the codec and the proto conversions).
 //! - [`peer`]: one connection, front-independent: identity, admission, routing, delivery.
 //! - [`state`]: the [`state::Relay`] every connection shares (the hub, connection ids,
-//!   counters).
+//!   counters, the record of reloads).
 //! - [`queue`]: the bounded per-peer queues and their slow-consumer policy.
 //! - [`events`]: one connection's out-of-band events (kicked, shutdown's phases).
 //! - [`shutdown`]: the two-phase graceful shutdown.
@@ -30,6 +31,7 @@ pub mod grpc;
 pub mod metrics;
 pub mod peer;
 pub mod queue;
+pub mod reload;
 pub mod server;
 pub mod shutdown;
 pub mod state;

@@ -4,7 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use gsio_relay::reload::ReloadHandle;
 use gsio_relay::Server;
+use gsio_relay_core::config::LogFormat;
 
 /// mimalloc instead of the system allocator: the relay allocates a few small objects per
 /// message from both cores at once, where glibc's malloc spent a fifth of the relay's CPU
@@ -25,14 +27,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-
+    // Before the log exists (its format is in the file): a bad file is told on stderr as is.
     let config = match gsio_relay::config::load(&args.config) {
         Ok(config) => config,
         Err(error) => {
@@ -40,6 +35,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    init_log(config.log.format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -47,7 +43,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config)) {
+    match runtime.block_on(run(config, args.config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
@@ -56,11 +52,34 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(config: gsio_relay_core::RelayConfig) -> anyhow::Result<()> {
+/// Log lines to stderr at the level `RUST_LOG` sets (info by default): `tracing`'s text lines, or
+/// one JSON object per line with the same fields (`[log] format = "json"`), each field at the top
+/// level beside `timestamp`, `level`, `target` and `message`.
+fn init_log(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let log = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => log.init(),
+        LogFormat::Json => log
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
+    }
+}
+
+async fn run(config: gsio_relay_core::RelayConfig, path: PathBuf) -> anyhow::Result<()> {
     // Installed before anything listens: a SIGTERM that arrives as soon as the relay says it is
-    // listening must start a graceful shutdown, not kill the process by default.
+    // listening must start a graceful shutdown, not kill the process by default; a SIGHUP must
+    // reload, not end the process (its default).
     let shutdown = shutdown_signal()?;
-    let server = Server::bind(config).await?;
+    let hangup = on_hangup()?;
+    let mut server = Server::bind(config).await?;
+    hangup(server.watch_config(path));
     tracing::info!(
         websocket = %format!("ws://{}", server.ws_addr()),
         grpc = %server.grpc_addr(),
@@ -69,6 +88,28 @@ async fn run(config: gsio_relay_core::RelayConfig) -> anyhow::Result<()> {
     );
     server.run(shutdown).await?;
     Ok(())
+}
+
+/// Registers the SIGHUP handler now; the returned function starts asking `reload` for a reload
+/// on every SIGHUP.
+#[cfg(unix)]
+fn on_hangup() -> std::io::Result<impl FnOnce(ReloadHandle)> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = signal(SignalKind::hangup())?;
+    Ok(move |reload: ReloadHandle| {
+        tokio::spawn(async move {
+            while hangup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading relay.toml");
+                reload.request();
+            }
+        });
+    })
+}
+
+/// No SIGHUP here: the file watch alone reloads.
+#[cfg(not(unix))]
+fn on_hangup() -> std::io::Result<impl FnOnce(ReloadHandle)> {
+    Ok(|_reload: ReloadHandle| {})
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM; the handlers are registered when this is called.

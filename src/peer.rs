@@ -28,12 +28,11 @@ pub struct PeerConn {
 impl PeerConn {
     /// A new, still anonymous connection, and the outbox its writer drains.
     pub fn open(relay: &Arc<Relay>, front: Front) -> (PeerConn, Outbox) {
-        let config = relay.config();
-        let (handle, outbox) = queue(config.limits.queue_capacity, front);
+        let (handle, outbox) = queue(relay.queue_capacity(), front);
         Stats::bump(&relay.stats.connections, 1);
         let conn = relay.next_conn_id();
         let meter = relay.metrics.opened(front, conn);
-        let connection = Connection::open(conn, handle, &config);
+        let connection = Connection::open(conn, handle, relay.table());
         let peer = PeerConn {
             relay: relay.clone(),
             connection,

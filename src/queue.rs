@@ -30,6 +30,13 @@
 //!
 //! So one stalled peer never stalls a sender, and no envelope is dropped without somebody being
 //! told.
+//!
+//! # A reload that changes the capacity
+//! Every queue reads one shared [`QueueCapacity`], so a reload of `limits.queue_capacity`
+//! reaches connected peers at their next push: a push to a queue that holds the new capacity or
+//! more is refused, as any push to a full queue. A queue already deeper than a smaller new
+//! capacity is not cut for that alone: its writer keeps draining it, and it is a slow consumer
+//! only if an envelope arrives for it before it is below the new capacity.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -62,7 +69,27 @@ struct QueueTx {
 
 struct Depth {
     queued: AtomicUsize,
-    capacity: usize,
+    capacity: Arc<QueueCapacity>,
+}
+
+/// `limits.queue_capacity` as it is now, shared by every peer's queue (see the module's docs on
+/// a reload).
+#[derive(Debug)]
+pub struct QueueCapacity(AtomicUsize);
+
+impl QueueCapacity {
+    pub fn new(capacity: usize) -> Arc<QueueCapacity> {
+        Arc::new(QueueCapacity(AtomicUsize::new(capacity)))
+    }
+
+    pub fn get(&self) -> usize {
+        // Relaxed: a bound checked on each push, not a synchronisation.
+        self.0.load(Ordering::Relaxed)
+    }
+
+    pub fn set(&self, capacity: usize) {
+        self.0.store(capacity, Ordering::Relaxed);
+    }
 }
 
 enum PushError {
@@ -72,7 +99,7 @@ enum PushError {
 
 impl QueueTx {
     fn push(&self, message: Arc<Message>) -> Result<(), PushError> {
-        if self.depth.queued.fetch_add(1, Ordering::AcqRel) >= self.depth.capacity {
+        if self.depth.queued.fetch_add(1, Ordering::AcqRel) >= self.depth.capacity.get() {
             self.depth.queued.fetch_sub(1, Ordering::AcqRel);
             return Err(PushError::Full);
         }
@@ -83,7 +110,7 @@ impl QueueTx {
     }
 
     fn capacity(&self) -> usize {
-        self.depth.capacity
+        self.depth.capacity.get()
     }
 }
 
@@ -158,8 +185,9 @@ impl Outbox {
     }
 }
 
-/// A peer's queue: the handle others reach it by, and the receiving side for its writer.
-pub(crate) fn queue(capacity: usize, front: Front) -> (PeerHandle, Outbox) {
+/// A peer's queue, bounded by the shared `capacity`: the handle others reach it by, and the
+/// receiving side for its writer.
+pub(crate) fn queue(capacity: Arc<QueueCapacity>, front: Front) -> (PeerHandle, Outbox) {
     let (tx, rx) = mpsc::unbounded_channel();
     let depth = Arc::new(Depth {
         queued: AtomicUsize::new(0),
@@ -202,7 +230,7 @@ mod tests {
     /// writer has made room: what the peer gets is an unbroken prefix of what was sent to it.
     #[test]
     fn a_kicked_queue_takes_nothing_more_even_with_room() {
-        let (handle, mut outbox) = queue(2, Front::Ws);
+        let (handle, mut outbox) = queue(QueueCapacity::new(2), Front::Ws);
         assert_eq!(handle.send(&numbered(0)), Ok(()));
         assert_eq!(handle.send(&numbered(1)), Ok(()));
         assert_eq!(
@@ -219,11 +247,44 @@ mod tests {
         assert!(outbox.try_next().is_none());
     }
 
+    /// README "Reloading relay.toml": a smaller capacity applies to the next push; a queue
+    /// already deeper is not cut for that alone, only when a push finds it at or over the new
+    /// capacity; a larger one makes room at once.
+    #[test]
+    fn a_new_capacity_applies_to_the_next_push() {
+        let capacity = QueueCapacity::new(4);
+        let (handle, mut outbox) = queue(capacity.clone(), Front::Ws);
+        for n in 0..3 {
+            handle.send(&numbered(n)).unwrap();
+        }
+        capacity.set(2);
+        assert!(
+            !outbox.events().is_raised(ConnEvents::KICKED),
+            "not cut by the reload"
+        );
+        assert_eq!(outbox.try_next().as_deref().map(id), Some("m0"));
+        assert_eq!(outbox.try_next().as_deref().map(id), Some("m1"));
+        // One queued, under the new capacity of 2: room for one more.
+        assert_eq!(handle.send(&numbered(3)), Ok(()));
+        assert_eq!(
+            handle.send(&numbered(4)),
+            Err(Refused::SlowConsumer { newly: true })
+        );
+
+        let capacity = QueueCapacity::new(1);
+        let (handle, _outbox) = queue(capacity.clone(), Front::Ws);
+        handle.send(&numbered(0)).unwrap();
+        capacity.set(3);
+        assert_eq!(handle.send(&numbered(1)), Ok(()));
+        assert_eq!(handle.send(&numbered(2)), Ok(()));
+        assert_eq!(handle.queued(), 3);
+    }
+
     /// Once every handle is gone, the outbox yields what was queued, then ends (the kicked
     /// writer's drain relies on it).
     #[test]
     fn the_outbox_ends_after_what_was_queued() {
-        let (handle, mut outbox) = queue(4, Front::Ws);
+        let (handle, mut outbox) = queue(QueueCapacity::new(4), Front::Ws);
         handle.send(&numbered(0)).unwrap();
         handle.send(&numbered(1)).unwrap();
         drop(handle);

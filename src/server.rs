@@ -14,6 +14,7 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -27,6 +28,7 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 
 use crate::grpc::server::relay_service_server::RelayServiceServer;
 use crate::grpc::RelayGrpc;
+use crate::reload::{ConfigWatch, ReloadHandle};
 use crate::shutdown::{Controller, Phase};
 use crate::state::{Relay, Stats};
 use crate::ws;
@@ -53,7 +55,11 @@ pub struct Server {
     /// Metrics, probes and the console ([`crate::admin`]).
     admin: TcpListener,
     relay: Arc<Relay>,
+    /// The configuration the relay starts with: what only start-time code reads (the listeners,
+    /// the connection limit).
     config: Arc<RelayConfig>,
+    /// The file to reload when it changes, once [`Server::watch_config`] asked for it.
+    watch: Option<ConfigWatch>,
 }
 
 async fn listen(addr: SocketAddr, key: &'static str) -> Result<TcpListener, ServerError> {
@@ -75,7 +81,16 @@ impl Server {
             admin,
             relay: Relay::new(config.clone()),
             config,
+            watch: None,
         })
+    }
+
+    /// Reloads `path` while the relay runs: when the file changes (its folder is watched), and
+    /// whenever the returned handle asks (the binary does on `SIGHUP`). See [`crate::reload`].
+    pub fn watch_config(&mut self, path: impl Into<PathBuf>) -> ReloadHandle {
+        let (watch, handle) = ConfigWatch::new(path.into());
+        self.watch = Some(watch);
+        handle
     }
 
     pub fn ws_addr(&self) -> SocketAddr {
@@ -108,6 +123,7 @@ impl Server {
             admin,
             relay,
             config,
+            watch,
         } = self;
         let controller = Controller::new();
         let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -119,6 +135,13 @@ impl Server {
                 let _ = admin_stopped.await;
             },
         ));
+        if let Some(watch) = watch {
+            tokio::spawn(crate::reload::watch(
+                watch,
+                relay.clone(),
+                controller.subscribe(),
+            ));
+        }
         let max_connections = config.server.max_connections;
         // Peers: WebSocket connections and gRPC streams (see the module's docs).
         let peer_slots = Arc::new(Semaphore::new(max_connections));
@@ -126,7 +149,8 @@ impl Server {
         // HTTP/2 connection never holds a slot a peer needs, and a connection carrying streams
         // does not count twice.
         let grpc_connection_slots = Arc::new(Semaphore::new(max_connections));
-        let hard_limit = config.limits.hard_frame_bytes();
+        // Fixed for the gRPC front's life (tonic takes it here); see `crate::reload`.
+        let hard_limit = relay.grpc_frame_limit();
 
         let ws_task = tokio::spawn(ws::serve(
             ws,
@@ -148,7 +172,15 @@ impl Server {
             peer_slots,
         ))
         .max_decoding_message_size(hard_limit)
-        .max_encoding_message_size(hard_limit);
+        // What a peer is sent was accepted under the limit in force when it was sent, which a
+        // reload may have raised past the start's: the encoder must not refuse it.
+        .max_encoding_message_size(
+            gsio_relay_core::config::Limits {
+                max_message_bytes: gsio_relay_core::config::MAX_MESSAGE_BYTES,
+                ..Default::default()
+            }
+            .hard_frame_bytes(),
+        );
         let grpc_shutdown = controller.subscribe();
         let grpc_server = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -170,9 +202,9 @@ impl Server {
             .set_not_serving::<RelayServiceServer<RelayGrpc>>()
             .await;
         // One grace period for the whole shutdown: the connections and the gRPC server's own
-        // graceful end share this deadline.
-        let deadline =
-            tokio::time::Instant::now() + Duration::from_millis(config.server.shutdown_grace_ms);
+        // graceful end share this deadline. Read now: a reload may have changed it.
+        let grace = Duration::from_millis(relay.config().server.shutdown_grace_ms);
+        let deadline = tokio::time::Instant::now() + grace;
         if !controller.shut_down(deadline).await {
             tracing::warn!("shutdown grace period over; closing the remaining connections");
         }

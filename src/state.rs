@@ -1,25 +1,36 @@
-//! The state every connection shares ([`Relay`]): the hub (peer table + rules), connection ids and
-//! counters. How one connection's messages reach another (the per-peer queues) is
-//! [`crate::queue`]'s job.
+//! The state every connection shares ([`Relay`]): the hub (peer table + rules), connection ids,
+//! counters and the record of reloads ([`ReloadStatus`]). How one connection's messages reach
+//! another (the per-peer queues) is [`crate::queue`]'s job; when and how relay.toml is reloaded
+//! is [`crate::reload`]'s.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::SystemTime;
 
 use gsio_relay_core::hub::ConnId;
-use gsio_relay_core::{Hub, RelayConfig, Table};
+use gsio_relay_core::{Hub, Reconfigured, RelayConfig, Table};
 
 use crate::metrics::{Front, Metrics};
-use crate::queue::PeerHandle;
+use crate::queue::{PeerHandle, QueueCapacity};
 
 /// Shared by every connection of both fronts.
 pub struct Relay {
     /// std `RwLock`, not tokio's: it is never held across an `.await`. Routing takes it for
-    /// reading (many at once); only join and leave take it for writing.
+    /// reading (many at once); join, leave and a reload take it for writing.
     hub: RwLock<Hub<PeerHandle>>,
+    /// `limits.queue_capacity` in force, read by every peer's queue on each push, so that a
+    /// reload reaches queues that already exist.
+    queue_capacity: Arc<QueueCapacity>,
     next_conn: AtomicU64,
+    /// The largest frame the gRPC front reads at all: tonic takes it when the relay starts, so a
+    /// reload cannot change it.
+    grpc_frame_limit: usize,
     pub stats: Stats,
     /// What `/metrics` and the console read (see [`crate::metrics`] for what counting costs).
     pub metrics: Metrics,
+    /// What reloads have done, for whoever reports on the relay (logs, metrics, a console).
+    /// std `Mutex`: held only to copy or update the record, never across an `.await`.
+    reloads: Mutex<ReloadStatus>,
 }
 
 /// One connected peer, as the console shows it.
@@ -37,6 +48,31 @@ pub struct QueueDepths {
     pub peers: usize,
     pub max: usize,
     pub total: usize,
+}
+
+/// The record of relay.toml reloads ([`Relay::reloads`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadStatus {
+    /// Which rules are in force: 1 for those the relay started with, +1 each time a reload
+    /// changes them (a reload that changes nothing keeps the generation).
+    pub generation: u64,
+    /// Reloads that read a valid file, whether it changed anything or not.
+    pub succeeded: u64,
+    /// Reloads refused (the file missing, unreadable or invalid); the rules in force stayed.
+    pub failed: u64,
+    /// The latest reload, if there was one.
+    pub last: Option<LastReload>,
+}
+
+/// One reload, as [`ReloadStatus::last`] keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastReload {
+    pub at: SystemTime,
+    /// Whether the file was valid (and so put in force).
+    pub ok: bool,
+    /// What it did (the keys it changed) or why it was refused (the loader's error, naming the
+    /// file, the key and the line).
+    pub message: String,
 }
 
 /// Counters, readable while the relay runs (logged at shutdown, asserted by tests).
@@ -76,14 +112,80 @@ impl Relay {
     pub fn new(config: Arc<RelayConfig>) -> Arc<Relay> {
         Arc::new(Relay {
             metrics: Metrics::new(&config),
+            queue_capacity: QueueCapacity::new(config.limits.queue_capacity),
+            grpc_frame_limit: config.limits.hard_frame_bytes(),
             hub: RwLock::new(Hub::new(config, id_seed())),
             next_conn: AtomicU64::new(1),
             stats: Stats::default(),
+            reloads: Mutex::new(ReloadStatus {
+                generation: 1,
+                succeeded: 0,
+                failed: 0,
+                last: None,
+            }),
         })
     }
 
+    /// The rules and limits in force now.
     pub fn config(&self) -> Arc<RelayConfig> {
         Table::read(&self.hub).config().clone()
+    }
+
+    /// What relay.toml reloads have done so far.
+    pub fn reloads(&self) -> ReloadStatus {
+        self.reloads
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Records one reload: valid (`ok`, and `changed` when it put new rules in force) or
+    /// refused. Returns the record after it.
+    pub(crate) fn record_reload(&self, ok: bool, changed: bool, message: String) -> ReloadStatus {
+        let mut status = self
+            .reloads
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if ok {
+            status.succeeded += 1;
+            status.generation += u64::from(changed);
+        } else {
+            status.failed += 1;
+        }
+        status.last = Some(LastReload {
+            at: SystemTime::now(),
+            ok,
+            message,
+        });
+        status.clone()
+    }
+
+    /// Puts `config` in force for every connection (see [`gsio_relay_core::reconfigure`]): the
+    /// next envelope is sized and routed by it, and every peer told of a change in what its
+    /// Welcome announced. The queues take a larger capacity before the notice is queued and a
+    /// smaller one after, so the notice itself never finds a queue full that was not full
+    /// before.
+    pub(crate) fn put_in_force(&self, config: RelayConfig) -> Reconfigured {
+        let capacity = config.limits.queue_capacity;
+        let growing = capacity > self.queue_capacity.get();
+        if growing {
+            self.queue_capacity.set(capacity);
+        }
+        let done = gsio_relay_core::reconfigure(&self.hub, Arc::new(config));
+        if !growing {
+            self.queue_capacity.set(capacity);
+        }
+        done
+    }
+
+    /// The largest frame the gRPC front reads at all, fixed at start (see [`crate::reload`]).
+    pub fn grpc_frame_limit(&self) -> usize {
+        self.grpc_frame_limit
+    }
+
+    /// The capacity every peer's queue is bounded by.
+    pub(crate) fn queue_capacity(&self) -> Arc<QueueCapacity> {
+        self.queue_capacity.clone()
     }
 
     /// The peer table, for the core's [`gsio_relay_core::Connection`].

@@ -91,9 +91,11 @@ async fn every_documented_metric_is_exposed_with_its_type() {
         "gsio_relay_deliveries",
         "gsio_relay_errors",
         "gsio_relay_slow_consumer_disconnects",
+        "gsio_relay_reloads",
     ];
     let gauges = [
         "gsio_relay_build_info",
+        "gsio_relay_config_generation",
         "gsio_relay_connections",
         "gsio_relay_peers",
         "gsio_relay_queue_depth_max",
@@ -142,6 +144,85 @@ async fn every_documented_metric_is_exposed_with_its_type() {
         .collect();
     all.sort();
     assert_eq!(codes, all);
+}
+
+/// README "Metrics": reloads are counted by result, and the generation moves only when a reload
+/// changed the rules in force (a valid file that changes nothing is counted, and keeps it).
+#[tokio::test]
+async fn reloads_are_counted_by_result_and_the_generation_follows_the_rules() {
+    let relay = TestRelay::reloading().await;
+    let path = relay.relay_toml.clone().unwrap();
+    let shipped = std::fs::read_to_string(&path).unwrap();
+    let reloads = |metrics: &Metrics| {
+        (
+            metrics.value("gsio_relay_reloads_total", &[("result", "ok")]),
+            metrics.value("gsio_relay_reloads_total", &[("result", "failed")]),
+            metrics.value("gsio_relay_config_generation", &[]),
+        )
+    };
+    assert_eq!(reloads(&Metrics::scrape(&relay).await), (0.0, 0.0, 1.0));
+    // Polled until the reload has happened (the file is read once it has been quiet).
+    let until = |want: (f64, f64, f64)| {
+        let relay = &relay;
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                let now = reloads(&Metrics::scrape(relay).await);
+                if now == want {
+                    return;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{now:?}, not {want:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let louder = shipped.replace("Ping = \"echo\"", "Ping = \"broadcast\"");
+    assert_ne!(louder, shipped);
+    std::fs::write(&path, &louder).unwrap();
+    until((1.0, 0.0, 2.0)).await;
+    std::fs::write(&path, "[routing\n").unwrap();
+    until((1.0, 1.0, 2.0)).await;
+    // Valid again and the same rules: counted, the generation kept.
+    std::fs::write(&path, &louder).unwrap();
+    until((2.0, 1.0, 2.0)).await;
+}
+
+/// README "Metrics": the `message_type` series are the types named at start; a type a reload
+/// adds to the rules is routed by its new rule but counted as `other`, with no series of its own.
+#[tokio::test]
+async fn a_type_added_by_a_reload_counts_as_other_until_a_restart() {
+    let relay = TestRelay::reloading().await;
+    let path = relay.relay_toml.clone().unwrap();
+    let mut peer = relay.ws("a").await;
+    let edited = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("[routing.rules]\n", "[routing.rules]\nFresh = \"echo\"\n");
+    std::fs::write(&path, edited).unwrap();
+    let notice = peer.recv().await;
+    assert_eq!(notice.message_type, "ConfigChanged");
+    let other = |metrics: &Metrics| {
+        metrics.value("gsio_relay_messages_total", &[("message_type", "other")])
+    };
+    let before = other(&Metrics::scrape(&relay).await);
+    peer.send("Fresh", "a", "", "1").await;
+    assert_eq!(
+        peer.recv().await.message_type,
+        "Fresh",
+        "routed by its new rule"
+    );
+    let after = Metrics::scrape(&relay).await;
+    assert_eq!(other(&after), before + 1.0);
+    assert!(
+        !after
+            .label_values("gsio_relay_messages_total", "message_type")
+            .iter()
+            .any(|t| t == "Fresh"),
+        "{}",
+        after.text
+    );
 }
 
 /// Peers on both fronts stay connected while they send: between two scrapes, every counter

@@ -99,6 +99,7 @@
 //! | one `Welcome` as soon as the id is known, before anything else, with id, peers, count, limits and routing | `tests/common/conformance.rs::welcome_announces_id_peers_and_limits`, `relay-core/src/connection.rs::join_welcomes_first_then_announces_to_the_others` |
 //! | `peers`: at most `welcome_peers_max`, sorted; `peer_count` exact | `tests/common/conformance.rs::welcome_lists_the_other_peers_sorted`, `relay-core/src/hub.rs::welcome_lists_peers_and_limits` |
 //! | `PeerJoined` / `PeerLeft` when `announce_peers` is on, none when off | `tests/common/conformance.rs::peers_learn_of_joins_and_leaves`, `relay-core/src/connection.rs::announcements_follow_the_switch` |
+//! | `ConfigChanged` (native, on a reload) to every peer on both fronts, before anything routed by the new rules; its payload is the new Welcome's `limits` and `routing`; none when neither changed; a later joiner learns them from its Welcome | `tests/reload.rs::the_notice_reaches_both_fronts_only_when_what_welcome_announces_changed`, `tests/common/conformance.rs::config_changed_reaches_every_peer_when_the_announced_rules_change`, `relay-core/src/connection.rs::a_reload_is_announced_before_anything_it_routes`, `relay-core/src/hub.rs::set_config_announces_only_a_changed_welcome_block` |
 //! | `echo` | `tests/common/conformance.rs::echo_returns_to_sender_only` |
 //! | `broadcast`: every other peer, on either front, never the sender | `tests/common/conformance.rs::broadcast_reaches_every_other_peer` |
 //! | `directed`; an empty or unknown recipient is an error and goes nowhere | `tests/common/conformance.rs::directed_reaches_only_the_recipient`, `tests/common/conformance.rs::directed_to_unknown_or_empty_recipient_is_an_error` |
@@ -136,6 +137,7 @@
 //! | claim | test |
 //! |---|---|
 //! | the same protocol, envelopes and codes: the conformance table runs unchanged on both, one named test per scenario and runtime | `tests/conformance_native.rs::every_scenario_is_listed_once` |
+//! | the table's native-only list: `ConfigChanged` on a reload, over WebSocket, gRPC and both | `tests/common/conformance.rs::config_changed_reaches_every_peer_when_the_announced_rules_change`, `tests/conformance_native.rs::every_scenario_is_listed_once` |
 //! | the deploy declares the build, the Durable Object binding and its migration; dry run offline | `tests/worker.rs::dry_run_deploy_builds_the_bundle_offline` |
 //! | the bundle's size (about 340 KiB, 140 KiB gzipped; relay.toml parsed at build time) | `tests/worker.rs::dry_run_deploy_builds_the_bundle_offline`, `tests/worker.rs::bundle_sizes_are_read_from_wrangler_and_the_readme` |
 //! | networks by path, isolated | `tests/worker.rs::networks_chosen_by_path_are_isolated` |
@@ -162,6 +164,9 @@
 //! | slow-consumer disconnects; deepest queue and envelopes queued now | `tests/admin.rs::queue_depth_and_slow_consumers_show_a_peer_that_does_not_read` |
 //! | `/healthz` 200 while the process runs; `/readyz` 200 while accepting, 503 from the start of shutdown until the relay stops, while queued envelopes are still delivered | `tests/admin.rs::readyz_turns_503_when_shutdown_begins_and_the_listener_answers_through_the_drain` |
 //! | the console shows peers (id, front, queue depth), rates and totals by type and mode, rules and limits, the last reload; it updates itself from `/api/state` (JSON), fetches nothing else, and shows names as text | `tests/console.rs::the_console_follows_peers_rates_and_rules_by_itself` |
+//! | reloads counted by result (`ok` for a valid file, changed or not; `failed`), and the config generation, +1 only for a reload that changed the rules | `tests/admin.rs::reloads_are_counted_by_result_and_the_generation_follows_the_rules` |
+//! | the `message_type` series are the types named at start; a type a reload adds counts as `other` until a restart | `tests/admin.rs::a_type_added_by_a_reload_counts_as_other_until_a_restart` |
+//! | the console shows an applied reload (and the new rules) and a refused one (naming the file), in the one open page | `tests/console.rs::the_console_follows_peers_rates_and_rules_by_itself` |
 //! | the test command installs Debian's `chromium` when it is missing | script: `scripts/setup-worker.sh` |
 //!
 //! ## README: relay.toml
@@ -172,6 +177,31 @@
 //! | the bounds: 256 to 64 MiB, 1 to 1,000,000 | `relay-core/src/config.rs::documented_bounds_are_the_edges` |
 //! | a bad file exits 2 naming the file, the key and the line; a bad override names the variable | `tests/config.rs::the_binary_exits_non_zero_naming_the_problem` |
 //! | unknown keys are errors; the fixture folders hold valid and invalid files | `tests/config.rs::invalid_fixtures_fail_naming_file_and_key`, `tests/config.rs::valid_fixtures_load` |
+//!
+//! | `log.format`: `"text"` by default, or `"json"` | `relay-core/src/config.rs::log_format_is_text_by_default_or_json` |
+//!
+//! ## README: operating
+//!
+//! | claim | test |
+//! |---|---|
+//! | a saved edit applies to the next envelope, no connection dropped, however the editor saves (in place, rename over, delete and recreate) | `tests/reload.rs::an_edit_reaches_routing_while_peers_on_both_fronts_stay_connected` |
+//! | the file is read after 150 ms of quiet; a half-saved file read anyway fails and the completed save is read next | `tests/reload.rs::a_half_saved_file_fails_then_the_finished_save_is_applied` (the 150 ms itself is not asserted: a test of it would pass or fail on the clock) |
+//! | the file is read whole by the startup loader, the overrides laid over it | `tests/reload.rs::an_edit_reaches_routing_while_peers_on_both_fronts_stay_connected` |
+//! | `SIGHUP` reloads at once; an edit to a symlink's target in another folder needs it | `tests/reload.rs::sighup_reloads_the_file` |
+//! | a file that does not load (syntax, unknown key, bad value, not UTF-8, gone) changes nothing; the error names the file, the key and the line; counted | `tests/reload.rs::a_bad_file_changes_nothing_is_logged_with_file_key_and_line_and_counted` |
+//! | still watched after a failure: a half-saved file is read again when the save completes | `tests/reload.rs::a_half_saved_file_fails_then_the_finished_save_is_applied`, `tests/reload.rs::a_bad_file_changes_nothing_is_logged_with_file_key_and_line_and_counted` |
+//! | start-only keys are named in a warning and keep their values; every other key, `shutdown_grace_ms` included, is put in force | `tests/reload.rs::a_restart_only_key_warns_and_keeps_its_old_value`, `tests/reload.rs::restart_only_keys_keep_their_values_in_the_config_in_force`, `src/reload.rs::only_the_restart_only_keys_keep_their_old_values` |
+//! | a smaller `max_message_bytes` applies to the next envelope; the connection stays | `tests/reload.rs::the_notice_reaches_both_fronts_only_when_what_welcome_announces_changed`, `relay-core/src/connection.rs::a_reload_is_announced_before_anything_it_routes` |
+//! | a smaller `queue_capacity` applies to the next envelope queued, for peers already connected too; a deeper queue is not cut for that alone | `src/queue.rs::a_new_capacity_applies_to_the_next_push`, `tests/reload.rs::a_smaller_queue_capacity_reaches_connected_peers` |
+//! | the hard frame limit stays the transports': new WebSocket connections get the raised one, older ones and gRPC keep theirs | `tests/reload.rs::a_raised_limit_reaches_frames_only_as_far_as_the_transports_allow` |
+//! | peers are told with `ConfigChanged` only when what their Welcome announced changed | `tests/reload.rs::the_notice_reaches_both_fronts_only_when_what_welcome_announces_changed` |
+//! | each reload is logged with the keys it changed and the generation; `Relay::reloads()` keeps the generation, the counts and the last reload | `tests/reload.rs::an_edit_reaches_routing_while_peers_on_both_fronts_stay_connected`, `tests/reload.rs::the_notice_reaches_both_fronts_only_when_what_welcome_announces_changed`, `tests/reload.rs::a_half_saved_file_fails_then_the_finished_save_is_applied` |
+//! | the edge: `wrangler dev` rebuilds and reloads the Worker when `relay.toml` changes (`watch_dir` lists it), through the build command `wrangler deploy` also runs; `GSIO_RELAY_CONFIG` builds with another file | `tests/worker.rs::an_edit_of_relay_toml_reaches_wrangler_dev_on_its_rebuild` |
+//! | a bad file fails the Worker's build, naming the file, the key and the line | `tests/worker.rs::a_bad_relay_toml_fails_the_worker_build_naming_file_key_and_line` |
+//! | JSON log lines carry the text lines' fields at the top level, beside `timestamp`, `level`, `target`, `message` | `tests/config.rs::json_log_lines_have_the_fields_of_the_text_lines` |
+//!
+//! (Not held by a test: that the Worker sends no `ConfigChanged`, which it has no way to: it
+//! never reloads, so it never calls the core's `reconfigure`.)
 //!
 //! ## BENCHMARKS.md: how it measures
 //!

@@ -2,11 +2,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
+use common::binary::{RunningBinary, BIN};
 use common::{repo_path, Peer, WsPeer};
 use gsio_relay::config;
 use gsio_relay_core::Mode;
@@ -97,8 +96,6 @@ fn invalid_fixtures_fail_naming_file_and_key() {
     }
 }
 
-const BIN: &str = env!("CARGO_BIN_EXE_gsio-relay");
-
 #[test]
 fn the_binary_exits_non_zero_naming_the_problem() {
     let cases = [
@@ -141,55 +138,6 @@ fn the_binary_exits_non_zero_naming_the_problem() {
         stderr.contains("GSIO_RELAY_ROUTING__DEFAULT") && stderr.contains("sideways"),
         "{stderr}"
     );
-}
-
-/// The relay binary, started, with the WebSocket URL it logged and its log lines.
-struct RunningBinary {
-    child: std::process::Child,
-    url: String,
-    log: std::thread::JoinHandle<Vec<String>>,
-}
-
-impl RunningBinary {
-    /// Starts `command` (the binary, logging at info to stderr) and waits for its address.
-    fn start(command: &mut Command) -> RunningBinary {
-        let mut child = command
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (url_tx, url_rx) = std::sync::mpsc::channel();
-        let log = std::thread::spawn(move || {
-            let mut lines = Vec::new();
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(at) = line.find("ws://") {
-                    let url: String = line[at..]
-                        .chars()
-                        .take_while(|c| !c.is_whitespace())
-                        .collect();
-                    let _ = url_tx.send(url);
-                }
-                lines.push(line);
-            }
-            lines
-        });
-        let url = url_rx
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| {
-                let _ = child.kill();
-                panic!("the relay did not log its address")
-            });
-        RunningBinary { child, url, log }
-    }
-
-    /// Sends SIGTERM and waits for the exit: its status and every log line.
-    fn terminate(mut self) -> (std::process::ExitStatus, Vec<String>) {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let status = self.child.wait().unwrap();
-        (status, self.log.join().unwrap())
-    }
 }
 
 /// The real binary: starts on a config file, serves a WebSocket peer, and on SIGTERM tells it
@@ -270,4 +218,84 @@ fn wrangler_dev_listens_on_the_relays_websocket_address() {
     assert_eq!(address, "127.0.0.1:8787");
     let shipped = config::load(&repo_path("relay.toml")).unwrap();
     assert_eq!(shipped.server.ws_listen.to_string(), address);
+}
+
+/// README "Logs": `[log] format = "json"` makes every log line one JSON object, with the fields
+/// of the text line for the same event (each at the top level, beside `timestamp`, `level`,
+/// `target` and `message`). Both formats run the same events on the real binary: start, a peer
+/// joining by its first envelope, SIGTERM.
+#[tokio::test]
+async fn json_log_lines_have_the_fields_of_the_text_lines() {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("log-format-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut logs = Vec::new();
+    for format in ["text", "json"] {
+        let path = dir.join(format!("{format}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "[server]\nws_listen = \"127.0.0.1:0\"\ngrpc_listen = \"127.0.0.1:0\"\n\
+                 [log]\nformat = \"{format}\"\n"
+            ),
+        )
+        .unwrap();
+        let mut command = Command::new(BIN);
+        command.arg("--config").arg(&path);
+        for (name, _) in std::env::vars() {
+            if name.to_ascii_uppercase().starts_with("GSIO_RELAY_") {
+                command.env_remove(name);
+            }
+        }
+        let relay = RunningBinary::start(&mut command);
+        let mut peer = WsPeer::connect(&relay.url).await;
+        peer.send("Ping", "logger", "", "1").await;
+        peer.expect_welcome("logger").await;
+        let (status, lines) = relay.terminate();
+        assert!(status.success(), "{lines:#?}");
+        logs.push(lines);
+    }
+    let (text, json) = (&logs[0], &logs[1]);
+    let objects: Vec<serde_json::Map<String, serde_json::Value>> = json
+        .iter()
+        .map(|line| match serde_json::from_str(line) {
+            Ok(serde_json::Value::Object(object)) => object,
+            _ => panic!("not a JSON object: {line}"),
+        })
+        .collect();
+    for (message, fields) in [
+        ("gsio-relay listening", &["websocket", "grpc"][..]),
+        ("peer joined", &["conn", "peer"]),
+        (
+            "relay stopped",
+            &[
+                "connections",
+                "messages_routed",
+                "deliveries",
+                "errors_sent",
+                "slow_consumer_disconnects",
+            ],
+        ),
+    ] {
+        let object = objects
+            .iter()
+            .find(|o| o["message"] == message)
+            .unwrap_or_else(|| panic!("no JSON line for {message:?}: {json:#?}"));
+        let mut keys: Vec<&str> = object.keys().map(String::as_str).collect();
+        keys.retain(|k| !["timestamp", "level", "target", "message"].contains(k));
+        keys.sort_unstable();
+        let mut expected = fields.to_vec();
+        expected.sort_unstable();
+        assert_eq!(keys, expected, "{object:?}");
+        assert_eq!(object["level"], "INFO", "{object:?}");
+        assert!(object["target"].as_str().unwrap().starts_with("gsio_relay"));
+        assert!(object["timestamp"].as_str().unwrap().starts_with("20"));
+        let line = text
+            .iter()
+            .find(|l| l.contains(message))
+            .unwrap_or_else(|| panic!("no text line for {message:?}: {text:#?}"));
+        for field in fields {
+            assert!(line.contains(&format!(" {field}=")), "{field}: {line}");
+        }
+    }
 }

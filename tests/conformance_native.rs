@@ -1,7 +1,8 @@
 //! The conformance table against the native relay: every scenario over the WebSocket front,
 //! and every scenario that is not about WebSocket frames over the gRPC front and over both
-//! (peers alternating between the fronts). One test per scenario and front, each on a relay of
-//! its own: `ws::<scenario>`, `grpc::<scenario>`, `mixed::<scenario>`.
+//! (peers alternating between the fronts); and the native-only scenarios (reloading relay.toml)
+//! over all three. One test per scenario and front, each on a relay of its own: `ws::<scenario>`,
+//! `grpc::<scenario>`, `mixed::<scenario>`.
 
 mod common;
 
@@ -11,16 +12,19 @@ mod ws {
     use crate::common::conformance::WsNet;
     crate::any_front_scenarios!(conformance_tests!(|_| WsNet::native() =>));
     crate::websocket_scenarios!(conformance_tests!(|_| WsNet::native() =>));
+    crate::native_scenarios!(conformance_tests!(|_| WsNet::native_reloading() =>));
 }
 
 mod grpc {
     use crate::common::conformance::GrpcNet;
     crate::any_front_scenarios!(conformance_tests!(|_| GrpcNet::native() =>));
+    crate::native_scenarios!(conformance_tests!(|_| GrpcNet::native_reloading() =>));
 }
 
 mod mixed {
     use crate::common::conformance::MixedNet;
     crate::any_front_scenarios!(conformance_tests!(|_| MixedNet::native() =>));
+    crate::native_scenarios!(conformance_tests!(|_| MixedNet::native_reloading() =>));
 }
 
 #[test]

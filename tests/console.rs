@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use common::cdp::Browser;
 use common::http::get;
-use common::{shipped_config, Peer, TestRelay};
-use gsio_relay_core::Mode;
+use common::{Peer, TestRelay};
 use serde_json::Value;
 
 /// How long the page may take to show a change (it polls every second).
@@ -23,16 +22,19 @@ fn contains(needle: &'static str) -> impl Fn(&Value) -> bool {
 }
 
 /// A WebSocket peer and a gRPC peer appear with their fronts; traffic makes the rates move;
-/// a peer that leaves disappears; all in the one page, never reloaded. The rules in force
-/// include one whose name is markup, which the page shows as text.
+/// a peer that leaves disappears; an edit of relay.toml shows as the new rules and an applied
+/// reload, a bad one as a refused reload naming the file; all in the one page, never reloaded.
+/// The rules in force include one whose name is markup, which the page shows as text.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_follows_peers_rates_and_rules_by_itself() {
-    let mut config = shipped_config();
-    config
-        .routing
-        .rules
-        .insert("<b>Bold</b>".to_owned(), Mode::Echo);
-    let relay = TestRelay::start_with(config).await;
+    let relay = TestRelay::reloading().await;
+    let relay_toml = relay.relay_toml.clone().unwrap();
+    let with_bold = std::fs::read_to_string(&relay_toml).unwrap().replace(
+        "[routing.rules]\n",
+        "[routing.rules]\n\"<b>Bold</b>\" = \"echo\"\n",
+    );
+    std::fs::write(&relay_toml, &with_bold).unwrap();
+    assert!(relay.relay.config().routing.rules.contains_key("Ping"));
     let page = get(&relay.admin_url, "/").await.unwrap();
     assert_eq!(page.status, 200);
     assert!(page
@@ -71,10 +73,10 @@ async fn the_console_follows_peers_rates_and_rules_by_itself() {
         limits.as_str().unwrap().contains("queue_capacity\t4096"),
         "{limits}"
     );
-    assert_eq!(
-        browser.evaluate(&text_of("#last-reload")).await,
-        "No reload since start."
-    );
+    // The bold rule came with the first reload (the page was opened after it applied).
+    browser
+        .wait_for(&text_of("#last-reload"), SHOWS, contains("Applied"))
+        .await;
 
     // Peers on both fronts appear, with their front and queue depth.
     let mut ws = relay.ws("ws-peer").await;
@@ -134,6 +136,36 @@ async fn the_console_follows_peers_rates_and_rules_by_itself() {
         })
         .await;
     assert_eq!(peers.as_str().unwrap().lines().count(), 1, "{peers}");
+    assert_eq!(browser.evaluate("window.openedOnce").await, "yes");
+
+    // An edit of relay.toml: the page shows the new rule and the reload that applied it.
+    std::fs::write(
+        &relay_toml,
+        with_bold.replace("Ping = \"echo\"", "Ping = \"broadcast\""),
+    )
+    .unwrap();
+    browser
+        .wait_for(&text_of("#rules"), SHOWS, contains("Ping\tbroadcast"))
+        .await;
+    let reload = browser
+        .wait_for(&text_of("#last-reload"), SHOWS, contains("generation 3"))
+        .await;
+    assert!(
+        contains("Applied")(&reload) && contains("routing.rules.Ping")(&reload),
+        "{reload}"
+    );
+    // A bad edit: refused, the error shown with the file it names; the rules stay.
+    std::fs::write(&relay_toml, "[routing\n").unwrap();
+    let reload = browser
+        .wait_for(&text_of("#last-reload"), SHOWS, contains("Refused"))
+        .await;
+    assert!(
+        contains("relay.toml")(&reload) && contains("1 failed")(&reload),
+        "{reload}"
+    );
+    assert!(contains("Ping\tbroadcast")(
+        &browser.evaluate(&text_of("#rules")).await
+    ));
     assert_eq!(browser.evaluate("window.openedOnce").await, "yes");
 
     // What it polls is JSON, and it is all the page ever fetched.

@@ -467,3 +467,178 @@ fn the_worker_build_stops_without_the_locked_wasm_bindgen_version() {
     }
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// A folder of its own for a test's Worker build (relay.toml, wrangler.toml, build output).
+fn edge_folder(test: &str) -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("edge-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The repository's relay.toml with `Ping` routed by `ping` (shipped: echo).
+fn relay_toml_with_ping(ping: &str) -> String {
+    let shipped = std::fs::read_to_string(repo_path("relay.toml")).unwrap();
+    assert!(shipped.contains("Ping = \"echo\""));
+    shipped.replace("Ping = \"echo\"", &format!("Ping = \"{ping}\""))
+}
+
+/// How long the edge test gives a build (a release build of the Worker crate, fat LTO, on
+/// cores other tests share).
+const EDGE_BUILD: Duration = Duration::from_secs(600);
+
+/// The `Ping` rule a peer joining `url` now is told of in its Welcome; `None` while the Worker
+/// does not answer (wrangler is reloading it).
+async fn ping_rule_at(url: &str) -> Option<String> {
+    let connect = tokio::time::timeout(common::ARRIVES, tokio_tungstenite::connect_async(url));
+    let (ws, _) = connect.await.ok()?.ok()?;
+    let mut peer = WsPeer { ws };
+    let welcome = tokio::time::timeout(common::ARRIVES, peer.recv())
+        .await
+        .ok()?;
+    let _ = peer.ws.close(None).await;
+    Some(
+        welcome.payload_json()["routing"]["rules"]["Ping"]
+            .as_str()?
+            .to_owned(),
+    )
+}
+
+/// README "Reloading relay.toml", the edge: the Worker takes its rules from relay.toml when it
+/// is built, and `wrangler dev` rebuilds it when relay.toml changes. The repository's
+/// wrangler.toml watches relay.toml; a Worker of this test's own (its relay.toml named by
+/// `GSIO_RELAY_CONFIG`, built into a folder of its own by the same build command, watched the
+/// same way) starts with `Ping` echoed, and after an edit of its relay.toml, without a restart,
+/// routes `Ping` to every other peer. The repository's relay.toml is never touched (other tests
+/// read it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_of_relay_toml_reaches_wrangler_dev_on_its_rebuild() {
+    let repo_config: toml::Table =
+        toml::from_str(&std::fs::read_to_string(repo_path("wrangler.toml")).unwrap()).unwrap();
+    let watched = repo_config["build"]["watch_dir"].as_array().unwrap();
+    assert!(
+        watched.iter().any(|dir| dir.as_str() == Some("relay.toml")),
+        "wrangler.toml's [build] watch_dir must list relay.toml: {watched:?}"
+    );
+    assert_eq!(
+        repo_config["build"]["command"].as_str(),
+        Some("bash scripts/build-worker.sh")
+    );
+
+    let dir = edge_folder("edit");
+    let relay_toml = dir.join("relay.toml");
+    std::fs::write(&relay_toml, relay_toml_with_ping("echo")).unwrap();
+    // The repository's wrangler.toml, building into this folder, watching this relay.toml.
+    let mut config = repo_config.clone();
+    config.insert("main".into(), "build/index.js".into());
+    let build = config["build"].as_table_mut().unwrap();
+    build.insert(
+        "command".into(),
+        format!("bash {}", repo_path("scripts/build-worker.sh").display()).into(),
+    );
+    build.insert(
+        "watch_dir".into(),
+        toml::Value::Array(vec!["relay.toml".into()]),
+    );
+    let wrangler_toml = dir.join("wrangler.toml");
+    std::fs::write(&wrangler_toml, toml::to_string(&config).unwrap()).unwrap();
+    let out = dir.join("build");
+    let dev = WranglerDev::start_with(
+        &wrangler_toml,
+        &[
+            ("GSIO_RELAY_CONFIG", relay_toml.to_str().unwrap()),
+            ("GSIO_WORKER_OUT", out.to_str().unwrap()),
+        ],
+        &[],
+        EDGE_BUILD,
+    );
+
+    let net = WsNet::at(dev.url("/edge-before"));
+    let mut a = net.peer("a").await;
+    let mut b = net.peer("b").await;
+    assert_eq!(a.recv().await.message_type, "PeerJoined");
+    common::nothing_else_back(&mut a, "a").await;
+    common::nothing_else_from(&mut a, "a", &mut b, "b").await;
+    drop((a, b));
+
+    std::fs::write(&relay_toml, relay_toml_with_ping("broadcast")).unwrap();
+    // Polled (each look a fresh peer on a network of its own), bounded by one build.
+    let deadline = tokio::time::Instant::now() + EDGE_BUILD;
+    let mut look = 0;
+    loop {
+        look += 1;
+        let rule = ping_rule_at(&dev.url(&format!("/edge-look-{look}?node_id=look"))).await;
+        if rule.as_deref() == Some("broadcast") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "Ping is still {rule:?} after {EDGE_BUILD:?}\n{}",
+            dev.log_tail()
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let net = WsNet::at(dev.url("/edge-after"));
+    let mut a = net.peer("a").await;
+    let mut b = net.peer("b").await;
+    assert_eq!(a.recv().await.message_type, "PeerJoined");
+    a.send("Ping", "a", "", "\"loud\"").await;
+    let got = b.recv().await;
+    assert_eq!(
+        (got.message_type.as_str(), got.payload.as_str()),
+        ("Ping", "\"loud\"")
+    );
+    common::nothing_else_from(&mut b, "b", &mut a, "a").await;
+}
+
+/// README "Edge relay": a bad relay.toml fails the Worker's build (the build command wrangler
+/// runs), with the native loader's error naming the file, the key and the line. Each file is
+/// named by `GSIO_RELAY_CONFIG`; the repository's relay.toml is never touched.
+#[test]
+fn a_bad_relay_toml_fails_the_worker_build_naming_file_key_and_line() {
+    let dir = edge_folder("bad");
+    let shipped = relay_toml_with_ping("echo");
+    let line_of = |text: &str, needle: &str| text[..text.find(needle).unwrap()].lines().count() + 1;
+    let bad_value = relay_toml_with_ping("loud");
+    let unknown = shipped.replace("default = \"auto\"", "defualt = \"auto\"");
+    let cases = [
+        (
+            "bad-value.toml",
+            &bad_value,
+            "routing.rules.Ping",
+            line_of(&bad_value, "Ping = \"loud\""),
+        ),
+        (
+            "unknown-key.toml",
+            &unknown,
+            "defualt",
+            line_of(&unknown, "defualt"),
+        ),
+    ];
+    for (name, text, key, line) in cases {
+        let file = dir.join(name);
+        std::fs::write(&file, text).unwrap();
+        let output = Command::new("bash")
+            .arg(repo_path("scripts/build-worker.sh"))
+            .current_dir(repo_path(""))
+            .env("GSIO_RELAY_CONFIG", &file)
+            .env("GSIO_WORKER_OUT", dir.join("build"))
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(!output.status.success(), "{name} built:\n{text}");
+        let named = file.display().to_string();
+        for wanted in [named.as_str(), key, &format!("line {line}")] {
+            assert!(text.contains(wanted), "{name}: no {wanted:?} in\n{text}");
+        }
+        assert!(
+            !dir.join("build/index_bg.wasm").exists(),
+            "{name}: a Worker was built"
+        );
+    }
+}

@@ -4,8 +4,10 @@
 //! `$OUT_DIR/relay-config.json`, which the Worker embeds and reads with serde_json (which it
 //! carries anyway, for envelopes), so its wasm holds no TOML parser.
 //!
-//! `scripts/build-worker.sh` lists `relay.toml` among its inputs, so an edit of the file
-//! rebuilds the Worker; the `rerun-if-changed` below makes cargo rerun this script then.
+//! The file is `GSIO_RELAY_CONFIG` when set (`scripts/build-worker.sh` always sets it, to an
+//! absolute path: the repository's relay.toml unless told otherwise), else the repository's
+//! `relay.toml`. `scripts/build-worker.sh` lists that file among its inputs, so an edit of it
+//! rebuilds the Worker; the `rerun-if-*` lines below make cargo rerun this script then.
 
 use std::path::PathBuf;
 use std::{env, fs, process};
@@ -14,12 +16,20 @@ use gsio_relay_core::RelayConfig;
 
 fn main() {
     let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it"));
-    let path = manifest.join("../relay.toml");
+    println!("cargo:rerun-if-env-changed=GSIO_RELAY_CONFIG");
+    // Named in errors as given: the variable's path, or plain `relay.toml`.
+    let (path, name) = match env::var_os("GSIO_RELAY_CONFIG") {
+        Some(path) => {
+            let name = PathBuf::from(&path).display().to_string();
+            (manifest.join("..").join(path), name)
+        }
+        None => (manifest.join("../relay.toml"), "relay.toml".to_owned()),
+    };
     println!("cargo:rerun-if-changed={}", path.display());
     let text = fs::read_to_string(&path)
-        .unwrap_or_else(|error| fail(&format!("cannot read {}: {error}", path.display())));
-    let config = RelayConfig::from_toml_str(&text, "relay.toml")
-        .unwrap_or_else(|error| fail(&error.to_string()));
+        .unwrap_or_else(|error| fail(&format!("cannot read {name}: {error}")));
+    let config =
+        RelayConfig::from_toml_str(&text, &name).unwrap_or_else(|error| fail(&error.to_string()));
     let json = serde_json::to_string(&config).expect("a RelayConfig serializes to JSON");
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets it"));
     fs::write(out.join("relay-config.json"), json)

@@ -57,6 +57,29 @@ pub struct RelayConfig {
     pub discovery: Discovery,
     #[serde(default)]
     pub routing: Routing,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// How the native relay writes its log lines. The Worker ignores this section (its logs are the
+/// platform's).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+/// One log line per event: for people, or for machines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// `tracing`'s human-readable lines: time, level, target, message, `key=value` fields.
+    #[default]
+    Text,
+    /// One JSON object per line, with the same fields as the text lines (`timestamp`, `level`,
+    /// `target`, `message` and each field by name).
+    Json,
 }
 
 /// Where the native server listens, and how it treats connections. The Worker ignores this
@@ -469,6 +492,40 @@ impl RelayConfig {
 }
 
 impl RelayConfig {
+    /// The dotted keys (`limits.queue_capacity`, `routing.rules.Ping`) whose value differs
+    /// between `self` and `other`, a key present in only one of them included; sorted. For
+    /// saying what a reload changed.
+    pub fn changed_keys(&self, other: &RelayConfig) -> Vec<String> {
+        fn walk(
+            prefix: &str,
+            a: Option<&toml::Value>,
+            b: Option<&toml::Value>,
+            out: &mut Vec<String>,
+        ) {
+            match (a, b) {
+                (Some(toml::Value::Table(a)), Some(toml::Value::Table(b))) => {
+                    let keys: std::collections::BTreeSet<&String> =
+                        a.keys().chain(b.keys()).collect();
+                    for key in keys {
+                        let path = if prefix.is_empty() {
+                            key.clone()
+                        } else {
+                            format!("{prefix}.{key}")
+                        };
+                        walk(&path, a.get(key), b.get(key), out);
+                    }
+                }
+                (a, b) if a != b => out.push(prefix.to_owned()),
+                _ => {}
+            }
+        }
+        let table = |config: &RelayConfig| toml::Value::try_from(config).ok();
+        let mut out = Vec::new();
+        walk("", table(self).as_ref(), table(other).as_ref(), &mut out);
+        out.sort();
+        out
+    }
+
     /// This configuration (already validated: the Worker's, parsed and checked when it was
     /// built) with the override variables among `vars` laid over it, then validated again:
     /// [`RelayConfig::load`] without the file, with the same names, values and errors.
@@ -548,6 +605,47 @@ mod tests {
         assert_eq!(c, RelayConfig::default());
         assert_eq!(c.limits.max_message_bytes, 1 << 20);
         assert_eq!(c.routing.default, Mode::Broadcast);
+    }
+
+    #[test]
+    fn changed_keys_name_each_leaf_that_differs() {
+        let base = "[limits]\nqueue_capacity = 5\n[routing.rules]\nPing = \"echo\"\nA = \"auto\"\n";
+        let cases: &[(&str, &[&str])] = &[
+            (base, &[]),
+            (
+                "[limits]\nqueue_capacity = 6\n[routing.rules]\nPing = \"echo\"\nA = \"auto\"\n",
+                &["limits.queue_capacity"],
+            ),
+            (
+                "[limits]\nqueue_capacity = 5\n[routing.rules]\nPing = \"broadcast\"\nB = \"auto\"\n",
+                &["routing.rules.A", "routing.rules.B", "routing.rules.Ping"],
+            ),
+            (
+                "[server]\nws_listen = \"127.0.0.1:1\"\n[log]\nformat = \"json\"\n[limits]\nqueue_capacity = 5\n[routing.rules]\nPing = \"echo\"\nA = \"auto\"\n",
+                &["log.format", "server.ws_listen"],
+            ),
+        ];
+        let a = RelayConfig::from_toml_str(base, "t.toml").unwrap();
+        for (text, keys) in cases {
+            let b = RelayConfig::from_toml_str(text, "t.toml").unwrap();
+            assert_eq!(a.changed_keys(&b), *keys, "{text}");
+            assert_eq!(b.changed_keys(&a), *keys, "{text}");
+        }
+    }
+
+    #[test]
+    fn log_format_is_text_by_default_or_json() {
+        let c = RelayConfig::from_toml_str("", "t.toml").unwrap();
+        assert_eq!(c.log.format, LogFormat::Text);
+        let c = RelayConfig::from_toml_str("[log]\nformat = \"json\"\n", "t.toml").unwrap();
+        assert_eq!(c.log.format, LogFormat::Json);
+        let err = RelayConfig::from_toml_str("[log]\nformat = \"xml\"\n", "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("log.format") && err.contains("line 2"),
+            "{err}"
+        );
     }
 
     #[test]

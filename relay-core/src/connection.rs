@@ -13,7 +13,10 @@
 //!   nobody, `""`, while it has none), naming the offending envelope's type when known;
 //! - it says when the connection must end and why ([`Step::Close`]), with the WebSocket close
 //!   code and gRPC status that go with the reason ([`RelayError::ws_close_code`],
-//!   [`RelayError::grpc_code`]).
+//!   [`RelayError::grpc_code`]);
+//! - when the rules change under it ([`reconfigure`], the native relay's reload), it checks its
+//!   next envelope against the new `limits.max_message_bytes`, and every peer is told of the new
+//!   `limits` and `routing` (`ConfigChanged`) before anything routed by them reaches it.
 //!
 //! It delivers by calling [`Link::send`] on the recipients' links. A link only queues (it never
 //! waits), so the front decides how bytes reach sockets, and nothing here blocks.
@@ -32,7 +35,7 @@ use bytestring::ByteString;
 use crate::config::RelayConfig;
 use crate::envelope::{prepend_message_id, Envelope, Message};
 use crate::error::{ErrorCode, RelayError};
-use crate::hub::{error_message, ConnId, Hub, Offending, Route};
+use crate::hub::{error_message, ConnId, Hub, MessageLimit, Offending, Route};
 use crate::id::PeerId;
 use crate::ids::IdBlock;
 use crate::session::{Inbound, Rejection, SenderText, Session};
@@ -158,8 +161,11 @@ pub struct Connection<L> {
     session: Session,
     /// This connection's own link, for what only it receives (Welcome, Error).
     link: L,
-    /// Copied from the config at open: checked on every envelope.
-    max_message_bytes: usize,
+    /// The hub's live `limits.max_message_bytes`: every envelope is checked against the value in
+    /// force when it arrives, so a reload reaches open connections.
+    max_message_bytes: Arc<MessageLimit>,
+    /// Copied from the config at open, as the front's transport limit is (tungstenite's is fixed
+    /// when the socket is accepted): named when a frame over it ends the connection.
     hard_frame_bytes: usize,
     /// Counted here, and taken by the front when it likes ([`Connection::take_counts`]), so the
     /// hot path does not touch shared counters.
@@ -169,14 +175,18 @@ pub struct Connection<L> {
 }
 
 impl<L: Link> Connection<L> {
-    /// A new, still anonymous connection.
-    pub fn open(conn: ConnId, link: L, config: &RelayConfig) -> Connection<L> {
+    /// A new, still anonymous connection on `table`, under the rules in force there.
+    pub fn open(conn: ConnId, link: L, table: &impl Table<L>) -> Connection<L> {
+        let (max_message_bytes, hard_frame_bytes) = {
+            let hub = table.read();
+            (hub.message_limit(), hub.config().limits.hard_frame_bytes())
+        };
         Connection {
             conn,
             session: Session::new(),
             link,
-            max_message_bytes: config.limits.max_message_bytes,
-            hard_frame_bytes: config.limits.hard_frame_bytes(),
+            max_message_bytes,
+            hard_frame_bytes,
             counts: Counts::default(),
             ids: IdBlock::default(),
         }
@@ -189,9 +199,9 @@ impl<L: Link> Connection<L> {
         conn: ConnId,
         link: L,
         id: Option<PeerId>,
-        config: &RelayConfig,
+        table: &impl Table<L>,
     ) -> Connection<L> {
-        let mut connection = Connection::open(conn, link, config);
+        let mut connection = Connection::open(conn, link, table);
         if let Some(id) = id {
             connection.session.bind(id);
         }
@@ -243,10 +253,10 @@ impl<L: Link> Connection<L> {
         meter: &mut impl Meter,
     ) -> Step {
         let inbound = match input {
-            Input::Text(text) => self.session.accept_text(text, self.max_message_bytes),
+            Input::Text(text) => self.session.accept_text(text, self.max_message_bytes.get()),
             Input::Decoded { envelope, size } => {
                 self.session
-                    .accept_decoded(envelope, size, self.max_message_bytes)
+                    .accept_decoded(envelope, size, self.max_message_bytes.get())
             }
             Input::Binary => Err(Rejection::from(RelayError::UnsupportedFrame(
                 "binary frames are not accepted; send each envelope as a JSON text frame",
@@ -400,6 +410,35 @@ impl<L: Link> Connection<L> {
     }
 }
 
+/// What putting new rules in force did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Reconfigured {
+    /// Peers handed the `ConfigChanged` notice (0 when what peers are told did not change).
+    pub notified: u64,
+    /// Peers whose full queue refused the notice: disconnected as slow consumers.
+    pub slow_consumers: u64,
+}
+
+/// Puts `config` in force on `table` (a reload): the next envelope of every connection is sized,
+/// and routed, by it. When what a `Welcome` announces changed, every connected peer is handed a
+/// `ConfigChanged` carrying the new `limits` and `routing`, while the table is locked for the
+/// swap: nothing routed by the new rules can reach a peer before its notice, and a peer that
+/// joins afterwards learns the new rules from its `Welcome` instead.
+pub fn reconfigure<L: Link>(table: &impl Table<L>, config: Arc<RelayConfig>) -> Reconfigured {
+    let mut hub = table.write();
+    let mut done = Reconfigured::default();
+    if let Some(notice) = hub.set_config(config) {
+        for (_, peer) in hub.peers() {
+            match peer.send(&notice) {
+                Ok(()) => done.notified += 1,
+                Err(Refused::SlowConsumer { newly }) => done.slow_consumers += u64::from(newly),
+                Err(Refused::Gone) => {}
+            }
+        }
+    }
+    done
+}
+
 #[cfg(test)]
 mod tests {
     //! The conversation, table by table, without sockets: links are in-memory logs.
@@ -469,7 +508,6 @@ mod tests {
 
     struct Net {
         table: RwLock<Hub<Log>>,
-        config: RelayConfig,
         next: ConnId,
     }
 
@@ -477,15 +515,14 @@ mod tests {
         fn new(toml: &str) -> Net {
             let config = RelayConfig::from_toml_str(toml, "t.toml").unwrap();
             Net {
-                table: RwLock::new(Hub::new(Arc::new(config.clone()), 42)),
-                config,
+                table: RwLock::new(Hub::new(Arc::new(config), 42)),
                 next: 0,
             }
         }
 
         fn open(&mut self, link: Log) -> Connection<Log> {
             self.next += 1;
-            Connection::open(self.next, link, &self.config)
+            Connection::open(self.next, link, &self.table)
         }
 
         /// A peer that claimed `id` at connect, its Welcome taken.
@@ -785,14 +822,13 @@ mod tests {
         let mut net = Net::new(RULES);
         let (_b, b_log) = net.peer("b");
         // The table lost "a" (an evicted Worker room rebuilt without its socket).
-        let mut a = Connection::resume(99, Log::default(), PeerId::parse("a").ok(), &net.config);
+        let mut a = Connection::resume(99, Log::default(), PeerId::parse("a").ok(), &net.table);
         a.leave(&net.table);
         assert_eq!(b_log.types(), ["PeerLeft"]);
         // But a connection cannot remove an id another connection holds now.
         let (_a2, _) = net.peer("a");
         assert_eq!(b_log.types(), ["PeerJoined"]);
-        let mut stale =
-            Connection::resume(98, Log::default(), PeerId::parse("a").ok(), &net.config);
+        let mut stale = Connection::resume(98, Log::default(), PeerId::parse("a").ok(), &net.table);
         stale.leave(&net.table);
         assert!(b_log.types().is_empty());
         assert!(Table::read(&net.table).get("a").is_some());
@@ -859,6 +895,56 @@ mod tests {
         assert_eq!(
             tape.rejected,
             ["unknown_recipient", "invalid_json", "peer_id_in_use"]
+        );
+    }
+
+    /// A reload: every connected peer gets `ConfigChanged` first, then what the new rules route;
+    /// the next envelope of an open connection is sized by the new limit; a later joiner learns
+    /// the rules from its Welcome; and a reload that changes nothing announced tells nobody.
+    #[test]
+    fn a_reload_is_announced_before_anything_it_routes() {
+        let mut net = Net::new(RULES);
+        let [(mut a, a_log), (_b, b_log), (_c, c_log)] = net.three();
+        let config = |toml: &str| Arc::new(RelayConfig::from_toml_str(toml, "t.toml").unwrap());
+        let louder = RULES.replace("Ping = \"echo\"", "Ping = \"broadcast\"")
+            + "[limits]\nmax_message_bytes = 300\n";
+        let done = reconfigure(&net.table, config(&louder));
+        assert_eq!(
+            done,
+            Reconfigured {
+                notified: 3,
+                slow_consumers: 0
+            }
+        );
+        assert_eq!(net.text(&mut a, &envelope("Ping", "a", "")), Step::Continue);
+        assert_eq!(a_log.types(), ["ConfigChanged"]);
+        assert_eq!(b_log.types(), ["ConfigChanged", "Ping"]);
+        assert_eq!(c_log.types(), ["ConfigChanged", "Ping"]);
+        // The open connection's next envelope is sized by the new limit.
+        let big = format!(
+            r#"{{"message_type":"Ping","payload":"{}"}}"#,
+            "x".repeat(300)
+        );
+        assert_eq!(net.text(&mut a, &big), Step::Continue);
+        assert_eq!(a_log.error_code(), "message_too_large");
+        // A later joiner: the new rules in its Welcome, no notice.
+        let (_d, d_log) = net.peer("d");
+        assert!(d_log.types().is_empty());
+        for log in [&a_log, &b_log, &c_log] {
+            assert_eq!(log.types(), ["PeerJoined"]);
+        }
+        // Keys peers are not told about: nobody hears of it.
+        let quiet = louder.clone() + "[discovery]\nwelcome_peers_max = 3\n";
+        assert_eq!(
+            reconfigure(&net.table, config(&quiet)),
+            Reconfigured::default()
+        );
+        let _ = net.text(&mut a, &envelope("Ping", "a", ""));
+        assert!(a_log.types().is_empty());
+        assert_eq!(
+            b_log.types(),
+            ["Ping"],
+            "the sentinel, with nothing before it"
         );
     }
 

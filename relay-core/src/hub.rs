@@ -3,12 +3,15 @@
 //! A [`Hub`] maps each connected [`PeerId`] to the front's handle for that peer (`P`: a queue
 //! sender natively, a socket in the Worker). [`Hub::route`] applies the `relay.toml` rules to one
 //! message and returns the [`Targets`] to deliver it to; it never delivers anything itself. The
-//! hub also writes the relay's own envelopes (`Welcome`, `PeerJoined`, `PeerLeft`, `Error`).
+//! hub also writes the relay's own envelopes (`Welcome`, `PeerJoined`, `PeerLeft`, `Error`,
+//! `ConfigChanged`), and holds the rules in force, which a reload swaps whole
+//! ([`Hub::set_config`]).
 //!
 //! Concurrency is the front's business: the native server keeps the hub behind a lock that is
 //! taken for writing only on join and leave, and for reading to route.
 
 use std::collections::hash_map::{self, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -29,6 +32,21 @@ pub mod kinds {
     pub const ERROR: &str = "Error";
     pub const PEER_JOINED: &str = "PeerJoined";
     pub const PEER_LEFT: &str = "PeerLeft";
+    /// To every connected peer when a reload changes what `Welcome` announced (`limits`,
+    /// `routing`).
+    pub const CONFIG_CHANGED: &str = "ConfigChanged";
+}
+
+/// `limits.max_message_bytes` as it is now, shared by the hub and every connection of it: each
+/// connection checks every envelope against it, so a reload reaches the next envelope of every
+/// connection without a lock (a relaxed load; the value is a bound, not a synchronisation).
+#[derive(Debug)]
+pub struct MessageLimit(AtomicUsize);
+
+impl MessageLimit {
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 struct Entry<P> {
@@ -40,6 +58,8 @@ struct Entry<P> {
 pub struct Hub<P> {
     /// The rules and limits in force; one value, so a reload can swap it whole.
     config: Arc<RelayConfig>,
+    /// `config.limits.max_message_bytes`, readable by connections without the table's lock.
+    message_limit: Arc<MessageLimit>,
     peers: HashMap<PeerId, Entry<P>>,
     /// Where messages without a sender-given id, and the relay's own, get theirs.
     ids: MessageIds,
@@ -59,8 +79,12 @@ impl<P> Hub<P> {
     /// An empty network under `config`; `id_seed` (128 random bits from the front, which has a
     /// source of randomness) keys the message ids this hub assigns.
     pub fn new(config: Arc<RelayConfig>, id_seed: u128) -> Hub<P> {
+        let message_limit = Arc::new(MessageLimit(AtomicUsize::new(
+            config.limits.max_message_bytes,
+        )));
         Hub {
             config,
+            message_limit,
             peers: HashMap::new(),
             ids: MessageIds::new(id_seed),
         }
@@ -78,6 +102,31 @@ impl<P> Hub<P> {
 
     pub fn config(&self) -> &Arc<RelayConfig> {
         &self.config
+    }
+
+    /// The live `limits.max_message_bytes`, for a connection to check envelopes against.
+    pub fn message_limit(&self) -> Arc<MessageLimit> {
+        self.message_limit.clone()
+    }
+
+    /// Puts `config` in force: the next envelope routed, the next Welcome and the next size check
+    /// follow it. Returns the `ConfigChanged` notice for every connected peer when what a
+    /// `Welcome` announces (`limits`, `routing`) changed, and `None` when it did not (a change of
+    /// keys peers are not told about, or no change).
+    pub fn set_config(&mut self, config: Arc<RelayConfig>) -> Option<Arc<Message>> {
+        let old = std::mem::replace(&mut self.config, config);
+        self.message_limit
+            .0
+            .store(self.config.limits.max_message_bytes, Ordering::Relaxed);
+        if old.limits == self.config.limits && old.routing == self.config.routing {
+            return None;
+        }
+        Some(Arc::new(Message::new(Envelope::from_relay(
+            kinds::CONFIG_CHANGED,
+            self.next_message_id(),
+            "",
+            Announced::of(&self.config),
+        ))))
     }
 
     pub fn len(&self) -> usize {
@@ -224,7 +273,6 @@ impl<P> Hub<P> {
             .collect();
         peers.sort_unstable();
         let peer_count = self.peers.len() - 1;
-        let limits = &self.config.limits;
         Envelope::from_relay(
             kinds::WELCOME,
             self.next_message_id(),
@@ -234,11 +282,7 @@ impl<P> Hub<P> {
                 peers,
                 peer_count,
                 peers_truncated: peer_count > max,
-                limits: WelcomeLimits {
-                    max_message_bytes: limits.max_message_bytes,
-                    queue_capacity: limits.queue_capacity,
-                },
-                routing: &self.config.routing,
+                announced: Announced::of(&self.config),
             },
         )
     }
@@ -326,12 +370,32 @@ struct Welcome<'a> {
     peers: Vec<&'a str>,
     peer_count: usize,
     peers_truncated: bool,
-    limits: WelcomeLimits,
+    #[serde(flatten)]
+    announced: Announced<'a>,
+}
+
+/// What peers are told of the rules in force: in their `Welcome`, and again in a
+/// `ConfigChanged` whenever a reload changes it (the whole of `ConfigChanged`'s payload).
+#[derive(Serialize)]
+struct Announced<'a> {
+    limits: AnnouncedLimits,
     routing: &'a crate::config::Routing,
 }
 
+impl<'a> Announced<'a> {
+    fn of(config: &'a RelayConfig) -> Announced<'a> {
+        Announced {
+            limits: AnnouncedLimits {
+                max_message_bytes: config.limits.max_message_bytes,
+                queue_capacity: config.limits.queue_capacity,
+            },
+            routing: &config.routing,
+        }
+    }
+}
+
 #[derive(Serialize)]
-struct WelcomeLimits {
+struct AnnouncedLimits {
     max_message_bytes: usize,
     queue_capacity: usize,
 }
@@ -505,6 +569,47 @@ mod tests {
         assert_eq!(p["limits"]["queue_capacity"], 7);
         assert_eq!(p["limits"]["max_message_bytes"], 1 << 20);
         assert_eq!(p["routing"]["default"], "broadcast");
+    }
+
+    /// A reload's notice carries exactly the Welcome's `limits` and `routing`, and is made only
+    /// when they changed.
+    #[test]
+    fn set_config_announces_only_a_changed_welcome_block() {
+        let mut h = hub(RULES);
+        h.join(id("a"), 1, "a").unwrap();
+        let config = |toml: &str| Arc::new(RelayConfig::from_toml_str(toml, "t").unwrap());
+        // (new relay.toml, whether peers are told)
+        let table: &[(&str, bool)] = &[
+            (RULES, false),
+            ("[server]\nshutdown_grace_ms = 1\n[routing]\ndefault = \"broadcast\"\n[routing.rules]\nPing = \"echo\"\nLedgerSync = \"directed\"\n", false),
+            ("[discovery]\nannounce_peers = false\n[routing]\ndefault = \"broadcast\"\n[routing.rules]\nPing = \"echo\"\nLedgerSync = \"directed\"\n", false),
+            ("[routing]\ndefault = \"broadcast\"\n[routing.rules]\nPing = \"broadcast\"\n", true),
+            ("[limits]\nqueue_capacity = 9\n[routing]\ndefault = \"broadcast\"\n[routing.rules]\nPing = \"broadcast\"\n", true),
+            ("[limits]\nqueue_capacity = 9\nmax_message_bytes = 300\n[routing]\ndefault = \"broadcast\"\n[routing.rules]\nPing = \"broadcast\"\n", true),
+        ];
+        for (toml, told) in table {
+            let new = config(toml);
+            let notice = h.set_config(new.clone());
+            assert_eq!(notice.is_some(), *told, "{toml}");
+            assert_eq!(h.config(), &new);
+            assert_eq!(h.message_limit().get(), new.limits.max_message_bytes);
+            let Some(notice) = notice else { continue };
+            let e = notice.envelope();
+            assert_eq!(
+                (&*e.message_type, &*e.sender_id, &*e.recipient_id),
+                ("ConfigChanged", "relay", "")
+            );
+            assert_eq!(e.message_id.len(), 36);
+            // The payload is the Welcome's block, word for word.
+            let mut welcome = payload(&h.join(id("w"), 9, "w").unwrap().welcome);
+            h.leave(&id("w"), 9);
+            let welcome = welcome.as_object_mut().unwrap();
+            let block: serde_json::Map<String, Value> = ["limits", "routing"]
+                .iter()
+                .map(|k| (k.to_string(), welcome.remove(*k).unwrap()))
+                .collect();
+            assert_eq!(payload(&notice), Value::Object(block), "{toml}");
+        }
     }
 
     #[test]

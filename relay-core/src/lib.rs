@@ -30,7 +30,9 @@ pub mod ids;
 pub mod session;
 
 pub use config::{Mode, RelayConfig, Routing};
-pub use connection::{Connection, Counts, Input, Link, Meter, Refused, Step, Table};
+pub use connection::{
+    reconfigure, Connection, Counts, Input, Link, Meter, Reconfigured, Refused, Step, Table,
+};
 pub use envelope::{Envelope, Message, Payload};
 pub use error::{ErrorCode, RelayError};
 pub use hub::{Hub, Joined, Route, RouteMode, Targets};

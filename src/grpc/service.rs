@@ -100,7 +100,7 @@ impl server::relay_service_server::RelayService for RelayGrpc {
             }
         }
         let mut inbound = request.into_inner();
-        let hard_limit = self.relay.config().limits.hard_frame_bytes();
+        let hard_limit = self.relay.grpc_frame_limit();
         let (reading, done) = self.shutdown.tokens();
         // Shared by the reader task and the writer: the slot is free once both are done (the
         // reader may end first and the writer still deliver what is queued, or the other way

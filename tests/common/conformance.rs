@@ -12,8 +12,9 @@
 //!   what a scenario needs from a peer beyond [`Peer`] (the few steps each front does its own
 //!   way: leaving, sending fields absent, a burst without waiting).
 //! - The lists, each written once: [`any_front_scenarios!`](crate::any_front_scenarios) (generic
-//!   over the network) and [`websocket_scenarios!`](crate::websocket_scenarios) (about WebSocket
-//!   frames and URLs). [`conformance_tests!`](crate::conformance_tests) turns a list into one
+//!   over the network), [`websocket_scenarios!`](crate::websocket_scenarios) (about WebSocket
+//!   frames and URLs) and [`native_scenarios!`](crate::native_scenarios) (the native relay only,
+//!   on every front: reloading relay.toml, which the Worker reads when it is built). [`conformance_tests!`](crate::conformance_tests) turns a list into one
 //!   `#[tokio::test]` per scenario, named after it, so a failure names its scenario and
 //!   `cargo test --test conformance_native -- grpc::directed_reaches_only_the_recipient` runs it
 //!   alone.
@@ -95,6 +96,19 @@ macro_rules! websocket_scenarios {
     };
 }
 
+/// The scenarios only the native relay runs, over each front: a network of [`Reloads`] (the
+/// Worker reads relay.toml when it is built, and never sends `ConfigChanged`). Calls
+/// `$then!(<args> <names>)`.
+#[macro_export]
+macro_rules! native_scenarios {
+    ($then:ident!($($args:tt)*)) => {
+        $crate::$then!(
+            $($args)*
+            config_changed_reaches_every_peer_when_the_announced_rules_change,
+        );
+    };
+}
+
 /// `pub const $name: &[&str]` holding a list's names (for the guard below).
 #[macro_export]
 macro_rules! scenario_names {
@@ -105,14 +119,15 @@ macro_rules! scenario_names {
 
 crate::any_front_scenarios!(scenario_names!(ANY_FRONT =>));
 crate::websocket_scenarios!(scenario_names!(WEBSOCKET_ONLY =>));
+crate::native_scenarios!(scenario_names!(NATIVE_ONLY =>));
 
 /// The guard against a list losing scenarios: every `pub async fn` in this file is a scenario
 /// and is in exactly one list, and the lists hold exactly as many as this file says (a scenario
 /// removed from both its list and the file, or added, must change these numbers too).
 pub fn every_scenario_is_listed_once() {
     assert_eq!(
-        (ANY_FRONT.len(), WEBSOCKET_ONLY.len()),
-        (22, 3),
+        (ANY_FRONT.len(), WEBSOCKET_ONLY.len(), NATIVE_ONLY.len()),
+        (22, 3, 1),
         "the lists gained or lost scenarios"
     );
     let source = include_str!("conformance.rs");
@@ -121,7 +136,12 @@ pub fn every_scenario_is_listed_once() {
         .filter_map(|line| line.strip_prefix("pub async fn "))
         .map(|rest| rest.split(['<', '(']).next().unwrap())
         .collect();
-    let mut listed: Vec<&str> = ANY_FRONT.iter().chain(WEBSOCKET_ONLY).copied().collect();
+    let mut listed: Vec<&str> = ANY_FRONT
+        .iter()
+        .chain(WEBSOCKET_ONLY)
+        .chain(NATIVE_ONLY)
+        .copied()
+        .collect();
     listed.sort_unstable();
     let mut sorted = defined.clone();
     sorted.sort_unstable();
@@ -152,6 +172,23 @@ pub trait Network {
         peer.expect_welcome(id).await;
         peer
     }
+}
+
+/// A network whose relay reloads a relay.toml of its own (the native relay's, started by
+/// [`TestRelay::reloading`]).
+pub trait Reloads: Network {
+    /// The file the relay reloads when it changes.
+    fn relay_toml(&self) -> &std::path::Path;
+
+    /// What the relay's reloads have done so far.
+    fn reloads(&self) -> gsio_relay::state::ReloadStatus;
+}
+
+fn relay_toml_of(relay: &TestRelay) -> &std::path::Path {
+    relay
+        .relay_toml
+        .as_deref()
+        .expect("a relay started by TestRelay::reloading")
 }
 
 /// What a scenario asks of a peer beyond [`Peer`]: the steps each front does its own way.
@@ -199,7 +236,15 @@ impl WsNet {
 
     /// A fresh native relay's WebSocket front.
     pub async fn native() -> WsNet {
-        let relay = TestRelay::start().await;
+        WsNet::on(TestRelay::start().await)
+    }
+
+    /// A fresh native relay's WebSocket front, the relay reloading a relay.toml of its own.
+    pub async fn native_reloading() -> WsNet {
+        WsNet::on(TestRelay::reloading().await)
+    }
+
+    fn on(relay: TestRelay) -> WsNet {
         WsNet {
             base: format!("{}/", relay.ws_url),
             relay: Some(relay),
@@ -300,6 +345,47 @@ impl GrpcNet {
             relay: TestRelay::start().await,
         }
     }
+
+    /// The relay reloading a relay.toml of its own.
+    pub async fn native_reloading() -> GrpcNet {
+        GrpcNet {
+            relay: TestRelay::reloading().await,
+        }
+    }
+}
+
+impl Reloads for WsNet {
+    fn relay_toml(&self) -> &std::path::Path {
+        relay_toml_of(self.relay.as_ref().expect("a native network"))
+    }
+
+    fn reloads(&self) -> gsio_relay::state::ReloadStatus {
+        self.relay
+            .as_ref()
+            .expect("a native network")
+            .relay
+            .reloads()
+    }
+}
+
+impl Reloads for GrpcNet {
+    fn relay_toml(&self) -> &std::path::Path {
+        relay_toml_of(&self.relay)
+    }
+
+    fn reloads(&self) -> gsio_relay::state::ReloadStatus {
+        self.relay.relay.reloads()
+    }
+}
+
+impl Reloads for MixedNet {
+    fn relay_toml(&self) -> &std::path::Path {
+        self.grpc.relay_toml()
+    }
+
+    fn reloads(&self) -> gsio_relay::state::ReloadStatus {
+        self.grpc.reloads()
+    }
 }
 
 impl Network for GrpcNet {
@@ -398,7 +484,15 @@ pub struct MixedNet {
 
 impl MixedNet {
     pub async fn native() -> MixedNet {
-        let relay = TestRelay::start().await;
+        MixedNet::on(TestRelay::start().await)
+    }
+
+    /// The relay reloading a relay.toml of its own.
+    pub async fn native_reloading() -> MixedNet {
+        MixedNet::on(TestRelay::reloading().await)
+    }
+
+    fn on(relay: TestRelay) -> MixedNet {
         MixedNet {
             ws: WsNet {
                 base: format!("{}/", relay.ws_url),
@@ -1147,4 +1241,75 @@ pub async fn mutated_frames_never_break_the_relay(net: WsNet) {
         (got.sender_id.as_str(), got.payload.as_str()),
         ("after-x", "\"routed\"")
     );
+}
+
+/// A reload that changes the rules a `Welcome` announces (`Ping` from echo to broadcast): every
+/// connected peer receives `ConfigChanged` from the relay, to everyone, carrying what a newcomer's
+/// `Welcome` now says, before anything routed by the new rules; the next `Ping` is broadcast. A
+/// reload that changes only keys peers are not told about sends nothing (the sentinels).
+pub async fn config_changed_reaches_every_peer_when_the_announced_rules_change<
+    N: Network + Reloads,
+>(
+    net: N,
+) {
+    let mut a = net.peer("a").await;
+    let mut b = net.peer("b").await;
+    assert_eq!(a.recv().await.message_type, "PeerJoined");
+    let path = net.relay_toml().to_owned();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let louder = text.replace("Ping = \"echo\"", "Ping = \"broadcast\"");
+    assert_ne!(louder, text);
+    std::fs::write(&path, &louder).unwrap();
+    let mut told = Vec::new();
+    for peer in [&mut a, &mut b] {
+        let got = peer.recv().await;
+        assert_eq!(
+            (
+                got.message_type.as_str(),
+                got.sender_id.as_str(),
+                got.recipient_id.as_str()
+            ),
+            ("ConfigChanged", "relay", ""),
+            "{got:?}"
+        );
+        told.push(got.payload_json());
+    }
+    assert_eq!(told[0], told[1]);
+    let mut c = net.connect_as("c").await;
+    let welcome = c.expect_welcome("c").await;
+    assert_eq!(
+        told[0],
+        serde_json::json!({"limits": welcome["limits"], "routing": welcome["routing"]})
+    );
+    assert_eq!(told[0]["routing"]["rules"]["Ping"], "broadcast");
+    assert_eq!(a.recv().await.message_type, "PeerJoined");
+    assert_eq!(b.recv().await.message_type, "PeerJoined");
+    a.send("Ping", "a", "", "\"loud\"").await;
+    for peer in [&mut b, &mut c] {
+        let got = peer.recv().await;
+        assert_eq!(
+            (got.message_type.as_str(), got.payload.as_str()),
+            ("Ping", "\"loud\"")
+        );
+    }
+
+    // Only a key peers are not told about: no ConfigChanged before the sentinels.
+    let quiet = louder.replace("welcome_peers_max = 100", "welcome_peers_max = 99");
+    assert_ne!(quiet, louder);
+    std::fs::write(&path, &quiet).unwrap();
+    // Once the relay has read it (polled, bounded), nothing is queued for anyone: each peer's
+    // next envelope is a sentinel sent after the reload.
+    let deadline = tokio::time::Instant::now() + super::ARRIVES;
+    while net.reloads().succeeded < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            net.reloads()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(net.reloads().failed, 0);
+    nothing_else_from(&mut b, "b", &mut a, "a").await;
+    nothing_else_from(&mut a, "a", &mut b, "b").await;
+    nothing_else_from(&mut a, "a", &mut c, "c").await;
 }

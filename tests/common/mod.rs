@@ -2,6 +2,7 @@
 //! clients for both fronts (tokio-tungstenite, the generated tonic client).
 #![allow(dead_code)]
 
+pub mod binary;
 pub mod cdp;
 pub mod conformance;
 pub mod gsio_net;
@@ -37,6 +38,30 @@ pub fn repo_path(relative: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
 }
 
+/// The shipped relay.toml's text, listening on ephemeral ports.
+pub fn shipped_relay_toml_on_ephemeral_ports() -> String {
+    let text = std::fs::read_to_string(repo_path("relay.toml")).unwrap();
+    let mut text = text.clone();
+    for (from, to) in [
+        (
+            "ws_listen = \"127.0.0.1:8787\"",
+            "ws_listen = \"127.0.0.1:0\"",
+        ),
+        (
+            "grpc_listen = \"127.0.0.1:50051\"",
+            "grpc_listen = \"127.0.0.1:0\"",
+        ),
+        (
+            "admin_listen = \"127.0.0.1:9090\"",
+            "admin_listen = \"127.0.0.1:0\"",
+        ),
+    ] {
+        assert!(text.contains(from), "the shipped relay.toml lost {from}");
+        text = text.replace(from, to);
+    }
+    text
+}
+
 /// The shipped relay.toml, on ephemeral ports.
 pub fn shipped_config() -> RelayConfig {
     let text = std::fs::read_to_string(repo_path("relay.toml")).unwrap();
@@ -54,6 +79,8 @@ pub struct TestRelay {
     /// The admin listener: `http://127.0.0.1:PORT`.
     pub admin_url: String,
     pub relay: std::sync::Arc<gsio_relay::state::Relay>,
+    /// The relay.toml it reloads, when started by [`TestRelay::watching`].
+    pub relay_toml: Option<PathBuf>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), gsio_relay::server::ServerError>>>,
 }
@@ -64,7 +91,36 @@ impl TestRelay {
     }
 
     pub async fn start_with(config: RelayConfig) -> TestRelay {
-        let server = gsio_relay::Server::bind(config).await.expect("bind");
+        TestRelay::serve(gsio_relay::Server::bind(config).await.expect("bind"))
+    }
+
+    /// A relay started on the file at `path` (loaded as the binary loads it, the environment's
+    /// overrides included), on ephemeral ports, that reloads the file when it changes.
+    pub async fn watching(path: &Path) -> TestRelay {
+        let mut config = gsio_relay::config::load(path).expect("a valid relay.toml to start on");
+        config.server.ws_listen = "127.0.0.1:0".parse().unwrap();
+        config.server.grpc_listen = "127.0.0.1:0".parse().unwrap();
+        config.server.admin_listen = "127.0.0.1:0".parse().unwrap();
+        let mut server = gsio_relay::Server::bind(config).await.expect("bind");
+        let _ = server.watch_config(path);
+        let mut relay = TestRelay::serve(server);
+        relay.relay_toml = Some(path.to_owned());
+        relay
+    }
+
+    /// A relay on a copy of the shipped relay.toml (on ephemeral ports) in a folder of its own,
+    /// reloading it when it changes ([`TestRelay::relay_toml`]).
+    pub async fn reloading() -> TestRelay {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("relay-toml-{}", next_message_id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("relay.toml");
+        std::fs::write(&path, shipped_relay_toml_on_ephemeral_ports()).unwrap();
+        TestRelay::watching(&path).await
+    }
+
+    fn serve(server: gsio_relay::Server) -> TestRelay {
         let ws_url = format!("ws://{}", server.ws_addr());
         let grpc_url = format!("http://{}", server.grpc_addr());
         let admin_url = format!("http://{}", server.admin_addr());
@@ -78,6 +134,7 @@ impl TestRelay {
             grpc_url,
             admin_url,
             relay,
+            relay_toml: None,
             stop: Some(stop),
             task: Some(task),
         }

@@ -51,6 +51,8 @@ pub struct WranglerDev {
     pub port: u16,
     /// wrangler itself; its pid is the id of the process group to end on drop.
     child: Child,
+    /// wrangler's and the Worker's output.
+    log_path: std::path::PathBuf,
     /// Ends the process group if this process dies without dropping the fixture; it is killed
     /// first on drop, so it never signals a group id that could have been reused.
     watchdog: Child,
@@ -67,6 +69,19 @@ impl WranglerDev {
 
     /// Like [`WranglerDev::start`], with `[vars]` set on the command line (`--var NAME:VALUE`).
     pub fn start_with_vars(vars: &[(&str, &str)]) -> WranglerDev {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+        WranglerDev::start_with(&repo.join("wrangler.toml"), &[], vars, START_TIMEOUT)
+    }
+
+    /// `wrangler dev` on the configuration `config` (a wrangler.toml), with `env` added to
+    /// wrangler's environment (and so to the build it runs) and `vars` as `[vars]`, ready within
+    /// `start_timeout`.
+    pub fn start_with(
+        config: &Path,
+        env: &[(&str, &str)],
+        vars: &[(&str, &str)],
+        start_timeout: Duration,
+    ) -> WranglerDev {
         let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
         let wrangler_js = repo.join("worker/node_modules/wrangler/bin/wrangler.js");
         assert!(
@@ -91,7 +106,7 @@ impl WranglerDev {
             .arg(&wrangler_js)
             .arg("dev")
             .arg("--config")
-            .arg(repo.join("wrangler.toml"))
+            .arg(config)
             .args(["--ip", "127.0.0.1", "--port", &port.to_string()])
             .args(["--inspector-port", &inspector_port.to_string()])
             .arg("--persist-to")
@@ -103,6 +118,7 @@ impl WranglerDev {
             )
             .current_dir(repo)
             .envs(OFFLINE_ENV.iter().copied())
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone the log handle"))
             .stderr(log)
@@ -141,9 +157,10 @@ impl WranglerDev {
         let mut dev = WranglerDev {
             port,
             child,
+            log_path: log_path.clone(),
             watchdog,
         };
-        if let Err(reason) = dev.wait_until_ready() {
+        if let Err(reason) = dev.wait_until_ready(start_timeout) {
             drop(dev);
             panic!(
                 "wrangler dev did not come up: {reason}\nlog: {}\n--- last lines ---\n{}",
@@ -154,14 +171,19 @@ impl WranglerDev {
         dev
     }
 
+    /// The last lines of wrangler's log, for a failure message.
+    pub fn log_tail(&self) -> String {
+        log_tail(&self.log_path, 60)
+    }
+
     /// `ws://127.0.0.1:{port}{path}`; `path` starts with `/` and names the network (`/` is the
     /// default network).
     pub fn url(&self, path: &str) -> String {
         format!("ws://127.0.0.1:{}{}", self.port, path)
     }
 
-    fn wait_until_ready(&mut self) -> Result<(), String> {
-        let deadline = Instant::now() + START_TIMEOUT;
+    fn wait_until_ready(&mut self, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
         loop {
             match self.child.try_wait() {
                 Ok(Some(status)) => return Err(format!("wrangler exited early ({status})")),
@@ -174,7 +196,7 @@ impl WranglerDev {
             };
             if Instant::now() >= deadline {
                 return Err(format!(
-                    "no WebSocket handshake within {START_TIMEOUT:?} (last attempt: {error})"
+                    "no WebSocket handshake within {timeout:?} (last attempt: {error})"
                 ));
             }
             thread::sleep(Duration::from_millis(250));

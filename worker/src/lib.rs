@@ -148,12 +148,9 @@ impl DurableObject for RelayRoom {
     }
 
     async fn fetch(&self, req: Request) -> Result<Response> {
-        let config = match &self.config {
-            Ok(config) => config.clone(),
-            Err(error) => {
-                return Response::error(format!("gsio-relay: invalid configuration: {error}"), 500)
-            }
-        };
+        if let Err(error) = &self.config {
+            return Response::error(format!("gsio-relay: invalid configuration: {error}"), 500);
+        }
         if self.test_hooks && query_has(&req, INSTANCE_QUERY)? {
             return Response::ok(format!("instance {:013x}\n", self.instance));
         }
@@ -174,7 +171,7 @@ impl DurableObject for RelayRoom {
         };
         server.serialize_attachment(&attachment)?;
         if let Some(raw) = node_id {
-            let mut connection = self.connection(&server, &attachment, &config);
+            let mut connection = self.connection(&server, &attachment);
             let step = connection.claim(self, &raw);
             self.carry_out(&server, &mut attachment, &mut connection, step);
         }
@@ -187,9 +184,9 @@ impl DurableObject for RelayRoom {
         message: WebSocketIncomingMessage,
     ) -> Result<()> {
         // Nothing from the network may fail the room: every error is answered or logged here.
-        let Ok(config) = &self.config else {
+        if self.config.is_err() {
             return Ok(());
-        };
+        }
         let mut attachment = match ws.deserialize_attachment::<PeerAttachment>() {
             Ok(Some(attachment)) => attachment,
             other => {
@@ -202,7 +199,7 @@ impl DurableObject for RelayRoom {
             WebSocketIncomingMessage::String(text) => Input::Text(ByteString::from(text)),
             WebSocketIncomingMessage::Binary(_) => Input::Binary,
         };
-        let mut connection = self.connection(&ws, &attachment, config);
+        let mut connection = self.connection(&ws, &attachment);
         let step = connection.input(self, input);
         self.carry_out(&ws, &mut attachment, &mut connection, step);
         Ok(())
@@ -265,13 +262,8 @@ impl RelayRoom {
     /// made anew for each message, so its block of message ids is too: a message the room gives
     /// an id to uses up one block of 256 counter values, which is harmless (2^56 such messages
     /// before the counter wraps).
-    fn connection(
-        &self,
-        ws: &WebSocket,
-        attachment: &PeerAttachment,
-        config: &RelayConfig,
-    ) -> Connection<Socket> {
-        Connection::resume(attachment.conn, Socket(ws.clone()), attachment.id(), config)
+    fn connection(&self, ws: &WebSocket, attachment: &PeerAttachment) -> Connection<Socket> {
+        Connection::resume(attachment.conn, Socket(ws.clone()), attachment.id(), self)
     }
 
     /// Carries out one step of the core's conversation: the socket remembers the id the
@@ -302,13 +294,13 @@ impl RelayRoom {
     }
 
     fn leave(&self, ws: &WebSocket) {
-        let Some(config) = self.config.as_ref().ok() else {
+        if self.config.is_err() {
             return;
-        };
+        }
         let Ok(Some(mut attachment)) = ws.deserialize_attachment::<PeerAttachment>() else {
             return;
         };
-        let mut connection = self.connection(ws, &attachment, config);
+        let mut connection = self.connection(ws, &attachment);
         connection.leave(self);
         // Forget the id on the socket too, in case the runtime still lists it on a rebuild.
         if attachment.peer_id.take().is_some() {
