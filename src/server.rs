@@ -106,6 +106,8 @@ impl Server {
         let grpc_connection_slots = Arc::new(Semaphore::new(max_connections));
         let hard_limit = config.limits.hard_frame_bytes();
 
+        // Aborted when `run` returns: pending announcements do not outlive the relay.
+        let presence_timer = tokio::spawn(relay.clone().run_presence_timer());
         let ws_task = tokio::spawn(ws::serve(
             ws,
             relay.clone(),
@@ -154,6 +156,8 @@ impl Server {
         if !controller.shut_down(deadline).await {
             tracing::warn!("shutdown grace period over; closing the remaining connections");
         }
+        // Every connection is done: nobody is left to announce anything to.
+        presence_timer.abort();
         let _ = ws_task.await;
         let mut grpc_task = grpc_task;
         match tokio::time::timeout_at(deadline, &mut grpc_task).await {

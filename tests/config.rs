@@ -46,6 +46,7 @@ fn an_empty_file_gives_the_documented_defaults() {
     assert_eq!(config.limits.queue_capacity, 4096);
     assert!(config.discovery.announce_peers);
     assert_eq!(config.discovery.welcome_peers_max, 100);
+    assert_eq!(config.discovery.announce_window_ms, 50);
     assert_eq!(config.routing.default, Mode::Broadcast);
     assert!(config.routing.rules.is_empty());
 }
