@@ -13,7 +13,7 @@ use crate::queue::{queue, Outbox, PeerHandle};
 use crate::state::{Relay, Stats};
 
 /// The relay side of one connected peer. Dropping it removes the peer from the table (and
-/// announces `PeerLeft`).
+/// announces its leaving, at once or when the presence timer fires).
 pub struct PeerConn {
     relay: Arc<Relay>,
     connection: Connection<PeerHandle>,
@@ -76,6 +76,9 @@ impl PeerConn {
     /// for the end of the connection, so the hot path does not bounce shared counters between
     /// cores.
     fn after(&mut self, step: Step) -> Step {
+        if let Some(delay) = self.connection.poll_presence_timer() {
+            self.relay.start_presence_timer(delay);
+        }
         let counts = self.connection.take_counts();
         let stats = &self.relay.stats;
         self.pending.routed += counts.routed;

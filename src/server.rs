@@ -152,6 +152,8 @@ impl Server {
         // Fixed for the gRPC front's life (tonic takes it here); see `crate::reload`.
         let hard_limit = relay.grpc_frame_limit();
 
+        // Aborted when `run` returns: pending announcements do not outlive the relay.
+        let presence_timer = tokio::spawn(relay.clone().run_presence_timer());
         let ws_task = tokio::spawn(ws::serve(
             ws,
             relay.clone(),
@@ -208,6 +210,8 @@ impl Server {
         if !controller.shut_down(deadline).await {
             tracing::warn!("shutdown grace period over; closing the remaining connections");
         }
+        // Every connection is done: nobody is left to announce anything to.
+        presence_timer.abort();
         let _ = ws_task.await;
         let mut grpc_task = grpc_task;
         match tokio::time::timeout_at(deadline, &mut grpc_task).await {

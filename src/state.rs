@@ -1,14 +1,16 @@
 //! The state every connection shares ([`Relay`]): the hub (peer table + rules), connection ids,
-//! counters and the record of reloads ([`ReloadStatus`]). How one connection's messages reach
-//! another (the per-peer queues) is [`crate::queue`]'s job; when and how relay.toml is reloaded
-//! is [`crate::reload`]'s.
+//! counters, the record of reloads ([`ReloadStatus`]) and the network's presence timer
+//! ([`Relay::run_presence_timer`]). How one connection's messages reach another (the per-peer
+//! queues) is [`crate::queue`]'s job; when and how relay.toml is reloaded is
+//! [`crate::reload`]'s.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use gsio_relay_core::hub::ConnId;
 use gsio_relay_core::{Hub, Reconfigured, RelayConfig, Table};
+use tokio::sync::Notify;
 
 use crate::metrics::{Front, Metrics};
 use crate::queue::{PeerHandle, QueueCapacity};
@@ -31,6 +33,12 @@ pub struct Relay {
     /// What reloads have done, for whoever reports on the relay (logs, metrics, a console).
     /// std `Mutex`: held only to copy or update the record, never across an `.await`.
     reloads: Mutex<ReloadStatus>,
+    /// The presence timer: the core asks a connection for it ([`Relay::start_presence_timer`])
+    /// and one relay-wide task runs it ([`Relay::run_presence_timer`]). `delay_ms` is what the
+    /// core asked for; the core asks again only once the timer has stopped, so one waker holds
+    /// at most one request.
+    presence_wake: Notify,
+    presence_delay_ms: AtomicU64,
 }
 
 /// One connected peer, as the console shows it.
@@ -123,6 +131,8 @@ impl Relay {
                 failed: 0,
                 last: None,
             }),
+            presence_wake: Notify::new(),
+            presence_delay_ms: AtomicU64::new(0),
         })
     }
 
@@ -191,6 +201,38 @@ impl Relay {
     /// The peer table, for the core's [`gsio_relay_core::Connection`].
     pub(crate) fn table(&self) -> &RwLock<Hub<PeerHandle>> {
         &self.hub
+    }
+
+    /// A connection's step asked for the presence timer: it fires after `delay`.
+    pub(crate) fn start_presence_timer(&self, delay: Duration) {
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.presence_delay_ms.store(ms, Ordering::Release);
+        self.presence_wake.notify_one();
+    }
+
+    /// Runs the presence timer for as long as the relay runs (the server spawns it, and aborts
+    /// it when it stops): waits to be started, then fires it, again as long as the core asks.
+    /// Announcements it makes can disconnect slow consumers: counted and logged like any.
+    pub(crate) async fn run_presence_timer(self: Arc<Self>) {
+        loop {
+            self.presence_wake.notified().await;
+            let mut delay = Duration::from_millis(self.presence_delay_ms.load(Ordering::Acquire));
+            loop {
+                tokio::time::sleep(delay).await;
+                let (next, counts) = gsio_relay_core::presence_timer_fired(&self.hub);
+                if counts.slow_consumers != 0 {
+                    Stats::bump(&self.stats.slow_consumer_disconnects, counts.slow_consumers);
+                    tracing::warn!(
+                        count = counts.slow_consumers,
+                        "slow consumer disconnected: outbound queue full (presence announcement)"
+                    );
+                }
+                match next {
+                    Some(next) => delay = next,
+                    None => break,
+                }
+            }
+        }
     }
 
     pub(crate) fn next_conn_id(&self) -> ConnId {

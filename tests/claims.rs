@@ -98,7 +98,17 @@
 //! | TCP keepalive notices a vanished machine in about 90 s | `tests/fronts.rs::accepted_connections_have_tcp_keepalive_on_both_fronts` |
 //! | one `Welcome` as soon as the id is known, before anything else, with id, peers, count, limits and routing | `tests/common/conformance.rs::welcome_announces_id_peers_and_limits`, `relay-core/src/connection.rs::join_welcomes_first_then_announces_to_the_others` |
 //! | `peers`: at most `welcome_peers_max`, sorted; `peer_count` exact | `tests/common/conformance.rs::welcome_lists_the_other_peers_sorted`, `relay-core/src/hub.rs::welcome_lists_peers_and_limits` |
-//! | `PeerJoined` / `PeerLeft` when `announce_peers` is on, none when off | `tests/common/conformance.rs::peers_learn_of_joins_and_leaves`, `relay-core/src/connection.rs::announcements_follow_the_switch` |
+//! | `PeerJoined` / `PeerLeft` when `announce_peers` is on, none when off | `tests/common/conformance.rs::peers_learn_of_joins_and_leaves`, `relay-core/src/connection.rs::announcements_follow_the_switch`, `relay-core/src/connection.rs::presence_table` |
+//! | one change is `PeerJoined`/`PeerLeft`; several told at once are one `PeersChanged` (ids sorted, `left` before `joined`) | `relay-core/src/connection.rs::presence_table`, `tests/fronts.rs::joins_within_the_window_are_announced_in_one_peers_changed`, `tests/worker.rs::announcements_waiting_for_their_window_are_not_lost_to_hibernation` |
+//! | a change after a quiet window is announced at once; changes within `announce_window_ms` wait for its end and go out together | `relay-core/src/connection.rs::presence_table`, `tests/fronts.rs::joins_within_the_window_are_announced_in_one_peers_changed` |
+//! | an id whose connection ended and was taken again: `left` then `joined` | `relay-core/src/connection.rs::presence_table`, `tests/common/conformance.rs::a_reused_id_is_announced_left_then_joined_before_its_messages` |
+//! | at most 100 ids per `PeersChanged`; more in several, every `left` before any `joined` | `relay-core/src/presence.rs::one_change_keeps_its_old_shape_and_many_are_split_lefts_first` |
+//! | a window of 0: every change on its own, at once, `PeerJoined`/`PeerLeft` only | `relay-core/src/connection.rs::presence_table`, `relay-core/src/connection.rs::presence_randomized_against_a_model` |
+//! | every connection of another peer exactly once, by the `Welcome` or one announcement; a newcomer only of what came after its `Welcome` | `relay-core/src/connection.rs::presence_randomized_against_a_model`, `relay-core/src/connection.rs::presence_table`, `tests/common/conformance.rs::a_burst_of_joins_is_announced_to_each_peer_exactly_once` |
+//! | never a peer that is gone: arrived and left within one window, announced to nobody who never saw it; one who saw it in its `Welcome` is told it left | `relay-core/src/connection.rs::presence_table`, `relay-core/src/connection.rs::presence_randomized_against_a_model`, `tests/common/conformance.rs::a_peer_gone_within_a_burst_is_announced_only_to_those_who_saw_it` |
+//! | a peer hears that another arrived before anything that peer sends | `relay-core/src/connection.rs::presence_table`, `relay-core/src/connection.rs::presence_randomized_against_a_model`, `tests/common/conformance.rs::a_reused_id_is_announced_left_then_joined_before_its_messages`, `tests/common/conformance.rs::identity_required_before_any_routing` |
+//! | beyond a cut `Welcome`: never announced to the newcomer as arrived, their leaving is | `relay-core/src/connection.rs::presence_table`, `relay-core/src/connection.rs::presence_randomized_against_a_model` |
+//! | the Rust client turns a `PeersChanged` into one `PeerLeft` per id, then one `PeerJoined` per id | `client/src/event.rs::coalesced_announcements_become_one_event_per_peer_lefts_first` |
 //! | `ConfigChanged` (native, on a reload) to every peer on both fronts, before anything routed by the new rules; its payload is the new Welcome's `limits` and `routing`; none when neither changed; a later joiner learns them from its Welcome | `tests/reload.rs::the_notice_reaches_both_fronts_only_when_what_welcome_announces_changed`, `tests/common/conformance.rs::config_changed_reaches_every_peer_when_the_announced_rules_change`, `relay-core/src/connection.rs::a_reload_is_announced_before_anything_it_routes`, `relay-core/src/hub.rs::set_config_announces_only_a_changed_welcome_block` |
 //! | `echo` | `tests/common/conformance.rs::echo_returns_to_sender_only` |
 //! | `broadcast`: every other peer, on either front, never the sender | `tests/common/conformance.rs::broadcast_reaches_every_other_peer` |
@@ -143,6 +153,7 @@
 //! | networks by path, isolated | `tests/worker.rs::networks_chosen_by_path_are_isolated` |
 //! | a plain HTTP request gets 426 | `tests/worker.rs::a_plain_http_request_gets_426` |
 //! | the peer table is rebuilt from the sockets' attachments after an eviction | `tests/worker.rs::routing_survives_a_real_eviction` |
+//! | announcements waiting for the window live in memory; a room with its timer pending is not hibernated, so none is lost | `tests/worker.rs::announcements_waiting_for_their_window_are_not_lost_to_hibernation` |
 //! | the test hook does nothing without `GSIO_RELAY_TEST_HOOKS` | `tests/worker.rs::test_hooks_do_nothing_without_the_variable` |
 //! | `[vars]` override the listed keys; a bad value answers every upgrade 500 naming it | `tests/worker.rs::vars_override_relay_toml_and_bad_ones_are_reported` |
 //! | `max_message_bytes` is enforced and announced on the edge | `tests/common/conformance.rs::oversized_message_is_refused_and_the_connection_survives`, `tests/common/conformance.rs::welcome_announces_id_peers_and_limits` |
@@ -174,7 +185,7 @@
 //! | claim | test |
 //! |---|---|
 //! | every default, as documented | `tests/config.rs::an_empty_file_gives_the_documented_defaults` |
-//! | the bounds: 256 to 64 MiB, 1 to 1,000,000 | `relay-core/src/config.rs::documented_bounds_are_the_edges` |
+//! | the bounds: 256 to 64 MiB, 1 to 1,000,000, 0 to 60000 ms | `relay-core/src/config.rs::documented_bounds_are_the_edges` |
 //! | a bad file exits 2 naming the file, the key and the line; a bad override names the variable | `tests/config.rs::the_binary_exits_non_zero_naming_the_problem` |
 //! | unknown keys are errors; the fixture folders hold valid and invalid files | `tests/config.rs::invalid_fixtures_fail_naming_file_and_key`, `tests/config.rs::valid_fixtures_load` |
 //!

@@ -47,6 +47,7 @@ fn an_empty_file_gives_the_documented_defaults() {
     assert_eq!(config.limits.queue_capacity, 4096);
     assert!(config.discovery.announce_peers);
     assert_eq!(config.discovery.welcome_peers_max, 100);
+    assert_eq!(config.discovery.announce_window_ms, 50);
     assert_eq!(config.routing.default, Mode::Broadcast);
     assert!(config.routing.rules.is_empty());
 }
@@ -236,7 +237,7 @@ async fn json_log_lines_have_the_fields_of_the_text_lines() {
             &path,
             format!(
                 "[server]\nws_listen = \"127.0.0.1:0\"\ngrpc_listen = \"127.0.0.1:0\"\n\
-                 [log]\nformat = \"{format}\"\n"
+                 admin_listen = \"127.0.0.1:0\"\n[log]\nformat = \"{format}\"\n"
             ),
         )
         .unwrap();
@@ -264,7 +265,7 @@ async fn json_log_lines_have_the_fields_of_the_text_lines() {
         })
         .collect();
     for (message, fields) in [
-        ("gsio-relay listening", &["websocket", "grpc"][..]),
+        ("gsio-relay listening", &["websocket", "grpc", "admin"][..]),
         ("peer joined", &["conn", "peer"]),
         (
             "relay stopped",

@@ -24,10 +24,8 @@ async fn every_mode_works_in_all_four_directions() {
         let mut r = relay.join(to, "receiver").await;
         let mut o = relay.join(to, "other").await;
         // Sender saw both joins, receiver saw "other" join.
-        for _ in 0..2 {
-            assert_eq!(s.recv().await.message_type, "PeerJoined");
-        }
-        assert_eq!(r.recv().await.message_type, "PeerJoined");
+        s.expect_presence(&["receiver", "other"], &[]).await;
+        r.expect_presence(&["other"], &[]).await;
         let case = format!("{from:?} -> {to:?}");
 
         // broadcast: both others, never the sender.
@@ -361,8 +359,7 @@ async fn a_flooded_peer_still_gets_its_frames_read() {
         .unwrap();
     let (mut a_sink, mut a_stream) = ws.split();
     let mut b = relay.ws("b").await;
-    assert_eq!(c.recv().await.message_type, "PeerJoined");
-    assert_eq!(c.recv().await.message_type, "PeerJoined");
+    c.expect_presence(&["a", "b"], &[]).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     // "b" sends to "a" steadily (about 2,000 envelopes of 4 KiB a second, at most 20 s).
@@ -673,4 +670,45 @@ fn the_relay_binary_asks_for_no_transparent_huge_pages() {
         huge.is_empty(),
         "mappings advised for huge pages (mimalloc without no_thp?): {huge:?}"
     );
+}
+
+/// README "Welcome and discovery": changes within `discovery.announce_window_ms` of an
+/// announcement go out together. With a 2 s window, the watcher's own join starts it; three
+/// peers joining on both fronts within it are announced to the watcher in one `PeersChanged`
+/// (ids sorted), and each of them hears only of those that joined after it.
+#[tokio::test]
+async fn joins_within_the_window_are_announced_in_one_peers_changed() {
+    let mut config = common::shipped_config();
+    config.discovery.announce_window_ms = 2_000;
+    let relay = TestRelay::start_with(config).await;
+    let mut watcher = relay.join(Front::Grpc, "watcher").await;
+    let mut p1 = relay.join(Front::Ws, "p1").await;
+    let mut p2 = relay.join(Front::Grpc, "p2").await;
+    let mut p3 = relay.join(Front::Ws, "p3").await;
+    let got = watcher.recv().await;
+    assert_eq!(
+        (got.message_type.as_str(), got.payload_json()),
+        (
+            "PeersChanged",
+            serde_json::json!({"left": [], "joined": ["p1", "p2", "p3"]})
+        )
+    );
+    let got = p1.recv().await;
+    assert_eq!(
+        (got.message_type.as_str(), got.payload_json()),
+        (
+            "PeersChanged",
+            serde_json::json!({"left": [], "joined": ["p2", "p3"]})
+        )
+    );
+    let got = p2.recv().await;
+    assert_eq!(
+        (
+            got.message_type.as_str(),
+            got.payload_json()["peer_id"].as_str()
+        ),
+        ("PeerJoined", Some("p3"))
+    );
+    nothing_else_from(&mut watcher, "watcher", &mut p3, "p3").await;
+    nothing_else_from(&mut p3, "p3", &mut watcher, "watcher").await;
 }

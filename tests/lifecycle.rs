@@ -314,7 +314,7 @@ async fn flood(peer: AnyPeer, id: &str, message_type: &str, recipient: &str) -> 
 /// goes into `errors`; announcements are skipped; anything else fails.
 fn file_answer(id: &str, got: Got, errors: &mut BTreeMap<u64, Got>) {
     match got.message_type.as_str() {
-        "PeerJoined" | "PeerLeft" => {}
+        "PeerJoined" | "PeerLeft" | "PeersChanged" => {}
         "Error" => {
             let answered = got.payload_json()["message_id"]
                 .as_str()
@@ -618,9 +618,9 @@ async fn shutdown_delivers_what_is_queued_and_tells_every_peer() {
     let mut ws_sender = relay.ws("ws-sender").await;
     let grpc_receiver = grpc_with_small_buffer(&relay.grpc_url, "grpc-receiver").await;
     let ws_receiver = ws_with_small_buffer(&relay, "ws-receiver").await;
-    for _ in 0..2 {
-        assert_eq!(ws_sender.recv().await.message_type, "PeerJoined");
-    }
+    ws_sender
+        .expect_presence(&["grpc-receiver", "ws-receiver"], &[])
+        .await;
 
     // 120 envelopes of 64 KiB: more than the receivers' connections take (a small socket
     // buffer, an HTTP/2 window), so much of it is still queued in the relay when the shutdown
@@ -907,7 +907,7 @@ async fn fill(relay: &TestRelay, filler: &str, to: &str) {
             .expect("the sentinel did not come back")
             .expect("the filler's connection ended");
         match got.message_type.as_str() {
-            "PeerJoined" | "PeerLeft" => {}
+            "PeerJoined" | "PeerLeft" | "PeersChanged" => {}
             "Ping" if got.message_id == sentinel => return,
             _ => panic!("the filler received {got:?}"),
         }
@@ -918,7 +918,7 @@ async fn fill(relay: &TestRelay, filler: &str, to: &str) {
 fn numbered(received: &[Got]) -> Vec<u64> {
     received
         .iter()
-        .filter(|got| got.message_type != "PeerJoined" && got.message_type != "PeerLeft")
+        .filter(|got| common::announced(got).is_none())
         .map(seq_of)
         .collect()
 }
@@ -968,7 +968,7 @@ async fn while_it_drains_the_relay_reads_and_accepts_nothing(front: Front) {
     let collector = tokio::spawn(async move {
         let mut seqs = Vec::new();
         while let Some(got) = observed.recv().await {
-            if got.message_type != "PeerJoined" && got.message_type != "PeerLeft" {
+            if common::announced(&got).is_none() {
                 seqs.push(seq_of(&got));
                 count_tx.send_replace(seqs.len() as u64);
             }

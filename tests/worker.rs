@@ -87,10 +87,13 @@ async fn networks_chosen_by_path_are_isolated() {
     let mut root_a = default.connect_as("iso-a").await;
     // Peers a test before this one left on "/" may still be leaving: wait until they have.
     let welcome = root_a.expect_welcome("iso-a").await;
-    for _ in 0..welcome["peer_count"].as_u64().unwrap() {
-        let left = root_a.recv().await;
-        assert_eq!(left.message_type, "PeerLeft", "{left:?}");
-    }
+    let leaving: Vec<&str> = welcome["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|id| id.as_str().unwrap())
+        .collect();
+    root_a.expect_presence(&[], &leaving).await;
     let mut root_b = default.peer("iso-b").await;
     let joined = root_a.recv().await;
     assert_eq!(joined.payload_json()["peer_id"], "iso-b", "{joined:?}");
@@ -250,6 +253,38 @@ async fn routing_survives_a_real_eviction() {
         woken_by_a_message(&dev),
         woken_by_a_connect(&dev),
         woken_by_a_close(&dev),
+    );
+}
+
+/// README "Announcements on the edge": joins waiting for the end of the window live in the
+/// room's memory, and a room whose timer is pending is not hibernated, so they are not lost.
+/// With a 15 s window (longer than the 10 s after which workerd evicts an idle room), `a`'s
+/// join starts the window, `b` and `c` join at once and wait for it: 15 s without an event
+/// later, `a` is told of both in one `PeersChanged`, by the same instance of the room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn announcements_waiting_for_their_window_are_not_lost_to_hibernation() {
+    let dev = WranglerDev::start_with_vars(&[
+        ("GSIO_RELAY_TEST_HOOKS", "1"),
+        ("GSIO_RELAY_DISCOVERY__ANNOUNCE_WINDOW_MS", "15000"),
+    ]);
+    let net = WsNet::at(dev.url("/pending"));
+    let mut a = net.peer("a").await;
+    let before = instance(&dev, "/pending").await;
+    let _b = net.peer("b").await;
+    let _c = net.peer("c").await;
+    let got = a
+        .try_recv(Duration::from_secs(30))
+        .await
+        .expect("the joins waiting for the window were never announced");
+    assert_eq!(got.message_type, "PeersChanged", "{got:?}");
+    assert_eq!(
+        got.payload_json(),
+        serde_json::json!({"left": [], "joined": ["b", "c"]})
+    );
+    assert_eq!(
+        instance(&dev, "/pending").await,
+        before,
+        "the room was evicted while announcements waited"
     );
 }
 

@@ -143,6 +143,11 @@ struct Options {
     /// WebSocket peers held at once in the hold check; 0 skips it [default: 19000; quick: 1000].
     #[arg(long, global = true)]
     peers: Option<usize>,
+    /// Peers of the mass connect in conns: that many WebSocket peers connect at once to a relay
+    /// with peer announcements on (the shipped discovery settings), then to one with them off;
+    /// time, CPU and memory compared. 0 skips it [default: 10000; quick: 500].
+    #[arg(long, global = true)]
+    mass: Option<usize>,
     /// Seconds the hold check holds its peers before the echo check.
     #[arg(long, global = true, default_value_t = 5.0)]
     hold: f64,
@@ -209,6 +214,7 @@ impl Options {
             grpc_streams: count(self.grpc_streams, 2_000, 100),
             streams_per_conn: self.streams_per_conn.max(1),
             hold_peers: count(self.peers, 19_000, 1_000),
+            mass_peers: count(self.mass, 10_000, 500),
             hold: Duration::from_secs_f64(if quick { 1.0 } else { self.hold }),
             soak: Duration::from_secs_f64(soak),
             soak_rate: self.soak_rate,
@@ -256,7 +262,11 @@ fn main() -> ExitCode {
         }
     };
     eprintln!("open files: soft limit {soft}, hard limit {hard}");
-    let needed = settings.hold_peers.max(settings.ws_conns) as u64 + 64;
+    let needed = settings
+        .hold_peers
+        .max(settings.ws_conns)
+        .max(settings.mass_peers) as u64
+        + 64;
     if matches!(cli.command, Command::All | Command::Conns) && soft < needed {
         eprintln!(
             "warning: the open-file limit ({soft}) is below the {needed} the conns scenario needs"
@@ -369,6 +379,7 @@ mod tests {
         assert_eq!(s.ws_conns, 10_000);
         assert_eq!((s.grpc_streams, s.streams_per_conn), (2_000, 100));
         assert_eq!((s.hold_peers, s.hold), (19_000, Duration::from_secs(5)));
+        assert_eq!(s.mass_peers, 10_000);
         assert_eq!(
             (s.soak, s.soak_sample),
             (Duration::from_secs(60), Duration::from_secs(5))

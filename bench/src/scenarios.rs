@@ -7,8 +7,9 @@
 //!   total rate in msgs/s; relay against floor.
 //! - **bridge**: directed pairs over WebSocket, over gRPC, and gRPC ↔ WebSocket, on the relay,
 //!   compared with the WebSocket pairs.
-//! - **conns**: idle WebSocket peers and idle gRPC streams: server RSS per connection; and a hold
-//!   check of many WebSocket peers, each answering an echo at the end.
+//! - **conns**: idle WebSocket peers and idle gRPC streams: server RSS per connection; a hold
+//!   check of many WebSocket peers, each answering an echo at the end; and a mass connect with
+//!   peer announcements on against the same with them off (time, CPU, memory).
 //! - **soak**: directed pairs at half the max rate for a minute, RSS sampled along the way.
 
 use std::path::PathBuf;
@@ -48,6 +49,8 @@ pub struct Settings {
     pub grpc_streams: usize,
     pub streams_per_conn: usize,
     pub hold_peers: usize,
+    /// Peers of the mass connect, announcements on against off (0: not run).
+    pub mass_peers: usize,
     pub hold: Duration,
     pub soak: Duration,
     pub soak_rate: Option<f64>,
@@ -880,6 +883,10 @@ pub async fn conns(settings: &Settings, report: &mut Report) -> Result<()> {
         );
     }
 
+    if settings.mass_peers > 0 && settings.url.is_none() {
+        mass_connect(settings, report).await?;
+    }
+
     let per = |line: &Value| line["rss_per_conn_kib"].as_f64();
     let ws_line = &rows[0].1;
     report.check(
@@ -924,6 +931,152 @@ pub async fn conns(settings: &Settings, report: &mut Report) -> Result<()> {
             eprintln!("  hold: first failure: {first}");
         }
     }
+    Ok(())
+}
+
+/// One mass connect: `count` WebSocket peers connecting at once (128 handshakes in flight, as
+/// the idle measurement) to a fresh relay with announcements `on` or off; how long until every
+/// peer has its Welcome, the relay's CPU over that time, and its RSS per peer 2 s later. Every
+/// peer then answers an echo (announcements still in its socket are read past).
+async fn mass_connect_run(settings: &Settings, on: bool, count: usize) -> Result<(Value, Target)> {
+    let mut settings = settings.clone();
+    settings.relay_env.push((
+        "GSIO_RELAY_DISCOVERY__ANNOUNCE_PEERS".to_owned(),
+        on.to_string(),
+    ));
+    let target = Target::relay(&settings)?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let base = target.pid.and_then(|pid| proc::sample(Some(pid)).ok());
+    let started = Instant::now();
+    eprintln!(
+        "  conns: mass connect of {count} peers, announcements {}",
+        if on { "on" } else { "off" }
+    );
+    let (mut idle, failures, first_failure) =
+        open_idle_ws(&target.ws_url, &clients::next_tag().to_string(), count).await;
+    let open = started.elapsed();
+    let opened_sample = target.pid.and_then(|pid| proc::sample(Some(pid)).ok());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let held = target.pid.and_then(|pid| proc::sample(Some(pid)).ok());
+    let opened = idle.len();
+    let usage = match (base, opened_sample) {
+        (Some(base), Some(after)) => Some(proc::usage(base, after, open)),
+        _ => None,
+    };
+    let (answered, ping_failed, _) = idle.ping_all().await;
+    let line = json!({
+        "scenario": "conns",
+        "check": "mass_connect",
+        "announce_peers": on,
+        "target": "relay",
+        "transport": "ws",
+        "requested": count,
+        "opened": opened,
+        "failures": failures,
+        "first_failure": first_failure,
+        "open_s": round(open.as_secs_f64(), 3),
+        "server_cpu_s": usage.map(|u| round(u.cpu_s, 3)),
+        "server_cpu_pct": usage.map(|u| round(u.cpu_pct, 1)),
+        "rss_base_kib": base.map(|s| s.rss_kib),
+        "rss_held_kib": held.map(|s| s.rss_kib),
+        "rss_per_conn_kib": match (base, held) {
+            (Some(b), Some(h)) if opened > 0 =>
+                Some(round((h.rss_kib as f64 - b.rss_kib as f64) / opened as f64, 2)),
+            _ => None,
+        },
+        "echo_answered": answered,
+        "echo_failed": ping_failed,
+    });
+    emit(&settings, &line);
+    drop(idle);
+    Ok((line, target))
+}
+
+/// Issue 9: a mass connect with announcements on costs at most twice the time and memory of
+/// the same connect with them off. Runs off, then on, each on a fresh relay; prints both, the
+/// ratios, and the target lines.
+async fn mass_connect(settings: &Settings, report: &mut Report) -> Result<()> {
+    let count = settings.mass_peers;
+    let mut lines = Vec::new();
+    for on in [false, true] {
+        let (line, target) = mass_connect_run(settings, on, count).await?;
+        target.stop(report);
+        lines.push(line);
+    }
+    let (off, on) = (&lines[0], &lines[1]);
+    println!(
+        "
+conns: mass connect of {count} WebSocket peers, announcements on against off"
+    );
+    println!(
+        "  {:<22}{:>9}{:>9}{:>9}{:>10}{:>8}{:>12}{:>11}{:>9}",
+        "", "opened", "failed", "open s", "CPU s", "CPU %", "held MiB", "KiB/conn", "echo ok"
+    );
+    for (name, line) in [("announcements off", off), ("announcements on", on)] {
+        let num = |key: &str| line[key].as_f64();
+        let cell = |v: Option<f64>, places: usize| v.map_or("-".to_owned(), |v| fmt_num(v, places));
+        println!(
+            "  {:<22}{:>9}{:>9}{:>9}{:>10}{:>8}{:>12}{:>11}{:>9}",
+            name,
+            cell(num("opened"), 0),
+            cell(num("failures"), 0),
+            cell(num("open_s"), 2),
+            cell(num("server_cpu_s"), 2),
+            cell(num("server_cpu_pct"), 0),
+            cell(num("rss_held_kib").map(|k| mib(k as u64)), 1),
+            cell(num("rss_per_conn_kib"), 2),
+            cell(num("echo_answered"), 0),
+        );
+    }
+    let ratio = |key: &str| match (on[key].as_f64(), off[key].as_f64()) {
+        (Some(on), Some(off)) if off > 0.0 => Some(on / off),
+        _ => None,
+    };
+    let (time, memory, cpu) = (
+        ratio("open_s"),
+        ratio("rss_per_conn_kib"),
+        ratio("server_cpu_s"),
+    );
+    let show = |r: Option<f64>| r.map_or("-".to_owned(), |r| format!("{r:.2}"));
+    println!(
+        "  on / off: time {}, memory per peer {}, server CPU {}",
+        show(time),
+        show(memory),
+        show(cpu)
+    );
+    let measured = |r: Option<f64>, key: &str| {
+        format!(
+            "{} ({} / {})",
+            show(r),
+            on[key]
+                .as_f64()
+                .map_or("-".to_owned(), |v| format!("{v:.2}")),
+            off[key]
+                .as_f64()
+                .map_or("-".to_owned(), |v| format!("{v:.2}")),
+        )
+    };
+    report.check(
+        &format!("mass connect {count} peers, announce on/off: time"),
+        measured(time, "open_s"),
+        "<= 2.0",
+        time.map(|r| r <= 2.0),
+    );
+    report.check(
+        &format!("mass connect {count} peers, announce on/off: RSS/peer"),
+        measured(memory, "rss_per_conn_kib"),
+        "<= 2.0",
+        memory.map(|r| r <= 2.0),
+    );
+    let failures = |line: &Value| {
+        line["failures"].as_u64().unwrap_or(0) + line["echo_failed"].as_u64().unwrap_or(0)
+    };
+    report.check(
+        &format!("connection failures, mass connect {count} peers, on and off"),
+        format!("{} + {}", failures(off), failures(on)),
+        "0",
+        Some(failures(off) + failures(on) == 0),
+    );
     Ok(())
 }
 

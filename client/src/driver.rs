@@ -11,7 +11,7 @@ use tonic::Streaming;
 use crate::config::Config;
 use crate::envelope::Envelope;
 use crate::error::{error_chain, DisconnectReason, RelayError};
-use crate::event::{event_for, Disconnected, Event, Welcome};
+use crate::event::{events_for, Disconnected, Event, Welcome};
 use crate::pb;
 use crate::pb::relay_service_client::RelayServiceClient;
 use crate::{NODE_ID_METADATA, RELAY_ID};
@@ -232,7 +232,9 @@ impl Driver {
             tokio::select! {
                 next = inbound.message() => match next {
                     Ok(Some(envelope)) => {
-                        self.emit(event_for(Envelope::from_pb(envelope))).await;
+                        for event in events_for(Envelope::from_pb(envelope)) {
+                            self.emit(event).await;
+                        }
                     }
                     Ok(None) if leaving => return DisconnectReason::Closed,
                     Ok(None) => return DisconnectReason::Ended,

@@ -15,9 +15,9 @@ pub enum Event {
     Connected(Welcome),
     /// An envelope from another peer.
     Message(Envelope),
-    /// Another peer joined (`PeerJoined`, when the relay announces peers).
+    /// Another peer joined (`PeerJoined`, or one id of a `PeersChanged`, when the relay announces peers).
     PeerJoined(String),
-    /// Another peer left (`PeerLeft`).
+    /// Another peer left (`PeerLeft`, or one id of a `PeersChanged`; a `PeersChanged` gives its leaves first).
     PeerLeft(String),
     /// The relay refused one of this node's envelopes or could not deliver it (an `Error`
     /// envelope); [`RelayError::message_id`] says which. The connection stays open.
@@ -85,19 +85,29 @@ impl Disconnected {
 }
 
 /// Sorts an envelope from the relay itself (`sender_id` `relay`, which no peer may use) into its
-/// event; anything else is a message.
-pub(crate) fn event_for(envelope: Envelope) -> Event {
+/// events; anything else is a message. A `PeersChanged` (joins and leaves the relay announced
+/// together) becomes one `PeerLeft` per id it lists as left, then one `PeerJoined` per id it
+/// lists as joined, the order in which the relay applies them: a node sees the same events
+/// however the relay coalesced them.
+pub(crate) fn events_for(envelope: Envelope) -> Vec<Event> {
     if envelope.sender_id != crate::RELAY_ID {
-        return Event::Message(envelope);
+        return vec![Event::Message(envelope)];
     }
+    let payload = || envelope.payload.to_value();
     let peer_id = || {
-        envelope
-            .payload
-            .to_value()
+        payload()
             .get("peer_id")
             .and_then(|id| id.as_str().map(str::to_owned))
     };
-    match envelope.message_type.as_str() {
+    let ids = |value: &serde_json::Value, key: &str| -> Option<Vec<String>> {
+        value
+            .get(key)?
+            .as_array()?
+            .iter()
+            .map(|id| id.as_str().map(str::to_owned))
+            .collect()
+    };
+    let event = match envelope.message_type.as_str() {
         "Error" => Event::Rejected(RelayError::from_payload(&envelope.payload)),
         "PeerJoined" => match peer_id() {
             Some(id) => Event::PeerJoined(id),
@@ -107,8 +117,20 @@ pub(crate) fn event_for(envelope: Envelope) -> Event {
             Some(id) => Event::PeerLeft(id),
             None => Event::Message(envelope),
         },
+        "PeersChanged" => {
+            let value = payload();
+            return match (ids(&value, "left"), ids(&value, "joined")) {
+                (Some(left), Some(joined)) => left
+                    .into_iter()
+                    .map(Event::PeerLeft)
+                    .chain(joined.into_iter().map(Event::PeerJoined))
+                    .collect(),
+                _ => vec![Event::Message(envelope)],
+            };
+        }
         _ => Event::Message(envelope),
-    }
+    };
+    vec![event]
 }
 
 #[cfg(test)]
@@ -121,6 +143,31 @@ mod tests {
             sender_id: "relay".into(),
             ..Envelope::new(message_type, payload)
         }
+    }
+
+    fn event_for(envelope: Envelope) -> Event {
+        let mut events = events_for(envelope);
+        assert_eq!(events.len(), 1, "{events:?}");
+        events.remove(0)
+    }
+
+    #[test]
+    fn coalesced_announcements_become_one_event_per_peer_lefts_first() {
+        assert_eq!(
+            events_for(from_relay(
+                "PeersChanged",
+                json!({"left": ["a", "b"], "joined": ["c", "a"]})
+            )),
+            [
+                Event::PeerLeft("a".into()),
+                Event::PeerLeft("b".into()),
+                Event::PeerJoined("c".into()),
+                Event::PeerJoined("a".into()),
+            ]
+        );
+        // Not the relay's shape: handed over as it came, not dropped.
+        let odd = from_relay("PeersChanged", json!({"joined": "c"}));
+        assert_eq!(events_for(odd.clone()), [Event::Message(odd)]);
     }
 
     #[test]

@@ -74,7 +74,7 @@ pub mod pb {
 /// The gRPC metadata key that carries a node's id.
 pub const NODE_ID_METADATA: &str = "x-gsio-node-id";
 
-/// The relay's own peer id: it signs `Welcome`, `Error`, `PeerJoined` and `PeerLeft`.
+/// The relay's own peer id: it signs `Welcome`, `Error`, `PeerJoined`, `PeerLeft` and `PeersChanged`.
 pub const RELAY_ID: &str = "relay";
 
 #[cfg(test)]

@@ -164,6 +164,12 @@ pub struct Discovery {
     /// connection's write buffer grown for as long as it lives.
     #[serde(default = "default_welcome_peers_max")]
     pub welcome_peers_max: usize,
+    /// Joins and leaves within this many milliseconds of an announcement are announced together
+    /// when the window ends, so that a mass connect (every node reconnecting after a restart)
+    /// costs one announcement per window and peer instead of one per join and peer. 0 announces
+    /// each change on its own, at once. See `crate::presence`.
+    #[serde(default = "default_announce_window_ms")]
+    pub announce_window_ms: u64,
 }
 
 impl Default for Discovery {
@@ -171,6 +177,7 @@ impl Default for Discovery {
         Discovery {
             announce_peers: true,
             welcome_peers_max: default_welcome_peers_max(),
+            announce_window_ms: default_announce_window_ms(),
         }
     }
 }
@@ -241,6 +248,9 @@ fn default_true() -> bool {
 }
 fn default_welcome_peers_max() -> usize {
     100
+}
+fn default_announce_window_ms() -> u64 {
+    50
 }
 fn default_mode() -> Mode {
     Mode::Broadcast
@@ -455,6 +465,8 @@ pub const MIN_MESSAGE_BYTES: usize = 256;
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 /// The largest `limits.queue_capacity`.
 pub const MAX_QUEUE_CAPACITY: usize = 1_000_000;
+/// The largest `discovery.announce_window_ms`: a minute.
+pub const MAX_ANNOUNCE_WINDOW_MS: u64 = 60_000;
 
 #[cfg(feature = "parse-toml")]
 impl RelayConfig {
@@ -563,6 +575,15 @@ impl RelayConfig {
                 format!(
                     "{} is out of range; use 1 to {MAX_QUEUE_CAPACITY}",
                     limits.queue_capacity
+                ),
+            );
+        }
+        if self.discovery.announce_window_ms > MAX_ANNOUNCE_WINDOW_MS {
+            return bad(
+                "discovery.announce_window_ms",
+                format!(
+                    "{} is out of range; use 0 to {MAX_ANNOUNCE_WINDOW_MS}",
+                    self.discovery.announce_window_ms
                 ),
             );
         }
@@ -776,6 +797,23 @@ mod tests {
                 "{key} = {past}: {err}"
             );
         }
+        let window = |n: u64| format!("[discovery]\nannounce_window_ms = {n}\n");
+        let config = RelayConfig::from_toml_str(&window(60_000), "t.toml").unwrap();
+        assert_eq!(config.discovery.announce_window_ms, 60_000);
+        assert_eq!(
+            RelayConfig::from_toml_str(&window(0), "t.toml")
+                .unwrap()
+                .discovery
+                .announce_window_ms,
+            0
+        );
+        let err = RelayConfig::from_toml_str(&window(60_001), "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("discovery.announce_window_ms") && err.contains("use 0 to 60000"),
+            "{err}"
+        );
         // The README's example of a bad override, word for word.
         let err = RelayConfig::load(
             "",

@@ -6,8 +6,11 @@
 //! ([`Connection::leave`]). The connection runs every step of the protocol:
 //!
 //! - it sizes, parses and admits each envelope (identity bound once, spoofing refused);
-//! - it joins the peer table under the claimed id, queues the `Welcome` to the newcomer before
-//!   anything else can reach it, then announces `PeerJoined` to the others;
+//! - it joins the peer table under the claimed id and queues the `Welcome` to the newcomer
+//!   before anything else can reach it; joins and leaves are announced to the others by the
+//!   network's [`crate::presence`] log, at once or coalesced when the front's presence timer
+//!   fires ([`Connection::poll_presence_timer`], [`presence_timer_fired`]), and always before
+//!   anything the newcomer sends is delivered;
 //! - it routes by the `relay.toml` rules and hands each recipient the message;
 //! - it answers every refusal with an `Error` envelope addressed to the connection's id (or to
 //!   nobody, `""`, while it has none), naming the offending envelope's type when known;
@@ -29,6 +32,7 @@
 
 use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
 
 use bytestring::ByteString;
 
@@ -38,6 +42,7 @@ use crate::error::{ErrorCode, RelayError};
 use crate::hub::{error_message, ConnId, Hub, MessageLimit, Offending, Route};
 use crate::id::PeerId;
 use crate::ids::IdBlock;
+use crate::presence::Effect;
 use crate::session::{Inbound, Rejection, SenderText, Session};
 
 /// How the relay reaches one peer: the front's handle to its outbound queue or socket.
@@ -172,6 +177,11 @@ pub struct Connection<L> {
     counts: Counts,
     /// The ids this connection assigns come from here, a block at a time.
     ids: IdBlock,
+    /// The network's presence timer must be started: taken by the front
+    /// ([`Connection::poll_presence_timer`]).
+    timer: Option<Duration>,
+    /// This connection's join is known to be announced: what it sends need not wait for it.
+    announced: bool,
 }
 
 impl<L: Link> Connection<L> {
@@ -189,6 +199,8 @@ impl<L: Link> Connection<L> {
             hard_frame_bytes,
             counts: Counts::default(),
             ids: IdBlock::default(),
+            timer: None,
+            announced: false,
         }
     }
 
@@ -290,16 +302,31 @@ impl<L: Link> Connection<L> {
         };
         let mut hub = table.write();
         hub.restore(id.clone(), self.conn, self.link.clone());
-        if let Some((_, Some(announcement))) = hub.leave(&id, self.conn) {
-            for (_, peer) in hub.others(&id) {
-                let _ = peer.send(&announcement);
-            }
+        if let Some((_, effect)) = hub.leave(&id, self.conn) {
+            self.presence(&mut hub, effect);
         }
     }
 
     /// The counts since the last call.
     pub fn take_counts(&mut self) -> Counts {
         std::mem::take(&mut self.counts)
+    }
+
+    /// After any step: `Some(delay)` when the network's presence timer must be started, to call
+    /// [`presence_timer_fired`] after `delay`. Asked for once per run of the timer, so a front
+    /// keeps one timer per network (see [`crate::presence`], "When").
+    pub fn poll_presence_timer(&mut self) -> Option<Duration> {
+        self.timer.take()
+    }
+
+    /// Carries out what a join or leave asks: announce now, start the timer.
+    fn presence(&mut self, hub: &mut Hub<L>, effect: Effect) {
+        if effect.flush_now {
+            flush(hub, &mut self.counts);
+        }
+        if effect.arm.is_some() {
+            self.timer = effect.arm;
+        }
     }
 
     fn dispatch(&mut self, table: &impl Table<L>, inbound: Inbound, meter: &mut impl Meter) {
@@ -322,11 +349,7 @@ impl<L: Link> Connection<L> {
             let joined = hub.join(id.clone(), self.conn, self.link.clone())?;
             // Handed over under the lock, so the Welcome comes before anything routed to it.
             self.deliver_own(&joined.welcome);
-            if let Some(announcement) = joined.announcement {
-                for (_, peer) in hub.others(&id) {
-                    let _ = peer.send(&announcement);
-                }
-            }
+            self.presence(&mut hub, joined.presence);
         }
         self.session.bind(id);
         Ok(())
@@ -339,6 +362,14 @@ impl<L: Link> Connection<L> {
             // Admission binds the session before routing; nothing to route from nobody.
             return;
         };
+        if !self.announced {
+            // Nobody hears from a peer before hearing of it: a join still waiting for the
+            // presence timer is announced now.
+            if table.read().join_pending(sender.as_str(), self.conn) {
+                flush(&mut table.write(), &mut self.counts);
+            }
+            self.announced = true;
+        }
         // Filled only when a recipient is a slow consumer: no allocation otherwise.
         let mut missed: Vec<PeerId> = Vec::new();
         let (routed, message) = {
@@ -439,6 +470,28 @@ pub fn reconfigure<L: Link>(table: &impl Table<L>, config: Arc<RelayConfig>) -> 
     done
 }
 
+/// The network's presence timer fired: announces what waits. Returns when to call again
+/// (`None`: the timer stops until a connection asks for it again) and what the announcements
+/// did (slow consumers they disconnected).
+pub fn presence_timer_fired<L: Link>(table: &impl Table<L>) -> (Option<Duration>, Counts) {
+    let mut counts = Counts::default();
+    let mut hub = table.write();
+    let effect = hub.presence_timer_fired();
+    if effect.flush_now {
+        flush(&mut hub, &mut counts);
+    }
+    (effect.arm, counts)
+}
+
+/// Announces what waits in the network's presence log to every peer it concerns.
+fn flush<L: Link>(hub: &mut Hub<L>, counts: &mut Counts) {
+    hub.flush_presence(|_, peer, message| {
+        if let Err(Refused::SlowConsumer { newly: true }) = peer.send(message) {
+            counts.slow_consumers += 1;
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     //! The conversation, table by table, without sockets: links are in-memory logs.
@@ -504,7 +557,10 @@ mod tests {
         }
     }
 
-    const RULES: &str = "[routing]\ndefault = \"broadcast\"\n[routing.rules]\nPing = \"echo\"\nSync = \"directed\"\nAsk = \"auto\"\n";
+    /// Each join and leave announced at once (`announce_window_ms = 0`, the behaviour before
+    /// coalescing): the tests about routing and errors read announcements as they happen. The
+    /// coalescing window has its own tests below.
+    const RULES: &str = "[discovery]\nannounce_window_ms = 0\n[routing]\ndefault = \"broadcast\"\n[routing.rules]\nPing = \"echo\"\nSync = \"directed\"\nAsk = \"auto\"\n";
 
     struct Net {
         table: RwLock<Hub<Log>>,
@@ -934,7 +990,10 @@ mod tests {
             assert_eq!(log.types(), ["PeerJoined"]);
         }
         // Keys peers are not told about: nobody hears of it.
-        let quiet = louder.clone() + "[discovery]\nwelcome_peers_max = 3\n";
+        let quiet = louder.replace(
+            "announce_window_ms = 0\n",
+            "announce_window_ms = 0\nwelcome_peers_max = 3\n",
+        );
         assert_eq!(
             reconfigure(&net.table, config(&quiet)),
             Reconfigured::default()
@@ -969,5 +1028,296 @@ mod tests {
             (1, 3, 0)
         );
         assert_eq!(a.take_counts(), Counts::default());
+    }
+
+    // ---- Presence: coalesced announcements, with the presence timer in the test's hands ----
+
+    /// A network whose presence timer is fired by the test, and its connections by name.
+    struct Timed {
+        net: Net,
+        peers: std::collections::BTreeMap<String, (Connection<Log>, Log)>,
+        /// The core asked for the timer and it has not stopped since.
+        armed: bool,
+    }
+
+    impl Timed {
+        fn new(toml: &str) -> Timed {
+            Timed {
+                net: Net::new(toml),
+                peers: Default::default(),
+                armed: false,
+            }
+        }
+
+        /// Takes a connection's request for the timer: one timer per network, never two.
+        fn poll(&mut self, c: &mut Connection<Log>) {
+            if c.poll_presence_timer().is_some() {
+                assert!(!self.armed, "the timer was asked for while it runs");
+                self.armed = true;
+            }
+        }
+
+        /// `+a` joins as a, `-a` leaves, `a>` a broadcasts a `Note`, `t` fires the timer.
+        fn run(&mut self, op: &str) {
+            if let Some(id) = op.strip_prefix('+') {
+                let log = Log::default();
+                let mut c = self.net.open(log.clone());
+                assert_eq!(c.claim(&self.net.table, id), Step::Continue, "{op}");
+                assert_eq!(log.got.borrow()[0].envelope().message_type, "Welcome");
+                log.got.borrow_mut().remove(0);
+                self.poll(&mut c);
+                self.peers.insert(id.to_owned(), (c, log));
+            } else if let Some(id) = op.strip_prefix('-') {
+                let (mut c, _) = self.peers.remove(id).expect(op);
+                c.leave(&self.net.table);
+                self.poll(&mut c);
+            } else if let Some(id) = op.strip_suffix('>') {
+                let (mut c, log) = self.peers.remove(id).expect(op);
+                let _ = self.net.text(&mut c, &envelope("Note", id, ""));
+                self.poll(&mut c);
+                self.peers.insert(id.to_owned(), (c, log));
+            } else {
+                assert_eq!(op, "t");
+                assert!(self.armed, "the timer fired without being asked for");
+                let (next, _) = presence_timer_fired(&self.net.table);
+                self.armed = next.is_some();
+            }
+        }
+
+        /// What `id` received since the last call, one token per envelope: `+x` PeerJoined,
+        /// `-x` PeerLeft, `*-x+y` PeersChanged (its lefts, then its joins), `Note<a`.
+        fn received(&self, id: &str) -> String {
+            let log = &self.peers[id].1;
+            let tokens: Vec<String> = log.got.borrow_mut().drain(..).map(|m| render(&m)).collect();
+            tokens.join(" ")
+        }
+    }
+
+    fn render(m: &Message) -> String {
+        let e = m.envelope();
+        let p: Value = serde_json::from_str(e.payload.get()).unwrap();
+        match &*e.message_type {
+            "PeerJoined" => format!("+{}", p["peer_id"].as_str().unwrap()),
+            "PeerLeft" => format!("-{}", p["peer_id"].as_str().unwrap()),
+            "PeersChanged" => {
+                let ids = |key: &str, sign: &str| -> String {
+                    p[key]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|id| format!("{sign}{}", id.as_str().unwrap()))
+                        .collect()
+                };
+                format!("*{}{}", ids("left", "-"), ids("joined", "+"))
+            }
+            other => format!("{other}<{}", e.sender_id),
+        }
+    }
+
+    const WINDOWED: &str =
+        "[discovery]\nannounce_window_ms = 50\n[routing]\ndefault = \"broadcast\"\n";
+
+    /// (config, ops, what each peer connected at the end received; every other one nothing)
+    type PresenceRow<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
+
+    #[test]
+    fn presence_table() {
+        const ZERO: &str = "[discovery]\nannounce_window_ms = 0\n";
+        const CUT: &str = "[discovery]\nwelcome_peers_max = 1\n";
+        const OFF: &str = "[discovery]\nannounce_peers = false\n";
+        let table: &[PresenceRow] = &[
+            // A burst: one envelope for those there before it; a newcomer hears only of later
+            // joins (never of one its Welcome listed).
+            (
+                WINDOWED,
+                "+w +a +b +c t",
+                &[("w", "*+a+b+c"), ("a", "*+b+c"), ("b", "+c"), ("c", "")],
+            ),
+            // A change while no timer runs is announced at once, in today's shape.
+            (WINDOWED, "+w t +a", &[("w", "+a"), ("a", "")]),
+            // Joined and left within the window: announced to nobody who never saw it.
+            (WINDOWED, "+w +a -a t", &[("w", "")]),
+            // b saw a in its Welcome, so b hears a leave; w never saw a.
+            (WINDOWED, "+w +a +b -a t", &[("w", "+b"), ("b", "-a")]),
+            // The id reused by another connection within the window: left, then joined.
+            (WINDOWED, "+w +a t -a +a t", &[("w", "+a *-a+a"), ("a", "")]),
+            // A newcomer's envelope waits for nobody: its join is announced first.
+            (WINDOWED, "+w +a a>", &[("w", "+a Note<a"), ("a", "")]),
+            (
+                WINDOWED,
+                "+w +a +b a>",
+                &[("w", "*+a+b Note<a"), ("a", "+b"), ("b", "Note<a")],
+            ),
+            // After the flush it forced, the window still runs: later changes wait for it.
+            (
+                WINDOWED,
+                "+w +a a> +b +c t t",
+                &[
+                    ("w", "+a Note<a *+b+c"),
+                    ("a", "*+b+c"),
+                    ("b", "+c"),
+                    ("c", ""),
+                ],
+            ),
+            // Window 0: every change at once, one by one, as before coalescing.
+            (ZERO, "+w +a +b -a", &[("w", "+a +b -a"), ("b", "-a")]),
+            // A cut Welcome (one id of three): the newcomer hears of the leaves of peers it was
+            // not told the names of (as before coalescing), never of their joins.
+            (
+                CUT,
+                "+w +x +y t +late -x -w t",
+                &[("y", "*-w-x+late"), ("late", "*-w-x")],
+            ),
+            (OFF, "+w +a +b -a", &[("w", ""), ("b", "")]),
+        ];
+        for (config, ops, expect) in table {
+            let mut net = Timed::new(config);
+            for op in ops.split(' ') {
+                net.run(op);
+            }
+            let mut expected: std::collections::BTreeMap<&str, String> = net
+                .peers
+                .keys()
+                .map(|k| (k.as_str(), String::new()))
+                .collect();
+            for (peer, got) in *expect {
+                assert!(
+                    expected.contains_key(peer),
+                    "{ops}: {peer} is not connected"
+                );
+                expected.insert(peer, (*got).to_owned());
+            }
+            for (peer, want) in expected {
+                assert_eq!(
+                    net.received(peer),
+                    want,
+                    "{config}{ops}: what {peer} received"
+                );
+            }
+        }
+    }
+
+    /// Random interleavings of joins (ids reused often), leaves, broadcasts and timer firings,
+    /// checked against a model of what each peer must know: every connection of another peer
+    /// exactly once (by its Welcome or an announcement), never a join of a peer that is gone or
+    /// already known, never a leave of one it did not know, never a message from a peer it has
+    /// not heard of; and once the timer stops, each peer knows exactly who is connected.
+    /// Deterministic (a fixed LCG per seed), so a failure replays.
+    #[test]
+    fn presence_randomized_against_a_model() {
+        use std::collections::BTreeMap;
+        const CONFIGS: &[&str] = &[
+            WINDOWED,
+            "[discovery]\nannounce_window_ms = 0\n",
+            "[discovery]\nwelcome_peers_max = 1\n",
+        ];
+        const IDS: &[&str] = &["a", "b", "c", "d", "e"];
+        let mut checked = 0;
+        for config in CONFIGS {
+            for seed in 0..300u64 {
+                let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+                let mut next = |bound: usize| {
+                    state = state
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    ((state >> 33) as usize) % bound
+                };
+                let mut net = Timed::new(config);
+                // Truth: id → the connection holding it. Views: peer → (id → connection).
+                let mut truth: BTreeMap<String, ConnId> = BTreeMap::new();
+                let mut views: BTreeMap<String, BTreeMap<String, ConnId>> = BTreeMap::new();
+                let mut trail = Vec::new();
+                let mut step = |net: &mut Timed,
+                                truth: &mut BTreeMap<String, ConnId>,
+                                views: &mut BTreeMap<String, BTreeMap<String, ConnId>>,
+                                op: String| {
+                    trail.push(op.clone());
+                    let context = || format!("{config} seed {seed}: {}", trail.join(" "));
+                    net.run(&op);
+                    if let Some(id) = op.strip_prefix('+') {
+                        views.insert(id.to_owned(), truth.clone());
+                        truth.insert(id.to_owned(), net.peers[id].0.conn_id());
+                    } else if let Some(id) = op.strip_prefix('-') {
+                        truth.remove(id);
+                        views.remove(id);
+                    }
+                    for (peer, view) in views.iter_mut() {
+                        for token in net.received(peer).split(' ').filter(|t| !t.is_empty()) {
+                            if let Some((_, sender)) = token.split_once('<') {
+                                assert_eq!(
+                                    view.get(sender),
+                                    truth.get(sender),
+                                    "{}: {peer} heard from {sender} before hearing of it",
+                                    context()
+                                );
+                                continue;
+                            }
+                            let token = token.trim_start_matches('*');
+                            let mut rest = token;
+                            while !rest.is_empty() {
+                                let sign = &rest[..1];
+                                let end = rest[1..].find(['+', '-']).map_or(rest.len(), |i| i + 1);
+                                let id = &rest[1..end];
+                                rest = &rest[end..];
+                                if sign == "-" {
+                                    let known = view.remove(id);
+                                    assert!(
+                                        known.is_some(),
+                                        "{}: {peer} told {id} left, never knew it",
+                                        context()
+                                    );
+                                    assert_ne!(
+                                        known,
+                                        truth.get(id).copied(),
+                                        "{}: {peer} told {id} left, still connected",
+                                        context()
+                                    );
+                                } else {
+                                    let now = truth.get(id).copied();
+                                    assert!(
+                                        now.is_some(),
+                                        "{}: {peer} told {id} joined, gone",
+                                        context()
+                                    );
+                                    let before = view.insert(id.to_owned(), now.unwrap());
+                                    assert!(
+                                        before.is_none(),
+                                        "{}: {peer} told {id} joined twice",
+                                        context()
+                                    );
+                                }
+                            }
+                        }
+                    }
+                };
+                for _ in 0..40 {
+                    let live: Vec<String> = truth.keys().cloned().collect();
+                    let op = match next(8) {
+                        0..=2 => {
+                            let id = IDS[next(IDS.len())];
+                            if truth.contains_key(id) {
+                                continue;
+                            }
+                            format!("+{id}")
+                        }
+                        3 | 4 if !live.is_empty() => format!("-{}", live[next(live.len())]),
+                        5 if !live.is_empty() => format!("{}>", live[next(live.len())]),
+                        _ if net.armed => "t".to_owned(),
+                        _ => continue,
+                    };
+                    step(&mut net, &mut truth, &mut views, op);
+                }
+                while net.armed {
+                    step(&mut net, &mut truth, &mut views, "t".to_owned());
+                }
+                for (peer, view) in &views {
+                    let mut others = truth.clone();
+                    others.remove(peer);
+                    assert_eq!(view, &others, "{config} seed {seed}: what {peer} knows");
+                }
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 900);
     }
 }

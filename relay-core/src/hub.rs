@@ -3,8 +3,9 @@
 //! A [`Hub`] maps each connected [`PeerId`] to the front's handle for that peer (`P`: a queue
 //! sender natively, a socket in the Worker). [`Hub::route`] applies the `relay.toml` rules to one
 //! message and returns the [`Targets`] to deliver it to; it never delivers anything itself. The
-//! hub also writes the relay's own envelopes (`Welcome`, `PeerJoined`, `PeerLeft`, `Error`,
-//! `ConfigChanged`), and holds the rules in force, which a reload swaps whole
+//! hub also writes the relay's own envelopes (`Welcome`, `Error`, `ConfigChanged`), keeps the
+//! network's [`Presence`] log, from which joins and leaves are announced
+//! ([`Hub::flush_presence`]), and holds the rules in force, which a reload swaps whole
 //! ([`Hub::set_config`]).
 //!
 //! Concurrency is the front's business: the native server keeps the hub behind a lock that is
@@ -21,6 +22,7 @@ use crate::envelope::{Envelope, Message};
 use crate::error::RelayError;
 use crate::id::PeerId;
 use crate::ids::{IdBlock, MessageIds};
+use crate::presence::{self, Change, Effect, Presence, Seq};
 
 /// Names one connection, so that a peer leaving cannot remove a newer connection that reuses
 /// its id.
@@ -32,6 +34,7 @@ pub mod kinds {
     pub const ERROR: &str = "Error";
     pub const PEER_JOINED: &str = "PeerJoined";
     pub const PEER_LEFT: &str = "PeerLeft";
+    pub const PEERS_CHANGED: &str = "PeersChanged";
     /// To every connected peer when a reload changes what `Welcome` announced (`limits`,
     /// `routing`).
     pub const CONFIG_CHANGED: &str = "ConfigChanged";
@@ -52,6 +55,9 @@ impl MessageLimit {
 struct Entry<P> {
     conn: ConnId,
     peer: P,
+    /// The position of this connection's join in the presence log: what it knows of (its
+    /// Welcome) and whether its join is announced yet. 0 for a restored peer.
+    joined: Seq,
 }
 
 /// The connected peers of one network and the rules they are routed by.
@@ -63,6 +69,8 @@ pub struct Hub<P> {
     peers: HashMap<PeerId, Entry<P>>,
     /// Where messages without a sender-given id, and the relay's own, get theirs.
     ids: MessageIds,
+    /// Joins and leaves not yet announced, and the announcement timer's state.
+    presence: Presence,
 }
 
 /// What a successful join produces.
@@ -70,9 +78,9 @@ pub struct Hub<P> {
 pub struct Joined {
     /// For the newcomer, first thing after its identity is known.
     pub welcome: Arc<Message>,
-    /// `PeerJoined`, for every other peer (see [`Hub::others`]); `None` when announcements are
-    /// switched off.
-    pub announcement: Option<Arc<Message>>,
+    /// What the join asks of the caller: announce now ([`Hub::flush_presence`]) and/or start the
+    /// presence timer.
+    pub presence: Effect,
 }
 
 impl<P> Hub<P> {
@@ -83,6 +91,7 @@ impl<P> Hub<P> {
             config.limits.max_message_bytes,
         )));
         Hub {
+            presence: Presence::new(&config.discovery),
             config,
             message_limit,
             peers: HashMap::new(),
@@ -152,25 +161,13 @@ impl<P> Hub<P> {
     /// Adds a peer. A second live connection claiming an id in use is refused
     /// ([`RelayError::PeerIdInUse`]); the first keeps it.
     pub fn join(&mut self, id: PeerId, conn: ConnId, peer: P) -> Result<Joined, RelayError> {
-        let hash_map::Entry::Vacant(slot) = self.peers.entry(id.clone()) else {
+        if self.peers.contains_key(&id) {
             return Err(RelayError::PeerIdInUse(id.to_string()));
-        };
-        slot.insert(Entry { conn, peer });
+        }
+        let (joined, presence) = self.presence.record(&id, Change::Joined);
+        self.peers.insert(id.clone(), Entry { conn, peer, joined });
         let welcome = Arc::new(Message::new(self.welcome(&id)));
-        let announcement = self.config.discovery.announce_peers.then(|| {
-            Arc::new(Message::new(Envelope::from_relay(
-                kinds::PEER_JOINED,
-                self.next_message_id(),
-                "",
-                PeerEvent {
-                    peer_id: id.as_str(),
-                },
-            )))
-        });
-        Ok(Joined {
-            welcome,
-            announcement,
-        })
+        Ok(Joined { welcome, presence })
     }
 
     /// Re-registers a peer that is already connected, known from somewhere other than this hub
@@ -179,7 +176,11 @@ impl<P> Hub<P> {
     pub fn restore(&mut self, id: PeerId, conn: ConnId, peer: P) -> bool {
         match self.peers.entry(id) {
             hash_map::Entry::Vacant(slot) => {
-                slot.insert(Entry { conn, peer });
+                slot.insert(Entry {
+                    conn,
+                    peer,
+                    joined: 0,
+                });
                 true
             }
             hash_map::Entry::Occupied(_) => false,
@@ -187,24 +188,52 @@ impl<P> Hub<P> {
     }
 
     /// Removes the peer if `conn` is still the connection holding its id. Returns its handle and
-    /// the `PeerLeft` announcement for [`Hub::others`] (when announcements are on).
-    pub fn leave(&mut self, id: &PeerId, conn: ConnId) -> Option<(P, Option<Arc<Message>>)> {
+    /// what the leave asks of the caller (see [`Joined::presence`]).
+    pub fn leave(&mut self, id: &PeerId, conn: ConnId) -> Option<(P, Effect)> {
         match self.peers.get(id) {
             Some(entry) if entry.conn == conn => {}
             _ => return None,
         }
         let entry = self.peers.remove(id)?;
-        let announcement = self.config.discovery.announce_peers.then(|| {
-            Arc::new(Message::new(Envelope::from_relay(
-                kinds::PEER_LEFT,
-                self.next_message_id(),
-                "",
-                PeerEvent {
-                    peer_id: id.as_str(),
-                },
-            )))
-        });
-        Some((entry.peer, announcement))
+        let (_, presence) = self.presence.record(id, Change::Left);
+        Some((entry.peer, presence))
+    }
+
+    /// True when `conn`, holding `id`, joined and its join is not announced yet: announce it
+    /// ([`Hub::flush_presence`]) before delivering anything it sends.
+    pub fn join_pending(&self, id: &str, conn: ConnId) -> bool {
+        self.peers
+            .get(id)
+            .is_some_and(|entry| entry.conn == conn && self.presence.is_pending(entry.joined))
+    }
+
+    /// Announces every join and leave not announced yet, handing each peer's envelopes to
+    /// `deliver` (see [`crate::presence`] for who is told what). Peers that were there before
+    /// the first of them share one set of envelopes; each peer that joined since gets its own.
+    pub fn flush_presence(&mut self, mut deliver: impl FnMut(&PeerId, &P, &Arc<Message>)) {
+        let Some(batch) = self.presence.take() else {
+            return;
+        };
+        let ids = &self.ids;
+        let (left, joined) = batch.net_for(0);
+        let shared = presence::envelopes(&left, &joined, || ids.next_id());
+        for (id, entry) in &self.peers {
+            if batch.is_newcomer(entry.joined) {
+                let (left, joined) = batch.net_for(entry.joined);
+                for message in presence::envelopes(&left, &joined, || ids.next_id()) {
+                    deliver(id, &entry.peer, &message);
+                }
+            } else {
+                for message in &shared {
+                    deliver(id, &entry.peer, message);
+                }
+            }
+        }
+    }
+
+    /// The front's presence timer fired; see [`Presence::timer_fired`].
+    pub fn presence_timer_fired(&mut self) -> Effect {
+        self.presence.timer_fired()
     }
 
     /// Every peer but `id`.
@@ -356,11 +385,6 @@ pub fn error_message(
             message_id: offending.message_id.filter(|id| !id.is_empty()),
         },
     ))
-}
-
-#[derive(Serialize)]
-struct PeerEvent<'a> {
-    peer_id: &'a str,
 }
 
 #[derive(Serialize)]
@@ -614,17 +638,26 @@ mod tests {
 
     #[test]
     fn announcements_follow_the_switch() {
-        let mut on = hub("");
-        let j = on.join(id("a"), 1, "a").unwrap();
-        let ann = j.announcement.unwrap();
-        assert_eq!(ann.envelope().message_type, "PeerJoined");
-        assert_eq!(payload(&ann)["peer_id"], "a");
-        let (_, left) = on.leave(&id("a"), 1).unwrap();
-        assert_eq!(payload(&left.unwrap())["peer_id"], "a");
+        let flushed = |h: &mut Hub<&'static str>| {
+            let mut got = Vec::new();
+            h.flush_presence(|_, to, m| got.push((*to, m.envelope().message_type.to_string())));
+            got
+        };
+        let mut on = hub("[discovery]\nannounce_window_ms = 0\n");
+        on.join(id("w"), 1, "w").unwrap();
+        let j = on.join(id("a"), 2, "a").unwrap();
+        assert!(j.presence.flush_now && j.presence.arm.is_none());
+        assert_eq!(flushed(&mut on), [("w", "PeerJoined".to_owned())]);
+        let (_, left) = on.leave(&id("a"), 2).unwrap();
+        assert!(left.flush_now);
+        assert_eq!(flushed(&mut on), [("w", "PeerLeft".to_owned())]);
 
         let mut off = hub("[discovery]\nannounce_peers = false\n");
-        assert!(off.join(id("a"), 1, "a").unwrap().announcement.is_none());
-        assert!(off.leave(&id("a"), 1).unwrap().1.is_none());
+        off.join(id("w"), 1, "w").unwrap();
+        let j = off.join(id("a"), 2, "a").unwrap();
+        assert_eq!(j.presence, Effect::default());
+        assert_eq!(off.leave(&id("a"), 2).unwrap().1, Effect::default());
+        assert!(flushed(&mut off).is_empty());
     }
 
     #[test]

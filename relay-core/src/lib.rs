@@ -14,6 +14,8 @@
 //! - [`hub`]: the peer table and the routing decision for each message ([`Hub::route`]).
 //! - [`connection`]: one connection's whole conversation as a state machine
 //!   ([`Connection`]): inputs in, deliveries through each peer's [`Link`], and when to close.
+//! - [`presence`]: joins and leaves, coalesced into announcements: who is told of whom, in
+//!   which envelope, and when the front's presence timer must fire.
 //! - [`config`]: the `relay.toml` schema, parsed then validated into [`RelayConfig`].
 //! - [`error`]: [`RelayError`], one variant per answer the relay can give, each with a stable
 //!   machine-readable code.
@@ -27,11 +29,13 @@ pub mod error;
 pub mod hub;
 pub mod id;
 pub mod ids;
+pub mod presence;
 pub mod session;
 
 pub use config::{Mode, RelayConfig, Routing};
 pub use connection::{
-    reconfigure, Connection, Counts, Input, Link, Meter, Reconfigured, Refused, Step, Table,
+    presence_timer_fired, reconfigure, Connection, Counts, Input, Link, Meter, Reconfigured,
+    Refused, Step, Table,
 };
 pub use envelope::{Envelope, Message, Payload};
 pub use error::{ErrorCode, RelayError};

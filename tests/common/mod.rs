@@ -220,7 +220,27 @@ impl Got {
     }
 }
 
-/// An envelope to send, as JSON text.
+/// The ids an announcement says `(left, joined)`: `PeerJoined` and `PeerLeft` name one,
+/// `PeersChanged` lists them; `None` for any other envelope.
+pub fn announced(got: &Got) -> Option<(Vec<String>, Vec<String>)> {
+    let payload = got.payload_json();
+    let one = || vec![payload["peer_id"].as_str().expect("peer_id").to_owned()];
+    let list = |key: &str| -> Vec<String> {
+        payload[key]
+            .as_array()
+            .unwrap_or_else(|| panic!("PeersChanged without `{key}`: {got:?}"))
+            .iter()
+            .map(|id| id.as_str().expect("ids are strings").to_owned())
+            .collect()
+    };
+    match got.message_type.as_str() {
+        "PeerJoined" => Some((Vec::new(), one())),
+        "PeerLeft" => Some((one(), Vec::new())),
+        "PeersChanged" => Some((list("left"), list("joined"))),
+        _ => None,
+    }
+}
+
 /// An envelope to send, as JSON text, with a fresh `message_id` (as gsio-net's clients send
 /// them), so that the relay has nothing to fill in when `sender` is the peer's id.
 pub fn envelope(message_type: &str, sender: &str, recipient: &str, payload: &str) -> String {
@@ -261,14 +281,46 @@ pub trait Peer {
         payload
     }
 
-    /// The next envelope that is not a PeerJoined/PeerLeft announcement.
+    /// The next envelope that is not an announcement (`PeerJoined`, `PeerLeft`, `PeersChanged`).
     async fn recv_skipping_announcements(&mut self) -> Got {
         loop {
             let got = self.recv().await;
-            if got.message_type != "PeerJoined" && got.message_type != "PeerLeft" {
+            if announced(&got).is_none() {
                 return got;
             }
         }
+    }
+
+    /// Announcements, however the relay coalesced them (one `PeerJoined`/`PeerLeft` each, or
+    /// `PeersChanged` lists), until exactly `joined` and `left` have been announced (in any
+    /// order, each once). Anything else arriving first, an id announced that is not expected,
+    /// or one announced twice, fails. Returns the envelopes.
+    async fn expect_presence(&mut self, joined: &[&str], left: &[&str]) -> Vec<Got> {
+        let mut want_joined: Vec<String> = joined.iter().map(|s| s.to_string()).collect();
+        let mut want_left: Vec<String> = left.iter().map(|s| s.to_string()).collect();
+        let mut envelopes = Vec::new();
+        while !(want_joined.is_empty() && want_left.is_empty()) {
+            let got = self.recv().await;
+            let Some((gone, came)) = announced(&got) else {
+                panic!(
+                    "expected announcements of joined {want_joined:?} and left {want_left:?}; \
+                     this arrived first: {got:?}"
+                );
+            };
+            for (ids, want, what) in [
+                (gone, &mut want_left, "left"),
+                (came, &mut want_joined, "joined"),
+            ] {
+                for id in ids {
+                    let at = want.iter().position(|w| *w == id).unwrap_or_else(|| {
+                        panic!("{id} announced as {what}, not expected (or twice): {got:?}")
+                    });
+                    want.remove(at);
+                }
+            }
+            envelopes.push(got);
+        }
+        envelopes
     }
 
     async fn expect_error(&mut self, code: &str) -> Got {

@@ -19,6 +19,16 @@
 //! workerd really evict rooms (it does after 10 s without an event) and checks that the next
 //! message, connect or close finds every peer.
 //!
+//! # Presence timer
+//! Joins and leaves are announced by the core's presence log, coalesced over
+//! `discovery.announce_window_ms` (see `gsio_relay_core::presence`). When a step asks for the
+//! timer, the room starts one `setTimeout` ([`Network::start_presence_timer`], through
+//! `worker::Delay`) and calls the core back when it fires, as long as the core asks. What waits
+//! for it lives in memory only, and is never lost to hibernation: a Durable Object with a
+//! timer pending is not hibernated (the runtime waits for its timers), and the timer stops
+//! only once nothing waits. An instance that ends otherwise (a crash, a new deployment) loses
+//! its sockets with it: their peers reconnect and get a fresh Welcome.
+//!
 //! # Configuration
 //! The repository's `relay.toml` is parsed and validated when the Worker is built (`build.rs`,
 //! with the native relay's loader: a bad file fails the build), and embedded as JSON. The
@@ -28,7 +38,9 @@
 #![forbid(unsafe_code)]
 
 use std::cell::{RefCell, RefMut};
+use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytestring::ByteString;
 use gsio_relay_core::error::close_code;
@@ -38,7 +50,7 @@ use gsio_relay_core::{
 };
 use serde::{Deserialize, Serialize};
 use worker::{
-    durable_object, event, Context, DurableObject, Env, Request, Response, Result, State,
+    durable_object, event, Context, Delay, DurableObject, Env, Request, Response, Result, State,
     WebSocket, WebSocketIncomingMessage, WebSocketPair,
 };
 
@@ -49,12 +61,13 @@ const RELAY_ROOM_BINDING: &str = "RELAY_ROOM";
 const RELAY_CONFIG_JSON: &str = include_str!(concat!(env!("OUT_DIR"), "/relay-config.json"));
 
 /// The `relay.toml` keys a `[vars]` entry may override (string values: `"echo"`, `"4096"`).
-pub const OVERRIDABLE: [&str; 5] = [
+pub const OVERRIDABLE: [&str; 6] = [
     "GSIO_RELAY_ROUTING__DEFAULT",
     "GSIO_RELAY_LIMITS__MAX_MESSAGE_BYTES",
     "GSIO_RELAY_LIMITS__QUEUE_CAPACITY",
     "GSIO_RELAY_DISCOVERY__ANNOUNCE_PEERS",
     "GSIO_RELAY_DISCOVERY__WELCOME_PEERS_MAX",
+    "GSIO_RELAY_DISCOVERY__ANNOUNCE_WINDOW_MS",
 ];
 
 /// With this var set to "1", a plain `GET /<network>?__instance` names the room's current
@@ -110,13 +123,9 @@ struct Room {
 /// One relay network: every socket whose upgrade request had the same path.
 #[durable_object]
 pub struct RelayRoom {
-    /// Accepts sockets into the hibernation API and lists them after an eviction.
-    state: State,
-    /// The embedded relay.toml with `[vars]` over it; an error is answered to every request.
-    config: std::result::Result<Arc<RelayConfig>, String>,
-    /// `None` in a fresh instance until first needed (see [`RelayRoom::room`]). Never borrowed
-    /// across an `.await`.
-    room: RefCell<Option<Room>>,
+    /// The network's state, shared with its presence timer (which outlives the event that
+    /// started it).
+    network: Rc<Network>,
     /// `GSIO_RELAY_TEST_HOOKS=1`: the test hook of [`TEST_HOOKS_VAR`] is answered.
     test_hooks: bool,
     /// Random, fixed when the runtime constructs this instance: tells it apart from the instance
@@ -139,16 +148,18 @@ impl DurableObject for RelayRoom {
             worker::console_error!("gsio-relay: invalid configuration: {error}");
         }
         Self {
-            state,
-            config,
-            room: RefCell::new(None),
+            network: Rc::new(Network {
+                state,
+                config,
+                room: RefCell::new(None),
+            }),
             test_hooks: test_hooks(&env),
             instance: random_u52(),
         }
     }
 
     async fn fetch(&self, req: Request) -> Result<Response> {
-        if let Err(error) = &self.config {
+        if let Err(error) = &self.network.config {
             return Response::error(format!("gsio-relay: invalid configuration: {error}"), 500);
         }
         if self.test_hooks && query_has(&req, INSTANCE_QUERY)? {
@@ -159,12 +170,12 @@ impl DurableObject for RelayRoom {
         }
         let node_id = query_param(&req, "node_id")?;
         let conn = {
-            let mut room = self.room();
+            let mut room = self.network.room();
             room.next_conn += 1;
             room.next_conn
         };
         let WebSocketPair { client, server } = WebSocketPair::new()?;
-        self.state.accept_web_socket(&server);
+        self.network.state.accept_web_socket(&server);
         let mut attachment = PeerAttachment {
             conn,
             peer_id: None,
@@ -172,7 +183,7 @@ impl DurableObject for RelayRoom {
         server.serialize_attachment(&attachment)?;
         if let Some(raw) = node_id {
             let mut connection = self.connection(&server, &attachment);
-            let step = connection.claim(self, &raw);
+            let step = connection.claim(&*self.network, &raw);
             self.carry_out(&server, &mut attachment, &mut connection, step);
         }
         Response::from_websocket(client)
@@ -184,7 +195,7 @@ impl DurableObject for RelayRoom {
         message: WebSocketIncomingMessage,
     ) -> Result<()> {
         // Nothing from the network may fail the room: every error is answered or logged here.
-        if self.config.is_err() {
+        if self.network.config.is_err() {
             return Ok(());
         }
         let mut attachment = match ws.deserialize_attachment::<PeerAttachment>() {
@@ -200,7 +211,7 @@ impl DurableObject for RelayRoom {
             WebSocketIncomingMessage::Binary(_) => Input::Binary,
         };
         let mut connection = self.connection(&ws, &attachment);
-        let step = connection.input(self, input);
+        let step = connection.input(&*self.network, input);
         self.carry_out(&ws, &mut attachment, &mut connection, step);
         Ok(())
     }
@@ -229,7 +240,18 @@ impl DurableObject for RelayRoom {
     }
 }
 
-impl RelayRoom {
+/// What a room's events and its presence timer share.
+struct Network {
+    /// Accepts sockets into the hibernation API and lists them after an eviction.
+    state: State,
+    /// The embedded relay.toml with `[vars]` over it; an error is answered to every request.
+    config: std::result::Result<Arc<RelayConfig>, String>,
+    /// `None` in a fresh instance until first needed (see [`Network::room`]). Never borrowed
+    /// across an `.await`.
+    room: RefCell<Option<Room>>,
+}
+
+impl Network {
     /// The peer table, rebuilt from the sockets' attachments when this instance has none.
     fn room(&self) -> RefMut<'_, Room> {
         let mut slot = self.room.borrow_mut();
@@ -258,12 +280,36 @@ impl RelayRoom {
         Room { hub, next_conn }
     }
 
+    /// Starts the presence timer the core asked for: after `delay`, the core announces what
+    /// waits and says whether to run again. One timer at a time: the core asks only while
+    /// none runs.
+    fn start_presence_timer(self: &Rc<Self>, delay: Duration) {
+        let network = self.clone();
+        worker::wasm_bindgen_futures::spawn_local(async move {
+            let mut delay = delay;
+            loop {
+                Delay::from(delay).await;
+                match gsio_relay_core::presence_timer_fired(&*network).0 {
+                    Some(next) => delay = next,
+                    None => break,
+                }
+            }
+        });
+    }
+}
+
+impl RelayRoom {
     /// The core's connection for a socket, resumed from what its attachment remembers. It is
     /// made anew for each message, so its block of message ids is too: a message the room gives
     /// an id to uses up one block of 256 counter values, which is harmless (2^56 such messages
     /// before the counter wraps).
     fn connection(&self, ws: &WebSocket, attachment: &PeerAttachment) -> Connection<Socket> {
-        Connection::resume(attachment.conn, Socket(ws.clone()), attachment.id(), self)
+        Connection::resume(
+            attachment.conn,
+            Socket(ws.clone()),
+            attachment.id(),
+            &*self.network,
+        )
     }
 
     /// Carries out one step of the core's conversation: the socket remembers the id the
@@ -280,7 +326,10 @@ impl RelayRoom {
                 worker::console_warn!("gsio-relay: close failed: {error}");
             }
             // Out of the room now; the attachment below then forgets the id too.
-            connection.leave(self);
+            connection.leave(&*self.network);
+        }
+        if let Some(delay) = connection.poll_presence_timer() {
+            self.network.start_presence_timer(delay);
         }
         let id = connection.id().map(|id| id.to_string());
         if id != attachment.peer_id {
@@ -294,14 +343,17 @@ impl RelayRoom {
     }
 
     fn leave(&self, ws: &WebSocket) {
-        if self.config.is_err() {
+        if self.network.config.is_err() {
             return;
         }
         let Ok(Some(mut attachment)) = ws.deserialize_attachment::<PeerAttachment>() else {
             return;
         };
         let mut connection = self.connection(ws, &attachment);
-        connection.leave(self);
+        connection.leave(&*self.network);
+        if let Some(delay) = connection.poll_presence_timer() {
+            self.network.start_presence_timer(delay);
+        }
         // Forget the id on the socket too, in case the runtime still lists it on a rebuild.
         if attachment.peer_id.take().is_some() {
             let _ = ws.serialize_attachment(&attachment);
@@ -325,7 +377,7 @@ impl Link for Socket {
 
 /// The room's peer table, for the core. Single-threaded: a `RefCell` borrow, never held across
 /// an `.await` (every step of the core is synchronous).
-impl Table<Socket> for RelayRoom {
+impl Table<Socket> for Network {
     type Read<'t> = RefMut<'t, Hub<Socket>>;
     type Write<'t> = RefMut<'t, Hub<Socket>>;
 
