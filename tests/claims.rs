@@ -231,6 +231,9 @@
 //! | fixed rates are split among the senders as documented | `bench/src/scenarios.rs::fixed_rates_are_split_among_the_senders_as_documented` |
 //! | CPU µs per delivery = server CPU time ÷ messages received | `bench/src/stats.rs::cpu_per_delivery_is_cpu_time_over_messages_received` |
 //! | the defaults the document names | `bench/src/main.rs::the_defaults_are_the_documented_ones` |
+//! | a single-pass scanner reads a plain envelope; every other text still goes to serde_json, which names every error (the scanner never decides one) | `relay-core/src/envelope/scan.rs::plain_envelopes_take_the_fast_path_and_others_do_not`, `relay-core/src/envelope/scan.rs::the_scanner_never_disagrees_with_the_full_parser` |
+//! | the envelope holds slices of the frame | `relay-core/src/envelope.rs::a_shared_frame_is_sliced_not_copied` |
+//! | counting for `/metrics`: increments on the connection's shard per routed envelope, summed at scrape | `tests/admin.rs::metrics_move_while_peers_stay_connected`, `src/metrics.rs::types_are_counted_by_rule_and_the_rest_as_other` |
 //! | the relay's heap is not backed by transparent huge pages (mimalloc `no_thp`), which the idle-connection figures rely on | `tests/fronts.rs::the_relay_binary_asks_for_no_transparent_huge_pages` |
 //!
 //! (Not held by a test: a fresh relay and floor per scenario, children killed with the bench,

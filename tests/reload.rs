@@ -11,8 +11,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::binary::{RunningBinary, BIN};
-use common::{nothing_else_back, nothing_else_from, repo_path, GrpcPeer, Peer, TestRelay, WsPeer};
-use serde_json::Value;
+use common::{
+    expect_config_changed, nothing_else_back, nothing_else_from,
+    shipped_relay_toml_on_ephemeral_ports, GrpcPeer, Peer, TestRelay, WsPeer,
+};
 
 /// A fresh folder for one test's relay.toml.
 fn folder(test: &str) -> PathBuf {
@@ -25,29 +27,15 @@ fn folder(test: &str) -> PathBuf {
 
 /// The shipped relay.toml on ephemeral ports, with `Ping` routed by `ping` (shipped: echo).
 fn rules(ping: &str) -> String {
-    let shipped = std::fs::read_to_string(repo_path("relay.toml")).unwrap();
-    let mut text = shipped.clone();
-    for (from, to) in [
-        (
-            "ws_listen = \"127.0.0.1:8787\"",
-            "ws_listen = \"127.0.0.1:0\"",
-        ),
-        (
-            "grpc_listen = \"127.0.0.1:50051\"",
-            "grpc_listen = \"127.0.0.1:0\"",
-        ),
-        (
-            "admin_listen = \"127.0.0.1:9090\"",
-            "admin_listen = \"127.0.0.1:0\"",
-        ),
-        ("Ping = \"echo\"", &format!("Ping = \"{ping}\"")),
-        // Present, so that the tests that edit it edit something.
-        ("format = \"text\"", "format = \"text\""),
-    ] {
-        assert!(text.contains(from), "the shipped relay.toml lost {from}");
-        text = text.replace(from, to);
+    let text = shipped_relay_toml_on_ephemeral_ports();
+    // `log.format` is present too, so that the tests that edit it edit something.
+    for present in ["Ping = \"echo\"", "format = \"text\""] {
+        assert!(
+            text.contains(present),
+            "the shipped relay.toml lost {present}"
+        );
     }
-    text
+    text.replace("Ping = \"echo\"", &format!("Ping = \"{ping}\""))
 }
 
 /// The three ways editors save.
@@ -74,25 +62,6 @@ fn save(path: &Path, text: &str, how: Save) {
             std::fs::write(path, text).unwrap();
         }
     }
-}
-
-/// The next envelope (announcements skipped) is a `ConfigChanged` from the relay to everyone,
-/// routing `Ping` by `ping`; returns its payload.
-async fn expect_config_changed<P: Peer>(peer: &mut P, ping: &str) -> Value {
-    let got = peer.recv_skipping_announcements().await;
-    assert_eq!(
-        (
-            got.message_type.as_str(),
-            got.sender_id.as_str(),
-            got.recipient_id.as_str()
-        ),
-        ("ConfigChanged", "relay", ""),
-        "{got:?}"
-    );
-    assert_eq!(got.message_id.len(), 36, "{got:?}");
-    let payload = got.payload_json();
-    assert_eq!(payload["routing"]["rules"]["Ping"], ping, "{payload}");
-    payload
 }
 
 /// Starts the binary on `path`, with `overrides` as its only `GSIO_RELAY_*` variables.

@@ -725,12 +725,7 @@ async fn idle_measure(
     tokio::time::sleep(settle).await;
     let held = target.pid.and_then(|pid| proc::sample(Some(pid)).ok());
     let opened = idle.len();
-    let per_conn_kib = match (base, held) {
-        (Some(base), Some(held)) if opened > 0 => {
-            Some((held.rss_kib as f64 - base.rss_kib as f64) / opened as f64)
-        }
-        _ => None,
-    };
+    let per_conn_kib = rss_growth_per_conn_kib(base.as_ref(), held.as_ref(), opened);
     let (answered, ping_failed, echo) = if ping {
         eprintln!("  conns: echo check on {opened} connections");
         let (a, f, l) = idle.ping_all().await;
@@ -843,11 +838,7 @@ pub async fn conns(settings: &Settings, report: &mut Report) -> Result<()> {
                 "held_s": settle.as_secs_f64(),
                 "rss_base_kib": base.map(|s| s.rss_kib),
                 "rss_held_kib": held.map(|s| s.rss_kib),
-                "rss_per_conn_kib": match (base, held) {
-                    (Some(b), Some(h)) if opened > 0 =>
-                        Some(round((h.rss_kib as f64 - b.rss_kib as f64) / opened as f64, 2)),
-                    _ => None,
-                },
+                "rss_per_conn_kib": rss_per_conn_kib(base, held, opened),
                 "echo_answered": answered,
                 "echo_failed": ping_failed,
                 "echo_p99_ms": echo.summary().map(|e| round(e.p99_ms, 3)),
@@ -979,11 +970,7 @@ async fn mass_connect_run(settings: &Settings, on: bool, count: usize) -> Result
         "server_cpu_pct": usage.map(|u| round(u.cpu_pct, 1)),
         "rss_base_kib": base.map(|s| s.rss_kib),
         "rss_held_kib": held.map(|s| s.rss_kib),
-        "rss_per_conn_kib": match (base, held) {
-            (Some(b), Some(h)) if opened > 0 =>
-                Some(round((h.rss_kib as f64 - b.rss_kib as f64) / opened as f64, 2)),
-            _ => None,
-        },
+        "rss_per_conn_kib": rss_per_conn_kib(base, held, opened),
         "echo_answered": answered,
         "echo_failed": ping_failed,
     });
@@ -1246,6 +1233,30 @@ pub async fn soak(settings: &Settings, report: &mut Report) -> Result<()> {
     no_loss_check(report, "soak (relay)", &run);
     relay.stop(report);
     Ok(())
+}
+
+/// How much the server's RSS grew per connection opened, in KiB: `None` without both samples or
+/// without a connection.
+fn rss_growth_per_conn_kib(
+    base: Option<&proc::ProcSample>,
+    held: Option<&proc::ProcSample>,
+    opened: usize,
+) -> Option<f64> {
+    match (base, held) {
+        (Some(base), Some(held)) if opened > 0 => {
+            Some((held.rss_kib as f64 - base.rss_kib as f64) / opened as f64)
+        }
+        _ => None,
+    }
+}
+
+/// [`rss_growth_per_conn_kib`], rounded for a JSON line.
+fn rss_per_conn_kib(
+    base: Option<proc::ProcSample>,
+    held: Option<proc::ProcSample>,
+    opened: usize,
+) -> Option<f64> {
+    rss_growth_per_conn_kib(base.as_ref(), held.as_ref(), opened).map(|kib| round(kib, 2))
 }
 
 #[cfg(test)]

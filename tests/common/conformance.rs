@@ -1254,17 +1254,7 @@ pub async fn config_changed_reaches_every_peer_when_the_announced_rules_change<
     std::fs::write(&path, &louder).unwrap();
     let mut told = Vec::new();
     for peer in [&mut a, &mut b] {
-        let got = peer.recv().await;
-        assert_eq!(
-            (
-                got.message_type.as_str(),
-                got.sender_id.as_str(),
-                got.recipient_id.as_str()
-            ),
-            ("ConfigChanged", "relay", ""),
-            "{got:?}"
-        );
-        told.push(got.payload_json());
+        told.push(super::expect_config_changed(peer, "broadcast").await);
     }
     assert_eq!(told[0], told[1]);
     let mut c = net.connect_as("c").await;

@@ -703,3 +703,22 @@ pub fn pb_envelope(
         payload_json: payload.into(),
     }
 }
+
+/// The next envelope (announcements skipped) is a `ConfigChanged` from the relay to everyone,
+/// routing `Ping` by `ping`; returns its payload.
+pub async fn expect_config_changed<P: Peer>(peer: &mut P, ping: &str) -> Value {
+    let got = peer.recv_skipping_announcements().await;
+    assert_eq!(
+        (
+            got.message_type.as_str(),
+            got.sender_id.as_str(),
+            got.recipient_id.as_str()
+        ),
+        ("ConfigChanged", "relay", ""),
+        "{got:?}"
+    );
+    assert_eq!(got.message_id.len(), 36, "{got:?}");
+    let payload = got.payload_json();
+    assert_eq!(payload["routing"]["rules"]["Ping"], ping, "{payload}");
+    payload
+}
