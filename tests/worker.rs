@@ -40,12 +40,19 @@ async fn http_exchange(port: u16, request: &str) -> String {
     tokio::task::spawn_blocking(move || {
         use std::io::{Read, Write};
         let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        // A bound, not a wait: waking an evicted room took over 10 s once on this 2-core machine
+        // while it also ran four builds (the answer came back empty, and the test failed).
         stream
-            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .set_read_timeout(Some(std::time::Duration::from_secs(30)))
             .unwrap();
         stream.write_all(request.as_bytes()).unwrap();
         let mut response = Vec::new();
-        let _ = stream.read_to_end(&mut response);
+        if let Err(error) = stream.read_to_end(&mut response) {
+            panic!(
+                "no complete answer from workerd on port {port} within 30 s ({error}); got {:?}",
+                String::from_utf8_lossy(&response)
+            );
+        }
         String::from_utf8_lossy(&response).into_owned()
     })
     .await
