@@ -86,14 +86,8 @@ impl PeerConn {
         if counts.errors_sent != 0 {
             Stats::bump(&stats.errors_sent, counts.errors_sent);
         }
-        if counts.slow_consumers != 0 {
-            Stats::bump(&stats.slow_consumer_disconnects, counts.slow_consumers);
-            tracing::warn!(
-                conn = self.connection.conn_id(),
-                count = counts.slow_consumers,
-                "slow consumer disconnected: outbound queue full"
-            );
-        }
+        self.relay
+            .slow_consumers_disconnected(counts.slow_consumers, "a connection's envelope or join");
         if let Step::Close(error) = &step {
             tracing::debug!(conn = self.connection.conn_id(), code = %error.code(), "closing: {error}");
         }

@@ -32,7 +32,7 @@
 //! told.
 //!
 //! # A reload that changes the capacity
-//! Every queue reads one shared [`QueueCapacity`], so a reload of `limits.queue_capacity`
+//! Every queue reads one shared [`LiveLimit`], so a reload of `limits.queue_capacity`
 //! reaches connected peers at their next push: a push to a queue that holds the new capacity or
 //! more is refused, as any push to a full queue. A queue already deeper than a smaller new
 //! capacity is not cut for that alone: its writer keeps draining it, and it is a slow consumer
@@ -41,6 +41,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use gsio_relay_core::hub::LiveLimit;
 use gsio_relay_core::{Link, Message, Refused, RelayError};
 use tokio::sync::mpsc;
 
@@ -69,27 +70,7 @@ struct QueueTx {
 
 struct Depth {
     queued: AtomicUsize,
-    capacity: Arc<QueueCapacity>,
-}
-
-/// `limits.queue_capacity` as it is now, shared by every peer's queue (see the module's docs on
-/// a reload).
-#[derive(Debug)]
-pub struct QueueCapacity(AtomicUsize);
-
-impl QueueCapacity {
-    pub fn new(capacity: usize) -> Arc<QueueCapacity> {
-        Arc::new(QueueCapacity(AtomicUsize::new(capacity)))
-    }
-
-    pub fn get(&self) -> usize {
-        // Relaxed: a bound checked on each push, not a synchronisation.
-        self.0.load(Ordering::Relaxed)
-    }
-
-    pub fn set(&self, capacity: usize) {
-        self.0.store(capacity, Ordering::Relaxed);
-    }
+    capacity: Arc<LiveLimit>,
 }
 
 enum PushError {
@@ -187,7 +168,7 @@ impl Outbox {
 
 /// A peer's queue, bounded by the shared `capacity`: the handle others reach it by, and the
 /// receiving side for its writer.
-pub(crate) fn queue(capacity: Arc<QueueCapacity>, front: Front) -> (PeerHandle, Outbox) {
+pub(crate) fn queue(capacity: Arc<LiveLimit>, front: Front) -> (PeerHandle, Outbox) {
     let (tx, rx) = mpsc::unbounded_channel();
     let depth = Arc::new(Depth {
         queued: AtomicUsize::new(0),
@@ -230,7 +211,7 @@ mod tests {
     /// writer has made room: what the peer gets is an unbroken prefix of what was sent to it.
     #[test]
     fn a_kicked_queue_takes_nothing_more_even_with_room() {
-        let (handle, mut outbox) = queue(QueueCapacity::new(2), Front::Ws);
+        let (handle, mut outbox) = queue(LiveLimit::new(2), Front::Ws);
         assert_eq!(handle.send(&numbered(0)), Ok(()));
         assert_eq!(handle.send(&numbered(1)), Ok(()));
         assert_eq!(
@@ -252,7 +233,7 @@ mod tests {
     /// capacity; a larger one makes room at once.
     #[test]
     fn a_new_capacity_applies_to_the_next_push() {
-        let capacity = QueueCapacity::new(4);
+        let capacity = LiveLimit::new(4);
         let (handle, mut outbox) = queue(capacity.clone(), Front::Ws);
         for n in 0..3 {
             handle.send(&numbered(n)).unwrap();
@@ -271,7 +252,7 @@ mod tests {
             Err(Refused::SlowConsumer { newly: true })
         );
 
-        let capacity = QueueCapacity::new(1);
+        let capacity = LiveLimit::new(1);
         let (handle, _outbox) = queue(capacity.clone(), Front::Ws);
         handle.send(&numbered(0)).unwrap();
         capacity.set(3);
@@ -284,7 +265,7 @@ mod tests {
     /// writer's drain relies on it).
     #[test]
     fn the_outbox_ends_after_what_was_queued() {
-        let (handle, mut outbox) = queue(QueueCapacity::new(4), Front::Ws);
+        let (handle, mut outbox) = queue(LiveLimit::new(4), Front::Ws);
         handle.send(&numbered(0)).unwrap();
         handle.send(&numbered(1)).unwrap();
         drop(handle);

@@ -222,40 +222,16 @@ pub(crate) fn reload(path: &Path, relay: &Relay) {
         notified = done.notified,
         "relay.toml reloaded"
     );
-    if done.slow_consumers != 0 {
-        crate::state::Stats::bump(&relay.stats.slow_consumer_disconnects, done.slow_consumers);
-        tracing::warn!(
-            count = done.slow_consumers,
-            "slow consumer disconnected: outbound queue full"
-        );
-    }
+    relay.slow_consumers_disconnected(done.slow_consumers, "ConfigChanged");
 }
 
 /// Gives `new` the values of `old` for the [`RESTART_ONLY`] keys, and names those that differed.
 fn keep_restart_only(old: &RelayConfig, new: &mut RelayConfig) -> Vec<&'static str> {
-    let mut kept = Vec::new();
-    let mut keep = |key: &'static str, differs: bool| {
-        if differs {
-            kept.push(key);
-        }
-    };
-    keep(
-        "server.ws_listen",
-        old.server.ws_listen != new.server.ws_listen,
-    );
-    keep(
-        "server.grpc_listen",
-        old.server.grpc_listen != new.server.grpc_listen,
-    );
-    keep(
-        "server.admin_listen",
-        old.server.admin_listen != new.server.admin_listen,
-    );
-    keep(
-        "server.max_connections",
-        old.server.max_connections != new.server.max_connections,
-    );
-    keep("log.format", old.log != new.log);
+    let changed = old.changed_keys(new);
+    let kept = RESTART_ONLY
+        .into_iter()
+        .filter(|key| changed.iter().any(|c| c == key))
+        .collect();
     new.server.ws_listen = old.server.ws_listen;
     new.server.grpc_listen = old.server.grpc_listen;
     new.server.admin_listen = old.server.admin_listen;

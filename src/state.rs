@@ -9,11 +9,12 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use gsio_relay_core::hub::ConnId;
+use gsio_relay_core::hub::LiveLimit;
 use gsio_relay_core::{Hub, Reconfigured, RelayConfig, Table};
 use tokio::sync::Notify;
 
 use crate::metrics::{Front, Metrics};
-use crate::queue::{PeerHandle, QueueCapacity};
+use crate::queue::PeerHandle;
 
 /// Shared by every connection of both fronts.
 pub struct Relay {
@@ -22,7 +23,7 @@ pub struct Relay {
     hub: RwLock<Hub<PeerHandle>>,
     /// `limits.queue_capacity` in force, read by every peer's queue on each push, so that a
     /// reload reaches queues that already exist.
-    queue_capacity: Arc<QueueCapacity>,
+    queue_capacity: Arc<LiveLimit>,
     next_conn: AtomicU64,
     /// The largest frame the gRPC front reads at all: tonic takes it when the relay starts, so a
     /// reload cannot change it.
@@ -120,7 +121,7 @@ impl Relay {
     pub fn new(config: Arc<RelayConfig>) -> Arc<Relay> {
         Arc::new(Relay {
             metrics: Metrics::new(&config),
-            queue_capacity: QueueCapacity::new(config.limits.queue_capacity),
+            queue_capacity: LiveLimit::new(config.limits.queue_capacity),
             grpc_frame_limit: config.limits.hard_frame_bytes(),
             hub: RwLock::new(Hub::new(config, id_seed())),
             next_conn: AtomicU64::new(1),
@@ -194,7 +195,7 @@ impl Relay {
     }
 
     /// The capacity every peer's queue is bounded by.
-    pub(crate) fn queue_capacity(&self) -> Arc<QueueCapacity> {
+    pub(crate) fn queue_capacity(&self) -> Arc<LiveLimit> {
         self.queue_capacity.clone()
     }
 
@@ -220,19 +221,27 @@ impl Relay {
             loop {
                 tokio::time::sleep(delay).await;
                 let (next, counts) = gsio_relay_core::presence_timer_fired(&self.hub);
-                if counts.slow_consumers != 0 {
-                    Stats::bump(&self.stats.slow_consumer_disconnects, counts.slow_consumers);
-                    tracing::warn!(
-                        count = counts.slow_consumers,
-                        "slow consumer disconnected: outbound queue full (presence announcement)"
-                    );
-                }
+                self.slow_consumers_disconnected(counts.slow_consumers, "presence announcement");
                 match next {
                     Some(next) => delay = next,
                     None => break,
                 }
             }
         }
+    }
+
+    /// `count` peers were disconnected as slow consumers by what `cause` queued: counted, and
+    /// logged at warn. Nothing when `count` is 0.
+    pub(crate) fn slow_consumers_disconnected(&self, count: u64, cause: &str) {
+        if count == 0 {
+            return;
+        }
+        Stats::bump(&self.stats.slow_consumer_disconnects, count);
+        tracing::warn!(
+            count,
+            cause,
+            "slow consumer disconnected: outbound queue full"
+        );
     }
 
     pub(crate) fn next_conn_id(&self) -> ConnId {

@@ -39,7 +39,7 @@ use bytestring::ByteString;
 use crate::config::RelayConfig;
 use crate::envelope::{prepend_message_id, Envelope, Message};
 use crate::error::{ErrorCode, RelayError};
-use crate::hub::{error_message, ConnId, Hub, MessageLimit, Offending, Route};
+use crate::hub::{error_message, ConnId, Hub, LiveLimit, Offending, Route};
 use crate::id::PeerId;
 use crate::ids::IdBlock;
 use crate::presence::Effect;
@@ -168,7 +168,7 @@ pub struct Connection<L> {
     link: L,
     /// The hub's live `limits.max_message_bytes`: every envelope is checked against the value in
     /// force when it arrives, so a reload reaches open connections.
-    max_message_bytes: Arc<MessageLimit>,
+    max_message_bytes: Arc<LiveLimit>,
     /// Copied from the config at open, as the front's transport limit is (tungstenite's is fixed
     /// when the socket is accepted): named when a frame over it ends the connection.
     hard_frame_bytes: usize,

@@ -40,15 +40,24 @@ pub mod kinds {
     pub const CONFIG_CHANGED: &str = "ConfigChanged";
 }
 
-/// `limits.max_message_bytes` as it is now, shared by the hub and every connection of it: each
-/// connection checks every envelope against it, so a reload reaches the next envelope of every
-/// connection without a lock (a relaxed load; the value is a bound, not a synchronisation).
+/// A limit of relay.toml as it is now (`limits.max_message_bytes`, the native relay's
+/// `limits.queue_capacity`), shared by whoever checks against it: each reads it on every check,
+/// so a reload reaches the next check without a lock (a relaxed load; the value is a bound, not a
+/// synchronisation).
 #[derive(Debug)]
-pub struct MessageLimit(AtomicUsize);
+pub struct LiveLimit(AtomicUsize);
 
-impl MessageLimit {
+impl LiveLimit {
+    pub fn new(value: usize) -> Arc<LiveLimit> {
+        Arc::new(LiveLimit(AtomicUsize::new(value)))
+    }
+
     pub fn get(&self) -> usize {
         self.0.load(Ordering::Relaxed)
+    }
+
+    pub fn set(&self, value: usize) {
+        self.0.store(value, Ordering::Relaxed);
     }
 }
 
@@ -65,7 +74,7 @@ pub struct Hub<P> {
     /// The rules and limits in force; one value, so a reload can swap it whole.
     config: Arc<RelayConfig>,
     /// `config.limits.max_message_bytes`, readable by connections without the table's lock.
-    message_limit: Arc<MessageLimit>,
+    message_limit: Arc<LiveLimit>,
     peers: HashMap<PeerId, Entry<P>>,
     /// Where messages without a sender-given id, and the relay's own, get theirs.
     ids: MessageIds,
@@ -87,9 +96,7 @@ impl<P> Hub<P> {
     /// An empty network under `config`; `id_seed` (128 random bits from the front, which has a
     /// source of randomness) keys the message ids this hub assigns.
     pub fn new(config: Arc<RelayConfig>, id_seed: u128) -> Hub<P> {
-        let message_limit = Arc::new(MessageLimit(AtomicUsize::new(
-            config.limits.max_message_bytes,
-        )));
+        let message_limit = LiveLimit::new(config.limits.max_message_bytes);
         Hub {
             presence: Presence::new(&config.discovery),
             config,
@@ -114,7 +121,7 @@ impl<P> Hub<P> {
     }
 
     /// The live `limits.max_message_bytes`, for a connection to check envelopes against.
-    pub fn message_limit(&self) -> Arc<MessageLimit> {
+    pub fn message_limit(&self) -> Arc<LiveLimit> {
         self.message_limit.clone()
     }
 
@@ -124,9 +131,7 @@ impl<P> Hub<P> {
     /// keys peers are not told about, or no change).
     pub fn set_config(&mut self, config: Arc<RelayConfig>) -> Option<Arc<Message>> {
         let old = std::mem::replace(&mut self.config, config);
-        self.message_limit
-            .0
-            .store(self.config.limits.max_message_bytes, Ordering::Relaxed);
+        self.message_limit.set(self.config.limits.max_message_bytes);
         if old.limits == self.config.limits && old.routing == self.config.routing {
             return None;
         }
