@@ -288,11 +288,7 @@ impl Relay {
 
     /// Ids of the peers connected now, sorted.
     pub fn peer_ids(&self) -> Vec<String> {
-        let mut ids: Vec<String> = Table::read(&self.hub)
-            .peers()
-            .map(|(id, _)| id.to_string())
-            .collect();
-        ids.sort();
-        ids
+        let (peers, _) = self.peers(usize::MAX);
+        peers.into_iter().map(|peer| peer.id).collect()
     }
 }

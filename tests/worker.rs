@@ -14,7 +14,7 @@ use futures_util::StreamExt;
 
 use common::conformance::{Network, WsNet};
 use common::wrangler::WranglerDev;
-use common::{repo_path, Peer, WsPeer};
+use common::{nothing_else_from, repo_path, Peer, WsPeer};
 
 /// The `wrangler dev` shared by every test here that needs no `[vars]` of its own: started by
 /// the first test to ask, never dropped; the fixture's watchdog ends it when this process exits.
@@ -137,32 +137,10 @@ async fn networks_chosen_by_path_are_isolated() {
 
     // The sentinels: the next envelope of each peer is its partner's, nothing from the other
     // network before it.
-    for (from, to, from_id, to_id) in [
-        (&mut root_b, &mut root_a, "iso-b", "iso-a"),
-        (&mut team_b, &mut team_a, "iso-b", "iso-a"),
-    ] {
-        from.send("LedgerSyncResponse", from_id, to_id, "\"sentinel\"")
-            .await;
-        let got = to.recv().await;
-        assert_eq!(
-            (got.sender_id.as_str(), got.payload.as_str()),
-            (from_id, "\"sentinel\""),
-            "{got:?}"
-        );
-    }
-    for (from, to, from_id, to_id) in [
-        (&mut root_a, &mut root_b, "iso-a", "iso-b"),
-        (&mut team_a, &mut team_b, "iso-a", "iso-b"),
-    ] {
-        from.send("LedgerSyncResponse", from_id, to_id, "\"sentinel\"")
-            .await;
-        let got = to.recv().await;
-        assert_eq!(
-            (got.sender_id.as_str(), got.payload.as_str()),
-            (from_id, "\"sentinel\""),
-            "{got:?}"
-        );
-    }
+    nothing_else_from(&mut root_b, "iso-b", &mut root_a, "iso-a").await;
+    nothing_else_from(&mut team_b, "iso-b", &mut team_a, "iso-a").await;
+    nothing_else_from(&mut root_a, "iso-a", &mut root_b, "iso-b").await;
+    nothing_else_from(&mut team_a, "iso-a", &mut team_b, "iso-b").await;
 
     // Leave "/" empty for the next test that uses it: b's leave is announced to a, and a's
     // close is answered only by the room, after it has let a go.

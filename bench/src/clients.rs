@@ -875,16 +875,20 @@ mod tests {
         assert!(ws_host("http://127.0.0.1:1").is_err());
     }
 
+    /// A runtime for one test: two worker threads, as the bench itself runs on this machine.
+    fn two_threads() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
     /// The whole counting path, over real sockets to a real floor: every message sent is
     /// counted once and nothing is lost. (Loss: see [`a_lossy_target_shows_every_loss`].)
     #[test]
     fn a_run_against_the_floor_counts_everything() {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
+        two_threads().block_on(async {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let addr = listener.local_addr().unwrap();
             drop(listener);
@@ -977,12 +981,7 @@ mod tests {
 
     /// One sender `p0a` → one receiver `p0b` through [`lossy_target`]: 100 messages.
     fn lossy_run(copies: fn(u64) -> usize) -> TrafficOutcome {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
+        two_threads().block_on(async {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let url = format!("ws://{}", listener.local_addr().unwrap());
             tokio::spawn(lossy_target(listener, copies, 99));
