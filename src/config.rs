@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
+use gsio_relay_core::auth::Secret;
 use gsio_relay_core::RelayConfig;
 
 pub use gsio_relay_core::config::ENV_PREFIX;
@@ -24,6 +25,13 @@ pub enum ConfigError {
     /// The file or an override variable is wrong; the message names which, and the key.
     #[error(transparent)]
     Invalid(#[from] gsio_relay_core::config::ConfigError),
+    /// The token secret that `key` names cannot be read or is unusable. Never shows the secret.
+    #[error("config file {}: key `{key}`: {message}", .path.display())]
+    Secret {
+        path: PathBuf,
+        key: &'static str,
+        message: String,
+    },
 }
 
 /// Reads and validates the configuration at `path` (which must exist), with the overrides from
@@ -39,7 +47,39 @@ pub fn load(path: &Path) -> Result<RelayConfig, ConfigError> {
     // Names or values that are not Unicode cannot be overrides; they are skipped.
     let vars = std::env::vars_os()
         .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)));
-    Ok(RelayConfig::load(&text, &path.display().to_string(), vars)?)
+    let mut config = RelayConfig::load(&text, &path.display().to_string(), vars)?;
+    config.auth.token_secret = token_secret(&config, path)?;
+    Ok(config)
+}
+
+/// The tokens' secret, from the variable or file `[auth]` names (when a mode takes tokens).
+fn token_secret(config: &RelayConfig, path: &Path) -> Result<Option<Secret>, ConfigError> {
+    let auth = &config.auth;
+    let fail = |key, message| ConfigError::Secret {
+        path: path.to_owned(),
+        key,
+        message,
+    };
+    let (key, bytes) = if let Some(name) = &auth.token_secret_env {
+        let value = std::env::var_os(name)
+            .ok_or_else(|| fail("auth.token_secret_env", format!("${name} is not set")))?;
+        ("auth.token_secret_env", value.into_encoded_bytes())
+    } else if let Some(file) = &auth.token_secret_file {
+        // Relative to relay.toml, like a path an operator writes next to it.
+        let file = path.parent().unwrap_or(Path::new(".")).join(file);
+        let bytes = std::fs::read(&file).map_err(|error| {
+            fail(
+                "auth.token_secret_file",
+                format!("cannot read {}: {error}", file.display()),
+            )
+        })?;
+        ("auth.token_secret_file", bytes)
+    } else {
+        return Ok(None);
+    };
+    Secret::new(&bytes)
+        .map(Some)
+        .map_err(|message| fail(key, message))
 }
 
 #[cfg(test)]

@@ -5,7 +5,10 @@
 //! and closes the connection when a [`Step::Close`] says so. Nothing here decides anything.
 
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use gsio_relay_core::auth::Nonce;
+use gsio_relay_core::connection::Handshake;
 use gsio_relay_core::{Connection, Counts, Input, PeerId, Step};
 
 use crate::metrics::{ConnMeter, Front};
@@ -47,13 +50,28 @@ impl PeerConn {
         self.connection.id()
     }
 
-    /// Fixes the identity before any envelope (`?node_id=`, `x-gsio-node-id`); see
-    /// [`Connection::claim`].
-    pub fn claim(&mut self, raw: &str) -> Step {
+    /// The connection's first step: the id (`?node_id=`, `x-gsio-node-id`) or token given at
+    /// connect, else the challenge; see [`Connection::begin`].
+    pub fn begin(&mut self, node_id: Option<&str>, token: Option<&str>) -> Step {
+        let mut nonce = [0; 32];
+        if let Err(error) = getrandom::fill(&mut nonce) {
+            // No randomness: no challenge could be trusted, so no proof is accepted either.
+            tracing::error!("no random bytes for a challenge: {error}");
+            return Step::Close(gsio_relay_core::RelayError::AuthenticationRequired(
+                "the relay has no random bytes for a challenge".into(),
+            ));
+        }
+        let handshake = Handshake {
+            node_id,
+            token,
+            nonce: Nonce(nonce),
+            now: now(),
+        };
         let mut meter = self.relay.metrics.meter(&mut self.meter);
         let step = self
             .connection
-            .claim_metered(self.relay.table(), raw, &mut meter);
+            .begin_metered(self.relay.table(), handshake, &mut meter);
+        self.joined_if(true);
         self.after(step)
     }
 
@@ -63,13 +81,33 @@ impl PeerConn {
         let mut meter = self.relay.metrics.meter(&mut self.meter);
         let step = self
             .connection
-            .input_metered(self.relay.table(), input, &mut meter);
-        if anonymous {
+            .input_metered(self.relay.table(), input, now(), &mut meter);
+        self.joined_if(anonymous);
+        self.after(step)
+    }
+
+    /// How long until a connection still without an id must be closed
+    /// ([`Connection::deadline`]); `None` once it has one.
+    pub fn time_to_deadline(&self) -> Option<Duration> {
+        let deadline = self.connection.deadline()?;
+        Some(deadline.saturating_sub(now()))
+    }
+
+    /// The identification deadline passed: see [`Connection::timed_out`].
+    pub fn timed_out(&mut self) -> Step {
+        let mut meter = self.relay.metrics.meter(&mut self.meter);
+        let step = self
+            .connection
+            .timed_out(self.relay.table(), now(), &mut meter);
+        self.after(step)
+    }
+
+    fn joined_if(&self, was_anonymous: bool) {
+        if was_anonymous {
             if let Some(id) = self.connection.id() {
                 tracing::info!(conn = self.connection.conn_id(), peer = %id, "peer joined");
             }
         }
-        self.after(step)
     }
 
     /// Counts what needs counting at once (errors, slow consumers); routed and delivered wait
@@ -93,6 +131,13 @@ impl PeerConn {
         }
         step
     }
+}
+
+/// The core's clock: the wall clock, as time since the Unix epoch (tokens' `exp` is on it).
+fn now() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
 }
 
 impl Drop for PeerConn {

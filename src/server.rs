@@ -125,6 +125,7 @@ impl Server {
             config,
             watch,
         } = self;
+        warn_if_open_beyond_loopback(&config, [ws.local_addr().ok(), grpc.local_addr().ok()]);
         let controller = Controller::new();
         let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
         let admin_task = tokio::spawn(crate::admin::serve(
@@ -420,5 +421,35 @@ impl AsyncWrite for Limited {
 
     fn is_write_vectored(&self) -> bool {
         self.stream.is_write_vectored()
+    }
+}
+
+/// `[auth]` lets some ids be taken by anyone (`open`), and a front listens beyond loopback: the
+/// operator hears it at start, since any machine that reaches the port can then be anybody.
+fn warn_if_open_beyond_loopback(config: &RelayConfig, listening: [Option<SocketAddr>; 2]) {
+    let auth = &config.auth;
+    let open: Vec<String> =
+        std::iter::once(("every id not under a prefix rule".to_owned(), auth.mode))
+            .chain(
+                auth.prefixes
+                    .iter()
+                    .map(|(p, m)| (format!("ids starting with {p:?}"), *m)),
+            )
+            .filter(|(_, mode)| *mode == gsio_relay_core::config::AuthMode::Open)
+            .map(|(which, _)| which)
+            .collect();
+    let exposed: Vec<String> = listening
+        .into_iter()
+        .flatten()
+        .filter(|addr| !addr.ip().is_loopback())
+        .map(|addr| addr.to_string())
+        .collect();
+    if !open.is_empty() && !exposed.is_empty() {
+        tracing::warn!(
+            listening = %exposed.join(", "),
+            "auth mode is \"open\" for {} while listening beyond loopback: any client that reaches \
+             the relay can take any free id; set [auth] mode = \"signed\" or \"token\" (README, \"Authentication\")",
+            open.join(" and ")
+        );
     }
 }

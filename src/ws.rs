@@ -74,6 +74,26 @@ fn node_id_param(request: &Request) -> Option<String> {
         .map(|(_, value)| value.into_owned())
 }
 
+/// What the handshake's `Sec-WebSocket-Protocol` offers: a token (`gsio.token.<token>`, the one
+/// header a browser's `new WebSocket(url, protocols)` can set), and whether the client speaks
+/// `gsio.v1`, the protocol the relay then names in its answer (a browser that offered
+/// protocols fails a handshake whose answer names none of them).
+fn offered_protocols(request: &Request) -> (Option<String>, bool) {
+    let mut token = None;
+    let mut v1 = false;
+    for value in request.headers().get_all("sec-websocket-protocol") {
+        let Ok(value) = value.to_str() else { continue };
+        for protocol in value.split(',').map(str::trim) {
+            if protocol == gsio_relay_core::auth::WS_PROTOCOL {
+                v1 = true;
+            } else if let Some(t) = protocol.strip_prefix(gsio_relay_core::auth::WS_TOKEN_PREFIX) {
+                token = Some(t.to_owned());
+            }
+        }
+    }
+    (token, v1)
+}
+
 async fn connection(
     stream: TcpStream,
     relay: Arc<Relay>,
@@ -83,13 +103,22 @@ async fn connection(
     let (reading, _done) = shutdown.tokens();
     let hard_frame_bytes = relay.config().limits.hard_frame_bytes();
     let mut node_id = None;
+    let mut token = None;
     // The callback's error type is tungstenite's `ErrorResponse` (an HTTP response), large by
     // its nature and not ours to box.
     #[allow(clippy::result_large_err)]
     let handshake = tokio_tungstenite::accept_hdr_async_with_config(
         stream,
-        |request: &Request, response: Response| {
+        |request: &Request, mut response: Response| {
             node_id = node_id_param(request);
+            let v1;
+            (token, v1) = offered_protocols(request);
+            if v1 {
+                response.headers_mut().insert(
+                    "sec-websocket-protocol",
+                    tungstenite::http::HeaderValue::from_static(gsio_relay_core::auth::WS_PROTOCOL),
+                );
+            }
             Ok(response)
         },
         Some(ws_config(hard_frame_bytes)),
@@ -114,12 +143,13 @@ async fn connection(
     let (mut peer, mut outbox) = PeerConn::open(&relay, Front::Ws);
     let events = outbox.events();
     let _registration = shutdown.register(&events);
-    if let Some(id) = node_id {
-        if let Step::Close(error) = peer.claim(&id) {
-            // The Error envelope is queued: `finish` writes it, then the close.
-            return Box::pin(finish(ws, outbox, None, peer, End::Kicked(error))).await;
-        }
+    if let Step::Close(error) = peer.begin(node_id.as_deref(), token.as_deref()) {
+        // The Error envelope is queued: `finish` writes it, then the close.
+        return Box::pin(finish(ws, outbox, None, peer, End::Kicked(error))).await;
     }
+    // The identification deadline: a connection still without an id when it passes is closed.
+    let identify = tokio::time::sleep(peer.time_to_deadline().unwrap_or(Duration::MAX / 4));
+    tokio::pin!(identify);
 
     let mut reading = Some(reading);
     // A message taken from the outbox but not yet handed to the socket, because a write was
@@ -141,6 +171,11 @@ async fn connection(
                 }
                 reading = None;
                 watching &= !ConnEvents::STOP_READING;
+            }
+            () = &mut identify, if peer.id().is_none() => {
+                if let Step::Close(error) = peer.timed_out() {
+                    break End::Kicked(error);
+                }
             }
             // Reading and writing take turns: after a write, the next turn reads a frame if
             // one is there, so a peer whose queue is never empty (a steady stream to it) still

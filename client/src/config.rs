@@ -32,6 +32,34 @@ pub struct Config {
     /// Bound on each step of a connection attempt: TCP+HTTP/2 connect, opening the stream,
     /// and the `Welcome`.
     pub connect_timeout: Duration,
+    /// How this node proves its id, on a relay whose `[auth]` asks for proof; `None` for an
+    /// `open` relay.
+    pub credentials: Option<Credentials>,
+}
+
+/// A node's proof of identity (README, "Authentication").
+#[derive(Clone)]
+pub enum Credentials {
+    /// Its Ed25519 key: the client answers the relay's `Challenge` by signing it. The id is
+    /// [`Config::node_id`]: the key's own ([`derived_id`](crate::derived_id)), or one the relay's
+    /// `auth.keys` binds to the key.
+    Signed(ed25519_dalek::SigningKey),
+    /// A token from the relay's operator, sent as `authorization: Bearer` metadata.
+    Token(String),
+}
+
+/// Never shows the key or the token.
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credentials::Signed(key) => write!(
+                f,
+                "Signed(public key {})",
+                crate::hex(key.verifying_key().as_bytes())
+            ),
+            Credentials::Token(_) => f.write_str("Token(<redacted>)"),
+        }
+    }
 }
 
 impl Config {
@@ -46,7 +74,16 @@ impl Config {
             outbox_capacity: 1024,
             events_capacity: 1024,
             connect_timeout: Duration::from_secs(10),
+            credentials: None,
         }
+    }
+
+    /// A node that proves `key`, under the id derived from it (`ed25519-<public key in hex>`).
+    pub fn signed(url: impl Into<String>, key: ed25519_dalek::SigningKey) -> Config {
+        let id = crate::derived_id(&key.verifying_key());
+        let mut config = Config::new(url, id);
+        config.credentials = Some(Credentials::Signed(key));
+        config
     }
 
     pub(crate) fn validate(&self) -> Result<(), ConnectError> {

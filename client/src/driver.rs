@@ -8,7 +8,9 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Endpoint;
 use tonic::Streaming;
 
-use crate::config::Config;
+use ed25519_dalek::Signer;
+
+use crate::config::{Config, Credentials};
 use crate::envelope::Envelope;
 use crate::error::{error_chain, DisconnectReason, RelayError};
 use crate::event::{events_for, Disconnected, Event, Welcome};
@@ -170,6 +172,18 @@ impl Driver {
         request
             .metadata_mut()
             .insert(NODE_ID_METADATA, self.node_id.clone());
+        if let Some(Credentials::Token(token)) = &self.config.credentials {
+            match MetadataValue::try_from(format!("Bearer {token}")) {
+                Ok(value) => {
+                    request.metadata_mut().insert("authorization", value);
+                }
+                Err(_) => {
+                    return SessionEnd::before_welcome(DisconnectReason::Transport(
+                        "the token cannot be sent as gRPC metadata (printable ASCII only)".into(),
+                    ))
+                }
+            }
+        }
         let mut inbound = match timeout(limit, grpc.exchange(request)).await {
             Err(_) => {
                 return SessionEnd::before_welcome(DisconnectReason::Transport(format!(
@@ -188,7 +202,29 @@ impl Driver {
             Ok(Ok(None)) => Err(DisconnectReason::Ended),
             Ok(Err(status)) => Err(DisconnectReason::from_status(status)),
             Ok(Ok(Some(envelope))) => {
-                let envelope = Envelope::from_pb(envelope);
+                let mut envelope = Envelope::from_pb(envelope);
+                if envelope.sender_id == RELAY_ID && envelope.message_type == "Challenge" {
+                    // The relay asks for proof: answer, then the Welcome follows.
+                    match self.answer(&envelope, &to_stream).await {
+                        Err(reason) => return SessionEnd::before_welcome(reason),
+                        Ok(()) => match timeout(limit, inbound.message()).await {
+                            Ok(Ok(Some(next))) => envelope = Envelope::from_pb(next),
+                            Err(_) => {
+                                return SessionEnd::before_welcome(DisconnectReason::Transport(
+                                    format!("no Welcome within {limit:?} of authenticating"),
+                                ))
+                            }
+                            Ok(Ok(None)) => {
+                                return SessionEnd::before_welcome(DisconnectReason::Ended)
+                            }
+                            Ok(Err(status)) => {
+                                return SessionEnd::before_welcome(DisconnectReason::from_status(
+                                    status,
+                                ))
+                            }
+                        },
+                    }
+                }
                 if envelope.sender_id == RELAY_ID && envelope.message_type == "Welcome" {
                     Ok(Welcome::from_envelope(envelope))
                 } else {
@@ -204,6 +240,46 @@ impl Driver {
             reason: self.exchange(inbound, to_stream).await,
             welcomed: true,
         }
+    }
+
+    /// Answers the relay's `Challenge` with this node's signature; without a key to sign with,
+    /// the relay's rule cannot be met.
+    async fn answer(
+        &self,
+        challenge: &Envelope,
+        to_stream: &mpsc::Sender<pb::Envelope>,
+    ) -> Result<(), DisconnectReason> {
+        #[derive(serde::Deserialize)]
+        struct Challenge {
+            nonce: String,
+            audience: String,
+        }
+        let Some(Credentials::Signed(key)) = &self.config.credentials else {
+            return Err(DisconnectReason::Transport(
+                "the relay asks for proof of identity (a Challenge); set Config::credentials"
+                    .into(),
+            ));
+        };
+        let challenge: Challenge = challenge.payload.deserialize().map_err(|error| {
+            DisconnectReason::Transport(format!("the relay's Challenge is unreadable: {error}"))
+        })?;
+        let id = &self.config.node_id;
+        let signature = key.sign(&crate::signed_message(
+            &challenge.audience,
+            &challenge.nonce,
+            id,
+        ));
+        let payload = serde_json::json!({
+            "public_key": crate::hex(key.verifying_key().as_bytes()),
+            "signature": crate::hex(&signature.to_bytes()),
+        });
+        let mut envelope = Envelope::new("Authenticate", payload);
+        envelope.sender_id = id.clone();
+        envelope.message_id = uuid::Uuid::new_v4().to_string();
+        to_stream
+            .send(envelope.into_pb())
+            .await
+            .map_err(|_| DisconnectReason::Ended)
     }
 
     /// Moves envelopes both ways on a welcomed stream until it ends; returns why.

@@ -106,6 +106,26 @@ relay_errors! {
     TooManyPeers => "too_many_peers",
     /// A `message_id` outside the relay's syntax.
     InvalidMessageId => "invalid_message_id",
+    /// The id's `[auth]` rule asks for proof this client did not give (ends the stream:
+    /// `UNAUTHENTICATED`).
+    AuthenticationRequired => "authentication_required",
+    /// The signed challenge did not verify (`UNAUTHENTICATED`).
+    InvalidSignature => "invalid_signature",
+    /// The key may not take this id (`PERMISSION_DENIED`).
+    KeyNotAllowed => "key_not_allowed",
+    /// A malformed or forged token (`UNAUTHENTICATED`).
+    InvalidToken => "invalid_token",
+    /// The token's `exp` has passed (`UNAUTHENTICATED`).
+    TokenExpired => "token_expired",
+    /// The token names another relay in `aud` (`UNAUTHENTICATED`).
+    WrongAudience => "wrong_audience",
+    /// `Authenticate` on a connection that already has its id.
+    AlreadyIdentified => "already_identified",
+    /// No id within the relay's `limits.identify_timeout_ms` (`UNAUTHENTICATED`).
+    IdentificationTimeout => "identification_timeout",
+    /// Over the relay's rate limits for this identity; the envelope went nowhere (and, kept up,
+    /// the stream ends: `RESOURCE_EXHAUSTED`).
+    RateLimited => "rate_limited",
 }
 
 impl RelayError {
@@ -226,7 +246,13 @@ impl DisconnectReason {
             DisconnectReason::Relay {
                 error: RelayError::InvalidPeerId(_)
                     | RelayError::ReservedPeerId(_)
-                    | RelayError::PeerIdInUse(_),
+                    | RelayError::PeerIdInUse(_)
+                    | RelayError::AuthenticationRequired(_)
+                    | RelayError::InvalidSignature(_)
+                    | RelayError::KeyNotAllowed(_)
+                    | RelayError::InvalidToken(_)
+                    | RelayError::TokenExpired(_)
+                    | RelayError::WrongAudience(_),
                 ..
             }
         )
@@ -290,7 +316,7 @@ mod tests {
 
     #[test]
     fn every_code_round_trips_and_unknown_codes_fall_back() {
-        assert_eq!(RelayError::KNOWN_CODES.len(), 19);
+        assert_eq!(RelayError::KNOWN_CODES.len(), 28);
         for code in RelayError::KNOWN_CODES {
             let error = RelayError::from_code(code, Detail::default());
             assert_eq!(error.code(), *code);

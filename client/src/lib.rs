@@ -61,7 +61,9 @@ mod error;
 mod event;
 
 pub use client::{connect, Client, Events};
-pub use config::{Backoff, Config};
+pub use config::{Backoff, Config, Credentials};
+/// Ed25519 keys, for [`Credentials::Signed`].
+pub use ed25519_dalek::{SigningKey, VerifyingKey};
 pub use envelope::{Envelope, Payload};
 pub use error::{ConnectError, Detail, DisconnectReason, RelayError, SendError};
 pub use event::{Disconnected, Event, Welcome};
@@ -73,6 +75,21 @@ pub mod pb {
 
 /// The gRPC metadata key that carries a node's id.
 pub const NODE_ID_METADATA: &str = "x-gsio-node-id";
+
+/// The id a key may always take on a `signed` relay: `ed25519-` and the public key in hex.
+pub fn derived_id(key: &VerifyingKey) -> String {
+    format!("ed25519-{}", hex(key.as_bytes()))
+}
+
+/// What a node signs to answer a `Challenge` (the relay's `audience`, its `nonce` in hex) for
+/// the id `id`: `gsio-relay-auth-v1\n<audience>\n<nonce>\n<id>`.
+pub fn signed_message(audience: &str, nonce: &str, id: &str) -> Vec<u8> {
+    format!("gsio-relay-auth-v1\n{audience}\n{nonce}\n{id}").into_bytes()
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
 
 /// The relay's own peer id: it signs `Welcome`, `Error`, `PeerJoined`, `PeerLeft` and `PeersChanged`.
 pub const RELAY_ID: &str = "relay";

@@ -58,7 +58,121 @@ pub struct RelayConfig {
     #[serde(default)]
     pub routing: Routing,
     #[serde(default)]
+    pub auth: Auth,
+    #[serde(default)]
     pub log: LogConfig,
+}
+
+/// Who may take which peer id, and how a connection proves it (see [`crate::auth`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Auth {
+    /// The mode for ids that no prefix rule names. `open` (first come, no proof) by default:
+    /// today's behaviour, for local development.
+    #[serde(default)]
+    pub mode: AuthMode,
+    /// Id prefix → mode, for networks that mix nodes (keys) and browsers (tokens): the longest
+    /// prefix that starts an id decides its mode.
+    #[serde(default)]
+    pub prefixes: BTreeMap<String, AuthMode>,
+    /// This relay's name: signed challenges cover it and tokens must name it in `aud`, so a
+    /// proof made for one relay (or network) is worthless at another.
+    #[serde(default = "default_audience")]
+    pub audience: String,
+    /// Peer id → Ed25519 public key (64 hex digits): the key that may take that id in `signed`
+    /// mode, besides every key's own derived id (`ed25519-<key in hex>`).
+    #[serde(default)]
+    pub keys: BTreeMap<String, String>,
+    /// The environment variable (natively) or Worker secret that holds the tokens' HMAC key.
+    /// Named here, never written here: relay.toml is not a place for secrets.
+    #[serde(default)]
+    pub token_secret_env: Option<String>,
+    /// Or a file holding it (native relay only), e.g. a mounted secret.
+    #[serde(default)]
+    pub token_secret_file: Option<String>,
+    /// Seconds of clock difference allowed when checking a token's `exp` and `nbf`.
+    #[serde(default = "default_token_leeway_s")]
+    pub token_leeway_s: u64,
+    /// The key itself, read from `token_secret_env` or `token_secret_file` by the front that
+    /// loads the config (the core reads neither environment nor files). Never serialized.
+    #[serde(skip)]
+    pub token_secret: Option<crate::auth::Secret>,
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Auth {
+            mode: AuthMode::Open,
+            prefixes: BTreeMap::new(),
+            audience: default_audience(),
+            keys: BTreeMap::new(),
+            token_secret_env: None,
+            token_secret_file: None,
+            token_leeway_s: default_token_leeway_s(),
+            token_secret: None,
+        }
+    }
+}
+
+/// How a connection may take an id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    /// First come: any connection takes any free id by naming it.
+    #[default]
+    Open,
+    /// Only a connection that signs the relay's challenge with an Ed25519 key allowed the id.
+    Signed,
+    /// Only a connection that presents a token, signed with the relay's secret, naming the id.
+    Token,
+    /// Either proof.
+    SignedOrToken,
+}
+
+impl AuthMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMode::Open => "open",
+            AuthMode::Signed => "signed",
+            AuthMode::Token => "token",
+            AuthMode::SignedOrToken => "signed_or_token",
+        }
+    }
+
+    pub fn allows_signed(self) -> bool {
+        matches!(self, AuthMode::Signed | AuthMode::SignedOrToken)
+    }
+
+    pub fn allows_token(self) -> bool {
+        matches!(self, AuthMode::Token | AuthMode::SignedOrToken)
+    }
+}
+
+impl Auth {
+    /// The mode that decides who may take `id`: the longest prefix rule that starts it, else
+    /// `mode`.
+    pub fn mode_for(&self, id: &str) -> AuthMode {
+        self.prefixes
+            .iter()
+            .filter(|(prefix, _)| id.starts_with(prefix.as_str()))
+            .max_by_key(|(prefix, _)| prefix.len())
+            .map_or(self.mode, |(_, mode)| *mode)
+    }
+
+    /// Every mode in use, the default's and the prefixes'.
+    pub fn modes(&self) -> impl Iterator<Item = AuthMode> + '_ {
+        std::iter::once(self.mode).chain(self.prefixes.values().copied())
+    }
+
+    /// A connection must be challenged: some id needs a proof.
+    pub fn needs_proof(&self) -> bool {
+        self.modes().any(|mode| mode != AuthMode::Open)
+    }
+
+    /// Some id may be taken with a token: the secret is needed.
+    pub fn uses_tokens(&self) -> bool {
+        self.modes().any(AuthMode::allows_token)
+    }
 }
 
 /// How the native relay writes its log lines. The Worker ignores this section (its logs are the
@@ -130,6 +244,29 @@ pub struct Limits {
     /// slow consumer (see the README's "Slow consumers").
     #[serde(default = "default_queue_capacity")]
     pub queue_capacity: usize,
+    /// Envelopes per second one identity may send, on average (0: no limit). Past its burst a
+    /// sender's envelopes are refused with `rate_limited` and go nowhere.
+    #[serde(default = "default_messages_per_second")]
+    pub messages_per_second: u32,
+    /// Envelopes one identity may send at once, above the rate, before it is limited.
+    #[serde(default = "default_message_burst")]
+    pub message_burst: u32,
+    /// Bytes per second (of envelope text or protobuf) one identity may send (0: no limit).
+    #[serde(default = "default_bytes_per_second")]
+    pub bytes_per_second: u64,
+    /// Bytes one identity may send at once above the rate; at least `max_message_bytes`, so
+    /// that the largest envelope can pass.
+    #[serde(default = "default_byte_burst")]
+    pub byte_burst: u64,
+    /// A sender refused this many times in a row for its rate is disconnected (`rate_limited`):
+    /// it is not reading its errors, or does not care.
+    #[serde(default = "default_rate_limited_max")]
+    pub rate_limited_max: u32,
+    /// A connection without a peer id (not identified, not authenticated) this long after it
+    /// opened is closed (`identification_timeout`), so an anonymous connection holds nothing for
+    /// long.
+    #[serde(default = "default_identify_timeout_ms")]
+    pub identify_timeout_ms: u64,
 }
 
 impl Limits {
@@ -148,6 +285,12 @@ impl Default for Limits {
         Limits {
             max_message_bytes: default_max_message_bytes(),
             queue_capacity: default_queue_capacity(),
+            messages_per_second: default_messages_per_second(),
+            message_burst: default_message_burst(),
+            bytes_per_second: default_bytes_per_second(),
+            byte_burst: default_byte_burst(),
+            rate_limited_max: default_rate_limited_max(),
+            identify_timeout_ms: default_identify_timeout_ms(),
         }
     }
 }
@@ -242,6 +385,30 @@ fn default_max_message_bytes() -> usize {
 }
 fn default_queue_capacity() -> usize {
     4096
+}
+fn default_messages_per_second() -> u32 {
+    10_000
+}
+fn default_message_burst() -> u32 {
+    20_000
+}
+fn default_bytes_per_second() -> u64 {
+    64 * 1024 * 1024
+}
+fn default_byte_burst() -> u64 {
+    128 * 1024 * 1024
+}
+fn default_rate_limited_max() -> u32 {
+    1_000
+}
+fn default_identify_timeout_ms() -> u64 {
+    10_000
+}
+fn default_audience() -> String {
+    "gsio-relay".to_owned()
+}
+fn default_token_leeway_s() -> u64 {
+    30
 }
 fn default_true() -> bool {
     true
@@ -467,6 +634,10 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 pub const MAX_QUEUE_CAPACITY: usize = 1_000_000;
 /// The largest `discovery.announce_window_ms`: a minute.
 pub const MAX_ANNOUNCE_WINDOW_MS: u64 = 60_000;
+/// `limits.identify_timeout_ms` bounds: a tenth of a second to ten minutes.
+pub const IDENTIFY_TIMEOUT_MS: std::ops::RangeInclusive<u64> = 100..=600_000;
+/// The largest `auth.token_leeway_s`: ten minutes.
+pub const MAX_TOKEN_LEEWAY_S: u64 = 600;
 
 #[cfg(feature = "parse-toml")]
 impl RelayConfig {
@@ -606,6 +777,36 @@ impl RelayConfig {
                 );
             }
         }
+        if !IDENTIFY_TIMEOUT_MS.contains(&limits.identify_timeout_ms) {
+            return bad(
+                "limits.identify_timeout_ms",
+                format!(
+                    "{} is out of range; use {} to {}",
+                    limits.identify_timeout_ms,
+                    IDENTIFY_TIMEOUT_MS.start(),
+                    IDENTIFY_TIMEOUT_MS.end()
+                ),
+            );
+        }
+        if limits.messages_per_second != 0 && limits.message_burst == 0 {
+            return bad(
+                "limits.message_burst",
+                "must be at least 1 when limits.messages_per_second is set".to_owned(),
+            );
+        }
+        if limits.bytes_per_second != 0 && limits.byte_burst < limits.max_message_bytes as u64 {
+            return bad(
+                "limits.byte_burst",
+                format!(
+                    "{} is below limits.max_message_bytes ({}): the largest envelope could never pass",
+                    limits.byte_burst, limits.max_message_bytes
+                ),
+            );
+        }
+        if limits.rate_limited_max == 0 {
+            return bad("limits.rate_limited_max", "must be at least 1".to_owned());
+        }
+        crate::auth::validate(&self.auth)?;
         if let Some(bad_key) = self.routing.rules.keys().find(|k| k.trim().is_empty()) {
             return bad(
                 "routing.rules",

@@ -36,6 +36,7 @@ use std::time::Duration;
 
 use bytestring::ByteString;
 
+use crate::auth::{self, Nonce, Proof};
 use crate::config::RelayConfig;
 use crate::envelope::{prepend_message_id, Envelope, Message};
 use crate::error::{ErrorCode, RelayError};
@@ -43,6 +44,7 @@ use crate::hub::{error_message, ConnId, Hub, LiveLimit, Offending, Route};
 use crate::id::PeerId;
 use crate::ids::IdBlock;
 use crate::presence::Effect;
+use crate::rate::Bucket;
 use crate::session::{Inbound, Rejection, SenderText, Session};
 
 /// How the relay reaches one peer: the front's handle to its outbound queue or socket.
@@ -182,6 +184,55 @@ pub struct Connection<L> {
     timer: Option<Duration>,
     /// This connection's join is known to be announced: what it sends need not wait for it.
     announced: bool,
+    /// The random bytes of this connection's challenge (given by the front at
+    /// [`Connection::begin`]): a signed proof must cover them, so it is good here only.
+    nonce: Option<Nonce>,
+    /// The id named at connect (`?node_id=`) when its rule asks for proof: what an
+    /// `Authenticate` without `sender_id` takes.
+    wanted: Option<PeerId>,
+    /// When a still anonymous connection is closed (`limits.identify_timeout_ms` after
+    /// [`Connection::begin`]), on the front's clock.
+    deadline: Option<Duration>,
+    /// The sender's envelopes per second and bytes per second (`[limits]`).
+    messages: Bucket,
+    bytes: Bucket,
+    /// Envelopes refused for the rate in a row; at `limits.rate_limited_max` the connection ends.
+    rate_refusals: u32,
+}
+
+/// What a connection remembers between inputs besides its id, for a front that does not keep
+/// the [`Connection`] itself (the Worker makes one per message, and keeps this on the socket
+/// and in its room): the challenge, the deadline, and the rate buckets.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Remembered {
+    /// The challenge's bytes, in hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wanted: Option<String>,
+    /// Milliseconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
+    /// The rate buckets, as their "full again at" times in milliseconds, and refusals in a row.
+    #[serde(default)]
+    pub messages_full_at_ms: u64,
+    #[serde(default)]
+    pub bytes_full_at_ms: u64,
+    #[serde(default)]
+    pub rate_refusals: u32,
+}
+
+/// What a front knows when a connection opens.
+#[derive(Debug, Clone, Copy)]
+pub struct Handshake<'a> {
+    /// The id asked for at connect (`?node_id=`, `x-gsio-node-id`).
+    pub node_id: Option<&'a str>,
+    /// A token presented at connect (a WebSocket subprotocol, gRPC `authorization` metadata).
+    pub token: Option<&'a str>,
+    /// 32 fresh random bytes (the core has no randomness): this connection's challenge.
+    pub nonce: Nonce,
+    /// The front's clock: time since the Unix epoch.
+    pub now: Duration,
 }
 
 impl<L: Link> Connection<L> {
@@ -201,6 +252,111 @@ impl<L: Link> Connection<L> {
             ids: IdBlock::default(),
             timer: None,
             announced: false,
+            nonce: None,
+            wanted: None,
+            deadline: None,
+            messages: Bucket::new(),
+            bytes: Bucket::new(),
+            rate_refusals: 0,
+        }
+    }
+
+    /// The connection's first step, before any input: a token or an id given at connect is
+    /// taken (joining, with its `Welcome`), else the `Challenge` goes out if some id needs proof,
+    /// and the identification deadline starts. Refused, the connection is told with an `Error`
+    /// envelope and must close: a connection that asked for what it cannot have is not left
+    /// open as something else.
+    pub fn begin(&mut self, table: &impl Table<L>, handshake: Handshake<'_>) -> Step {
+        self.begin_metered(table, handshake, &mut ())
+    }
+
+    /// [`Connection::begin`], telling `meter`.
+    pub fn begin_metered(
+        &mut self,
+        table: &impl Table<L>,
+        handshake: Handshake<'_>,
+        meter: &mut impl Meter,
+    ) -> Step {
+        let config = table.read().config().clone();
+        let auth = &config.auth;
+        self.nonce = Some(handshake.nonce);
+        self.deadline = Some(
+            handshake
+                .now
+                .saturating_add(Duration::from_millis(config.limits.identify_timeout_ms)),
+        );
+        let taken = if let Some(token) = handshake.token {
+            auth::verify_token(auth, token, handshake.now.as_secs()).and_then(|id| match handshake
+                .node_id
+            {
+                Some(asked) if asked != id.as_str() => Err(RelayError::SpoofedSender {
+                    claimed: crate::id::truncate_for_display(asked),
+                    actual: id.to_string(),
+                }),
+                _ if !auth.mode_for(id.as_str()).allows_token()
+                    && auth.mode_for(id.as_str()) != crate::config::AuthMode::Open =>
+                {
+                    Err(auth::refuse_mode(auth, &id, Some("a token")))
+                }
+                _ => Ok(Some(id)),
+            })
+        } else if let Some(raw) = handshake.node_id {
+            PeerId::parse(raw).map(|id| {
+                if auth.mode_for(id.as_str()) == crate::config::AuthMode::Open {
+                    Some(id)
+                } else {
+                    // Proof comes in band: this is the id an `Authenticate` takes by default.
+                    self.wanted = Some(id);
+                    None
+                }
+            })
+        } else {
+            Ok(None)
+        };
+        match taken.and_then(|id| id.map_or(Ok(()), |id| self.join(table, id))) {
+            Ok(()) => {
+                if self.session.id().is_none() && auth.needs_proof() {
+                    let hub = table.read();
+                    let challenge = Envelope::from_relay(
+                        auth::CHALLENGE,
+                        hub.next_message_id(),
+                        "",
+                        auth::challenge_payload(auth, handshake.nonce),
+                    );
+                    drop(hub);
+                    self.deliver_own(&Arc::new(Message::new(challenge)));
+                }
+                Step::Continue
+            }
+            Err(error) => {
+                self.reject(table, &error, Offending::default(), meter);
+                Step::Close(error)
+            }
+        }
+    }
+
+    /// When the front must call [`Connection::timed_out`]: the identification deadline, while
+    /// the connection has no id.
+    pub fn deadline(&self) -> Option<Duration> {
+        self.deadline.filter(|_| self.session.id().is_none())
+    }
+
+    /// The front's timer for [`Connection::deadline`] fired at `now`: a connection still
+    /// without an id is told why, and must close.
+    pub fn timed_out(
+        &mut self,
+        table: &impl Table<L>,
+        now: Duration,
+        meter: &mut impl Meter,
+    ) -> Step {
+        match self.deadline() {
+            Some(deadline) if now >= deadline => {
+                let limit = table.read().config().limits.identify_timeout_ms;
+                let error = RelayError::IdentificationTimeout(limit);
+                self.reject(table, &error, Offending::default(), meter);
+                Step::Close(error)
+            }
+            _ => Step::Continue,
         }
     }
 
@@ -224,37 +380,59 @@ impl<L: Link> Connection<L> {
         self.session.id()
     }
 
+    /// What this connection must remember until its next input, for a front that makes a
+    /// [`Connection`] per input ([`Connection::resume`] then [`Connection::recall`]).
+    pub fn remembered(&self) -> Remembered {
+        Remembered {
+            nonce: self.nonce.map(Nonce::to_hex),
+            wanted: self.wanted.as_ref().map(PeerId::to_string),
+            deadline_ms: self.deadline.map(|d| d.as_millis() as u64),
+            messages_full_at_ms: self.messages.full_at().as_millis() as u64,
+            bytes_full_at_ms: self.bytes.full_at().as_millis() as u64,
+            rate_refusals: self.rate_refusals,
+        }
+    }
+
+    /// Restores what [`Connection::remembered`] gave. Anything unreadable in it (it is the
+    /// front's own record, so only a bug could make it so) is left as a new connection has it.
+    pub fn recall(&mut self, remembered: &Remembered) {
+        self.nonce = remembered.nonce.as_deref().and_then(Nonce::from_hex);
+        self.wanted = remembered
+            .wanted
+            .as_deref()
+            .and_then(|id| PeerId::parse(id).ok());
+        self.deadline = remembered.deadline_ms.map(Duration::from_millis);
+        self.messages = Bucket::refilled_at(Duration::from_millis(remembered.messages_full_at_ms));
+        self.bytes = Bucket::refilled_at(Duration::from_millis(remembered.bytes_full_at_ms));
+        self.rate_refusals = remembered.rate_refusals;
+    }
+
     pub fn conn_id(&self) -> ConnId {
         self.conn
     }
 
-    /// Fixes the identity before any envelope (`?node_id=`, `x-gsio-node-id`). Refused, the
-    /// connection is told with an `Error` envelope and must close: a connection that asked for
-    /// an id it cannot have is not left open under another one.
-    pub fn claim(&mut self, table: &impl Table<L>, raw: &str) -> Step {
+    /// [`Connection::begin`] with only an id, for the tables below.
+    #[cfg(test)]
+    fn claim(&mut self, table: &impl Table<L>, raw: &str) -> Step {
         self.claim_metered(table, raw, &mut ())
     }
 
-    /// [`Connection::claim`], telling `meter`.
-    pub fn claim_metered(
-        &mut self,
-        table: &impl Table<L>,
-        raw: &str,
-        meter: &mut impl Meter,
-    ) -> Step {
-        match PeerId::parse(raw).and_then(|id| self.join(table, id)) {
-            Ok(()) => Step::Continue,
-            Err(error) => {
-                self.reject(table, &error, Offending::default(), meter);
-                Step::Close(error)
-            }
-        }
+    #[cfg(test)]
+    fn claim_metered(&mut self, table: &impl Table<L>, raw: &str, meter: &mut impl Meter) -> Step {
+        let handshake = Handshake {
+            node_id: Some(raw),
+            token: None,
+            nonce: Nonce([0; 32]),
+            now: Duration::ZERO,
+        };
+        self.begin_metered(table, handshake, meter)
     }
 
     /// One input: parsed, admitted, joined if it names this connection's id, routed; or
     /// answered with an `Error` envelope.
-    pub fn input(&mut self, table: &impl Table<L>, input: Input) -> Step {
-        self.input_metered(table, input, &mut ())
+    /// `now` is the front's clock (time since the Unix epoch), for the sender's rate limits.
+    pub fn input(&mut self, table: &impl Table<L>, input: Input, now: Duration) -> Step {
+        self.input_metered(table, input, now, &mut ())
     }
 
     /// [`Connection::input`], telling `meter` what was routed and refused.
@@ -262,17 +440,28 @@ impl<L: Link> Connection<L> {
         &mut self,
         table: &impl Table<L>,
         input: Input,
+        now: Duration,
         meter: &mut impl Meter,
     ) -> Step {
-        let inbound = match input {
-            Input::Text(text) => self.session.accept_text(text, self.max_message_bytes.get()),
-            Input::Decoded { envelope, size } => {
-                self.session
-                    .accept_decoded(envelope, size, self.max_message_bytes.get())
+        let (inbound, size) = match input {
+            Input::Text(text) => {
+                let size = text.len();
+                (
+                    self.session.accept_text(text, self.max_message_bytes.get()),
+                    size,
+                )
             }
-            Input::Binary => Err(Rejection::from(RelayError::UnsupportedFrame(
-                "binary frames are not accepted; send each envelope as a JSON text frame",
-            ))),
+            Input::Decoded { envelope, size } => (
+                self.session
+                    .accept_decoded(envelope, size, self.max_message_bytes.get()),
+                size,
+            ),
+            Input::Binary => (
+                Err(Rejection::from(RelayError::UnsupportedFrame(
+                    "binary frames are not accepted; send each envelope as a JSON text frame",
+                ))),
+                0,
+            ),
             Input::OversizedFrame => {
                 return Step::Close(RelayError::FrameTooLarge {
                     limit: self.hard_frame_bytes,
@@ -280,16 +469,16 @@ impl<L: Link> Connection<L> {
             }
         };
         match inbound {
-            Ok(inbound) => self.dispatch(table, inbound, meter),
+            Ok(inbound) => self.dispatch(table, inbound, size, now, meter),
             Err(rejected) => {
                 let offending = Offending {
                     message_type: rejected.message_type.as_deref(),
                     message_id: rejected.message_id.as_deref(),
                 };
-                self.reject(table, &rejected.error, offending, meter)
+                self.reject(table, &rejected.error, offending, meter);
+                Step::Continue
             }
         }
-        Step::Continue
     }
 
     /// Leaves the table (announcing `PeerLeft`), if this connection still holds its id. Safe to
@@ -329,18 +518,144 @@ impl<L: Link> Connection<L> {
         }
     }
 
-    fn dispatch(&mut self, table: &impl Table<L>, inbound: Inbound, meter: &mut impl Meter) {
+    fn dispatch(
+        &mut self,
+        table: &impl Table<L>,
+        inbound: Inbound,
+        size: usize,
+        now: Duration,
+        meter: &mut impl Meter,
+    ) -> Step {
+        let envelope = &inbound.envelope;
+        let offending = Offending {
+            message_type: Some(&envelope.message_type),
+            message_id: Some(&envelope.message_id),
+        };
+        if inbound.authenticate {
+            return match self.authenticate(table, envelope, now) {
+                Ok(()) => Step::Continue,
+                Err(error) => {
+                    self.reject(table, &error, offending, meter);
+                    Step::Close(error)
+                }
+            };
+        }
         if let Some(id) = inbound.claim.clone() {
-            if let Err(error) = self.join(table, id) {
-                let envelope = &inbound.envelope;
-                let offending = Offending {
-                    message_type: Some(&envelope.message_type),
-                    message_id: Some(&envelope.message_id),
-                };
-                return self.reject(table, &error, offending, meter);
+            let config = table.read().config().clone();
+            let joined = if config.auth.mode_for(id.as_str()) == crate::config::AuthMode::Open {
+                self.join(table, id)
+            } else {
+                Err(auth::refuse_mode(&config.auth, &id, None))
+            };
+            if let Err(error) = joined {
+                self.reject(table, &error, offending, meter);
+                return Step::Continue;
             }
         }
+        if let Some(error) = self.over_rate(table, size, now) {
+            self.reject(table, &error, offending, meter);
+            let max = table.read().config().limits.rate_limited_max;
+            if self.rate_refusals >= max {
+                return Step::Close(RelayError::RateLimited(format!(
+                    "{max} envelopes in a row over the rate limit; disconnected"
+                )));
+            }
+            return Step::Continue;
+        }
         self.route(table, inbound, meter);
+        Step::Continue
+    }
+
+    /// Checks an `Authenticate` envelope's proof and joins under the id it proves.
+    fn authenticate(
+        &mut self,
+        table: &impl Table<L>,
+        envelope: &Envelope,
+        now: Duration,
+    ) -> Result<(), RelayError> {
+        let config = table.read().config().clone();
+        let auth = &config.auth;
+        let claimed = (!envelope.sender_id.is_empty())
+            .then(|| envelope.sender_id.to_string())
+            .or_else(|| self.wanted.as_ref().map(PeerId::to_string));
+        let (id, method, allowed): (PeerId, &str, fn(crate::config::AuthMode) -> bool) =
+            match Proof::parse(envelope.payload.get())? {
+                Proof::Signed {
+                    public_key,
+                    signature,
+                } => {
+                    let nonce = self.nonce.ok_or_else(|| {
+                        RelayError::InvalidSignature("this connection was sent no challenge".into())
+                    })?;
+                    let id = auth::verify_signed(
+                        auth,
+                        nonce,
+                        claimed.as_deref(),
+                        &public_key,
+                        &signature,
+                    )?;
+                    (
+                        id,
+                        "a signed challenge",
+                        crate::config::AuthMode::allows_signed,
+                    )
+                }
+                Proof::Token(token) => {
+                    let id = auth::verify_token(auth, &token, now.as_secs())?;
+                    if let Some(claimed) = claimed.filter(|c| *c != id.as_str()) {
+                        return Err(RelayError::SpoofedSender {
+                            claimed: crate::id::truncate_for_display(&claimed),
+                            actual: id.to_string(),
+                        });
+                    }
+                    (id, "a token", crate::config::AuthMode::allows_token)
+                }
+            };
+        let mode = auth.mode_for(id.as_str());
+        if mode != crate::config::AuthMode::Open && !allowed(mode) {
+            return Err(auth::refuse_mode(auth, &id, Some(method)));
+        }
+        self.join(table, id)
+    }
+
+    /// The rate limit this envelope of `size` bytes breaks, if any; counts refusals in a row.
+    fn over_rate(
+        &mut self,
+        table: &impl Table<L>,
+        size: usize,
+        now: Duration,
+    ) -> Option<RelayError> {
+        let hub = table.read();
+        let limits = &hub.config().limits;
+        let messages = u64::from(limits.messages_per_second);
+        let bytes = limits.bytes_per_second;
+        // Both buckets are asked first, and only then charged, so a refusal costs nothing.
+        let mut m = self.messages;
+        let mut b = self.bytes;
+        let error = if !m.take(1, messages, u64::from(limits.message_burst), now) {
+            Some(format!(
+                "over {messages} envelopes per second (burst {}); this envelope went nowhere",
+                limits.message_burst
+            ))
+        } else if !b.take(size as u64, bytes, limits.byte_burst, now) {
+            Some(format!(
+                "over {bytes} bytes per second (burst {}); this envelope went nowhere",
+                limits.byte_burst
+            ))
+        } else {
+            None
+        };
+        match error {
+            None => {
+                (self.messages, self.bytes) = (m, b);
+                self.rate_refusals = 0;
+                None
+            }
+            Some(message) => {
+                self.rate_refusals += 1;
+                Some(RelayError::RateLimited(message))
+            }
+        }
     }
 
     fn join(&mut self, table: &impl Table<L>, id: PeerId) -> Result<(), RelayError> {
@@ -600,7 +915,11 @@ mod tests {
         }
 
         fn text(&self, c: &mut Connection<Log>, text: &str) -> Step {
-            c.input(&self.table, Input::Text(ByteString::from(text)))
+            c.input(
+                &self.table,
+                Input::Text(ByteString::from(text)),
+                Duration::ZERO,
+            )
         }
     }
 
@@ -697,7 +1016,10 @@ mod tests {
         );
 
         let (mut me, log) = net.peer("me");
-        assert_eq!(me.input(&net.table, Input::Binary), Step::Continue);
+        assert_eq!(
+            me.input(&net.table, Input::Binary, Duration::ZERO),
+            Step::Continue
+        );
         assert_eq!(log.got.borrow()[0].envelope().recipient_id, "me");
         assert_eq!(log.error_code(), "unsupported_frame");
         let big = format!(
@@ -846,7 +1168,7 @@ mod tests {
     fn an_oversized_frame_closes_with_1009() {
         let mut net = Net::new("[limits]\nmax_message_bytes = 1000\n");
         let (mut a, _) = net.peer("a");
-        let Step::Close(error) = a.input(&net.table, Input::OversizedFrame) else {
+        let Step::Close(error) = a.input(&net.table, Input::OversizedFrame, Duration::ZERO) else {
             panic!("not closed");
         };
         assert_eq!(error.ws_close_code(), 1009);
@@ -933,7 +1255,12 @@ mod tests {
             envelope("Sync", "a", "ghost"),
             "{".to_owned(),
         ] {
-            let step = a.input_metered(&net.table, Input::Text(ByteString::from(text)), &mut tape);
+            let step = a.input_metered(
+                &net.table,
+                Input::Text(ByteString::from(text)),
+                Duration::ZERO,
+                &mut tape,
+            );
             assert_eq!(step, Step::Continue);
         }
         let anon_log = Log::default();

@@ -29,10 +29,19 @@ pub enum ErrorCode {
     SlowConsumer,
     ShuttingDown,
     TooManyPeers,
+    AuthenticationRequired,
+    InvalidSignature,
+    KeyNotAllowed,
+    InvalidToken,
+    TokenExpired,
+    WrongAudience,
+    AlreadyIdentified,
+    IdentificationTimeout,
+    RateLimited,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 28] = [
         ErrorCode::InvalidJson,
         ErrorCode::NotAnObject,
         ErrorCode::MissingMessageType,
@@ -52,6 +61,15 @@ impl ErrorCode {
         ErrorCode::SlowConsumer,
         ErrorCode::ShuttingDown,
         ErrorCode::TooManyPeers,
+        ErrorCode::AuthenticationRequired,
+        ErrorCode::InvalidSignature,
+        ErrorCode::KeyNotAllowed,
+        ErrorCode::InvalidToken,
+        ErrorCode::TokenExpired,
+        ErrorCode::WrongAudience,
+        ErrorCode::AlreadyIdentified,
+        ErrorCode::IdentificationTimeout,
+        ErrorCode::RateLimited,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -75,6 +93,15 @@ impl ErrorCode {
             ErrorCode::SlowConsumer => "slow_consumer",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::TooManyPeers => "too_many_peers",
+            ErrorCode::AuthenticationRequired => "authentication_required",
+            ErrorCode::InvalidSignature => "invalid_signature",
+            ErrorCode::KeyNotAllowed => "key_not_allowed",
+            ErrorCode::InvalidToken => "invalid_token",
+            ErrorCode::TokenExpired => "token_expired",
+            ErrorCode::WrongAudience => "wrong_audience",
+            ErrorCode::AlreadyIdentified => "already_identified",
+            ErrorCode::IdentificationTimeout => "identification_timeout",
+            ErrorCode::RateLimited => "rate_limited",
         }
     }
 }
@@ -106,9 +133,11 @@ pub mod close_code {
 pub mod grpc_code {
     pub const INVALID_ARGUMENT: i32 = 3;
     pub const ALREADY_EXISTS: i32 = 6;
+    pub const PERMISSION_DENIED: i32 = 7;
     pub const RESOURCE_EXHAUSTED: i32 = 8;
     pub const INTERNAL: i32 = 13;
     pub const UNAVAILABLE: i32 = 14;
+    pub const UNAUTHENTICATED: i32 = 16;
 }
 
 /// Why an envelope was refused or could not be delivered.
@@ -162,6 +191,31 @@ pub enum RelayError {
     /// with it: a WebSocket client past the limit is not accepted yet, it waits.
     #[error("the relay already holds its limit of {limit} peers (server.max_connections); try again later")]
     TooManyPeers { limit: usize },
+    /// The id's `[auth]` rule asks for proof (a signed challenge or a token) and none was given.
+    #[error("{0}")]
+    AuthenticationRequired(String),
+    /// A signed challenge that does not verify: a wrong key, a wrong id, or a signature made
+    /// for another connection's challenge (a replay).
+    #[error("the signature does not verify: {0}")]
+    InvalidSignature(String),
+    /// A valid signature by a key that may not take the id it claims.
+    #[error("{0}")]
+    KeyNotAllowed(String),
+    /// A token that is malformed, not HS256, or not signed with the relay's secret.
+    #[error("the token is not valid: {0}")]
+    InvalidToken(String),
+    #[error("the token expired at {expired_at} (unix seconds); it is now {now}")]
+    TokenExpired { expired_at: u64, now: u64 },
+    #[error("the token is for {got}, not for this relay ({expected:?})")]
+    WrongAudience { got: String, expected: String },
+    #[error("this connection is already {0:?}; `Authenticate` is only for a new connection")]
+    AlreadyIdentified(String),
+    /// A connection that did not identify (or authenticate) within `limits.identify_timeout_ms`.
+    #[error("no peer id after {0} ms: a connection must identify itself (or authenticate) first")]
+    IdentificationTimeout(u64),
+    /// Over the sender's `limits` rate; `disconnect` when it kept going and is being cut off.
+    #[error("{0}")]
+    RateLimited(String),
 }
 
 impl RelayError {
@@ -211,6 +265,14 @@ impl RelayError {
                 grpc_code::RESOURCE_EXHAUSTED
             }
             ErrorCode::ShuttingDown => grpc_code::UNAVAILABLE,
+            ErrorCode::AuthenticationRequired
+            | ErrorCode::InvalidSignature
+            | ErrorCode::InvalidToken
+            | ErrorCode::TokenExpired
+            | ErrorCode::WrongAudience
+            | ErrorCode::IdentificationTimeout => grpc_code::UNAUTHENTICATED,
+            ErrorCode::KeyNotAllowed => grpc_code::PERMISSION_DENIED,
+            ErrorCode::RateLimited => grpc_code::RESOURCE_EXHAUSTED,
             _ => grpc_code::INTERNAL,
         }
     }
@@ -238,6 +300,15 @@ impl RelayError {
             RelayError::SlowConsumer(_) => ErrorCode::SlowConsumer,
             RelayError::ShuttingDown => ErrorCode::ShuttingDown,
             RelayError::TooManyPeers { .. } => ErrorCode::TooManyPeers,
+            RelayError::AuthenticationRequired(_) => ErrorCode::AuthenticationRequired,
+            RelayError::InvalidSignature(_) => ErrorCode::InvalidSignature,
+            RelayError::KeyNotAllowed(_) => ErrorCode::KeyNotAllowed,
+            RelayError::InvalidToken(_) => ErrorCode::InvalidToken,
+            RelayError::TokenExpired { .. } => ErrorCode::TokenExpired,
+            RelayError::WrongAudience { .. } => ErrorCode::WrongAudience,
+            RelayError::AlreadyIdentified(_) => ErrorCode::AlreadyIdentified,
+            RelayError::IdentificationTimeout(_) => ErrorCode::IdentificationTimeout,
+            RelayError::RateLimited(_) => ErrorCode::RateLimited,
         }
     }
 }
@@ -271,6 +342,19 @@ mod tests {
             (RelayError::FrameTooLarge { limit: 9 }, 1009, 8),
             (RelayError::TooManyPeers { limit: 9 }, 1008, 8),
             (RelayError::undecodable_envelope(), 1008, 3),
+            (RelayError::InvalidSignature("x".into()), 1008, 16),
+            (RelayError::InvalidToken("x".into()), 1008, 16),
+            (
+                RelayError::TokenExpired {
+                    expired_at: 1,
+                    now: 2,
+                },
+                1008,
+                16,
+            ),
+            (RelayError::KeyNotAllowed("x".into()), 1008, 7),
+            (RelayError::IdentificationTimeout(9), 1008, 16),
+            (RelayError::RateLimited("x".into()), 1008, 8),
         ];
         for (error, ws, grpc) in table {
             assert_eq!(

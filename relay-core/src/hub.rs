@@ -417,6 +417,10 @@ impl<'a> Announced<'a> {
             limits: AnnouncedLimits {
                 max_message_bytes: config.limits.max_message_bytes,
                 queue_capacity: config.limits.queue_capacity,
+                messages_per_second: config.limits.messages_per_second,
+                message_burst: config.limits.message_burst,
+                bytes_per_second: config.limits.bytes_per_second,
+                byte_burst: config.limits.byte_burst,
             },
             routing: &config.routing,
         }
@@ -427,6 +431,11 @@ impl<'a> Announced<'a> {
 struct AnnouncedLimits {
     max_message_bytes: usize,
     queue_capacity: usize,
+    /// The sender's rate limits (0: none), so a client can pace itself instead of being refused.
+    messages_per_second: u32,
+    message_burst: u32,
+    bytes_per_second: u64,
+    byte_burst: u64,
 }
 
 /// The peers one message goes to. Iterating yields each peer's id and handle once.

@@ -16,12 +16,15 @@
 //!   ([`Connection`]): inputs in, deliveries through each peer's [`Link`], and when to close.
 //! - [`presence`]: joins and leaves, coalesced into announcements: who is told of whom, in
 //!   which envelope, and when the front's presence timer must fire.
+//! - [`auth`]: who may take which id: the `Challenge`, signed proofs and tokens, checked.
+//! - [`rate`]: the token buckets behind each identity's rate limits.
 //! - [`config`]: the `relay.toml` schema, parsed then validated into [`RelayConfig`].
 //! - [`error`]: [`RelayError`], one variant per answer the relay can give, each with a stable
 //!   machine-readable code.
 
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod config;
 pub mod connection;
 pub mod envelope;
@@ -30,12 +33,13 @@ pub mod hub;
 pub mod id;
 pub mod ids;
 pub mod presence;
+pub mod rate;
 pub mod session;
 
 pub use config::{Mode, RelayConfig, Routing};
 pub use connection::{
-    presence_timer_fired, reconfigure, Connection, Counts, Input, Link, Meter, Reconfigured,
-    Refused, Step, Table,
+    presence_timer_fired, reconfigure, Connection, Counts, Handshake, Input, Link, Meter,
+    Reconfigured, Refused, Remembered, Step, Table,
 };
 pub use envelope::{Envelope, Message, Payload};
 pub use error::{ErrorCode, RelayError};

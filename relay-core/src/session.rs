@@ -27,6 +27,9 @@ pub struct Admitted {
     /// The relay changed the envelope (filled `sender_id`), so the sender's own text can no
     /// longer be forwarded as is.
     pub rewritten: bool,
+    /// An `Authenticate` envelope from this still anonymous connection: a proof to check, never
+    /// routed. Its `sender_id` (if any) is the id it wants.
+    pub authenticate: bool,
 }
 
 /// An envelope admitted from a connection, ready to route.
@@ -34,6 +37,8 @@ pub struct Admitted {
 pub struct Inbound {
     /// See [`Admitted::claim`]: join the hub under this id first.
     pub claim: Option<PeerId>,
+    /// See [`Admitted::authenticate`].
+    pub authenticate: bool,
     /// Its `message_id` may still be empty: the relay assigns one before routing.
     pub envelope: Envelope,
     /// The sender's own text, when the relay changed nothing but (perhaps) the `message_id`:
@@ -148,6 +153,7 @@ impl Session {
         };
         Ok(Inbound {
             claim: admitted.claim,
+            authenticate: admitted.authenticate,
             envelope,
             original: original.filter(|_| !admitted.rewritten),
         })
@@ -174,17 +180,29 @@ impl Session {
     /// Checks `envelope.sender_id` against this connection's identity, filling it in when
     /// empty.
     pub fn admit(&self, envelope: &mut Envelope) -> Result<Admitted, RelayError> {
+        if &*envelope.message_type == crate::auth::AUTHENTICATE {
+            return match &self.id {
+                Some(id) => Err(RelayError::AlreadyIdentified(id.to_string())),
+                None => Ok(Admitted {
+                    claim: None,
+                    rewritten: false,
+                    authenticate: true,
+                }),
+            };
+        }
         match &self.id {
             Some(id) if envelope.sender_id.is_empty() => {
                 envelope.sender_id = id.as_str().into();
                 Ok(Admitted {
                     claim: None,
                     rewritten: true,
+                    authenticate: false,
                 })
             }
             Some(id) if envelope.sender_id == id.as_str() => Ok(Admitted {
                 claim: None,
                 rewritten: false,
+                authenticate: false,
             }),
             Some(id) => Err(RelayError::SpoofedSender {
                 claimed: crate::id::truncate_for_display(&envelope.sender_id),
@@ -194,6 +212,7 @@ impl Session {
             None => Ok(Admitted {
                 claim: Some(PeerId::parse(&envelope.sender_id)?),
                 rewritten: false,
+                authenticate: false,
             }),
         }
     }

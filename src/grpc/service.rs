@@ -9,6 +9,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::Stream;
 use gsio_relay_core::{Input, Message, RelayError, Step};
@@ -91,13 +92,22 @@ impl server::relay_service_server::RelayService for RelayGrpc {
             return Err(status_for(&RelayError::TooManyPeers { limit: self.limit }));
         };
         let (mut peer, outbox) = PeerConn::open(&self.relay, Front::Grpc);
-        if let Some(value) = request.metadata().get(NODE_ID_METADATA) {
-            let id = value.to_str().map_err(|_| {
+        let node_id = match request.metadata().get(NODE_ID_METADATA) {
+            Some(value) => Some(value.to_str().map_err(|_| {
                 Status::invalid_argument(format!("{NODE_ID_METADATA} must be ASCII"))
-            })?;
-            if let Step::Close(error) = peer.claim(id) {
-                return Err(status_for(&error));
-            }
+            })?),
+            None => None,
+        };
+        let token = match request.metadata().get("authorization") {
+            Some(value) => Some(bearer_token(value).ok_or_else(|| {
+                status_for(&RelayError::InvalidToken(
+                    "`authorization` metadata must be `Bearer <token>`".into(),
+                ))
+            })?),
+            None => None,
+        };
+        if let Step::Close(error) = peer.begin(node_id, token) {
+            return Err(status_for(&error));
         }
         let mut inbound = request.into_inner();
         let hard_limit = self.relay.grpc_frame_limit();
@@ -112,6 +122,9 @@ impl server::relay_service_server::RelayService for RelayGrpc {
         let registration = self.shutdown.register(&events);
         let reader_events = events.clone();
         tokio::spawn(async move {
+            // The identification deadline: a stream still without an id when it passes ends.
+            let identify = tokio::time::sleep(peer.time_to_deadline().unwrap_or(Duration::MAX / 4));
+            tokio::pin!(identify);
             loop {
                 tokio::select! {
                     // Checked first: once shutdown says stop reading, no envelope is read, even
@@ -120,12 +133,21 @@ impl server::relay_service_server::RelayService for RelayGrpc {
                     // Shutdown, or disconnected as a slow consumer: leave the hub now, even if
                     // the client has stopped polling the response stream that would say why.
                     _ = reader_events.raised(Waiter::Reader, ConnEvents::KICKED | ConnEvents::STOP_READING) => break,
+                    () = &mut identify, if peer.id().is_none() => {
+                        if let Step::Close(error) = peer.timed_out() {
+                            reader_events.kick(error);
+                            break;
+                        }
+                    }
                     next = inbound.message() => match next {
                         Ok(Some(WireEnvelope::Decoded(envelope))) => {
                             let size = prost::Message::encoded_len(&envelope);
                             let input = Input::Decoded { envelope: from_pb(envelope), size };
                             if let Step::Close(error) = peer.input(input) {
                                 tracing::debug!("gRPC stream ended by the relay: {error}");
+                                // The writer ends the stream with its status, after what is
+                                // queued (the `Error` envelope saying why).
+                                reader_events.kick(error);
                                 break;
                             }
                         }
@@ -177,6 +199,13 @@ impl server::relay_service_server::RelayService for RelayGrpc {
         });
         Ok(Response::new(Box::pin(outbound)))
     }
+}
+
+/// The token of an `authorization: Bearer <token>` value.
+fn bearer_token(value: &tonic::metadata::MetadataValue<tonic::metadata::Ascii>) -> Option<&str> {
+    let value = value.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 /// The outbound half of one stream: what the peer's outbox yields, until it ends. Whatever ends

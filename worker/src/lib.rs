@@ -43,10 +43,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytestring::ByteString;
+use gsio_relay_core::auth::{Nonce, Secret, WS_PROTOCOL, WS_TOKEN_PREFIX};
 use gsio_relay_core::error::close_code;
 use gsio_relay_core::hub::ConnId;
 use gsio_relay_core::{
-    Connection, Hub, Input, Link, Message, PeerId, Refused, RelayConfig, Step, Table,
+    Connection, Handshake, Hub, Input, Link, Message, PeerId, Refused, RelayConfig, Remembered,
+    Step, Table,
 };
 use serde::{Deserialize, Serialize};
 use worker::{
@@ -61,10 +63,20 @@ const RELAY_ROOM_BINDING: &str = "RELAY_ROOM";
 const RELAY_CONFIG_JSON: &str = include_str!(concat!(env!("OUT_DIR"), "/relay-config.json"));
 
 /// The `relay.toml` keys a `[vars]` entry may override (string values: `"echo"`, `"4096"`).
-pub const OVERRIDABLE: [&str; 6] = [
+pub const OVERRIDABLE: [&str; 16] = [
     "GSIO_RELAY_ROUTING__DEFAULT",
     "GSIO_RELAY_LIMITS__MAX_MESSAGE_BYTES",
     "GSIO_RELAY_LIMITS__QUEUE_CAPACITY",
+    "GSIO_RELAY_LIMITS__MESSAGES_PER_SECOND",
+    "GSIO_RELAY_LIMITS__MESSAGE_BURST",
+    "GSIO_RELAY_LIMITS__BYTES_PER_SECOND",
+    "GSIO_RELAY_LIMITS__BYTE_BURST",
+    "GSIO_RELAY_LIMITS__RATE_LIMITED_MAX",
+    "GSIO_RELAY_LIMITS__IDENTIFY_TIMEOUT_MS",
+    "GSIO_RELAY_AUTH__MODE",
+    "GSIO_RELAY_AUTH__AUDIENCE",
+    "GSIO_RELAY_AUTH__TOKEN_SECRET_ENV",
+    "GSIO_RELAY_AUTH__TOKEN_LEEWAY_S",
     "GSIO_RELAY_DISCOVERY__ANNOUNCE_PEERS",
     "GSIO_RELAY_DISCOVERY__WELCOME_PEERS_MAX",
     "GSIO_RELAY_DISCOVERY__ANNOUNCE_WINDOW_MS",
@@ -104,6 +116,10 @@ pub struct PeerAttachment {
     pub conn: ConnId,
     /// The peer's id once it is known; `None` until then.
     pub peer_id: Option<String>,
+    /// The rest of the core's per-connection state: the challenge, the identification
+    /// deadline, the rate buckets (a [`Connection`] is made anew for every message).
+    #[serde(default)]
+    pub remembered: Remembered,
 }
 
 impl PeerAttachment {
@@ -143,6 +159,7 @@ impl DurableObject for RelayRoom {
         let config = serde_json::from_str::<RelayConfig>(RELAY_CONFIG_JSON)
             .map_err(|error| format!("relay.toml (built in): {error}"))
             .and_then(|config| config.with_overrides(vars).map_err(|e| e.to_string()))
+            .and_then(|config| with_token_secret(config, &env))
             .map(Arc::new);
         if let Err(error) = &config {
             worker::console_error!("gsio-relay: invalid configuration: {error}");
@@ -169,6 +186,7 @@ impl DurableObject for RelayRoom {
             return upgrade_required();
         }
         let node_id = query_param(&req, "node_id")?;
+        let (token, v1) = offered_protocols(&req)?;
         let conn = {
             let mut room = self.network.room();
             room.next_conn += 1;
@@ -179,14 +197,28 @@ impl DurableObject for RelayRoom {
         let mut attachment = PeerAttachment {
             conn,
             peer_id: None,
+            remembered: Remembered::default(),
         };
         server.serialize_attachment(&attachment)?;
-        if let Some(raw) = node_id {
-            let mut connection = self.connection(&server, &attachment);
-            let step = connection.claim(&*self.network, &raw);
-            self.carry_out(&server, &mut attachment, &mut connection, step);
+        let mut connection = self.connection(&server, &attachment);
+        let handshake = Handshake {
+            node_id: node_id.as_deref(),
+            token: token.as_deref(),
+            nonce: Nonce(random_bytes()?),
+            now: now(),
+        };
+        let step = connection.begin(&*self.network, handshake);
+        self.carry_out(&server, &mut attachment, &mut connection, step);
+        if let Some(deadline) = connection.deadline() {
+            self.close_if_anonymous_at(server, deadline);
         }
-        Response::from_websocket(client)
+        let mut response = Response::from_websocket(client)?;
+        if v1 {
+            response
+                .headers_mut()
+                .set("Sec-WebSocket-Protocol", WS_PROTOCOL)?;
+        }
+        Ok(response)
     }
 
     async fn websocket_message(
@@ -211,7 +243,7 @@ impl DurableObject for RelayRoom {
             WebSocketIncomingMessage::Binary(_) => Input::Binary,
         };
         let mut connection = self.connection(&ws, &attachment);
-        let step = connection.input(&*self.network, input);
+        let step = connection.input(&*self.network, input, now());
         self.carry_out(&ws, &mut attachment, &mut connection, step);
         Ok(())
     }
@@ -304,12 +336,42 @@ impl RelayRoom {
     /// an id to uses up one block of 256 counter values, which is harmless (2^56 such messages
     /// before the counter wraps).
     fn connection(&self, ws: &WebSocket, attachment: &PeerAttachment) -> Connection<Socket> {
-        Connection::resume(
+        let mut connection = Connection::resume(
             attachment.conn,
             Socket(ws.clone()),
             attachment.id(),
             &*self.network,
-        )
+        );
+        connection.recall(&attachment.remembered);
+        connection
+    }
+
+    /// Closes `ws` at `deadline` if it has no peer id by then (`limits.identify_timeout_ms`).
+    /// A pending timer keeps the room from hibernating for that long, which is the point: the
+    /// anonymous socket is gone afterwards.
+    fn close_if_anonymous_at(&self, ws: WebSocket, deadline: Duration) {
+        let network = self.network.clone();
+        worker::wasm_bindgen_futures::spawn_local(async move {
+            Delay::from(deadline.saturating_sub(now())).await;
+            let Ok(Some(mut attachment)) = ws.deserialize_attachment::<PeerAttachment>() else {
+                return;
+            };
+            if attachment.peer_id.is_some() {
+                return;
+            }
+            let mut connection =
+                Connection::resume(attachment.conn, Socket(ws.clone()), None, &*network);
+            connection.recall(&attachment.remembered);
+            if let Step::Close(error) = connection.timed_out(&*network, now(), &mut ()) {
+                if let Err(error) =
+                    ws.close(Some(error.ws_close_code()), Some(error.close_reason()))
+                {
+                    worker::console_warn!("gsio-relay: close failed: {error}");
+                }
+                attachment.remembered = Remembered::default();
+                let _ = ws.serialize_attachment(&attachment);
+            }
+        });
     }
 
     /// Carries out one step of the core's conversation: the socket remembers the id the
@@ -332,8 +394,10 @@ impl RelayRoom {
             self.network.start_presence_timer(delay);
         }
         let id = connection.id().map(|id| id.to_string());
-        if id != attachment.peer_id {
+        let remembered = connection.remembered();
+        if id != attachment.peer_id || remembered != attachment.remembered {
             attachment.peer_id = id;
+            attachment.remembered = remembered;
             if let Err(error) = ws.serialize_attachment(&*attachment) {
                 worker::console_error!(
                     "gsio-relay: cannot record the peer id on its socket: {error}"
@@ -399,6 +463,68 @@ fn id_seed() -> u128 {
 /// 52 random bits from `Math.random` (as many as an f64 in [0, 1) carries).
 fn random_u52() -> u64 {
     (worker::js_sys::Math::random() * (1u64 << 52) as f64) as u64
+}
+
+/// The core's clock: `Date.now()`, as time since the Unix epoch.
+fn now() -> Duration {
+    Duration::from_millis(worker::js_sys::Date::now() as u64)
+}
+
+/// 32 bytes from the Web Crypto API (`crypto.getRandomValues`): a challenge must be
+/// unpredictable, which `Math.random` is not.
+fn random_bytes() -> Result<[u8; 32]> {
+    use worker::js_sys::{Function, Reflect, Uint8Array};
+    use worker::wasm_bindgen::JsCast;
+    let crypto = Reflect::get(&worker::js_sys::global(), &"crypto".into())?;
+    let fill: Function = Reflect::get(&crypto, &"getRandomValues".into())?.dyn_into()?;
+    let array = Uint8Array::new_with_length(32);
+    fill.call1(&crypto, &array)?;
+    let mut bytes = [0; 32];
+    array.copy_to(&mut bytes);
+    Ok(bytes)
+}
+
+/// The config with the tokens' secret read from the Worker secret (or var) that
+/// `auth.token_secret_env` names, when a mode takes tokens. A file cannot be read here.
+fn with_token_secret(
+    mut config: RelayConfig,
+    env: &Env,
+) -> std::result::Result<RelayConfig, String> {
+    let auth = &config.auth;
+    if !auth.uses_tokens() {
+        return Ok(config);
+    }
+    let Some(name) = auth.token_secret_env.clone() else {
+        return Err(
+            "auth.token_secret_file: the Worker reads no files; name a Worker secret in auth.token_secret_env"
+                .to_owned(),
+        );
+    };
+    let value = env
+        .secret(&name)
+        .or_else(|_| env.var(&name))
+        .map_err(|_| format!("auth.token_secret_env: the Worker secret {name} is not set"))?;
+    let secret = Secret::new(value.to_string().as_bytes())
+        .map_err(|message| format!("auth.token_secret_env: {name}: {message}"))?;
+    config.auth.token_secret = Some(secret);
+    Ok(config)
+}
+
+/// What the upgrade's `Sec-WebSocket-Protocol` offers: a token (`gsio.token.<token>`), and
+/// whether the client speaks `gsio.v1` (then named in the answer, as browsers require).
+fn offered_protocols(req: &Request) -> Result<(Option<String>, bool)> {
+    let mut token = None;
+    let mut v1 = false;
+    if let Some(value) = req.headers().get("Sec-WebSocket-Protocol")? {
+        for protocol in value.split(',').map(str::trim) {
+            if protocol == WS_PROTOCOL {
+                v1 = true;
+            } else if let Some(t) = protocol.strip_prefix(WS_TOKEN_PREFIX) {
+                token = Some(t.to_owned());
+            }
+        }
+    }
+    Ok((token, v1))
 }
 
 fn test_hooks(env: &Env) -> bool {
