@@ -1647,4 +1647,325 @@ mod tests {
         }
         assert_eq!(checked, 900);
     }
+
+    mod trust {
+        //! The auth steps, the identification deadline and the rate limits, as conversations.
+
+        use super::*;
+        use crate::auth::{signed_message, Secret};
+        use ed25519_dalek::{Signer, SigningKey};
+
+        const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+        const NOW: Duration = Duration::from_secs(1_800_000_000);
+
+        fn net(toml: &str) -> Net {
+            let mut config = RelayConfig::from_toml_str(toml, "t.toml").unwrap();
+            config.auth.token_secret = Some(Secret::new(SECRET).unwrap());
+            Net {
+                table: RwLock::new(Hub::new(Arc::new(config), 42)),
+                next: 0,
+            }
+        }
+
+        const SIGNED: &str = "[discovery]\nannounce_window_ms = 0\n[auth]\nmode = \"signed\"\ntoken_secret_env = \"S\"\n[auth.prefixes]\n\"web-\" = \"token\"\n\"open-\" = \"open\"\n";
+
+        fn begin(
+            net: &mut Net,
+            node_id: Option<&str>,
+            token: Option<&str>,
+            nonce: u8,
+        ) -> (Connection<Log>, Log, Step) {
+            let log = Log::default();
+            let mut c = net.open(log.clone());
+            let step = c.begin(
+                &net.table,
+                Handshake {
+                    node_id,
+                    token,
+                    nonce: Nonce([nonce; 32]),
+                    now: NOW,
+                },
+            );
+            (c, log, step)
+        }
+
+        fn authenticate(key: &SigningKey, nonce: u8, id: &str) -> String {
+            let sig = key.sign(&signed_message("gsio-relay", Nonce([nonce; 32]), id));
+            format!(
+                r#"{{"message_type":"Authenticate","message_id":"m1","sender_id":"{id}","payload":{{"public_key":"{}","signature":"{}"}}}}"#,
+                hex::encode(key.verifying_key().as_bytes()),
+                hex::encode(sig.to_bytes())
+            )
+        }
+
+        fn token(sub: &str, exp: u64) -> String {
+            use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+            use base64::Engine as _;
+            use hmac::Mac as _;
+            let h = URL_SAFE_NO_PAD.encode(r#"{"alg":"HS256"}"#);
+            let c = URL_SAFE_NO_PAD.encode(format!(
+                r#"{{"sub":"{sub}","aud":"gsio-relay","exp":{exp}}}"#
+            ));
+            let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(SECRET).unwrap();
+            mac.update(format!("{h}.{c}").as_bytes());
+            format!(
+                "{h}.{c}.{}",
+                URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+            )
+        }
+
+        fn text_at(net: &Net, c: &mut Connection<Log>, text: &str, now: Duration) -> Step {
+            c.input(&net.table, Input::Text(ByteString::from(text)), now)
+        }
+
+        #[test]
+        fn a_signed_node_is_challenged_first_then_welcomed() {
+            let mut net = net(SIGNED);
+            let key = SigningKey::from_bytes(&[7; 32]);
+            let id = crate::auth::derived_id(key.verifying_key().as_bytes());
+            let (mut c, log, step) = begin(&mut net, None, None, 1);
+            assert_eq!(step, Step::Continue);
+            let got = log.take();
+            assert_eq!(got.len(), 1);
+            assert_eq!(
+                (got[0].0.as_str(), got[0].1.as_str()),
+                ("Challenge", "relay")
+            );
+            let challenge: Value = serde_json::from_str(&got[0].2).unwrap();
+            assert_eq!(challenge["nonce"], hex::encode([1u8; 32]));
+            assert_eq!(challenge["audience"], "gsio-relay");
+            assert_eq!(challenge["methods"], serde_json::json!(["signed", "token"]));
+            assert_eq!(
+                text_at(&net, &mut c, &authenticate(&key, 1, id.as_str()), NOW),
+                Step::Continue
+            );
+            assert_eq!(log.types(), ["Welcome"]);
+            assert_eq!(c.id(), Some(&id));
+            assert_eq!(c.deadline(), None);
+            // Authenticate again, once identified: refused, never routed.
+            assert_eq!(
+                text_at(&net, &mut c, &authenticate(&key, 1, id.as_str()), NOW),
+                Step::Continue
+            );
+            assert_eq!(log.error_code(), "already_identified");
+        }
+
+        #[test]
+        fn failed_proofs_close_with_their_code_and_nothing_joins() {
+            let key = SigningKey::from_bytes(&[7; 32]);
+            let derived = crate::auth::derived_id(key.verifying_key().as_bytes()).to_string();
+            let cases: Vec<(String, &str)> = vec![
+                // Signed for another connection's challenge: a replay.
+                (authenticate(&key, 2, &derived), "invalid_signature"),
+                // A good signature for an id the key may not take.
+                (authenticate(&key, 1, "node-9"), "key_not_allowed"),
+                // A token for an id whose rule wants a key.
+                (
+                    format!(
+                        r#"{{"message_type":"Authenticate","payload":{{"token":"{}"}}}}"#,
+                        token("node-1", NOW.as_secs() + 60)
+                    ),
+                    "authentication_required",
+                ),
+                (
+                    format!(
+                        r#"{{"message_type":"Authenticate","payload":{{"token":"{}"}}}}"#,
+                        token("web-1", NOW.as_secs() - 100)
+                    ),
+                    "token_expired",
+                ),
+                (
+                    r#"{"message_type":"Authenticate","payload":{"token":"x.y.z"}}"#.to_owned(),
+                    "invalid_token",
+                ),
+                (
+                    r#"{"message_type":"Authenticate","payload":{}}"#.to_owned(),
+                    "invalid_field",
+                ),
+            ];
+            for (text, code) in cases {
+                let mut net = net(SIGNED);
+                let (_watcher, watcher_log, _) = begin(&mut net, Some("open-w"), None, 9);
+                watcher_log.take();
+                let (mut c, log, _) = begin(&mut net, None, None, 1);
+                log.take();
+                let step = text_at(&net, &mut c, &text, NOW);
+                assert!(
+                    matches!(&step, Step::Close(e) if e.code().as_str() == code),
+                    "{text}: {step:?}"
+                );
+                assert_eq!(log.error_code(), code, "{text}");
+                assert_eq!(c.id(), None, "{text}");
+                assert!(watcher_log.take().is_empty(), "{text}: nobody hears of it");
+            }
+        }
+
+        #[test]
+        fn an_id_that_needs_proof_cannot_be_named_into() {
+            let mut net = net(SIGNED);
+            let (mut c, log, _) = begin(&mut net, None, None, 1);
+            log.take();
+            // By first envelope: refused, still anonymous, free to authenticate.
+            assert_eq!(
+                text_at(&net, &mut c, &envelope("Note", "node-1", ""), NOW),
+                Step::Continue
+            );
+            assert_eq!(log.error_code(), "authentication_required");
+            assert_eq!(c.id(), None);
+            // An open prefix is taken by naming it, with no challenge sent after it.
+            let (o, o_log, step) = begin(&mut net, Some("open-1"), None, 2);
+            assert_eq!(step, Step::Continue);
+            assert_eq!(o_log.types(), ["Welcome"]);
+            assert_eq!(o.id().map(PeerId::as_str), Some("open-1"));
+            // By ?node_id= with a rule that wants a key: challenged, and the Authenticate
+            // without sender_id takes that id.
+            let key = SigningKey::from_bytes(&[7; 32]);
+            let mut bound = self::net(&format!(
+                "{SIGNED}[auth.keys]\nnode-1 = \"{}\"\n",
+                hex::encode(key.verifying_key().as_bytes())
+            ));
+            let (mut n, n_log, step) = begin(&mut bound, Some("node-1"), None, 3);
+            assert_eq!(step, Step::Continue);
+            assert_eq!(n_log.types(), ["Challenge"]);
+            let sig = key.sign(&signed_message("gsio-relay", Nonce([3; 32]), "node-1"));
+            let text = format!(
+                r#"{{"message_type":"Authenticate","payload":{{"public_key":"{}","signature":"{}"}}}}"#,
+                hex::encode(key.verifying_key().as_bytes()),
+                hex::encode(sig.to_bytes())
+            );
+            assert_eq!(text_at(&bound, &mut n, &text, NOW), Step::Continue);
+            assert_eq!(n_log.types(), ["Welcome"]);
+            assert_eq!(n.id().map(PeerId::as_str), Some("node-1"));
+        }
+
+        #[test]
+        fn a_token_at_connect_joins_at_once_or_closes() {
+            let mut net = net(SIGNED);
+            let good = token("web-1", NOW.as_secs() + 60);
+            let (c, log, step) = begin(&mut net, None, Some(&good), 1);
+            assert_eq!(step, Step::Continue);
+            assert_eq!(log.types(), ["Welcome"], "no challenge once proven");
+            assert_eq!(c.id().map(PeerId::as_str), Some("web-1"));
+            let refused = [
+                (
+                    Some("web-2"),
+                    token("web-2", NOW.as_secs() - 60),
+                    "token_expired",
+                ),
+                (Some("web-3"), good.clone(), "spoofed_sender"),
+                (
+                    None,
+                    token("node-1", NOW.as_secs() + 60),
+                    "authentication_required",
+                ),
+                (None, format!("{good}x"), "invalid_token"),
+            ];
+            for (node_id, token, code) in refused {
+                let (c, log, step) = begin(&mut net, node_id, Some(&token), 2);
+                assert!(
+                    matches!(&step, Step::Close(e) if e.code().as_str() == code),
+                    "{code}: {step:?}"
+                );
+                assert_eq!(log.error_code(), code);
+                assert_eq!(c.id(), None);
+            }
+        }
+
+        #[test]
+        fn open_relays_send_no_challenge_and_every_connection_has_a_deadline() {
+            let mut net = net("[limits]\nidentify_timeout_ms = 500\n");
+            let (mut c, log, step) = begin(&mut net, None, None, 1);
+            assert_eq!(step, Step::Continue);
+            assert!(
+                log.take().is_empty(),
+                "open: nothing before the first envelope"
+            );
+            assert_eq!(c.deadline(), Some(NOW + Duration::from_millis(500)));
+            let early = NOW + Duration::from_millis(499);
+            assert_eq!(c.timed_out(&net.table, early, &mut ()), Step::Continue);
+            let late = NOW + Duration::from_millis(500);
+            let step = c.timed_out(&net.table, late, &mut ());
+            assert!(
+                matches!(&step, Step::Close(e) if e.code() == ErrorCode::IdentificationTimeout),
+                "{step:?}"
+            );
+            assert_eq!(log.error_code(), "identification_timeout");
+            // Identified in time: no deadline any more.
+            let (mut d, d_log, _) = begin(&mut net, None, None, 2);
+            assert_eq!(
+                text_at(&net, &mut d, &envelope("Note", "d", ""), NOW),
+                Step::Continue
+            );
+            assert_eq!(d_log.types(), ["Welcome"]);
+            assert_eq!(d.deadline(), None);
+            assert_eq!(d.timed_out(&net.table, late, &mut ()), Step::Continue);
+        }
+
+        #[test]
+        fn a_sender_over_its_rate_is_refused_then_cut_off() {
+            let mut net = net(
+                "[discovery]\nannounce_window_ms = 0\n[limits]\nmessages_per_second = 10\nmessage_burst = 3\nrate_limited_max = 4\n",
+            );
+            let (_b, b_log, _) = begin(&mut net, Some("b"), None, 1);
+            let (mut a, a_log, _) = begin(&mut net, Some("a"), None, 2);
+            a_log.take();
+            b_log.take();
+            for _ in 0..3 {
+                assert_eq!(
+                    text_at(&net, &mut a, &envelope("Note", "a", ""), NOW),
+                    Step::Continue
+                );
+            }
+            assert_eq!(b_log.types(), ["Note", "Note", "Note"]);
+            // Over the burst: answered, delivered to nobody.
+            for _ in 0..3 {
+                assert_eq!(
+                    text_at(&net, &mut a, &envelope("Note", "a", ""), NOW),
+                    Step::Continue
+                );
+                assert_eq!(a_log.error_code(), "rate_limited");
+            }
+            assert!(b_log.take().is_empty());
+            // A token later (100 ms at 10/s), one passes and the count of refusals restarts.
+            let later = NOW + Duration::from_millis(100);
+            assert_eq!(
+                text_at(&net, &mut a, &envelope("Note", "a", ""), later),
+                Step::Continue
+            );
+            assert_eq!(b_log.types(), ["Note"]);
+            for _ in 0..3 {
+                assert_eq!(
+                    text_at(&net, &mut a, &envelope("Note", "a", ""), later),
+                    Step::Continue
+                );
+                a_log.take();
+            }
+            let step = text_at(&net, &mut a, &envelope("Note", "a", ""), later);
+            assert!(
+                matches!(&step, Step::Close(e) if e.code() == ErrorCode::RateLimited),
+                "{step:?}"
+            );
+            assert_eq!(a_log.error_code(), "rate_limited");
+            assert!(b_log.take().is_empty());
+            // What the connection remembers brings the same buckets back (the Worker's way).
+            let mut resumed = Connection::resume(9, Log::default(), a.id().cloned(), &net.table);
+            resumed.recall(&a.remembered());
+            assert_eq!(resumed.remembered(), a.remembered());
+        }
+
+        #[test]
+        fn bytes_are_limited_too() {
+            let mut net = net("[limits]\nmax_message_bytes = 256\nbytes_per_second = 100\nbyte_burst = 256\n[routing.rules]\nPing = \"echo\"\n");
+            let (mut a, a_log, _) = begin(&mut net, Some("a"), None, 1);
+            a_log.take();
+            let big = format!(
+                r#"{{"message_type":"Ping","sender_id":"a","payload":"{}"}}"#,
+                "x".repeat(150)
+            );
+            assert_eq!(text_at(&net, &mut a, &big, NOW), Step::Continue);
+            assert_eq!(a_log.types(), ["Ping"]);
+            assert_eq!(text_at(&net, &mut a, &big, NOW), Step::Continue);
+            assert_eq!(a_log.error_code(), "rate_limited");
+        }
+    }
 }
