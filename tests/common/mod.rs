@@ -2,6 +2,7 @@
 //! clients for both fronts (tokio-tungstenite, the generated tonic client).
 #![allow(dead_code)]
 
+pub mod auth;
 pub mod binary;
 pub mod cdp;
 pub mod conformance;
@@ -391,6 +392,25 @@ impl WsPeer {
         WsPeer { ws }
     }
 
+    /// Connects offering these WebSocket subprotocols; returns the one the relay chose.
+    pub async fn connect_offering(url: &str, protocols: &str) -> (WsPeer, Option<String>) {
+        use tungstenite::client::IntoClientRequest;
+        let mut request = url.into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("sec-websocket-protocol", protocols.parse().unwrap());
+        let (ws, response) =
+            tokio::time::timeout(ARRIVES, tokio_tungstenite::connect_async(request))
+                .await
+                .expect("connect timed out")
+                .unwrap_or_else(|e| panic!("connect {url}: {e}"));
+        let chosen = response
+            .headers()
+            .get("sec-websocket-protocol")
+            .map(|v| v.to_str().unwrap().to_owned());
+        (WsPeer { ws }, chosen)
+    }
+
     pub async fn send_text(&mut self, text: &str) {
         self.ws.send(WsMessage::text(text)).await.unwrap();
     }
@@ -490,13 +510,23 @@ impl GrpcPeer {
     /// `x-gsio-node-id` metadata when `id` is given. The answer (stream opened or refused)
     /// must come within [`ARRIVES`].
     pub async fn over(channel: Channel, id: Option<&str>) -> Result<GrpcPeer, tonic::Status> {
+        let metadata: Vec<(&str, String)> = id
+            .map(|id| ("x-gsio-node-id", id.to_owned()))
+            .into_iter()
+            .collect();
+        GrpcPeer::with_metadata(channel, &metadata).await
+    }
+
+    /// Opens a stream on `channel` with these metadata entries.
+    pub async fn with_metadata(
+        channel: Channel,
+        metadata: &[(&'static str, String)],
+    ) -> Result<GrpcPeer, tonic::Status> {
         let mut client = RelayServiceClient::new(channel);
         let (tx, rx) = mpsc::channel(1024);
         let mut request = tonic::Request::new(ReceiverStream::new(rx));
-        if let Some(id) = id {
-            request
-                .metadata_mut()
-                .insert("x-gsio-node-id", id.parse().unwrap());
+        for (key, value) in metadata {
+            request.metadata_mut().insert(*key, value.parse().unwrap());
         }
         let inbound = tokio::time::timeout(ARRIVES, client.exchange(request))
             .await
