@@ -13,18 +13,21 @@ mod ws {
     crate::any_front_scenarios!(conformance_tests!(|_| WsNet::native() =>));
     crate::websocket_scenarios!(conformance_tests!(|_| WsNet::native() =>));
     crate::native_scenarios!(conformance_tests!(|_| WsNet::native_reloading() =>));
+    crate::trust_scenarios!(conformance_tests!(|_| WsNet::native_trusting() =>));
 }
 
 mod grpc {
     use crate::common::conformance::GrpcNet;
     crate::any_front_scenarios!(conformance_tests!(|_| GrpcNet::native() =>));
     crate::native_scenarios!(conformance_tests!(|_| GrpcNet::native_reloading() =>));
+    crate::trust_scenarios!(conformance_tests!(|_| GrpcNet::native_trusting() =>));
 }
 
 mod mixed {
     use crate::common::conformance::MixedNet;
     crate::any_front_scenarios!(conformance_tests!(|_| MixedNet::native() =>));
     crate::native_scenarios!(conformance_tests!(|_| MixedNet::native_reloading() =>));
+    crate::trust_scenarios!(conformance_tests!(|_| MixedNet::native_trusting() =>));
 }
 
 #[test]

@@ -33,6 +33,29 @@ mod conformance {
     crate::websocket_scenarios!(conformance_tests!(network =>));
 }
 
+/// The trust scenarios (keys, tokens, the identification deadline, rates) on a `wrangler dev`
+/// of their own, with the conformance table's [`TRUSTING_VARS`] as `[vars]` and the tokens'
+/// secret as one more var (what a Worker secret is under `wrangler dev`).
+mod trust {
+    use std::sync::LazyLock;
+
+    use crate::common::auth::{SECRET, SECRET_VAR};
+    use crate::common::conformance::{WsNet, TRUSTING_VARS};
+    use crate::common::wrangler::WranglerDev;
+
+    static TRUSTING: LazyLock<WranglerDev> = LazyLock::new(|| {
+        let mut vars = TRUSTING_VARS.to_vec();
+        vars.push((SECRET_VAR, SECRET));
+        WranglerDev::start_with_vars(&vars)
+    });
+
+    fn network(scenario: &str) -> std::future::Ready<WsNet> {
+        std::future::ready(WsNet::at(TRUSTING.url(&format!("/trust-{scenario}"))))
+    }
+
+    crate::trust_scenarios!(conformance_tests!(network =>));
+}
+
 /// Sends one raw HTTP request to the Worker and returns the whole answer (the request must ask
 /// for `Connection: close`).
 async fn http_exchange(port: u16, request: &str) -> String {

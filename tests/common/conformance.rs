@@ -112,6 +112,26 @@ macro_rules! native_scenarios {
     };
 }
 
+/// The scenarios of `[auth]` and the per-identity limits, on a network configured by
+/// [`TRUSTING_VARS`] (keys or tokens for every id, a small rate, a short deadline): the native
+/// relay on every front, and the Worker with the same `[vars]`. They take a [`Trusting`]
+/// network. Calls `$then!(<args> <names>)`.
+#[macro_export]
+macro_rules! trust_scenarios {
+    ($then:ident!($($args:tt)*)) => {
+        $crate::$then!(
+            $($args)*
+            key_holders_are_challenged_then_welcomed,
+            a_signature_replayed_on_another_connection_is_refused,
+            tokens_at_connect_or_in_band_are_welcomed,
+            expired_forged_and_misaddressed_tokens_are_refused,
+            naming_an_id_without_proof_is_refused,
+            a_silent_anonymous_connection_is_closed_at_the_deadline,
+            a_flood_over_the_rate_is_refused_then_cut_off,
+        );
+    };
+}
+
 /// `pub const $name: &[&str]` holding a list's names (for the guard below).
 #[macro_export]
 macro_rules! scenario_names {
@@ -123,14 +143,20 @@ macro_rules! scenario_names {
 crate::any_front_scenarios!(scenario_names!(ANY_FRONT =>));
 crate::websocket_scenarios!(scenario_names!(WEBSOCKET_ONLY =>));
 crate::native_scenarios!(scenario_names!(NATIVE_ONLY =>));
+crate::trust_scenarios!(scenario_names!(TRUST =>));
 
 /// The guard against a list losing scenarios: every `pub async fn` in this file is a scenario
 /// and is in exactly one list, and the lists hold exactly as many as this file says (a scenario
 /// removed from both its list and the file, or added, must change these numbers too).
 pub fn every_scenario_is_listed_once() {
     assert_eq!(
-        (ANY_FRONT.len(), WEBSOCKET_ONLY.len(), NATIVE_ONLY.len()),
-        (25, 3, 1),
+        (
+            ANY_FRONT.len(),
+            WEBSOCKET_ONLY.len(),
+            NATIVE_ONLY.len(),
+            TRUST.len()
+        ),
+        (25, 3, 1, 7),
         "the lists gained or lost scenarios"
     );
     let source = include_str!("conformance.rs");
@@ -143,6 +169,7 @@ pub fn every_scenario_is_listed_once() {
         .iter()
         .chain(WEBSOCKET_ONLY)
         .chain(NATIVE_ONLY)
+        .chain(TRUST)
         .copied()
         .collect();
     listed.sort_unstable();
@@ -172,6 +199,48 @@ pub trait Network {
     /// A peer with its id fixed as it connects, its Welcome already read.
     async fn peer(&self, id: &str) -> Self::Peer {
         let mut peer = self.connect_as(id).await;
+        peer.expect_welcome(id).await;
+        peer
+    }
+}
+
+/// The `[vars]` (natively: overrides) of the networks the trust scenarios run on: every id needs
+/// a key or a token, one envelope per second after a burst of 5, cut off after 20 refusals in a
+/// row, and 1 s to identify. The secret is [`super::auth::SECRET`], in the variable
+/// [`super::auth::SECRET_VAR`].
+pub const TRUSTING_VARS: &[(&str, &str)] = &[
+    ("GSIO_RELAY_AUTH__MODE", "signed_or_token"),
+    ("GSIO_RELAY_AUTH__TOKEN_SECRET_ENV", super::auth::SECRET_VAR),
+    ("GSIO_RELAY_LIMITS__MESSAGES_PER_SECOND", "1"),
+    ("GSIO_RELAY_LIMITS__MESSAGE_BURST", "5"),
+    ("GSIO_RELAY_LIMITS__RATE_LIMITED_MAX", "20"),
+    ("GSIO_RELAY_LIMITS__IDENTIFY_TIMEOUT_MS", "1000"),
+];
+
+/// A native relay on the shipped relay.toml with [`TRUSTING_VARS`] over it, and the secret in
+/// place as the loader puts it.
+pub(crate) async fn trusting_relay() -> TestRelay {
+    let mut config = super::shipped_config()
+        .with_overrides(TRUSTING_VARS.iter().copied())
+        .unwrap();
+    config.auth.token_secret =
+        Some(gsio_relay_core::auth::Secret::new(super::auth::SECRET.as_bytes()).unwrap());
+    TestRelay::start_with(config).await
+}
+
+/// A network whose ids need proof ([`TRUSTING_VARS`]).
+#[allow(async_fn_in_trait)]
+pub trait Trusting: Network {
+    /// A connection presenting `token` as it connects (WebSocket: the `gsio.token.` subprotocol;
+    /// gRPC: `authorization` metadata), its Welcome not yet read.
+    async fn with_token(&self, token: &str) -> Self::Peer;
+
+    /// Presenting `token` as it connects is refused with `code`, and the connection ends.
+    async fn expect_token_refused(&self, token: &str, code: &str);
+
+    /// A peer welcomed by a good token for `id`.
+    async fn token_peer(&self, id: &str) -> Self::Peer {
+        let mut peer = self.with_token(&super::auth::good_token(id)).await;
         peer.expect_welcome(id).await;
         peer
     }
@@ -217,6 +286,11 @@ pub trait FrontPeer: Peer {
         message_id: Option<&str>,
     );
 
+    /// The relay ends this connection for `code`: WebSocket close 1008 with a reason starting
+    /// with it; gRPC the status that goes with it (its message starting with it). Envelopes
+    /// before the end are skipped.
+    async fn expect_ended(self, code: &str);
+
     /// The next envelope that is not an announcement (`PeerJoined`, `PeerLeft`, `PeersChanged`), as the JSON text a
     /// client of this front would parse: the WebSocket frame itself; for gRPC, the proto's
     /// fields as a JSON object (the payload being JSON text already).
@@ -245,6 +319,11 @@ impl WsNet {
     /// A fresh native relay's WebSocket front, the relay reloading a relay.toml of its own.
     pub async fn native_reloading() -> WsNet {
         WsNet::on(TestRelay::reloading().await)
+    }
+
+    /// A fresh native relay's WebSocket front, on [`TRUSTING_VARS`].
+    pub async fn native_trusting() -> WsNet {
+        WsNet::on(trusting_relay().await)
     }
 
     fn on(relay: TestRelay) -> WsNet {
@@ -284,7 +363,32 @@ impl Network for WsNet {
     }
 }
 
+impl Trusting for WsNet {
+    async fn with_token(&self, token: &str) -> WsPeer {
+        let offer = format!("gsio.v1, gsio.token.{token}");
+        let (peer, chosen) = WsPeer::connect_offering(&self.url(""), &offer).await;
+        assert_eq!(
+            chosen.as_deref(),
+            Some("gsio.v1"),
+            "the relay names the protocol"
+        );
+        peer
+    }
+
+    async fn expect_token_refused(&self, token: &str, code: &str) {
+        let mut peer = self.with_token(token).await;
+        peer.expect_error(code).await;
+        peer.expect_ended(code).await;
+    }
+}
+
 impl FrontPeer for WsPeer {
+    async fn expect_ended(mut self, code: &str) {
+        let (close, reason) = self.expect_close().await;
+        assert_eq!(close, 1008, "{code}: {reason}");
+        assert!(reason.starts_with(code), "{code}: {reason}");
+    }
+
     async fn send_sparse(&mut self, message_type: &str, payload: Option<&str>) {
         let message_type = Value::from(message_type);
         let text = match payload {
@@ -345,6 +449,13 @@ impl GrpcNet {
     pub async fn native() -> GrpcNet {
         GrpcNet {
             relay: TestRelay::start().await,
+        }
+    }
+
+    /// On [`TRUSTING_VARS`].
+    pub async fn native_trusting() -> GrpcNet {
+        GrpcNet {
+            relay: trusting_relay().await,
         }
     }
 
@@ -410,17 +521,73 @@ impl Network for GrpcNet {
             Err(status) => status,
             Ok(mut peer) => peer.expect_status().await,
         };
-        let expected = match code {
-            "peer_id_in_use" => tonic::Code::AlreadyExists,
-            "invalid_peer_id" | "reserved_peer_id" => tonic::Code::InvalidArgument,
-            other => panic!("no gRPC status known for {other}"),
-        };
-        assert_eq!(status.code(), expected, "{id}: {status:?}");
+        assert_eq!(status.code(), status_of(code), "{id}: {status:?}");
         assert!(status.message().starts_with(code), "{id}: {status:?}");
     }
 }
 
+/// The gRPC status that ends a stream for `code`.
+fn status_of(code: &str) -> tonic::Code {
+    match code {
+        "peer_id_in_use" => tonic::Code::AlreadyExists,
+        "invalid_peer_id" | "reserved_peer_id" => tonic::Code::InvalidArgument,
+        "rate_limited" | "slow_consumer" => tonic::Code::ResourceExhausted,
+        "key_not_allowed" => tonic::Code::PermissionDenied,
+        "authentication_required"
+        | "invalid_signature"
+        | "invalid_token"
+        | "token_expired"
+        | "wrong_audience"
+        | "identification_timeout" => tonic::Code::Unauthenticated,
+        other => panic!("no gRPC status known for {other}"),
+    }
+}
+
+impl Trusting for GrpcNet {
+    async fn with_token(&self, token: &str) -> GrpcPeer {
+        let channel = super::grpc_channel(&self.relay.grpc_url).await;
+        GrpcPeer::with_metadata(channel, &[("authorization", format!("Bearer {token}"))])
+            .await
+            .unwrap_or_else(|status| panic!("open a stream with a token: {status:?}"))
+    }
+
+    async fn expect_token_refused(&self, token: &str, code: &str) {
+        let channel = super::grpc_channel(&self.relay.grpc_url).await;
+        let metadata = [("authorization", format!("Bearer {token}"))];
+        let status = match GrpcPeer::with_metadata(channel, &metadata).await {
+            Err(status) => status,
+            Ok(mut peer) => peer.expect_status().await,
+        };
+        assert_eq!(status.code(), status_of(code), "{status:?}");
+        assert!(status.message().starts_with(code), "{status:?}");
+    }
+}
+
+impl Trusting for MixedNet {
+    async fn with_token(&self, token: &str) -> AnyPeer {
+        if self.next_on_ws() {
+            AnyPeer::Ws(self.ws.with_token(token).await)
+        } else {
+            AnyPeer::Grpc(self.grpc.with_token(token).await)
+        }
+    }
+
+    async fn expect_token_refused(&self, token: &str, code: &str) {
+        if self.next_on_ws() {
+            self.ws.expect_token_refused(token, code).await
+        } else {
+            self.grpc.expect_token_refused(token, code).await
+        }
+    }
+}
+
 impl FrontPeer for GrpcPeer {
+    async fn expect_ended(mut self, code: &str) {
+        let status = self.expect_status().await;
+        assert_eq!(status.code(), status_of(code), "{status:?}");
+        assert!(status.message().starts_with(code), "{status:?}");
+    }
+
     async fn send_sparse(&mut self, message_type: &str, payload: Option<&str>) {
         self.send_with_id(message_type, "", payload.unwrap_or(""), None)
             .await;
@@ -489,6 +656,11 @@ impl MixedNet {
         MixedNet::on(TestRelay::start().await)
     }
 
+    /// On [`TRUSTING_VARS`].
+    pub async fn native_trusting() -> MixedNet {
+        MixedNet::on(trusting_relay().await)
+    }
+
     /// The relay reloading a relay.toml of its own.
     pub async fn native_reloading() -> MixedNet {
         MixedNet::on(TestRelay::reloading().await)
@@ -542,6 +714,13 @@ impl Network for MixedNet {
 }
 
 impl FrontPeer for AnyPeer {
+    async fn expect_ended(self, code: &str) {
+        match self {
+            AnyPeer::Ws(p) => p.expect_ended(code).await,
+            AnyPeer::Grpc(p) => p.expect_ended(code).await,
+        }
+    }
+
     async fn send_sparse(&mut self, message_type: &str, payload: Option<&str>) {
         match self {
             AnyPeer::Ws(p) => p.send_sparse(message_type, payload).await,
@@ -1471,4 +1650,175 @@ pub async fn a_reused_id_is_announced_left_then_joined_before_its_messages<N: Ne
         view.known.contains("holder"),
         "told the second joined, before its message"
     );
+}
+
+// ---- Trust: keys, tokens, the identification deadline, per-identity rates -------------------
+
+/// The `Authenticate` payload answering `challenge` with `key`'s signature for `id`.
+fn signed_payload(key: &ed25519_dalek::SigningKey, challenge: &super::Got, id: &str) -> String {
+    let text = super::auth::authenticate(key, challenge, id);
+    let envelope: Value = serde_json::from_str(&text).unwrap();
+    envelope["payload"].to_string()
+}
+
+pub async fn key_holders_are_challenged_then_welcomed<N: Trusting>(net: N) {
+    let mut observer = net.token_peer("observer").await;
+    let mut node = net.anonymous().await;
+    let challenge = node.recv().await;
+    let payload = challenge.payload_json();
+    assert_eq!(
+        payload["nonce"].as_str().map(str::len),
+        Some(64),
+        "{payload}"
+    );
+    assert_eq!(payload["audience"], "gsio-relay");
+    assert_eq!(payload["methods"], serde_json::json!(["signed", "token"]));
+    let key = super::auth::key(11);
+    let id = super::auth::derived_id(&key);
+    node.send(
+        "Authenticate",
+        &id,
+        "",
+        &signed_payload(&key, &challenge, &id),
+    )
+    .await;
+    node.expect_welcome(&id).await;
+    observer.expect_presence(&[&id], &[]).await;
+    node.send("LedgerSyncResponse", &id, "observer", "\"proven\"")
+        .await;
+    let got = observer.recv().await;
+    assert_eq!(
+        (got.sender_id.as_str(), got.payload.as_str()),
+        (id.as_str(), "\"proven\"")
+    );
+}
+
+pub async fn a_signature_replayed_on_another_connection_is_refused<N: Trusting>(net: N) {
+    let mut observer = net.token_peer("observer").await;
+    let key = super::auth::key(12);
+    let id = super::auth::derived_id(&key);
+    let mut owner = net.anonymous().await;
+    let signed = signed_payload(&key, &owner.recv().await, &id);
+    let mut thief = net.anonymous().await;
+    let _ = thief.recv().await;
+    thief.send("Authenticate", &id, "", &signed).await;
+    thief.expect_error("invalid_signature").await;
+    thief.expect_ended("invalid_signature").await;
+    // Its owner still takes the id with it, and nobody heard of the thief.
+    owner.send("Authenticate", &id, "", &signed).await;
+    owner.expect_welcome(&id).await;
+    observer.expect_presence(&[&id], &[]).await;
+}
+
+pub async fn tokens_at_connect_or_in_band_are_welcomed<N: Trusting>(net: N) {
+    let mut first = net.token_peer("web-1").await;
+    let mut late = net.anonymous().await;
+    assert_eq!(late.recv().await.message_type, "Challenge");
+    let token = super::auth::good_token("web-2");
+    late.send("Authenticate", "", "", &format!(r#"{{"token":"{token}"}}"#))
+        .await;
+    late.expect_welcome("web-2").await;
+    first.expect_presence(&["web-2"], &[]).await;
+    nothing_else_from(&mut late, "web-2", &mut first, "web-1").await;
+}
+
+pub async fn expired_forged_and_misaddressed_tokens_are_refused<N: Trusting>(net: N) {
+    use super::auth::{token, SECRET};
+    let mut observer = net.token_peer("observer").await;
+    let cases = [
+        (token(SECRET, "web-1", "gsio-relay", -3600), "token_expired"),
+        (
+            token(
+                "a-different-secret-0123456789abcdef",
+                "web-1",
+                "gsio-relay",
+                300,
+            ),
+            "invalid_token",
+        ),
+        (
+            token(SECRET, "web-1", "another-relay", 300),
+            "wrong_audience",
+        ),
+    ];
+    for (token, code) in &cases {
+        net.expect_token_refused(token, code).await;
+    }
+    // None of them joined: the next peer the observer hears of is this one.
+    let mut sender = net.token_peer("sender").await;
+    observer.expect_presence(&["sender"], &[]).await;
+    nothing_else_from(&mut sender, "sender", &mut observer, "observer").await;
+}
+
+pub async fn naming_an_id_without_proof_is_refused<N: Trusting>(net: N) {
+    let mut observer = net.token_peer("observer").await;
+    let mut anon = net.anonymous().await;
+    assert_eq!(anon.recv().await.message_type, "Challenge");
+    anon.send("LedgerSyncResponse", "intruder", "observer", "1")
+        .await;
+    anon.expect_error("authentication_required").await;
+    // Still open and anonymous: it may prove itself now.
+    let token = super::auth::good_token("latecomer");
+    anon.send("Authenticate", "", "", &format!(r#"{{"token":"{token}"}}"#))
+        .await;
+    anon.expect_welcome("latecomer").await;
+    observer.expect_presence(&["latecomer"], &[]).await;
+    nothing_else_from(&mut anon, "latecomer", &mut observer, "observer").await;
+}
+
+pub async fn a_silent_anonymous_connection_is_closed_at_the_deadline<N: Trusting>(net: N) {
+    let mut silent = net.anonymous().await;
+    assert_eq!(silent.recv().await.message_type, "Challenge");
+    silent.expect_error("identification_timeout").await;
+    silent.expect_ended("identification_timeout").await;
+}
+
+/// 40 directed envelopes at once over a rate of 1/s with a burst of 5, cut off after 20
+/// refusals in a row: every envelope the relay read was delivered or refused by name, and the
+/// sender was disconnected with `rate_limited`.
+pub async fn a_flood_over_the_rate_is_refused_then_cut_off<N: Trusting>(net: N) {
+    let mut observer = net.token_peer("observer").await;
+    let mut flooder = net.token_peer("flooder").await;
+    observer.expect_presence(&["flooder"], &[]).await;
+    let ids: Vec<String> = (0..40).map(|_| super::next_message_id()).collect();
+    for (n, id) in ids.iter().enumerate() {
+        flooder
+            .send_with_id("LedgerSyncResponse", "observer", &n.to_string(), Some(id))
+            .await;
+    }
+    let mut refused = Vec::new();
+    for _ in 0..20 {
+        let got = flooder.recv_skipping_announcements().await;
+        assert_eq!(got.error_code(), "rate_limited", "{got:?}");
+        refused.push(
+            got.payload_json()["message_id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    flooder.expect_ended("rate_limited").await;
+    let mut delivered = Vec::new();
+    while let Some(got) = observer
+        .try_recv(std::time::Duration::from_millis(500))
+        .await
+    {
+        if got.message_type == "LedgerSyncResponse" {
+            delivered.push(got.message_id);
+        }
+    }
+    assert!(delivered.len() >= 5, "the burst passes: {delivered:?}");
+    let read = delivered.len() + refused.len();
+    for id in &ids[..read] {
+        assert!(
+            delivered.contains(id) ^ refused.contains(id),
+            "{id}: delivered or refused, exactly once"
+        );
+    }
+    for id in &ids[read..] {
+        assert!(
+            !delivered.contains(id) && !refused.contains(id),
+            "{id}: after the cut-off"
+        );
+    }
 }
