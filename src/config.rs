@@ -143,4 +143,66 @@ mod tests {
             Ok(())
         });
     }
+
+    #[test]
+    fn the_token_secret_comes_from_the_variable_or_the_file() {
+        const SECRET: &str = "a-secret-of-at-least-32-bytes-0123";
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "env.toml",
+                "[auth]\nmode = \"token\"\ntoken_secret_env = \"MY_TOKEN_SECRET\"\n",
+            )?;
+            jail.set_env("MY_TOKEN_SECRET", SECRET);
+            let config = load(Path::new("env.toml")).map_err(|e| e.to_string())?;
+            assert_eq!(
+                config.auth.token_secret,
+                Some(Secret::new(SECRET.as_bytes()).unwrap())
+            );
+            // Never printed, not even by Debug.
+            assert!(!format!("{config:?}").contains(SECRET));
+
+            // From a file beside relay.toml; its trailing newline is not part of it.
+            jail.create_dir("secrets")?;
+            jail.create_file("secrets/key", &format!("{SECRET}\n"))?;
+            jail.create_file(
+                "file.toml",
+                "[auth]\nmode = \"token\"\ntoken_secret_file = \"secrets/key\"\n",
+            )?;
+            let config = load(Path::new("file.toml")).map_err(|e| e.to_string())?;
+            assert_eq!(
+                config.auth.token_secret,
+                Some(Secret::new(SECRET.as_bytes()).unwrap())
+            );
+
+            // Unset, unreadable or short: the error names the file, the key and the source.
+            jail.set_env("MY_TOKEN_SECRET", "short");
+            let err = load(Path::new("env.toml")).unwrap_err().to_string();
+            assert!(
+                err.contains("env.toml")
+                    && err.contains("auth.token_secret_env")
+                    && err.contains("at least 32"),
+                "{err}"
+            );
+            assert!(!err.contains("short"), "{err}");
+            jail.create_file(
+                "gone.toml",
+                "[auth]\nmode = \"token\"\ntoken_secret_file = \"nowhere\"\n",
+            )?;
+            let err = load(Path::new("gone.toml")).unwrap_err().to_string();
+            assert!(
+                err.contains("auth.token_secret_file") && err.contains("nowhere"),
+                "{err}"
+            );
+            // No token mode: no secret needed, none read.
+            jail.create_file("open.toml", "[auth]\nmode = \"open\"\n")?;
+            assert_eq!(
+                load(Path::new("open.toml"))
+                    .map_err(|e| e.to_string())?
+                    .auth
+                    .token_secret,
+                None
+            );
+            Ok(())
+        });
+    }
 }

@@ -208,7 +208,22 @@ impl Driver {
                     match self.answer(&envelope, &to_stream).await {
                         Err(reason) => return SessionEnd::before_welcome(reason),
                         Ok(()) => match timeout(limit, inbound.message()).await {
-                            Ok(Ok(Some(next))) => envelope = Envelope::from_pb(next),
+                            Ok(Ok(Some(next))) => {
+                                envelope = Envelope::from_pb(next);
+                                if envelope.sender_id == RELAY_ID
+                                    && envelope.message_type == "Error"
+                                {
+                                    // The proof was refused: the stream ends with its status.
+                                    return SessionEnd::before_welcome(
+                                        match timeout(limit, inbound.message()).await {
+                                            Ok(Err(status)) => {
+                                                DisconnectReason::from_status(status)
+                                            }
+                                            _ => DisconnectReason::NoWelcome(envelope.message_type),
+                                        },
+                                    );
+                                }
+                            }
                             Err(_) => {
                                 return SessionEnd::before_welcome(DisconnectReason::Transport(
                                     format!("no Welcome within {limit:?} of authenticating"),
@@ -255,9 +270,8 @@ impl Driver {
             audience: String,
         }
         let Some(Credentials::Signed(key)) = &self.config.credentials else {
-            return Err(DisconnectReason::Transport(
-                "the relay asks for proof of identity (a Challenge); set Config::credentials"
-                    .into(),
+            return Err(DisconnectReason::CredentialsNeeded(
+                "set Config::credentials to a key this relay accepts for the id".into(),
             ));
         };
         let challenge: Challenge = challenge.payload.deserialize().map_err(|error| {

@@ -222,6 +222,12 @@ pub enum DisconnectReason {
     /// This client left ([`Client::close`](crate::Client::close), or every `Client` dropped).
     #[error("closed by this client")]
     Closed,
+    /// The relay asks for proof of identity (a `Challenge`) and [`Config::credentials`] holds
+    /// no key to answer it with: retrying cannot help.
+    ///
+    /// [`Config::credentials`]: crate::Config::credentials
+    #[error("the relay asks for proof of identity (a Challenge): {0}")]
+    CredentialsNeeded(String),
 }
 
 impl DisconnectReason {
@@ -241,21 +247,22 @@ impl DisconnectReason {
     /// The relay refused this client's id: retrying cannot help, unless the id is in use by
     /// this client's own previous connection (see [`Config::retry_refused_id`](crate::Config)).
     pub fn is_refused_id(&self) -> bool {
-        matches!(
-            self,
-            DisconnectReason::Relay {
-                error: RelayError::InvalidPeerId(_)
-                    | RelayError::ReservedPeerId(_)
-                    | RelayError::PeerIdInUse(_)
-                    | RelayError::AuthenticationRequired(_)
-                    | RelayError::InvalidSignature(_)
-                    | RelayError::KeyNotAllowed(_)
-                    | RelayError::InvalidToken(_)
-                    | RelayError::TokenExpired(_)
-                    | RelayError::WrongAudience(_),
-                ..
-            }
-        )
+        matches!(self, DisconnectReason::CredentialsNeeded(_))
+            || matches!(
+                self,
+                DisconnectReason::Relay {
+                    error: RelayError::InvalidPeerId(_)
+                        | RelayError::ReservedPeerId(_)
+                        | RelayError::PeerIdInUse(_)
+                        | RelayError::AuthenticationRequired(_)
+                        | RelayError::InvalidSignature(_)
+                        | RelayError::KeyNotAllowed(_)
+                        | RelayError::InvalidToken(_)
+                        | RelayError::TokenExpired(_)
+                        | RelayError::WrongAudience(_),
+                    ..
+                }
+            )
     }
 }
 

@@ -606,6 +606,11 @@ mod tests {
         assert_eq!(p["peers_truncated"], true);
         assert_eq!(p["limits"]["queue_capacity"], 7);
         assert_eq!(p["limits"]["max_message_bytes"], 1 << 20);
+        // The sender's rates, so a client can pace itself.
+        assert_eq!(p["limits"]["messages_per_second"], 10_000);
+        assert_eq!(p["limits"]["message_burst"], 20_000);
+        assert_eq!(p["limits"]["bytes_per_second"], 64 << 20);
+        assert_eq!(p["limits"]["byte_burst"], 128 << 20);
         assert_eq!(p["routing"]["default"], "broadcast");
     }
 
