@@ -166,8 +166,14 @@ pub fn relay_binary() -> Result<PathBuf> {
 /// The overrides the bench starts the relay with, over the `relay.toml` it is given: ephemeral
 /// ports, room for every connection a scenario opens, no announcements (they would be traffic
 /// the floor does not have), and broadcast for any type without a rule (the bench's own `Bench`
-/// type; the shipped default, `auto`, broadcasts it too).
+/// type; the shipped default, `auto`, broadcasts it too), and per-identity rates so high that no
+/// sender reaches them (the floor has none: a limit would cap the throughput measured, not
+/// measure it), while the relay still does the work of checking them on every envelope.
 pub const RELAY_ENV: &[(&str, &str)] = &[
+    ("GSIO_RELAY_LIMITS__MESSAGES_PER_SECOND", "1000000000"),
+    ("GSIO_RELAY_LIMITS__MESSAGE_BURST", "1000000000"),
+    ("GSIO_RELAY_LIMITS__BYTES_PER_SECOND", "1000000000000000"),
+    ("GSIO_RELAY_LIMITS__BYTE_BURST", "1000000000000000"),
     ("GSIO_RELAY_SERVER__WS_LISTEN", "127.0.0.1:0"),
     ("GSIO_RELAY_SERVER__GRPC_LISTEN", "127.0.0.1:0"),
     ("GSIO_RELAY_SERVER__ADMIN_LISTEN", "127.0.0.1:0"),
