@@ -166,12 +166,15 @@ pub fn relay_binary() -> Result<PathBuf> {
 /// The overrides the bench starts the relay with, over the `relay.toml` it is given: ephemeral
 /// ports, room for every connection a scenario opens, no announcements (they would be traffic
 /// the floor does not have), and broadcast for any type without a rule (the bench's own `Bench`
-/// type; the shipped default, `auto`, broadcasts it too).
+/// type; the shipped default, `auto`, broadcasts it too). Every client of the bench is on
+/// 127.0.0.1, so the per-address limits are off (the floor has none either).
 pub const RELAY_ENV: &[(&str, &str)] = &[
     ("GSIO_RELAY_SERVER__WS_LISTEN", "127.0.0.1:0"),
     ("GSIO_RELAY_SERVER__GRPC_LISTEN", "127.0.0.1:0"),
     ("GSIO_RELAY_SERVER__ADMIN_LISTEN", "127.0.0.1:0"),
     ("GSIO_RELAY_SERVER__MAX_CONNECTIONS", "100000"),
+    ("GSIO_RELAY_LIMITS__MAX_CONNECTIONS_PER_IP", "0"),
+    ("GSIO_RELAY_LIMITS__NEW_CONNECTIONS_PER_IP_PER_SECOND", "0"),
     ("GSIO_RELAY_DISCOVERY__ANNOUNCE_PEERS", "false"),
     ("GSIO_RELAY_ROUTING__DEFAULT", "broadcast"),
 ];
@@ -545,6 +548,8 @@ mod tests {
         assert_eq!(config.server.grpc_listen.port(), 0);
         assert_eq!(config.server.admin_listen.port(), 0);
         assert_eq!(config.server.max_connections, 100_000);
+        assert_eq!(config.limits.max_connections_per_ip, 0);
+        assert_eq!(config.limits.new_connections_per_ip_per_second, 0);
     }
 
     #[test]

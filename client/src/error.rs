@@ -104,6 +104,13 @@ relay_errors! {
     /// A new stream while the relay holds `server.max_connections` peers (ends the stream at
     /// once: `RESOURCE_EXHAUSTED`; retried).
     TooManyPeers => "too_many_peers",
+    /// The relay refused a connection from this address (`limits.max_connections_per_ip` or
+    /// `limits.new_connections_per_ip_per_second`). A gRPC client sees its connection closed
+    /// (`UNAVAILABLE`) rather than this code; a WebSocket client gets it in a `429`'s body.
+    TooManyConnectionsFromAddress => "too_many_connections_from_address",
+    /// A WebSocket peer answered no ping in time (close reason; a gRPC connection that answers
+    /// no HTTP/2 PING is simply closed).
+    IdleTimeout => "idle_timeout",
     /// A `message_id` outside the relay's syntax.
     InvalidMessageId => "invalid_message_id",
 }

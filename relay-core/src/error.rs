@@ -29,10 +29,12 @@ pub enum ErrorCode {
     SlowConsumer,
     ShuttingDown,
     TooManyPeers,
+    TooManyConnectionsFromAddress,
+    IdleTimeout,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 21] = [
         ErrorCode::InvalidJson,
         ErrorCode::NotAnObject,
         ErrorCode::MissingMessageType,
@@ -52,6 +54,8 @@ impl ErrorCode {
         ErrorCode::SlowConsumer,
         ErrorCode::ShuttingDown,
         ErrorCode::TooManyPeers,
+        ErrorCode::TooManyConnectionsFromAddress,
+        ErrorCode::IdleTimeout,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -75,6 +79,8 @@ impl ErrorCode {
             ErrorCode::SlowConsumer => "slow_consumer",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::TooManyPeers => "too_many_peers",
+            ErrorCode::TooManyConnectionsFromAddress => "too_many_connections_from_address",
+            ErrorCode::IdleTimeout => "idle_timeout",
         }
     }
 }
@@ -162,6 +168,15 @@ pub enum RelayError {
     /// with it: a WebSocket client past the limit is not accepted yet, it waits.
     #[error("the relay already holds its limit of {limit} peers (server.max_connections); try again later")]
     TooManyPeers { limit: usize },
+    /// A new connection from an address past `limits.max_connections_per_ip` or
+    /// `limits.new_connections_per_ip_per_second` (see [`crate::address`]). Refused before the
+    /// connection is served: WebSocket with HTTP 429, gRPC by closing the TCP connection.
+    #[error("{0}")]
+    TooManyConnectionsFromAddress(crate::address::Refusal),
+    /// A WebSocket peer sent nothing, not even a Pong, within `limits.pong_timeout_ms` of a
+    /// ping: its connection is closed and its id freed.
+    #[error("no frame from this peer within {pong_timeout_ms} ms of a ping")]
+    IdleTimeout { pong_timeout_ms: u64 },
 }
 
 impl RelayError {
@@ -207,10 +222,11 @@ impl RelayError {
                 grpc_code::INVALID_ARGUMENT
             }
             ErrorCode::PeerIdInUse => grpc_code::ALREADY_EXISTS,
-            ErrorCode::SlowConsumer | ErrorCode::MessageTooLarge | ErrorCode::TooManyPeers => {
-                grpc_code::RESOURCE_EXHAUSTED
-            }
-            ErrorCode::ShuttingDown => grpc_code::UNAVAILABLE,
+            ErrorCode::SlowConsumer
+            | ErrorCode::MessageTooLarge
+            | ErrorCode::TooManyPeers
+            | ErrorCode::TooManyConnectionsFromAddress => grpc_code::RESOURCE_EXHAUSTED,
+            ErrorCode::ShuttingDown | ErrorCode::IdleTimeout => grpc_code::UNAVAILABLE,
             _ => grpc_code::INTERNAL,
         }
     }
@@ -238,6 +254,10 @@ impl RelayError {
             RelayError::SlowConsumer(_) => ErrorCode::SlowConsumer,
             RelayError::ShuttingDown => ErrorCode::ShuttingDown,
             RelayError::TooManyPeers { .. } => ErrorCode::TooManyPeers,
+            RelayError::TooManyConnectionsFromAddress(_) => {
+                ErrorCode::TooManyConnectionsFromAddress
+            }
+            RelayError::IdleTimeout { .. } => ErrorCode::IdleTimeout,
         }
     }
 }
@@ -270,6 +290,14 @@ mod tests {
             (RelayError::ReservedPeerId, 1008, 3),
             (RelayError::FrameTooLarge { limit: 9 }, 1009, 8),
             (RelayError::TooManyPeers { limit: 9 }, 1008, 8),
+            (RelayError::IdleTimeout { pong_timeout_ms: 9 }, 1008, 14),
+            (
+                RelayError::TooManyConnectionsFromAddress(crate::address::Refusal::Connections {
+                    limit: 9,
+                }),
+                1008,
+                8,
+            ),
             (RelayError::undecodable_envelope(), 1008, 3),
         ];
         for (error, ws, grpc) in table {

@@ -14,14 +14,18 @@
 //! - [`hub`]: the peer table and the routing decision for each message ([`Hub::route`]).
 //! - [`connection`]: one connection's whole conversation as a state machine
 //!   ([`Connection`]): inputs in, deliveries through each peer's [`Link`], and when to close.
+//! - [`liveness`]: when to ping a quiet connection, and when to give up on it.
 //! - [`presence`]: joins and leaves, coalesced into announcements: who is told of whom, in
 //!   which envelope, and when the front's presence timer must fire.
+//! - [`address`]: connections per client address (live, and new per second): the decision
+//!   every front asks before it serves a connection.
 //! - [`config`]: the `relay.toml` schema, parsed then validated into [`RelayConfig`].
 //! - [`error`]: [`RelayError`], one variant per answer the relay can give, each with a stable
 //!   machine-readable code.
 
 #![forbid(unsafe_code)]
 
+pub mod address;
 pub mod config;
 pub mod connection;
 pub mod envelope;
@@ -29,6 +33,7 @@ pub mod error;
 pub mod hub;
 pub mod id;
 pub mod ids;
+pub mod liveness;
 pub mod presence;
 pub mod session;
 
