@@ -151,7 +151,7 @@
 //! | the same protocol, envelopes and codes: the conformance table runs unchanged on both, one named test per scenario and runtime | `tests/conformance_native.rs::every_scenario_is_listed_once` |
 //! | the table's native-only list: `ConfigChanged` on a reload, over WebSocket, gRPC and both | `tests/common/conformance.rs::config_changed_reaches_every_peer_when_the_announced_rules_change`, `tests/conformance_native.rs::every_scenario_is_listed_once` |
 //! | the deploy declares the build, the Durable Object binding and its migration; dry run offline | `tests/worker.rs::dry_run_deploy_builds_the_bundle_offline` |
-//! | the bundle's size (about 340 KiB, 140 KiB gzipped; relay.toml parsed at build time) | `tests/worker.rs::dry_run_deploy_builds_the_bundle_offline`, `tests/worker.rs::bundle_sizes_are_read_from_wrangler_and_the_readme` |
+//! | the bundle's size (about 385 KiB, 157 KiB gzipped; relay.toml parsed at build time) | `tests/worker.rs::dry_run_deploy_builds_the_bundle_offline`, `tests/worker.rs::bundle_sizes_are_read_from_wrangler_and_the_readme` |
 //! | networks by path, isolated | `tests/worker.rs::networks_chosen_by_path_are_isolated` |
 //! | a plain HTTP request gets 426 | `tests/worker.rs::a_plain_http_request_gets_426` |
 //! | the peer table is rebuilt from the sockets' attachments after an eviction | `tests/worker.rs::routing_survives_a_real_eviction` |
