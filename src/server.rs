@@ -10,6 +10,11 @@
 //! number of streams and a stream has no backlog to wait in. TCP connections to the gRPC port are
 //! not peers (one may carry many, or only health checks), so they take no peer slot; they are
 //! bounded separately by the same number, past which they wait in the backlog as well.
+//!
+//! # Per client address
+//! Before either slot, right after `accept`, a connection's address is checked against the
+//! per-address limits ([`crate::limits`], decided by `gsio_relay_core::address`): a refused one
+//! takes no slot and no task of its own (WebSocket: a bounded 429; gRPC: closed).
 
 use std::future::Future;
 use std::io;

@@ -3,7 +3,10 @@
 //! One task per connection reads frames and writes the peer's outbox, batching writes (several
 //! frames fed, one flush). However the relay ends a connection (kicked, refused, shutdown), it
 //! writes what was queued for it, in order, before the close frame, within [`CLOSE_TIMEOUT`].
-//! The identity may be fixed by `?node_id=ID` on the URL. Every protocol
+//! A connection must complete its upgrade within `limits.handshake_timeout_ms`; once open, one
+//! the relay has heard nothing from is pinged and closed when it stays silent (the core's
+//! [`Liveness`] decides when; `idle_timeout`). A client refused by the per-address limits never
+//! gets here ([`crate::limits`]). The identity may be fixed by `?node_id=ID` on the URL. Every protocol
 //! decision (errors, close codes and reasons) is the core's [`gsio_relay_core::Connection`]'s;
 //! this module moves frames and carries out its [`Step`]s. A frame over the hard limit
 //! ([`gsio_relay_core::config::Limits::hard_frame_bytes`]) is not read at all.
@@ -158,7 +161,19 @@ async fn connection(
     let ending = loop {
         tokio::select! {
             biased;
-            () = &mut idle, if liveness.is_some() => {
+            raised = events.raised(Waiter::Writer, watching) => {
+                if raised & ConnEvents::KICKED != 0 {
+                    break End::Kicked(events.reason());
+                }
+                if raised & ConnEvents::CLOSE != 0 {
+                    break End::Shutdown;
+                }
+                reading = None;
+                watching &= !ConnEvents::STOP_READING;
+            }
+            // The idle deadline, after the events (a kick or the shutdown goes first), and only
+            // while the peer is read: once shutdown stops reading, its Pongs are not read either.
+            () = &mut idle, if liveness.is_some() && reading.is_some() => {
                 let Some(live) = liveness.as_mut() else { continue };
                 match live.due(now()) {
                     Due::Nothing => {}
@@ -190,16 +205,6 @@ async fn connection(
                     }
                 }
                 idle.as_mut().reset(deadline(opened, Some(&*live)));
-            }
-            raised = events.raised(Waiter::Writer, watching) => {
-                if raised & ConnEvents::KICKED != 0 {
-                    break End::Kicked(events.reason());
-                }
-                if raised & ConnEvents::CLOSE != 0 {
-                    break End::Shutdown;
-                }
-                reading = None;
-                watching &= !ConnEvents::STOP_READING;
             }
             // Reading and writing take turns: after a write, the next turn reads a frame if
             // one is there, so a peer whose queue is never empty (a steady stream to it) still

@@ -101,6 +101,20 @@ async fn websocket_connections_past_the_per_address_limit_get_429() {
     }
 }
 
+/// README: a connection past the per-address limit is refused "before it takes a slot": with
+/// every peer slot taken, it is still answered at once (were it checked after the slot, it
+/// would wait in the backlog for one).
+#[tokio::test]
+async fn a_refused_connection_is_answered_before_it_waits_for_a_slot() {
+    let mut config = config("max_connections_per_ip = 1\nnew_connections_per_ip_per_second = 0");
+    config.server.max_connections = 1;
+    let relay = TestRelay::start_with(config).await;
+    let mut a = WsPeer::connect(&format!("{}/?node_id=a", relay.ws_url)).await;
+    a.recv().await;
+    let (status, body) = refused_upgrade(&relay.ws_url).await;
+    assert_eq!(status, 429, "{body}");
+}
+
 /// README: new connections per address past the burst, faster than
 /// `limits.new_connections_per_ip_per_second`, are refused the same way.
 #[tokio::test]
