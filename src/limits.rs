@@ -12,8 +12,10 @@
 //!   upgrade; a WebSocket library shows the status. The write and close are bounded: at most
 //!   [`REFUSING_AT_ONCE`] refusals are in flight, each for at most [`REFUSAL_LINGER`], and past
 //!   that a refused connection is simply closed.
-//! - **gRPC**: the TCP connection is closed at once (an HTTP/2 client sees `UNAVAILABLE` and
-//!   retries with its backoff); nothing is written, because there is no request to answer yet.
+//! - **gRPC**: the HTTP/2 server preface and a `GOAWAY` `ENHANCE_YOUR_CALM` whose debug data
+//!   starts with `too_many_connections_from_address: `, written at once (HTTP/2 lets a server
+//!   send its preface first), then the connection is closed; bounded the same way. A tonic
+//!   client sees `RESOURCE_EXHAUSTED` (the GOAWAY's debug data in its source).
 
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -90,21 +92,47 @@ impl Addresses {
 
     /// Answers a refused WebSocket client with 429 and closes its connection, in the
     /// background and bounded (see the module's docs).
-    pub fn refuse_ws(&self, mut stream: TcpStream, refusal: Refusal) {
+    pub fn refuse_ws(&self, stream: TcpStream, refusal: Refusal) {
+        let error = RelayError::from(refusal);
+        let body = format!("{}: {error}", error.code());
+        let answer = format!(
+            "HTTP/1.1 429 Too Many Requests\r\nConnection: close\r\nRetry-After: 1\r\n\
+             Content-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        self.refuse(stream, answer.into_bytes());
+    }
+
+    /// Answers a refused gRPC client with the HTTP/2 server preface (empty SETTINGS) and a
+    /// `GOAWAY` `ENHANCE_YOUR_CALM` whose debug data is `too_many_connections_from_address: ...`,
+    /// then closes its connection, bounded like [`Addresses::refuse_ws`].
+    pub fn refuse_grpc(&self, stream: TcpStream, refusal: Refusal) {
+        let error = RelayError::from(refusal);
+        let debug = format!("{}: {error}", error.code());
+        let mut answer = Vec::with_capacity(9 + 9 + 8 + debug.len());
+        // SETTINGS, no settings: type 4, stream 0.
+        answer.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+        // GOAWAY: type 7, stream 0; last stream 0, error ENHANCE_YOUR_CALM (0xb), debug data.
+        let length = u32::try_from(8 + debug.len())
+            .unwrap_or(u32::MAX)
+            .to_be_bytes();
+        answer.extend_from_slice(&[length[1], length[2], length[3], 7, 0, 0, 0, 0, 0]);
+        answer.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0x0b]);
+        answer.extend_from_slice(debug.as_bytes());
+        self.refuse(stream, answer);
+    }
+
+    /// Writes `answer`, closes our side, and reads what the client still sends until it closes
+    /// its own, within [`REFUSAL_LINGER`]; at most [`REFUSING_AT_ONCE`] at once, past which the
+    /// connection is closed unanswered.
+    fn refuse(&self, mut stream: TcpStream, answer: Vec<u8>) {
         let Ok(permit) = self.refusing.clone().try_acquire_owned() else {
             return;
         };
         tokio::spawn(async move {
             let _permit = permit;
-            let error = RelayError::from(refusal);
-            let body = format!("{}: {error}", error.code());
-            let answer = format!(
-                "HTTP/1.1 429 Too Many Requests\r\nConnection: close\r\nRetry-After: 1\r\n\
-                 Content-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            );
             let _ = tokio::time::timeout(REFUSAL_LINGER, async {
-                stream.write_all(answer.as_bytes()).await?;
+                stream.write_all(&answer).await?;
                 stream.shutdown().await?;
                 // Read (and drop) the request until the client closes: closing with its bytes
                 // unread would reset the connection and could discard the answer.

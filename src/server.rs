@@ -314,14 +314,14 @@ fn limited_incoming(
         let shutdown = shutdown.clone();
         let addresses = addresses.clone();
         async move {
-            // A refused gRPC connection is closed unanswered (see `crate::limits`).
+            // A refused gRPC connection gets a GOAWAY (see `crate::limits`).
             let accepted = accept_with_slot(
                 &listener,
                 &slots,
                 &shutdown,
                 &addresses,
                 Front::Grpc,
-                |stream, _| drop(stream),
+                |stream, refusal| addresses.refuse_grpc(stream, refusal),
             )
             .await?;
             let limited = Limited {

@@ -193,7 +193,7 @@
 //! | the rate is a token bucket: a burst, then the rate; a refused attempt costs no token; closing gives none back | `relay-core/src/address.rs::new_connections_per_address_are_a_token_bucket`, `tests/limits.rs::websocket_connections_opened_too_fast_get_429` |
 //! | a WebSocket client past a limit gets 429, `Retry-After: 1`, body `too_many_connections_from_address: ...` naming the setting | `tests/limits.rs::websocket_connections_past_the_per_address_limit_get_429`, `tests/limits.rs::websocket_connections_opened_too_fast_get_429` |
 //! | refused right after `accept`, before it takes a slot | `tests/limits.rs::a_refused_connection_is_answered_before_it_waits_for_a_slot` |
-//! | a gRPC connection past it is closed unanswered; the client sees an error | `tests/limits.rs::grpc_connections_count_with_websocket_ones_and_are_closed_at_accept` |
+//! | a gRPC connection past it gets a `GOAWAY` `ENHANCE_YOUR_CALM` naming the code (tonic: `RESOURCE_EXHAUSTED`) | `tests/limits.rs::grpc_connections_count_with_websocket_ones_and_are_closed_at_accept` |
 //! | a connection that ends frees its place | `tests/limits.rs::websocket_connections_past_the_per_address_limit_get_429`, `relay-core/src/address.rs::entries_go_once_idle_and_refilled` |
 //! | a reload applies to the next connection | `relay-core/src/address.rs::changed_limits_apply_to_the_next_connection` |
 //! | the table of addresses is bounded: forgotten once idle and refilled; at capacity idle ones go first | `relay-core/src/address.rs::many_addresses_do_not_grow_the_table`, `relay-core/src/address.rs::at_capacity_idle_addresses_are_forgotten_and_live_ones_refuse` |

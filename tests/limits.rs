@@ -142,8 +142,8 @@ async fn websocket_connections_opened_too_fast_get_429() {
 }
 
 /// README: the per-address limit counts WebSocket connections and TCP connections to the gRPC
-/// port together; a gRPC connection past it is closed at accept (the client sees
-/// `UNAVAILABLE`), before any HTTP/2 is spoken.
+/// port together; a gRPC connection past it gets a `GOAWAY` `ENHANCE_YOUR_CALM` naming
+/// `too_many_connections_from_address` (tonic: `RESOURCE_EXHAUSTED`), and no request is served.
 #[tokio::test]
 async fn grpc_connections_count_with_websocket_ones_and_are_closed_at_accept() {
     let relay = TestRelay::start_with(config(
@@ -161,24 +161,23 @@ async fn grpc_connections_count_with_websocket_ones_and_are_closed_at_accept() {
     g1.recv().await;
     g2.recv().await;
     // A second connection is one too many for this address.
-    let endpoint = tonic::transport::Channel::from_shared(relay.grpc_url.clone()).unwrap();
-    let second = async {
-        let channel = endpoint.connect().await?;
-        let mut client = gsio_relay::pb::relay_service_client::RelayServiceClient::new(channel);
-        let (_tx, rx) = tokio::sync::mpsc::channel::<gsio_relay::pb::Envelope>(1);
-        client
-            .exchange(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await
-            .map(|_| ())
-            .map_err(|status| status.into())
-    };
-    let result: Result<(), Box<dyn std::error::Error + Send + Sync>> =
-        tokio::time::timeout(ARRIVES, second)
-            .await
-            .expect("no answer");
+    let channel = tonic::transport::Channel::from_shared(relay.grpc_url.clone())
+        .unwrap()
+        .connect_lazy();
+    let mut client = gsio_relay::pb::relay_service_client::RelayServiceClient::new(channel);
+    let (_tx, rx) = tokio::sync::mpsc::channel::<gsio_relay::pb::Envelope>(1);
+    let second = client.exchange(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let status = tokio::time::timeout(ARRIVES, second)
+        .await
+        .expect("no answer")
+        .expect_err("a third connection from one address was served");
+    // tonic reports the GOAWAY ENHANCE_YOUR_CALM as RESOURCE_EXHAUSTED; its debug data (the
+    // status's source) names the code.
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
     assert!(
-        result.is_err(),
-        "a third connection from one address was served"
+        format!("{status:?}").contains("too_many_connections_from_address: ")
+            && format!("{status:?}").contains("limits.max_connections_per_ip"),
+        "{status:?}"
     );
     assert!(refused(&relay)[1] >= 1, "{:?}", refused(&relay));
     // And so is a third WebSocket connection.

@@ -105,8 +105,10 @@ relay_errors! {
     /// once: `RESOURCE_EXHAUSTED`; retried).
     TooManyPeers => "too_many_peers",
     /// The relay refused a connection from this address (`limits.max_connections_per_ip` or
-    /// `limits.new_connections_per_ip_per_second`). A gRPC client sees its connection closed
-    /// (`UNAVAILABLE`) rather than this code; a WebSocket client gets it in a `429`'s body.
+    /// `limits.new_connections_per_ip_per_second`). A gRPC client sees its connection refused
+    /// with an HTTP/2 `GOAWAY` (`RESOURCE_EXHAUSTED` from tonic, without the code in the
+    /// message: a failed attempt that this client retries with its backoff); a WebSocket client
+    /// gets it in a `429`'s body.
     TooManyConnectionsFromAddress => "too_many_connections_from_address",
     /// A WebSocket peer answered no ping in time (close reason; a gRPC connection that answers
     /// no HTTP/2 PING is simply closed).

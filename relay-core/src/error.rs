@@ -170,7 +170,8 @@ pub enum RelayError {
     TooManyPeers { limit: usize },
     /// A new connection from an address past `limits.max_connections_per_ip` or
     /// `limits.new_connections_per_ip_per_second` (see [`crate::address`]). Refused before the
-    /// connection is served: WebSocket with HTTP 429, gRPC by closing the TCP connection.
+    /// connection is served: WebSocket with HTTP 429, gRPC with a `GOAWAY` `ENHANCE_YOUR_CALM`,
+    /// each naming this code.
     #[error("{0}")]
     TooManyConnectionsFromAddress(crate::address::Refusal),
     /// A WebSocket peer sent nothing, not even a Pong, within `limits.pong_timeout_ms` of a
