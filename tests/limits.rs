@@ -402,6 +402,7 @@ async fn a_grpc_connection_that_answers_no_ping_ends_and_its_peers_leave() {
             break;
         }
     }
+    assert!(!relay.relay.peer_ids().contains(&"frozen".to_owned()));
     connection.abort();
 }
 
