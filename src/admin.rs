@@ -28,7 +28,7 @@ use prometheus_client::registry::Registry;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
-use crate::metrics::Front;
+use crate::metrics::{Deadline, Front};
 use crate::shutdown::{Phase, Shutdown};
 use crate::state::Relay;
 
@@ -257,6 +257,24 @@ impl Collector for RelayCollector {
             Front::ALL
                 .iter()
                 .map(|front| (front.as_str(), totals.accepted[*front as usize])),
+        )?;
+        counters(
+            &mut encoder,
+            "gsio_relay_connections_refused",
+            "Connections refused by the per-address limits (too_many_connections_from_address), by front",
+            "front",
+            Front::ALL
+                .iter()
+                .map(|front| (front.as_str(), totals.refused[*front as usize])),
+        )?;
+        counters(
+            &mut encoder,
+            "gsio_relay_connections_timed_out",
+            "WebSocket connections closed by a deadline: handshake (upgrade not completed) or idle (no answer to a ping)",
+            "deadline",
+            Deadline::ALL
+                .iter()
+                .map(|deadline| (deadline.as_str(), totals.timed_out[*deadline as usize])),
         )?;
         counters(
             &mut encoder,

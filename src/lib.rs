@@ -12,6 +12,7 @@
 //! - [`ws`]: the WebSocket front (JSON text frames).
 //! - [`grpc`]: the gRPC front: [`grpc::service`] (`RelayService/Exchange`) and
 //!   [`grpc::codec`] (the wire type, the codec and the proto conversions).
+//! - [`limits`]: the per-address limits' table and guard, and the WebSocket front's refusal.
 //! - [`peer`]: one connection, front-independent: identity, admission, routing, delivery.
 //! - [`state`]: the [`state::Relay`] every connection shares (the hub, connection ids,
 //!   counters, the record of reloads).
@@ -28,6 +29,7 @@ pub mod admin;
 pub mod config;
 pub mod events;
 pub mod grpc;
+pub mod limits;
 pub mod metrics;
 pub mod peer;
 pub mod queue;

@@ -98,6 +98,31 @@ pub struct Metrics {
     open: [AtomicI64; 2],
     /// Connections accepted since start, by [`Front`].
     accepted: [AtomicU64; 2],
+    /// Connections refused by the per-address limits (`too_many_connections_from_address`),
+    /// by [`Front`].
+    refused: [AtomicU64; 2],
+    /// Connections closed by a deadline, by [`Deadline`].
+    timed_out: [AtomicU64; 2],
+}
+
+/// A deadline that closes connections (`[limits]`: `handshake_timeout_ms`, `pong_timeout_ms`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deadline {
+    /// A WebSocket client that did not complete its upgrade in time.
+    Handshake,
+    /// A WebSocket peer that answered no ping in time (`idle_timeout`).
+    Idle,
+}
+
+impl Deadline {
+    pub const ALL: [Deadline; 2] = [Deadline::Handshake, Deadline::Idle];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Deadline::Handshake => "handshake",
+            Deadline::Idle => "idle",
+        }
+    }
 }
 
 /// Summed over the shards: what a scrape or the console reads.
@@ -113,6 +138,10 @@ pub struct Totals {
     /// By [`Front::ALL`] order.
     pub open: [i64; 2],
     pub accepted: [u64; 2],
+    /// By [`Front::ALL`] order.
+    pub refused: [u64; 2],
+    /// By [`Deadline::ALL`] order.
+    pub timed_out: [u64; 2],
 }
 
 impl Metrics {
@@ -125,7 +154,19 @@ impl Metrics {
             labels,
             open: Default::default(),
             accepted: Default::default(),
+            refused: Default::default(),
+            timed_out: Default::default(),
         }
+    }
+
+    /// A connection on `front` was refused by the per-address limits.
+    pub(crate) fn refused(&self, front: Front) {
+        self.refused[front.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A connection was closed by `deadline`.
+    pub(crate) fn timed_out(&self, deadline: Deadline) {
+        self.timed_out[deadline as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// A connection on `front` opened; its meter writes shard `conn % SHARDS`.
@@ -172,6 +213,8 @@ impl Metrics {
                 .collect(),
             open: std::array::from_fn(|i| self.open[i].load(Ordering::Relaxed)),
             accepted: std::array::from_fn(|i| self.accepted[i].load(Ordering::Relaxed)),
+            refused: std::array::from_fn(|i| self.refused[i].load(Ordering::Relaxed)),
+            timed_out: std::array::from_fn(|i| self.timed_out[i].load(Ordering::Relaxed)),
         }
     }
 }

@@ -48,13 +48,18 @@ use crate::state::Relay;
 pub const DEBOUNCE: Duration = Duration::from_millis(150);
 
 /// The keys a running relay cannot change: each is used once, at start (the listening sockets,
-/// the connection slots, the log's format). A reload that changes one warns and keeps the old
-/// value until the relay restarts.
-pub const RESTART_ONLY: [&str; 5] = [
+/// the connection slots, the gRPC server's HTTP/2 settings and keepalive, which share the
+/// ping keys with the WebSocket front so that both fronts ping alike, the log's format). A
+/// reload that changes one warns and keeps the old value until the relay restarts.
+pub const RESTART_ONLY: [&str; 9] = [
     "server.ws_listen",
     "server.grpc_listen",
     "server.admin_listen",
     "server.max_connections",
+    "limits.ping_interval_ms",
+    "limits.pong_timeout_ms",
+    "limits.grpc_max_concurrent_streams",
+    "limits.grpc_max_header_list_bytes",
     "log.format",
 ];
 
@@ -236,6 +241,10 @@ fn keep_restart_only(old: &RelayConfig, new: &mut RelayConfig) -> Vec<&'static s
     new.server.grpc_listen = old.server.grpc_listen;
     new.server.admin_listen = old.server.admin_listen;
     new.server.max_connections = old.server.max_connections;
+    new.limits.ping_interval_ms = old.limits.ping_interval_ms;
+    new.limits.pong_timeout_ms = old.limits.pong_timeout_ms;
+    new.limits.grpc_max_concurrent_streams = old.limits.grpc_max_concurrent_streams;
+    new.limits.grpc_max_header_list_bytes = old.limits.grpc_max_header_list_bytes;
     new.log = old.log.clone();
     kept
 }
@@ -251,7 +260,9 @@ mod tests {
         let mut new = RelayConfig::from_toml_str(
             "[server]\nws_listen = \"127.0.0.1:1\"\ngrpc_listen = \"127.0.0.1:2\"\n\
              admin_listen = \"127.0.0.1:6\"\nmax_connections = 3\nshutdown_grace_ms = 4\n[log]\nformat = \"json\"\n\
-             [limits]\nqueue_capacity = 5\n",
+             [limits]\nqueue_capacity = 5\nping_interval_ms = 300\npong_timeout_ms = 400\n\
+             grpc_max_concurrent_streams = 7\ngrpc_max_header_list_bytes = 2000\n\
+             max_connections_per_ip = 8\nhandshake_timeout_ms = 900\n",
             "new.toml",
         )
         .unwrap();
@@ -259,7 +270,12 @@ mod tests {
         assert_eq!(kept, RESTART_ONLY);
         assert_eq!(
             old.changed_keys(&new),
-            ["limits.queue_capacity", "server.shutdown_grace_ms"]
+            [
+                "limits.handshake_timeout_ms",
+                "limits.max_connections_per_ip",
+                "limits.queue_capacity",
+                "server.shutdown_grace_ms"
+            ]
         );
     }
 }

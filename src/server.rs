@@ -10,6 +10,11 @@
 //! number of streams and a stream has no backlog to wait in. TCP connections to the gRPC port are
 //! not peers (one may carry many, or only health checks), so they take no peer slot; they are
 //! bounded separately by the same number, past which they wait in the backlog as well.
+//!
+//! # Per client address
+//! Before either slot, right after `accept`, a connection's address is checked against the
+//! per-address limits ([`crate::limits`], decided by `gsio_relay_core::address`): a refused one
+//! takes no slot and no task of its own (WebSocket: a bounded 429; gRPC: closed).
 
 use std::future::Future;
 use std::io;
@@ -20,6 +25,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
+use gsio_relay_core::address::Refusal;
 use gsio_relay_core::RelayConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -28,6 +34,8 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 
 use crate::grpc::server::relay_service_server::RelayServiceServer;
 use crate::grpc::RelayGrpc;
+use crate::limits::{AddressGuard, Addresses};
+use crate::metrics::Front;
 use crate::reload::{ConfigWatch, ReloadHandle};
 use crate::shutdown::{Controller, Phase};
 use crate::state::{Relay, Stats};
@@ -155,11 +163,14 @@ impl Server {
 
         // Aborted when `run` returns: pending announcements do not outlive the relay.
         let presence_timer = tokio::spawn(relay.clone().run_presence_timer());
+        // Connections per client address, both fronts together (see `crate::limits`).
+        let addresses = Addresses::new(relay.clone());
         let ws_task = tokio::spawn(ws::serve(
             ws,
             relay.clone(),
             peer_slots.clone(),
             controller.subscribe(),
+            addresses.clone(),
         ));
 
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -185,16 +196,34 @@ impl Server {
             .hard_frame_bytes(),
         );
         let grpc_shutdown = controller.subscribe();
+        let limits = &config.limits;
+        // HTTP/2 PINGs: a connection that answers none within the timeout is closed, and each
+        // of its streams' peers leaves (ids freed, `PeerLeft` announced).
+        let keepalive =
+            (limits.ping_interval_ms != 0).then(|| Duration::from_millis(limits.ping_interval_ms));
         let grpc_server = tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-            .max_concurrent_streams(max_concurrent_streams(max_connections))
+            .http2_keepalive_interval(keepalive)
+            .http2_keepalive_timeout(Some(Duration::from_millis(limits.pong_timeout_ms)))
+            .max_concurrent_streams(max_concurrent_streams(
+                max_connections,
+                limits.grpc_max_concurrent_streams,
+            ))
+            .http2_max_header_list_size(Some(limits.grpc_max_header_list_bytes))
+            // tonic 0.14 hands its own `None` to hyper here, which turns hyper's default (1024)
+            // off: set it back. A client whose frames make the server reset this many streams
+            // (CVE-2025-8671, "MadeYouReset") gets a GOAWAY `ENHANCE_YOUR_CALM`.
+            .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESET_STREAMS))
             .add_service(health_service)
             .add_service(reflection().build_v1()?)
             .add_service(reflection().build_v1alpha()?)
             .add_service(relay_service)
             .serve_with_incoming_shutdown(
-                limited_incoming(grpc, grpc_connection_slots, controller.subscribe()),
+                limited_incoming(
+                    grpc,
+                    grpc_connection_slots,
+                    controller.subscribe(),
+                    addresses,
+                ),
                 async move { grpc_shutdown.reached(Phase::Close).await },
             );
         let grpc_task = tokio::spawn(grpc_server);
@@ -256,16 +285,21 @@ const ADMIN_LINGER: Duration = Duration::from_secs(1);
 /// streams.
 const NON_PEER_STREAMS: u32 = 100;
 
-/// The HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS` of every gRPC connection. A client at this
-/// setting queues further streams itself, where the relay never sees them: set below the peer
-/// limit, an `Exchange` past it would wait there invisibly (or time out) instead of being refused
-/// with `RESOURCE_EXHAUSTED`. So: the whole peer limit on one connection, plus room for the calls
-/// that are not peers. (Not left unset, which means unbounded: refused streams are cheap, but
-/// not free.)
-fn max_concurrent_streams(max_connections: usize) -> u32 {
+/// Locally reset streams (protocol errors of the client's) one gRPC connection may cause before
+/// it is ended with `GOAWAY` `ENHANCE_YOUR_CALM`: hyper's own default, which tonic turns off.
+const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
+
+/// The HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS` of every gRPC connection:
+/// `limits.grpc_max_concurrent_streams`, and never more than the whole peer limit plus room for
+/// the calls that are not peers (health checks, reflection). A client at this setting queues
+/// further streams itself, where the relay never sees them; below the peer limit, that is the
+/// price of bounding what one TCP connection can make the relay hold. (Never unset, which means
+/// unbounded: refused streams are cheap, but not free.)
+fn max_concurrent_streams(max_connections: usize, configured: u32) -> u32 {
     u32::try_from(max_connections)
         .unwrap_or(u32::MAX)
         .saturating_add(NON_PEER_STREAMS)
+        .min(configured)
 }
 
 /// gRPC connections, each holding one of `slots` (the gRPC port's own, not the peer slots) for
@@ -274,15 +308,27 @@ fn limited_incoming(
     listener: TcpListener,
     slots: Arc<Semaphore>,
     shutdown: crate::shutdown::Shutdown,
+    addresses: Arc<Addresses>,
 ) -> impl futures_util::Stream<Item = io::Result<Limited>> {
     futures_util::stream::unfold(listener, move |listener| {
         let slots = slots.clone();
         let shutdown = shutdown.clone();
+        let addresses = addresses.clone();
         async move {
-            let (stream, permit) = accept_with_slot(&listener, &slots, &shutdown, "gRPC").await?;
+            // A refused gRPC connection gets a GOAWAY (see `crate::limits`).
+            let accepted = accept_with_slot(
+                &listener,
+                &slots,
+                &shutdown,
+                &addresses,
+                Front::Grpc,
+                |stream, refusal| addresses.refuse_grpc(stream, refusal),
+            )
+            .await?;
             let limited = Limited {
-                stream,
-                _permit: permit,
+                stream: accepted.stream,
+                _permit: accepted.permit,
+                _address: accepted.address,
                 linger: None,
             };
             Some((Ok(limited), listener))
@@ -290,28 +336,45 @@ fn limited_incoming(
     })
 }
 
+/// A connection a front accepted: the socket, its slot, and its place in the per-address table.
+pub(crate) struct Accepted {
+    pub stream: TcpStream,
+    pub permit: OwnedSemaphorePermit,
+    pub address: AddressGuard,
+}
+
 /// The next connection of a front and one of `slots` for it (the peer slots on the WebSocket
 /// front, the gRPC port's connection slots on the other); `None` once shutdown stops accepting.
-/// The slot is taken right after `accept`: while none is free the front accepts nobody else, so
-/// past the limit new clients wait in the kernel's backlog, and an idle front never holds a slot
-/// the other front needs.
+/// Its address is checked first ([`Addresses::admit`]): a connection refused there takes no
+/// slot and is handed to `refuse`. The slot is taken right after: while none is free the front
+/// accepts nobody else, so past the limit new clients wait in the kernel's backlog, and an idle
+/// front never holds a slot the other front needs.
 pub(crate) async fn accept_with_slot(
     listener: &TcpListener,
     slots: &Arc<Semaphore>,
     shutdown: &crate::shutdown::Shutdown,
-    front: &str,
-) -> Option<(TcpStream, OwnedSemaphorePermit)> {
+    addresses: &Arc<Addresses>,
+    front: Front,
+    refuse: impl Fn(TcpStream, Refusal),
+) -> Option<Accepted> {
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             () = shutdown.reached(Phase::StopReading) => return None,
         };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(error) => {
                 // Out of file descriptors and the like: wait instead of spinning.
-                tracing::warn!("{front} accept failed: {error}");
+                tracing::warn!("{} accept failed: {error}", front.as_str());
                 tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let address = match addresses.admit(peer.ip(), front) {
+            Ok(address) => address,
+            Err(refusal) => {
+                refuse(stream, refusal);
                 continue;
             }
         };
@@ -320,7 +383,11 @@ pub(crate) async fn accept_with_slot(
             () = shutdown.reached(Phase::StopReading) => return None,
         };
         tune(&stream);
-        return Some((stream, permit));
+        return Some(Accepted {
+            stream,
+            permit,
+            address,
+        });
     }
 }
 
@@ -345,6 +412,8 @@ const LINGER: Duration = Duration::from_secs(5);
 pub struct Limited {
     stream: TcpStream,
     _permit: OwnedSemaphorePermit,
+    /// Its client address's place in the per-address table, given back when it ends.
+    _address: AddressGuard,
     /// Set once the relay has sent its last byte: how long it still waits for the client to
     /// close its side.
     linger: Option<Pin<Box<tokio::time::Sleep>>>,

@@ -3,7 +3,10 @@
 //! One task per connection reads frames and writes the peer's outbox, batching writes (several
 //! frames fed, one flush). However the relay ends a connection (kicked, refused, shutdown), it
 //! writes what was queued for it, in order, before the close frame, within [`CLOSE_TIMEOUT`].
-//! The identity may be fixed by `?node_id=ID` on the URL. Every protocol
+//! A connection must complete its upgrade within `limits.handshake_timeout_ms`; once open, one
+//! the relay has heard nothing from is pinged and closed when it stays silent (the core's
+//! [`Liveness`] decides when; `idle_timeout`). A client refused by the per-address limits never
+//! gets here ([`crate::limits`]). The identity may be fixed by `?node_id=ID` on the URL. Every protocol
 //! decision (errors, close codes and reasons) is the core's [`gsio_relay_core::Connection`]'s;
 //! this module moves frames and carries out its [`Step`]s. A frame over the hard limit
 //! ([`gsio_relay_core::config::Limits::hard_frame_bytes`]) is not read at all.
@@ -14,6 +17,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use bytestring::ByteString;
 use futures_util::{SinkExt, StreamExt};
+use gsio_relay_core::liveness::{Due, Liveness};
 use gsio_relay_core::{Input, Message, RelayError, Step};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -24,14 +28,13 @@ use tokio_tungstenite::tungstenite::{self, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::events::{ConnEvents, Waiter};
-use crate::metrics::Front;
+use crate::limits::{AddressGuard, Addresses};
+use crate::metrics::{Deadline, Front};
 use crate::peer::PeerConn;
 use crate::queue::Outbox;
 use crate::shutdown::{Phase, Shutdown};
 use crate::state::Relay;
 
-/// A client must finish the WebSocket handshake within this time.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a connection the relay ends may take to write what was queued for it and its close
 /// frame: a peer that does not read by then is dropped, with the rest unwritten.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -52,16 +55,25 @@ fn ws_config(hard: usize) -> WebSocketConfig {
 
 /// Accepts WebSocket connections until shutdown, each once it has a peer slot (see
 /// [`crate::server::accept_with_slot`]).
+/// A client refused by the per-address limits is answered 429 ([`Addresses::refuse_ws`]).
 pub async fn serve(
     listener: TcpListener,
     relay: Arc<Relay>,
     slots: Arc<Semaphore>,
     shutdown: Shutdown,
+    addresses: Arc<Addresses>,
 ) {
-    while let Some((stream, permit)) =
-        crate::server::accept_with_slot(&listener, &slots, &shutdown, "WebSocket").await
+    let refuse = |stream, refusal| addresses.refuse_ws(stream, refusal);
+    while let Some(accepted) =
+        crate::server::accept_with_slot(&listener, &slots, &shutdown, &addresses, Front::Ws, refuse)
+            .await
     {
-        tokio::spawn(connection(stream, relay.clone(), shutdown.clone(), permit));
+        tokio::spawn(connection(
+            accepted.stream,
+            relay.clone(),
+            shutdown.clone(),
+            (accepted.permit, accepted.address),
+        ));
     }
 }
 
@@ -98,10 +110,18 @@ async fn connection(
     stream: TcpStream,
     relay: Arc<Relay>,
     shutdown: Shutdown,
-    _permit: OwnedSemaphorePermit,
+    // Held for the connection's life: its peer slot and its address's place.
+    _held: (OwnedSemaphorePermit, AddressGuard),
 ) {
     let (reading, _done) = shutdown.tokens();
-    let hard_frame_bytes = relay.config().limits.hard_frame_bytes();
+    let config = relay.config();
+    let hard_frame_bytes = config.limits.hard_frame_bytes();
+    let handshake_timeout = Duration::from_millis(config.limits.handshake_timeout_ms);
+    // The time the core's deadlines are counted in: since this connection was accepted.
+    let opened = tokio::time::Instant::now();
+    let now = move || opened.elapsed();
+    let mut liveness = Liveness::new(&config.limits, now());
+    drop(config);
     let mut node_id = None;
     let mut token = None;
     // The callback's error type is tungstenite's `ErrorResponse` (an HTTP response), large by
@@ -125,7 +145,7 @@ async fn connection(
     );
     // Boxed: the handshake's state is large and short-lived; inline, it would size the
     // connection's task for its whole life (the task is most of an idle peer's memory).
-    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, Box::pin(handshake));
+    let handshake = tokio::time::timeout(handshake_timeout, Box::pin(handshake));
     // Raced against shutdown: a client that connected but has not (or never will) finish its
     // handshake is not a peer yet, and must not hold the shutdown for the handshake's limit.
     // Dropping the handshake future there is fine: it owns the socket, which is then closed.
@@ -133,7 +153,10 @@ async fn connection(
         handshake = handshake => match handshake {
             Ok(Ok(ws)) => ws,
             Ok(Err(error)) => return tracing::debug!("WebSocket handshake failed: {error}"),
-            Err(_) => return tracing::debug!("WebSocket handshake timed out"),
+            Err(_) => {
+                relay.metrics.timed_out(Deadline::Handshake);
+                return tracing::debug!("WebSocket handshake timed out");
+            }
         },
         () = shutdown.reached(Phase::StopReading) => {
             return tracing::debug!("WebSocket handshake abandoned: shutting down");
@@ -159,6 +182,12 @@ async fn connection(
     let mut watching = ConnEvents::KICKED | ConnEvents::STOP_READING | ConnEvents::CLOSE;
     // True after a write: the next turn prefers reading (see the select below).
     let mut read_turn = false;
+    // The idle deadline (`limits.ping_interval_ms`): counted from the end of the handshake.
+    if let Some(liveness) = liveness.as_mut() {
+        liveness.heard(now());
+    }
+    let idle = tokio::time::sleep_until(deadline(opened, liveness.as_ref()));
+    tokio::pin!(idle);
     let ending = loop {
         tokio::select! {
             biased;
@@ -177,11 +206,50 @@ async fn connection(
                     break End::Kicked(error);
                 }
             }
+            // The idle deadline, after the events (a kick or the shutdown goes first), and only
+            // while the peer is read: once shutdown stops reading, its Pongs are not read either.
+            () = &mut idle, if liveness.is_some() && reading.is_some() => {
+                let Some(live) = liveness.as_mut() else { continue };
+                match live.due(now()) {
+                    Due::Nothing => {}
+                    Due::Ping => {
+                        // A peer that does not read may leave no room for it: then the write
+                        // waits, but never past a kick or the shutdown (as `write_batch`), and
+                        // the pong deadline runs all the same (`due` is asked again below).
+                        tokio::select! {
+                            sent = ws.send(tungstenite::Message::Ping(Bytes::new())) => {
+                                if sent.is_err() {
+                                    break End::Gone;
+                                }
+                            }
+                            raised = events.raised(Waiter::Writer, ConnEvents::KICKED | ConnEvents::CLOSE) => {
+                                if raised & ConnEvents::KICKED != 0 {
+                                    break End::Kicked(events.reason());
+                                }
+                                break End::Shutdown;
+                            }
+                            () = tokio::time::sleep_until(opened + live.deadline()) => {
+                                continue;
+                            }
+                        }
+                    }
+                    Due::Dead(error) => {
+                        relay.metrics.timed_out(Deadline::Idle);
+                        tracing::debug!("WebSocket peer idle: {error}");
+                        break End::Kicked(error);
+                    }
+                }
+                idle.as_mut().reset(deadline(opened, Some(&*live)));
+            }
             // Reading and writing take turns: after a write, the next turn reads a frame if
             // one is there, so a peer whose queue is never empty (a steady stream to it) still
             // has its own envelopes read. Reading is also enabled whenever nothing is queued.
             frame = ws.next(), if reading.is_some() && (read_turn || outbox.is_empty()) => {
                 read_turn = false;
+                if let (Some(live), Some(Ok(_))) = (liveness.as_mut(), &frame) {
+                    live.heard(now());
+                    idle.as_mut().reset(deadline(opened, Some(&*live)));
+                }
                 match frame {
                     Some(Ok(tungstenite::Message::Text(text))) => {
                         if let Step::Close(error) = peer.input(text_input(text)) {
@@ -243,6 +311,14 @@ async fn connection(
 
     // Boxed for the same reason as the handshake: only the ending needs this state.
     Box::pin(finish(ws, outbox, held, peer, ending)).await;
+}
+
+/// The instant of `liveness`'s next deadline (far away when there is none: the branch is off).
+fn deadline(opened: tokio::time::Instant, liveness: Option<&Liveness>) -> tokio::time::Instant {
+    match liveness {
+        Some(liveness) => opened + liveness.deadline(),
+        None => opened + Duration::from_secs(86_400 * 365),
+    }
 }
 
 /// Ends a connection: out of the hub, what is queued written, and the peer told why, all within

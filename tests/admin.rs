@@ -92,6 +92,8 @@ async fn every_documented_metric_is_exposed_with_its_type() {
         "gsio_relay_errors",
         "gsio_relay_slow_consumer_disconnects",
         "gsio_relay_reloads",
+        "gsio_relay_connections_refused",
+        "gsio_relay_connections_timed_out",
     ];
     let gauges = [
         "gsio_relay_build_info",
@@ -127,6 +129,14 @@ async fn every_documented_metric_is_exposed_with_its_type() {
     assert_eq!(
         metrics.label_values("gsio_relay_connections", "front"),
         ["grpc", "ws"]
+    );
+    assert_eq!(
+        metrics.label_values("gsio_relay_connections_refused_total", "front"),
+        ["grpc", "ws"]
+    );
+    assert_eq!(
+        metrics.label_values("gsio_relay_connections_timed_out_total", "deadline"),
+        ["handshake", "idle"]
     );
     // From the start, at zero.
     for mode in ["echo", "broadcast", "directed"] {

@@ -48,7 +48,7 @@
 //! | streams count against `max_connections` with WebSocket peers; past it refused at once, `RESOURCE_EXHAUSTED` `too_many_peers` naming the setting | `tests/lifecycle.rs::websocket_peers_and_grpc_streams_share_the_limit`, `tests/lifecycle.rs::grpc_streams_refused_at_connect_give_their_slot_back` |
 //! | TCP connections to the gRPC port are not peers (idle, or carrying health checks) | `tests/lifecycle.rs::websocket_peers_and_grpc_streams_share_the_limit`, `tests/lifecycle.rs::grpc_streams_on_one_connection_past_the_limit_are_refused` |
 //! | ... bounded separately by the same number, and wait past it | `tests/fronts.rs::grpc_tcp_connections_are_bounded_and_wait_in_the_backlog` |
-//! | each connection allows `max_connections` + 100 concurrent streams | `tests/fronts.rs::each_grpc_connection_allows_max_connections_plus_100_streams` |
+//! | each connection allows `limits.grpc_max_concurrent_streams` streams, never more than `max_connections` + 100; past the setting a client waits for one of its streams to end | `tests/fronts.rs::each_grpc_connection_allows_max_connections_plus_100_streams`, `tests/limits.rs::grpc_streams_past_the_concurrent_limit_wait_for_one_to_end` |
 //! | the id comes from `x-gsio-node-id`, or else the first envelope's `sender_id` | `tests/fronts.rs::grpc_identity_from_metadata_or_first_envelope` |
 //! | closing the sending side: what is queued is delivered, then `OK` | `tests/fronts.rs::grpc_half_close_delivers_what_is_queued_then_ends_ok` |
 //! | the payload is exact JSON text across both fronts | `tests/fronts.rs::payloads_cross_fronts_exactly` |
@@ -111,8 +111,9 @@
 //! | rates per identity: messages and bytes per second with bursts; past them `rate_limited`, the envelope goes nowhere; `rate_limited_max` in a row disconnects (1008, `RESOURCE_EXHAUSTED`) | `tests/common/conformance.rs::a_flood_over_the_rate_is_refused_then_cut_off`, `tests/auth.rs::a_flood_over_the_rate_is_refused_then_cut_off_on_both_fronts`, `relay-core/src/connection.rs::a_sender_over_its_rate_is_refused_then_cut_off`, `relay-core/src/connection.rs::bytes_are_limited_too`, `relay-core/src/rate.rs::a_burst_passes_then_the_rate` |
 //! | the `Welcome` announces the four rates | `relay-core/src/hub.rs::welcome_lists_peers_and_limits` |
 //! | the id is free again as soon as its holder disconnects | `tests/common/conformance.rs::an_id_is_free_again_once_its_holder_has_left` |
-//! | TCP keepalive notices a vanished machine in about 90 s | `tests/fronts.rs::accepted_connections_have_tcp_keepalive_on_both_fronts` |
+//! | the native relay pings a quiet connection, so a vanished machine's id is free within about 30 s; TCP keepalive alone about 90 s | `tests/limits.rs::a_websocket_peer_that_answers_no_ping_leaves`, `tests/limits.rs::a_grpc_connection_that_answers_no_ping_ends_and_its_peers_leave`, `tests/fronts.rs::accepted_connections_have_tcp_keepalive_on_both_fronts` |
 //! | one `Welcome` as soon as the id is known, before anything else, with id, peers, count, limits and routing | `tests/common/conformance.rs::welcome_announces_id_peers_and_limits`, `relay-core/src/connection.rs::join_welcomes_first_then_announces_to_the_others` |
+//! | `limits` announces `ping_interval_ms` and `pong_timeout_ms` (the Worker `ping_interval_ms: 0`), and a change of them is a `ConfigChanged`; the per-address limits and other deadlines are not announced | `relay-core/src/hub.rs::welcome_lists_peers_and_limits`, `relay-core/src/hub.rs::set_config_announces_only_a_changed_welcome_block`, `tests/limits.rs::a_websocket_peer_that_answers_no_ping_leaves`, `tests/worker.rs::the_worker_limits_connections_per_client_address` |
 //! | `peers`: at most `welcome_peers_max`, sorted; `peer_count` exact | `tests/common/conformance.rs::welcome_lists_the_other_peers_sorted`, `relay-core/src/hub.rs::welcome_lists_peers_and_limits` |
 //! | `PeerJoined` / `PeerLeft` when `announce_peers` is on, none when off | `tests/common/conformance.rs::peers_learn_of_joins_and_leaves`, `relay-core/src/connection.rs::announcements_follow_the_switch`, `relay-core/src/connection.rs::presence_table` |
 //! | one change is `PeerJoined`/`PeerLeft`; several told at once are one `PeersChanged` (ids sorted, `left` before `joined`) | `relay-core/src/connection.rs::presence_table`, `tests/fronts.rs::joins_within_the_window_are_announced_in_one_peers_changed`, `tests/worker.rs::announcements_waiting_for_their_window_are_not_lost_to_hibernation` |
@@ -138,6 +139,7 @@
 //! | `message_too_large` | `tests/common/conformance.rs::oversized_message_is_refused_and_the_connection_survives` |
 //! | `identity_required` | `tests/common/conformance.rs::identity_required_before_any_routing` |
 //! | a frame beyond twice the limit (at least 64 KiB more) ends it with 1009, refused from its header | `tests/hostile.rs::a_frame_beyond_twice_the_limit_is_refused_with_1009_before_its_body`, `tests/hostile.rs::twice_the_limit_is_read_and_fragments_do_not_get_around_it`, `relay-core/src/config.rs::the_hard_frame_limit_is_twice_the_limit_and_at_least_64_kib_more` |
+//! | `too_many_connections_from_address` in a 429's body; `idle_timeout` ends a WebSocket connection with 1008 | `tests/limits.rs::websocket_connections_past_the_per_address_limit_get_429`, `tests/limits.rs::a_peer_that_reads_but_never_answers_gets_close_1008_idle_timeout` |
 //! | close reasons start with the code; one close code and one status per ending | `relay-core/src/error.rs::close_reasons_start_with_the_code_and_fit_a_close_frame`, `relay-core/src/error.rs::connection_ending_errors_map_to_one_close_code_and_one_status` |
 //! | nothing sent from the network can panic the relay | `tests/hostile.rs::mutated_websocket_frames_do_not_panic_the_relay`, `tests/hostile.rs::mutated_protobuf_envelopes_do_not_panic_the_relay`, `tests/hostile.rs::broken_framing_and_non_protocol_bytes_do_not_panic_the_relay`, `tests/common/conformance.rs::mutated_frames_never_break_the_relay`, `relay-core/src/session.rs::mutated_frames_never_panic` |
 //!
@@ -165,7 +167,7 @@
 //! | the same protocol, envelopes and codes: the conformance table runs unchanged on both, one named test per scenario and runtime | `tests/conformance_native.rs::every_scenario_is_listed_once` |
 //! | the table's native-only list: `ConfigChanged` on a reload, over WebSocket, gRPC and both | `tests/common/conformance.rs::config_changed_reaches_every_peer_when_the_announced_rules_change`, `tests/conformance_native.rs::every_scenario_is_listed_once` |
 //! | the deploy declares the build, the Durable Object binding and its migration; dry run offline | `tests/worker.rs::dry_run_deploy_builds_the_bundle_offline` |
-//! | the bundle's size (about 340 KiB, 140 KiB gzipped; relay.toml parsed at build time) | `tests/worker.rs::dry_run_deploy_builds_the_bundle_offline`, `tests/worker.rs::bundle_sizes_are_read_from_wrangler_and_the_readme` |
+//! | the bundle's size (about 385 KiB, 157 KiB gzipped; relay.toml parsed at build time) | `tests/worker.rs::dry_run_deploy_builds_the_bundle_offline`, `tests/worker.rs::bundle_sizes_are_read_from_wrangler_and_the_readme` |
 //! | networks by path, isolated | `tests/worker.rs::networks_chosen_by_path_are_isolated` |
 //! | a plain HTTP request gets 426 | `tests/worker.rs::a_plain_http_request_gets_426` |
 //! | the peer table is rebuilt from the sockets' attachments after an eviction | `tests/worker.rs::routing_survives_a_real_eviction` |
@@ -173,6 +175,8 @@
 //! | the test hook does nothing without `GSIO_RELAY_TEST_HOOKS` | `tests/worker.rs::test_hooks_do_nothing_without_the_variable` |
 //! | `[vars]` override the listed keys; a bad value answers every upgrade 500 naming it | `tests/worker.rs::vars_override_relay_toml_and_bad_ones_are_reported` |
 //! | `max_message_bytes` is enforced and announced on the edge | `tests/common/conformance.rs::oversized_message_is_refused_and_the_connection_survives`, `tests/common/conformance.rs::welcome_announces_id_peers_and_limits` |
+//! | the edge counts connections per client address per network (`CF-Connecting-IP`), answers `429` past `max_connections_per_ip` or the rate, frees a place when a socket closes; the three per-address keys are `[vars]` | `tests/worker.rs::the_worker_limits_connections_per_client_address`, `tests/worker.rs::the_worker_limits_new_connections_per_second_per_address` |
+//! | after an eviction the live counts per address are rebuilt from the sockets | `relay-core/src/address.rs::restored_connections_count_but_take_no_token` (the rebuild itself runs in `routing_survives_a_real_eviction`; no test evicts a room at its address limit) |
 //! | the Worker build checks the wasm-bindgen version `Cargo.lock` pins | `tests/worker.rs::the_worker_build_stops_without_the_locked_wasm_bindgen_version` |
 //!
 //! (The edge's limits, no `[server]` section, no queue to overflow, no shutdown to announce,
@@ -188,6 +192,7 @@
 //! | `/metrics` is OpenMetrics text, parsed by a Prometheus text parser; every listed metric with its type and labels; every code and mode at zero from the start | `tests/admin.rs::every_documented_metric_is_exposed_with_its_type` |
 //! | counters move while traffic flows and peers stay connected: routed by mode (`auto` as the mode it took), by type, deliveries; connections open and accepted by front; peers | `tests/admin.rs::metrics_move_while_peers_stay_connected`, `relay-core/src/hub.rs::routes_name_their_rule_and_resolved_mode`, `relay-core/src/connection.rs::the_meter_hears_each_routing_by_rule_and_mode_and_each_refusal_by_code` |
 //! | errors by code; only the types the rules name are series, the rest `other` | `tests/admin.rs::errors_count_by_code_and_types_the_rules_do_not_name_are_other`, `src/metrics.rs::types_are_counted_by_rule_and_the_rest_as_other`, `src/metrics.rs::a_rule_named_other_is_not_a_second_series` |
+//! | connections refused by the per-address limits, by front; closed by a deadline (`handshake`, `idle`) | `tests/admin.rs::every_documented_metric_is_exposed_with_its_type`, `tests/limits.rs::websocket_connections_past_the_per_address_limit_get_429`, `tests/limits.rs::grpc_connections_count_with_websocket_ones_and_are_closed_at_accept`, `tests/limits.rs::a_handshake_not_completed_in_time_is_closed`, `tests/limits.rs::a_websocket_peer_that_answers_no_ping_leaves` |
 //! | slow-consumer disconnects; deepest queue and envelopes queued now | `tests/admin.rs::queue_depth_and_slow_consumers_show_a_peer_that_does_not_read` |
 //! | `/healthz` 200 while the process runs; `/readyz` 200 while accepting, 503 from the start of shutdown until the relay stops, while queued envelopes are still delivered | `tests/admin.rs::readyz_turns_503_when_shutdown_begins_and_the_listener_answers_through_the_drain` |
 //! | the console shows peers (id, front, queue depth), rates and totals by type and mode, rules and limits, the last reload; it updates itself from `/api/state` (JSON), fetches nothing else, and shows names as text | `tests/console.rs::the_console_follows_peers_rates_and_rules_by_itself` |
@@ -196,12 +201,37 @@
 //! | the console shows an applied reload (and the new rules) and a refused one (naming the file), in the one open page | `tests/console.rs::the_console_follows_peers_rates_and_rules_by_itself` |
 //! | the test command installs Debian's `chromium` when it is missing | script: `scripts/setup-worker.sh` |
 //!
+//! ## README: limits
+//!
+//! | claim | test |
+//! |---|---|
+//! | per address, both fronts together; IPv6 by /64, IPv4-mapped as IPv4 | `relay-core/src/address.rs::keys_are_ipv4_addresses_and_ipv6_slash_64s`, `relay-core/src/address.rs::live_connections_per_address_are_limited`, `tests/limits.rs::grpc_connections_count_with_websocket_ones_and_are_closed_at_accept` |
+//! | the rate is a token bucket: a burst, then the rate; a refused attempt costs no token; closing gives none back | `relay-core/src/address.rs::new_connections_per_address_are_a_token_bucket`, `tests/limits.rs::websocket_connections_opened_too_fast_get_429` |
+//! | a WebSocket client past a limit gets 429, `Retry-After: 1`, body `too_many_connections_from_address: ...` naming the setting | `tests/limits.rs::websocket_connections_past_the_per_address_limit_get_429`, `tests/limits.rs::websocket_connections_opened_too_fast_get_429` |
+//! | refused right after `accept`, before it takes a slot | `tests/limits.rs::a_refused_connection_is_answered_before_it_waits_for_a_slot` |
+//! | a gRPC connection past it gets a `GOAWAY` `ENHANCE_YOUR_CALM` naming the code (tonic: `RESOURCE_EXHAUSTED`) | `tests/limits.rs::grpc_connections_count_with_websocket_ones_and_are_closed_at_accept` |
+//! | a connection that ends frees its place | `tests/limits.rs::websocket_connections_past_the_per_address_limit_get_429`, `relay-core/src/address.rs::entries_go_once_idle_and_refilled` |
+//! | a reload applies to the next connection | `relay-core/src/address.rs::changed_limits_apply_to_the_next_connection` |
+//! | the table of addresses is bounded: forgotten once idle and refilled; at capacity idle ones go first | `relay-core/src/address.rs::many_addresses_do_not_grow_the_table`, `relay-core/src/address.rs::at_capacity_idle_addresses_are_forgotten_and_live_ones_refuse` |
+//! | a handshake not completed within `handshake_timeout_ms` is closed | `tests/limits.rs::a_handshake_not_completed_in_time_is_closed` |
+//! | a quiet connection is pinged after `ping_interval_ms`; nothing within `pong_timeout_ms` closes it (`idle_timeout`), frees its id, announces `PeerLeft`; a peer that talks is never pinged | `relay-core/src/liveness.rs::silence_gets_a_ping_then_the_end`, `relay-core/src/liveness.rs::a_talking_peer_is_never_pinged_and_zero_turns_pings_off`, `tests/limits.rs::a_websocket_peer_that_answers_no_ping_leaves` |
+//! | a client that reads answers pings by itself and stays | `tests/limits.rs::a_peer_that_reads_outlives_many_ping_intervals`, `tests/limits.rs::a_websocket_peer_that_answers_no_ping_leaves` |
+//! | on gRPC, an HTTP/2 connection that answers no PING ends, every stream's peer leaves | `tests/limits.rs::a_grpc_connection_that_answers_no_ping_ends_and_its_peers_leave` |
+//! | metadata past `grpc_max_header_list_bytes` is answered 431, the connection goes on; over four times it ends the connection | `tests/limits.rs::grpc_metadata_over_the_header_limit_is_refused` |
+//!
+//! (Not held by a test here: h2's own bounds on CONTINUATION floods and on streams reset before
+//! they are accepted, and hyper's on locally reset streams, which the README states with the
+//! versions in `Cargo.lock`, read from their sources; the relay sets the last one explicitly in
+//! `src/server.rs`.)
+//!
 //! ## README: relay.toml
 //!
 //! | claim | test |
 //! |---|---|
 //! | every default, as documented | `tests/config.rs::an_empty_file_gives_the_documented_defaults` |
 //! | the bounds: 256 to 64 MiB, 1 to 1,000,000, 0 to 60000 ms | `relay-core/src/config.rs::documented_bounds_are_the_edges` |
+//! | the bounds of the per-address, deadline and `grpc_*` keys, 0 meaning off where the table says so | `relay-core/src/config.rs::documented_bounds_of_the_address_deadline_and_grpc_keys`, `tests/config.rs::invalid_fixtures_fail_naming_file_and_key` |
+//! | the shipped relay.toml holds every `[limits]` key with its default | `tests/config.rs::the_shipped_relay_toml_is_valid_and_documents_every_mode` |
 //! | a bad file exits 2 naming the file, the key and the line; a bad override names the variable | `tests/config.rs::the_binary_exits_non_zero_naming_the_problem` |
 //! | unknown keys are errors; the fixture folders hold valid and invalid files | `tests/config.rs::invalid_fixtures_fail_naming_file_and_key`, `tests/config.rs::valid_fixtures_load` |
 //!

@@ -19,6 +19,16 @@ fn the_shipped_relay_toml_is_valid_and_documents_every_mode() {
     // The README: the shipped file's default is auto (the schema's is broadcast).
     assert_eq!(config.routing.default, Mode::Auto);
     assert_eq!(config.limits.queue_capacity, 4096);
+    // Every `[limits]` key is in the file with its default.
+    assert_eq!(config.limits, gsio_relay_core::config::Limits::default());
+    let text = std::fs::read_to_string(repo_path("relay.toml")).unwrap();
+    let limits = toml::Table::try_from(&config.limits).unwrap();
+    for key in limits.keys() {
+        assert!(
+            text.contains(&format!("\n{key} = ")),
+            "relay.toml does not document {key}"
+        );
+    }
     let modes: Vec<Mode> = config.routing.rules.values().copied().collect();
     for mode in [Mode::Echo, Mode::Broadcast, Mode::Directed] {
         assert!(modes.contains(&mode), "no rule uses {mode}");
@@ -45,6 +55,14 @@ fn an_empty_file_gives_the_documented_defaults() {
     assert_eq!(config.server.shutdown_grace_ms, 5000);
     assert_eq!(config.limits.max_message_bytes, 1048576);
     assert_eq!(config.limits.queue_capacity, 4096);
+    assert_eq!(config.limits.max_connections_per_ip, 1000);
+    assert_eq!(config.limits.new_connections_per_ip_per_second, 100);
+    assert_eq!(config.limits.new_connections_per_ip_burst, 500);
+    assert_eq!(config.limits.handshake_timeout_ms, 10000);
+    assert_eq!(config.limits.ping_interval_ms, 20000);
+    assert_eq!(config.limits.pong_timeout_ms, 10000);
+    assert_eq!(config.limits.grpc_max_concurrent_streams, 1000);
+    assert_eq!(config.limits.grpc_max_header_list_bytes, 16384);
     assert!(config.discovery.announce_peers);
     assert_eq!(config.discovery.welcome_peers_max, 100);
     assert_eq!(config.discovery.announce_window_ms, 50);

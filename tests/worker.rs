@@ -685,3 +685,114 @@ fn a_bad_relay_toml_fails_the_worker_build_naming_file_key_and_line() {
         );
     }
 }
+
+/// A refused WebSocket upgrade to `path` of the Worker on `port` from the client address `ip`,
+/// read raw to its end: the whole answer (status line, headers, body).
+async fn refused_upgrade_from(port: u16, path: &str, ip: &str) -> String {
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         CF-Connecting-IP: {ip}\r\n\r\n"
+    );
+    let answer = http_exchange(port, &request).await;
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("retry-after: 1"),
+        "{answer}"
+    );
+    answer
+}
+
+/// A WebSocket upgrade to the Worker from the client address `ip` (`CF-Connecting-IP`, which
+/// `wrangler dev` keeps when the client sets it, as Cloudflare's edge never would): the socket,
+/// or the refusal's HTTP status and body.
+async fn connect_from(url: &str, ip: &str) -> Result<WsPeer, (u16, String)> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = url.into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("CF-Connecting-IP", ip.parse().unwrap());
+    match tokio::time::timeout(common::ARRIVES, tokio_tungstenite::connect_async(request))
+        .await
+        .expect("no answer to the upgrade")
+    {
+        Ok((ws, _)) => Ok(WsPeer { ws }),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => Err((
+            response.status().as_u16(),
+            response
+                .body()
+                .as_deref()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default(),
+        )),
+        Err(other) => panic!("upgrade failed: {other}"),
+    }
+}
+
+/// README ("Limits"): the Worker counts each network's connections per client address
+/// (`CF-Connecting-IP`) and answers one past `limits.max_connections_per_ip` with `429`; other
+/// addresses are not affected; a connection that ends gives its place back. Its `Welcome`
+/// announces `ping_interval_ms: 0` (it sends no pings).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_limits_connections_per_client_address() {
+    let dev = WranglerDev::start_with_vars(&[
+        ("GSIO_RELAY_LIMITS__MAX_CONNECTIONS_PER_IP", "2"),
+        ("GSIO_RELAY_LIMITS__NEW_CONNECTIONS_PER_IP_PER_SECOND", "0"),
+    ]);
+    let url = |id: &str| dev.url(&format!("/per-ip?node_id={id}"));
+    let mut a = connect_from(&url("a"), "203.0.113.7").await.unwrap();
+    let welcome = a.expect_welcome("a").await;
+    assert_eq!(welcome["limits"]["ping_interval_ms"], 0);
+    let mut b = connect_from(&url("b"), "203.0.113.7").await.unwrap();
+    b.expect_welcome("b").await;
+    let (status, _) = connect_from(&url("c"), "203.0.113.7").await.err().unwrap();
+    assert_eq!(status, 429);
+    let answer = refused_upgrade_from(dev.port, "/per-ip?node_id=c", "203.0.113.7").await;
+    assert!(
+        answer.contains("\r\n\r\ntoo_many_connections_from_address: ")
+            && answer.contains("limits.max_connections_per_ip"),
+        "{answer}"
+    );
+    // Another address, and the same address in another network, are counted apart.
+    let mut d = connect_from(&url("d"), "203.0.113.8").await.unwrap();
+    d.expect_welcome("d").await;
+    let other = dev.url("/per-ip-other?node_id=e");
+    connect_from(&other, "203.0.113.7").await.unwrap();
+    // One of the two closes: its place is free again.
+    b.ws.close(None).await.unwrap();
+    while let Some(Ok(_)) = b.ws.next().await {}
+    let deadline = tokio::time::Instant::now() + common::ARRIVES;
+    let mut c = loop {
+        match connect_from(&url("c"), "203.0.113.7").await {
+            Ok(c) => break c,
+            Err((429, _)) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(other) => panic!("{other:?}"),
+        }
+    };
+    c.expect_welcome("c").await;
+    drop(a);
+}
+
+/// README ("Limits"): new connections per address faster than
+/// `limits.new_connections_per_ip_per_second`, past the burst, are refused with `429` too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_limits_new_connections_per_second_per_address() {
+    let dev = WranglerDev::start_with_vars(&[
+        ("GSIO_RELAY_LIMITS__NEW_CONNECTIONS_PER_IP_PER_SECOND", "1"),
+        ("GSIO_RELAY_LIMITS__NEW_CONNECTIONS_PER_IP_BURST", "2"),
+    ]);
+    let url = dev.url("/per-ip-rate");
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(connect_from(&url, "198.51.100.1").await.unwrap());
+    }
+    let answer = refused_upgrade_from(dev.port, "/per-ip-rate", "198.51.100.1").await;
+    assert!(
+        answer.contains("\r\n\r\ntoo_many_connections_from_address: ")
+            && answer.contains("limits.new_connections_per_ip_per_second"),
+        "{answer}"
+    );
+    connect_from(&url, "198.51.100.2").await.unwrap();
+}

@@ -166,9 +166,11 @@ pub fn relay_binary() -> Result<PathBuf> {
 /// The overrides the bench starts the relay with, over the `relay.toml` it is given: ephemeral
 /// ports, room for every connection a scenario opens, no announcements (they would be traffic
 /// the floor does not have), and broadcast for any type without a rule (the bench's own `Bench`
-/// type; the shipped default, `auto`, broadcasts it too), and per-identity rates so high that no
+/// type; the shipped default, `auto`, broadcasts it too), per-identity rates so high that no
 /// sender reaches them (the floor has none: a limit would cap the throughput measured, not
-/// measure it), while the relay still does the work of checking them on every envelope.
+/// measure it), while the relay still does the work of checking them on every envelope; and,
+/// every client of the bench being on 127.0.0.1, the per-address limits off (the floor has none
+/// either).
 pub const RELAY_ENV: &[(&str, &str)] = &[
     ("GSIO_RELAY_LIMITS__MESSAGES_PER_SECOND", "1000000000"),
     ("GSIO_RELAY_LIMITS__MESSAGE_BURST", "1000000000"),
@@ -178,6 +180,8 @@ pub const RELAY_ENV: &[(&str, &str)] = &[
     ("GSIO_RELAY_SERVER__GRPC_LISTEN", "127.0.0.1:0"),
     ("GSIO_RELAY_SERVER__ADMIN_LISTEN", "127.0.0.1:0"),
     ("GSIO_RELAY_SERVER__MAX_CONNECTIONS", "100000"),
+    ("GSIO_RELAY_LIMITS__MAX_CONNECTIONS_PER_IP", "0"),
+    ("GSIO_RELAY_LIMITS__NEW_CONNECTIONS_PER_IP_PER_SECOND", "0"),
     ("GSIO_RELAY_DISCOVERY__ANNOUNCE_PEERS", "false"),
     ("GSIO_RELAY_ROUTING__DEFAULT", "broadcast"),
 ];
@@ -551,6 +555,8 @@ mod tests {
         assert_eq!(config.server.grpc_listen.port(), 0);
         assert_eq!(config.server.admin_listen.port(), 0);
         assert_eq!(config.server.max_connections, 100_000);
+        assert_eq!(config.limits.max_connections_per_ip, 0);
+        assert_eq!(config.limits.new_connections_per_ip_per_second, 0);
     }
 
     #[test]

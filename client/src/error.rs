@@ -104,6 +104,15 @@ relay_errors! {
     /// A new stream while the relay holds `server.max_connections` peers (ends the stream at
     /// once: `RESOURCE_EXHAUSTED`; retried).
     TooManyPeers => "too_many_peers",
+    /// The relay refused a connection from this address (`limits.max_connections_per_ip` or
+    /// `limits.new_connections_per_ip_per_second`). A gRPC client sees its connection refused
+    /// with an HTTP/2 `GOAWAY` (`RESOURCE_EXHAUSTED` from tonic, without the code in the
+    /// message: a failed attempt that this client retries with its backoff); a WebSocket client
+    /// gets it in a `429`'s body.
+    TooManyConnectionsFromAddress => "too_many_connections_from_address",
+    /// A WebSocket peer answered no ping in time (close reason; a gRPC connection that answers
+    /// no HTTP/2 PING is simply closed).
+    IdleTimeout => "idle_timeout",
     /// A `message_id` outside the relay's syntax.
     InvalidMessageId => "invalid_message_id",
     /// The id's `[auth]` rule asks for proof this client did not give (ends the stream:
@@ -323,7 +332,7 @@ mod tests {
 
     #[test]
     fn every_code_round_trips_and_unknown_codes_fall_back() {
-        assert_eq!(RelayError::KNOWN_CODES.len(), 28);
+        assert_eq!(RelayError::KNOWN_CODES.len(), 30);
         for code in RelayError::KNOWN_CODES {
             let error = RelayError::from_code(code, Detail::default());
             assert_eq!(error.code(), *code);

@@ -267,6 +267,42 @@ pub struct Limits {
     /// long.
     #[serde(default = "default_identify_timeout_ms")]
     pub identify_timeout_ms: u64,
+    /// Connections one client address may hold at once (WebSocket connections and TCP
+    /// connections to the gRPC port together; IPv6 by /64), so that one machine cannot take
+    /// every slot of `server.max_connections`. 0: no limit. See `crate::address`.
+    #[serde(default = "default_max_connections_per_ip")]
+    pub max_connections_per_ip: u32,
+    /// New connections one client address may open per second, on average: each costs a
+    /// handshake (and on the edge a Durable Object event), so a reconnect loop or a flood from
+    /// one address is refused before it costs them. 0: no limit.
+    #[serde(default = "default_new_connections_per_ip_per_second")]
+    pub new_connections_per_ip_per_second: u32,
+    /// New connections one address may open at once, above the rate: room for every node behind
+    /// one NAT reconnecting after a relay restart.
+    #[serde(default = "default_new_connections_per_ip_burst")]
+    pub new_connections_per_ip_burst: u32,
+    /// A WebSocket client must complete its upgrade within this time, or its TCP connection is
+    /// closed: a connection that never finishes its handshake holds a slot and a task.
+    #[serde(default = "default_handshake_timeout_ms")]
+    pub handshake_timeout_ms: u64,
+    /// The relay pings every connection after this long (WebSocket Ping frames; HTTP/2 PING on
+    /// gRPC connections), so that a peer whose machine or network vanished frees its id in
+    /// seconds rather than after TCP's ~90 s. Announced in `Welcome`, so that a client knows
+    /// how often to expect one. 0: no pings.
+    #[serde(default = "default_ping_interval_ms")]
+    pub ping_interval_ms: u64,
+    /// A connection that sends nothing (not even the Pong) within this time after a ping is
+    /// closed, and its id freed.
+    #[serde(default = "default_pong_timeout_ms")]
+    pub pong_timeout_ms: u64,
+    /// Concurrent streams on one gRPC connection (HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`), at
+    /// most `server.max_connections` + 100: what one TCP connection can make the relay hold.
+    #[serde(default = "default_grpc_max_concurrent_streams")]
+    pub grpc_max_concurrent_streams: u32,
+    /// The largest header block (request metadata) a gRPC request may send (HTTP/2
+    /// `SETTINGS_MAX_HEADER_LIST_SIZE`): metadata is buffered whole before the relay sees it.
+    #[serde(default = "default_grpc_max_header_list_bytes")]
+    pub grpc_max_header_list_bytes: u32,
 }
 
 impl Limits {
@@ -277,6 +313,81 @@ impl Limits {
     pub fn hard_frame_bytes(&self) -> usize {
         let limit = self.max_message_bytes;
         limit.saturating_mul(2).max(limit + 64 * 1024)
+    }
+}
+
+impl Limits {
+    /// The first of the per-address, deadline and gRPC keys outside its documented range.
+    fn invalid_guard(&self) -> Option<InvalidConfig> {
+        let range = |key: &str, value: u64, low: u64, high: u64, zero_ok: bool| {
+            let ok = (zero_ok && value == 0) || (low..=high).contains(&value);
+            (!ok).then(|| InvalidConfig {
+                key: format!("limits.{key}"),
+                message: if zero_ok {
+                    format!("{value} is out of range; use 0 (off) or {low} to {high}")
+                } else {
+                    format!("{value} is out of range; use {low} to {high}")
+                },
+            })
+        };
+        let per_ip = u64::from(MAX_PER_IP);
+        let (ms, timeout) = (MIN_DEADLINE_MS, MAX_TIMEOUT_MS);
+        let burst_off = self.new_connections_per_ip_per_second == 0;
+        [
+            range(
+                "max_connections_per_ip",
+                self.max_connections_per_ip.into(),
+                1,
+                per_ip,
+                true,
+            ),
+            range(
+                "new_connections_per_ip_per_second",
+                self.new_connections_per_ip_per_second.into(),
+                1,
+                per_ip,
+                true,
+            ),
+            range(
+                "new_connections_per_ip_burst",
+                self.new_connections_per_ip_burst.into(),
+                1,
+                per_ip,
+                burst_off,
+            ),
+            range(
+                "handshake_timeout_ms",
+                self.handshake_timeout_ms,
+                ms,
+                timeout,
+                false,
+            ),
+            range(
+                "ping_interval_ms",
+                self.ping_interval_ms,
+                ms,
+                MAX_PING_INTERVAL_MS,
+                true,
+            ),
+            range("pong_timeout_ms", self.pong_timeout_ms, ms, timeout, false),
+            range(
+                "grpc_max_concurrent_streams",
+                self.grpc_max_concurrent_streams.into(),
+                1,
+                MAX_GRPC_STREAMS.into(),
+                false,
+            ),
+            range(
+                "grpc_max_header_list_bytes",
+                self.grpc_max_header_list_bytes.into(),
+                MIN_HEADER_LIST_BYTES.into(),
+                MAX_HEADER_LIST_BYTES.into(),
+                false,
+            ),
+        ]
+        .into_iter()
+        .flatten()
+        .next()
     }
 }
 
@@ -291,6 +402,14 @@ impl Default for Limits {
             byte_burst: default_byte_burst(),
             rate_limited_max: default_rate_limited_max(),
             identify_timeout_ms: default_identify_timeout_ms(),
+            max_connections_per_ip: default_max_connections_per_ip(),
+            new_connections_per_ip_per_second: default_new_connections_per_ip_per_second(),
+            new_connections_per_ip_burst: default_new_connections_per_ip_burst(),
+            handshake_timeout_ms: default_handshake_timeout_ms(),
+            ping_interval_ms: default_ping_interval_ms(),
+            pong_timeout_ms: default_pong_timeout_ms(),
+            grpc_max_concurrent_streams: default_grpc_max_concurrent_streams(),
+            grpc_max_header_list_bytes: default_grpc_max_header_list_bytes(),
         }
     }
 }
@@ -409,6 +528,30 @@ fn default_audience() -> String {
 }
 fn default_token_leeway_s() -> u64 {
     30
+}
+fn default_max_connections_per_ip() -> u32 {
+    1000
+}
+fn default_new_connections_per_ip_per_second() -> u32 {
+    100
+}
+fn default_new_connections_per_ip_burst() -> u32 {
+    500
+}
+fn default_handshake_timeout_ms() -> u64 {
+    10_000
+}
+fn default_ping_interval_ms() -> u64 {
+    20_000
+}
+fn default_pong_timeout_ms() -> u64 {
+    10_000
+}
+fn default_grpc_max_concurrent_streams() -> u32 {
+    1000
+}
+fn default_grpc_max_header_list_bytes() -> u32 {
+    16 * 1024
 }
 fn default_true() -> bool {
     true
@@ -638,6 +781,22 @@ pub const MAX_ANNOUNCE_WINDOW_MS: u64 = 60_000;
 pub const IDENTIFY_TIMEOUT_MS: std::ops::RangeInclusive<u64> = 100..=600_000;
 /// The largest `auth.token_leeway_s`: ten minutes.
 pub const MAX_TOKEN_LEEWAY_S: u64 = 600;
+/// The largest `limits.max_connections_per_ip`, `limits.new_connections_per_ip_per_second` and
+/// `limits.new_connections_per_ip_burst`.
+pub const MAX_PER_IP: u32 = 1_000_000;
+/// The shortest deadline (`limits.handshake_timeout_ms`, `limits.ping_interval_ms`,
+/// `limits.pong_timeout_ms`): 100 ms.
+pub const MIN_DEADLINE_MS: u64 = 100;
+/// The longest `limits.handshake_timeout_ms` and `limits.pong_timeout_ms`: ten minutes.
+pub const MAX_TIMEOUT_MS: u64 = 600_000;
+/// The longest `limits.ping_interval_ms`: an hour.
+pub const MAX_PING_INTERVAL_MS: u64 = 3_600_000;
+/// The largest `limits.grpc_max_concurrent_streams`.
+pub const MAX_GRPC_STREAMS: u32 = 1_000_000;
+/// The smallest `limits.grpc_max_header_list_bytes`: room for gRPC's own headers.
+pub const MIN_HEADER_LIST_BYTES: u32 = 1024;
+/// The largest `limits.grpc_max_header_list_bytes`: 1 MiB.
+pub const MAX_HEADER_LIST_BYTES: u32 = 1024 * 1024;
 
 #[cfg(feature = "parse-toml")]
 impl RelayConfig {
@@ -748,6 +907,9 @@ impl RelayConfig {
                     limits.queue_capacity
                 ),
             );
+        }
+        if let Some(invalid) = limits.invalid_guard() {
+            return Err(invalid);
         }
         if self.discovery.announce_window_ms > MAX_ANNOUNCE_WINDOW_MS {
             return bad(
@@ -1025,6 +1187,99 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "GSIO_RELAY_LIMITS__QUEUE_CAPACITY: `limits.queue_capacity`: 0 is out of range; use 1 to 1000000"
+        );
+    }
+
+    /// The per-address, deadline and gRPC keys: each documented edge accepted, one past it
+    /// refused naming the key and the range; 0 where it means off.
+    #[test]
+    fn documented_bounds_of_the_address_deadline_and_grpc_keys() {
+        // (key, accepted, refused, range in the error)
+        let cases: &[(&str, &[u64], &[u64], &str)] = &[
+            (
+                "max_connections_per_ip",
+                &[0, 1, 1_000_000],
+                &[1_000_001],
+                "use 0 (off) or 1 to 1000000",
+            ),
+            (
+                "new_connections_per_ip_per_second",
+                &[0, 1, 1_000_000],
+                &[1_000_001],
+                "use 0 (off) or 1 to 1000000",
+            ),
+            (
+                "new_connections_per_ip_burst",
+                &[1, 1_000_000],
+                &[0, 1_000_001],
+                "use 1 to 1000000",
+            ),
+            (
+                "handshake_timeout_ms",
+                &[100, 600_000],
+                &[0, 99, 600_001],
+                "use 100 to 600000",
+            ),
+            (
+                "ping_interval_ms",
+                &[0, 100, 3_600_000],
+                &[99, 3_600_001],
+                "use 0 (off) or 100 to 3600000",
+            ),
+            (
+                "pong_timeout_ms",
+                &[100, 600_000],
+                &[0, 99, 600_001],
+                "use 100 to 600000",
+            ),
+            (
+                "grpc_max_concurrent_streams",
+                &[1, 1_000_000],
+                &[0, 1_000_001],
+                "use 1 to 1000000",
+            ),
+            (
+                "grpc_max_header_list_bytes",
+                &[1024, 1_048_576],
+                &[1023, 1_048_577],
+                "use 1024 to 1048576",
+            ),
+        ];
+        for (key, good, bad, range) in cases {
+            for n in *good {
+                let text = format!("[limits]\n{key} = {n}\n");
+                let config = RelayConfig::from_toml_str(&text, "t.toml")
+                    .unwrap_or_else(|e| panic!("{key} = {n} refused: {e}"));
+                let table = toml::Table::try_from(&config.limits).unwrap();
+                assert_eq!(table[*key].as_integer(), Some(*n as i64), "{key}");
+            }
+            for n in *bad {
+                let err = RelayConfig::from_toml_str(&format!("[limits]\n{key} = {n}\n"), "t.toml")
+                    .unwrap_err()
+                    .to_string();
+                assert!(
+                    err.contains(&format!("limits.{key}")) && err.contains(range),
+                    "{key} = {n}: {err}"
+                );
+            }
+        }
+        // A burst of 0 is fine when there is no rate to burst above.
+        let text =
+            "[limits]\nnew_connections_per_ip_per_second = 0\nnew_connections_per_ip_burst = 0\n";
+        RelayConfig::from_toml_str(text, "t.toml").unwrap();
+        let defaults = Limits::default();
+        assert_eq!(
+            (
+                defaults.max_connections_per_ip,
+                defaults.new_connections_per_ip_per_second,
+                defaults.new_connections_per_ip_burst,
+                defaults.handshake_timeout_ms,
+                defaults.ping_interval_ms,
+                defaults.pong_timeout_ms,
+                defaults.grpc_max_concurrent_streams,
+                defaults.grpc_max_header_list_bytes,
+            ),
+            (1000, 100, 500, 10_000, 20_000, 10_000, 1000, 16_384)
         );
     }
 

@@ -38,10 +38,12 @@ pub enum ErrorCode {
     AlreadyIdentified,
     IdentificationTimeout,
     RateLimited,
+    TooManyConnectionsFromAddress,
+    IdleTimeout,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 28] = [
+    pub const ALL: [ErrorCode; 30] = [
         ErrorCode::InvalidJson,
         ErrorCode::NotAnObject,
         ErrorCode::MissingMessageType,
@@ -70,6 +72,8 @@ impl ErrorCode {
         ErrorCode::AlreadyIdentified,
         ErrorCode::IdentificationTimeout,
         ErrorCode::RateLimited,
+        ErrorCode::TooManyConnectionsFromAddress,
+        ErrorCode::IdleTimeout,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -102,6 +106,8 @@ impl ErrorCode {
             ErrorCode::AlreadyIdentified => "already_identified",
             ErrorCode::IdentificationTimeout => "identification_timeout",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::TooManyConnectionsFromAddress => "too_many_connections_from_address",
+            ErrorCode::IdleTimeout => "idle_timeout",
         }
     }
 }
@@ -216,6 +222,16 @@ pub enum RelayError {
     /// Over the sender's `limits` rate; `disconnect` when it kept going and is being cut off.
     #[error("{0}")]
     RateLimited(String),
+    /// A new connection from an address past `limits.max_connections_per_ip` or
+    /// `limits.new_connections_per_ip_per_second` (see [`crate::address`]). Refused before the
+    /// connection is served: WebSocket with HTTP 429, gRPC with a `GOAWAY` `ENHANCE_YOUR_CALM`,
+    /// each naming this code.
+    #[error("{0}")]
+    TooManyConnectionsFromAddress(crate::address::Refusal),
+    /// A WebSocket peer sent nothing, not even a Pong, within `limits.pong_timeout_ms` of a
+    /// ping: its connection is closed and its id freed.
+    #[error("no frame from this peer within {pong_timeout_ms} ms of a ping")]
+    IdleTimeout { pong_timeout_ms: u64 },
 }
 
 impl RelayError {
@@ -261,10 +277,6 @@ impl RelayError {
                 grpc_code::INVALID_ARGUMENT
             }
             ErrorCode::PeerIdInUse => grpc_code::ALREADY_EXISTS,
-            ErrorCode::SlowConsumer | ErrorCode::MessageTooLarge | ErrorCode::TooManyPeers => {
-                grpc_code::RESOURCE_EXHAUSTED
-            }
-            ErrorCode::ShuttingDown => grpc_code::UNAVAILABLE,
             ErrorCode::AuthenticationRequired
             | ErrorCode::InvalidSignature
             | ErrorCode::InvalidToken
@@ -273,6 +285,11 @@ impl RelayError {
             | ErrorCode::IdentificationTimeout => grpc_code::UNAUTHENTICATED,
             ErrorCode::KeyNotAllowed => grpc_code::PERMISSION_DENIED,
             ErrorCode::RateLimited => grpc_code::RESOURCE_EXHAUSTED,
+            ErrorCode::SlowConsumer
+            | ErrorCode::MessageTooLarge
+            | ErrorCode::TooManyPeers
+            | ErrorCode::TooManyConnectionsFromAddress => grpc_code::RESOURCE_EXHAUSTED,
+            ErrorCode::ShuttingDown | ErrorCode::IdleTimeout => grpc_code::UNAVAILABLE,
             _ => grpc_code::INTERNAL,
         }
     }
@@ -309,6 +326,10 @@ impl RelayError {
             RelayError::AlreadyIdentified(_) => ErrorCode::AlreadyIdentified,
             RelayError::IdentificationTimeout(_) => ErrorCode::IdentificationTimeout,
             RelayError::RateLimited(_) => ErrorCode::RateLimited,
+            RelayError::TooManyConnectionsFromAddress(_) => {
+                ErrorCode::TooManyConnectionsFromAddress
+            }
+            RelayError::IdleTimeout { .. } => ErrorCode::IdleTimeout,
         }
     }
 }
@@ -341,6 +362,14 @@ mod tests {
             (RelayError::ReservedPeerId, 1008, 3),
             (RelayError::FrameTooLarge { limit: 9 }, 1009, 8),
             (RelayError::TooManyPeers { limit: 9 }, 1008, 8),
+            (RelayError::IdleTimeout { pong_timeout_ms: 9 }, 1008, 14),
+            (
+                RelayError::TooManyConnectionsFromAddress(crate::address::Refusal::Connections {
+                    limit: 9,
+                }),
+                1008,
+                8,
+            ),
             (RelayError::undecodable_envelope(), 1008, 3),
             (RelayError::InvalidSignature("x".into()), 1008, 16),
             (RelayError::InvalidToken("x".into()), 1008, 16),

@@ -132,7 +132,9 @@ impl<P> Hub<P> {
     pub fn set_config(&mut self, config: Arc<RelayConfig>) -> Option<Arc<Message>> {
         let old = std::mem::replace(&mut self.config, config);
         self.message_limit.set(self.config.limits.max_message_bytes);
-        if old.limits == self.config.limits && old.routing == self.config.routing {
+        if AnnouncedLimits::of(&old) == AnnouncedLimits::of(&self.config)
+            && old.routing == self.config.routing
+        {
             return None;
         }
         Some(Arc::new(Message::new(Envelope::from_relay(
@@ -414,20 +416,16 @@ struct Announced<'a> {
 impl<'a> Announced<'a> {
     fn of(config: &'a RelayConfig) -> Announced<'a> {
         Announced {
-            limits: AnnouncedLimits {
-                max_message_bytes: config.limits.max_message_bytes,
-                queue_capacity: config.limits.queue_capacity,
-                messages_per_second: config.limits.messages_per_second,
-                message_burst: config.limits.message_burst,
-                bytes_per_second: config.limits.bytes_per_second,
-                byte_burst: config.limits.byte_burst,
-            },
+            limits: AnnouncedLimits::of(config),
             routing: &config.routing,
         }
     }
 }
 
-#[derive(Serialize)]
+/// The limits a client needs to know: what it may send, and how often the relay pings it (so
+/// that it can tell a dead relay from a quiet one). The per-address limits and the other
+/// deadlines are not announced: a connected client has already met them.
+#[derive(Serialize, PartialEq)]
 struct AnnouncedLimits {
     max_message_bytes: usize,
     queue_capacity: usize,
@@ -436,6 +434,24 @@ struct AnnouncedLimits {
     message_burst: u32,
     bytes_per_second: u64,
     byte_burst: u64,
+    /// 0: the relay sends no pings (the Worker).
+    ping_interval_ms: u64,
+    pong_timeout_ms: u64,
+}
+
+impl AnnouncedLimits {
+    fn of(config: &RelayConfig) -> AnnouncedLimits {
+        AnnouncedLimits {
+            max_message_bytes: config.limits.max_message_bytes,
+            queue_capacity: config.limits.queue_capacity,
+            ping_interval_ms: config.limits.ping_interval_ms,
+            pong_timeout_ms: config.limits.pong_timeout_ms,
+            messages_per_second: config.limits.messages_per_second,
+            message_burst: config.limits.message_burst,
+            bytes_per_second: config.limits.bytes_per_second,
+            byte_burst: config.limits.byte_burst,
+        }
+    }
 }
 
 /// The peers one message goes to. Iterating yields each peer's id and handle once.
@@ -611,6 +627,9 @@ mod tests {
         assert_eq!(p["limits"]["message_burst"], 20_000);
         assert_eq!(p["limits"]["bytes_per_second"], 64 << 20);
         assert_eq!(p["limits"]["byte_burst"], 128 << 20);
+        assert_eq!(p["limits"]["ping_interval_ms"], 20_000);
+        assert_eq!(p["limits"]["pong_timeout_ms"], 10_000);
+        assert_eq!(p["limits"].as_object().unwrap().len(), 8);
         assert_eq!(p["routing"]["default"], "broadcast");
     }
 
@@ -629,6 +648,10 @@ mod tests {
             ("[routing]\ndefault = \"broadcast\"\n[routing.rules]\nPing = \"broadcast\"\n", true),
             ("[limits]\nqueue_capacity = 9\n[routing]\ndefault = \"broadcast\"\n[routing.rules]\nPing = \"broadcast\"\n", true),
             ("[limits]\nqueue_capacity = 9\nmax_message_bytes = 300\n[routing]\ndefault = \"broadcast\"\n[routing.rules]\nPing = \"broadcast\"\n", true),
+            // Limits a client is not told of change nothing it was told.
+            ("[limits]\nqueue_capacity = 9\nmax_message_bytes = 300\nmax_connections_per_ip = 3\nhandshake_timeout_ms = 500\ngrpc_max_concurrent_streams = 5\n[routing]\ndefault = \"broadcast\"\n[routing.rules]\nPing = \"broadcast\"\n", false),
+            ("[limits]\nqueue_capacity = 9\nmax_message_bytes = 300\nping_interval_ms = 500\n[routing]\ndefault = \"broadcast\"\n[routing.rules]\nPing = \"broadcast\"\n", true),
+            ("[limits]\nqueue_capacity = 9\nmax_message_bytes = 300\nping_interval_ms = 500\npong_timeout_ms = 700\n[routing]\ndefault = \"broadcast\"\n[routing.rules]\nPing = \"broadcast\"\n", true),
         ];
         for (toml, told) in table {
             let new = config(toml);

@@ -14,16 +14,20 @@
 //! - [`hub`]: the peer table and the routing decision for each message ([`Hub::route`]).
 //! - [`connection`]: one connection's whole conversation as a state machine
 //!   ([`Connection`]): inputs in, deliveries through each peer's [`Link`], and when to close.
+//! - [`liveness`]: when to ping a quiet connection, and when to give up on it.
 //! - [`presence`]: joins and leaves, coalesced into announcements: who is told of whom, in
 //!   which envelope, and when the front's presence timer must fire.
 //! - [`auth`]: who may take which id: the `Challenge`, signed proofs and tokens, checked.
 //! - [`rate`]: the token buckets behind each identity's rate limits.
+//! - [`address`]: connections per client address (live, and new per second): the decision
+//!   every front asks before it serves a connection.
 //! - [`config`]: the `relay.toml` schema, parsed then validated into [`RelayConfig`].
 //! - [`error`]: [`RelayError`], one variant per answer the relay can give, each with a stable
 //!   machine-readable code.
 
 #![forbid(unsafe_code)]
 
+pub mod address;
 pub mod auth;
 pub mod config;
 pub mod connection;
@@ -32,6 +36,7 @@ pub mod error;
 pub mod hub;
 pub mod id;
 pub mod ids;
+pub mod liveness;
 pub mod presence;
 pub mod rate;
 pub mod session;

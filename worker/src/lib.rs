@@ -38,17 +38,19 @@
 #![forbid(unsafe_code)]
 
 use std::cell::{RefCell, RefMut};
+use std::net::IpAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytestring::ByteString;
+use gsio_relay_core::address::{AddressLimits, AddressTable};
 use gsio_relay_core::auth::{Nonce, Secret, WS_PROTOCOL, WS_TOKEN_PREFIX};
 use gsio_relay_core::error::close_code;
 use gsio_relay_core::hub::ConnId;
 use gsio_relay_core::{
-    Connection, Handshake, Hub, Input, Link, Message, PeerId, Refused, RelayConfig, Remembered,
-    Step, Table,
+    Connection, Handshake, Hub, Input, Link, Message, PeerId, Refused, RelayConfig, RelayError,
+    Remembered, Step, Table,
 };
 use serde::{Deserialize, Serialize};
 use worker::{
@@ -63,7 +65,7 @@ const RELAY_ROOM_BINDING: &str = "RELAY_ROOM";
 const RELAY_CONFIG_JSON: &str = include_str!(concat!(env!("OUT_DIR"), "/relay-config.json"));
 
 /// The `relay.toml` keys a `[vars]` entry may override (string values: `"echo"`, `"4096"`).
-pub const OVERRIDABLE: [&str; 16] = [
+pub const OVERRIDABLE: [&str; 19] = [
     "GSIO_RELAY_ROUTING__DEFAULT",
     "GSIO_RELAY_LIMITS__MAX_MESSAGE_BYTES",
     "GSIO_RELAY_LIMITS__QUEUE_CAPACITY",
@@ -77,6 +79,9 @@ pub const OVERRIDABLE: [&str; 16] = [
     "GSIO_RELAY_AUTH__AUDIENCE",
     "GSIO_RELAY_AUTH__TOKEN_SECRET_ENV",
     "GSIO_RELAY_AUTH__TOKEN_LEEWAY_S",
+    "GSIO_RELAY_LIMITS__MAX_CONNECTIONS_PER_IP",
+    "GSIO_RELAY_LIMITS__NEW_CONNECTIONS_PER_IP_PER_SECOND",
+    "GSIO_RELAY_LIMITS__NEW_CONNECTIONS_PER_IP_BURST",
     "GSIO_RELAY_DISCOVERY__ANNOUNCE_PEERS",
     "GSIO_RELAY_DISCOVERY__WELCOME_PEERS_MAX",
     "GSIO_RELAY_DISCOVERY__ANNOUNCE_WINDOW_MS",
@@ -120,9 +125,17 @@ pub struct PeerAttachment {
     /// deadline, the rate buckets (a [`Connection`] is made anew for every message).
     #[serde(default)]
     pub remembered: Remembered,
+    /// The client's address (`CF-Connecting-IP`) while it counts against the per-address
+    /// limits; taken when the connection leaves, so that it is given back once.
+    #[serde(default)]
+    pub address: Option<String>,
 }
 
 impl PeerAttachment {
+    fn ip(&self) -> Option<IpAddr> {
+        self.address.as_deref().and_then(|a| a.parse().ok())
+    }
+
     fn id(&self) -> Option<PeerId> {
         self.peer_id
             .as_deref()
@@ -134,6 +147,26 @@ impl PeerAttachment {
 struct Room {
     hub: Hub<Socket>,
     next_conn: ConnId,
+    /// Connections per client address in this network (`limits.max_connections_per_ip`,
+    /// `limits.new_connections_per_ip_per_second`). The live counts are rebuilt from the
+    /// attachments after an eviction; the rates are not (an evicted room saw no connection for
+    /// 10 s, more than any bucket needs to refill at a sane rate).
+    addresses: AddressTable,
+}
+
+/// The most client addresses one room tracks (see `gsio_relay_core::address`); each holds a
+/// socket of the room or connected within the last few seconds.
+const ROOM_ADDRESSES: usize = 65_536;
+
+/// The header Cloudflare sets to the client's address. Cloudflare replaces any a client sends;
+/// `wrangler dev` (miniflare) sets it to the local client's address only when the request has
+/// none, so locally a client may choose its own (the tests use that).
+const CLIENT_IP_HEADER: &str = "CF-Connecting-IP";
+
+/// Milliseconds since the epoch, as the core's `now`: workerd's clock, which moves with I/O
+/// (enough for a rate per second; the core tolerates it standing still or going back).
+fn now() -> Duration {
+    Duration::from_millis(worker::Date::now().as_millis())
 }
 
 /// One relay network: every socket whose upgrade request had the same path.
@@ -160,7 +193,12 @@ impl DurableObject for RelayRoom {
             .map_err(|error| format!("relay.toml (built in): {error}"))
             .and_then(|config| config.with_overrides(vars).map_err(|e| e.to_string()))
             .and_then(|config| with_token_secret(config, &env))
-            .map(Arc::new);
+            .map(|mut config| {
+                // The Worker sends no pings (workerd has no API for a WebSocket Ping frame, and
+                // waking every room on a timer would defeat hibernation): its Welcome says so.
+                config.limits.ping_interval_ms = 0;
+                Arc::new(config)
+            });
         if let Err(error) = &config {
             worker::console_error!("gsio-relay: invalid configuration: {error}");
         }
@@ -186,6 +224,20 @@ impl DurableObject for RelayRoom {
             return upgrade_required();
         }
         let node_id = query_param(&req, "node_id")?;
+        let address = req.headers().get(CLIENT_IP_HEADER)?;
+        let ip = address
+            .as_deref()
+            .and_then(|a| a.trim().parse::<IpAddr>().ok());
+        if let Some(ip) = ip {
+            let limits = self.address_limits();
+            let admitted = self.network.room().addresses.admit(ip, now(), &limits);
+            if let Err(refusal) = admitted {
+                let error = RelayError::from(refusal);
+                let mut response = Response::error(format!("{}: {error}", error.code()), 429)?;
+                response.headers_mut().set("Retry-After", "1")?;
+                return Ok(response);
+            }
+        }
         let (token, v1) = offered_protocols(&req)?;
         let conn = {
             let mut room = self.network.room();
@@ -198,6 +250,7 @@ impl DurableObject for RelayRoom {
             conn,
             peer_id: None,
             remembered: Remembered::default(),
+            address: ip.map(|ip| ip.to_string()),
         };
         server.serialize_attachment(&attachment)?;
         let mut connection = self.connection(&server, &attachment);
@@ -298,6 +351,9 @@ impl Network {
             .config
             .clone()
             .expect("rooms only run with a valid config");
+        let limits = AddressLimits::of(&config.limits);
+        let mut addresses = AddressTable::new(ROOM_ADDRESSES);
+        let now = now();
         let mut hub = Hub::new(config, id_seed());
         let mut next_conn = 0;
         for ws in self.state.get_websockets() {
@@ -305,11 +361,18 @@ impl Network {
                 continue;
             };
             next_conn = next_conn.max(attachment.conn);
+            if let Some(ip) = attachment.ip() {
+                addresses.restore(ip, now, &limits);
+            }
             if let Some(id) = attachment.id() {
                 hub.restore(id, attachment.conn, Socket(ws));
             }
         }
-        Room { hub, next_conn }
+        Room {
+            hub,
+            next_conn,
+            addresses,
+        }
     }
 
     /// Starts the presence timer the core asked for: after `delay`, the core announces what
@@ -383,19 +446,21 @@ impl RelayRoom {
         connection: &mut Connection<Socket>,
         step: Step,
     ) {
+        let mut released = false;
         if let Step::Close(error) = step {
             if let Err(error) = ws.close(Some(error.ws_close_code()), Some(error.close_reason())) {
                 worker::console_warn!("gsio-relay: close failed: {error}");
             }
             // Out of the room now; the attachment below then forgets the id too.
             connection.leave(&*self.network);
+            released = self.release_address(attachment);
         }
         if let Some(delay) = connection.poll_presence_timer() {
             self.network.start_presence_timer(delay);
         }
         let id = connection.id().map(|id| id.to_string());
         let remembered = connection.remembered();
-        if id != attachment.peer_id || remembered != attachment.remembered {
+        if id != attachment.peer_id || released || remembered != attachment.remembered {
             attachment.peer_id = id;
             attachment.remembered = remembered;
             if let Err(error) = ws.serialize_attachment(&*attachment) {
@@ -418,10 +483,30 @@ impl RelayRoom {
         if let Some(delay) = connection.poll_presence_timer() {
             self.network.start_presence_timer(delay);
         }
+        let released = self.release_address(&mut attachment);
         // Forget the id on the socket too, in case the runtime still lists it on a rebuild.
-        if attachment.peer_id.take().is_some() {
+        if attachment.peer_id.take().is_some() || released {
             let _ = ws.serialize_attachment(&attachment);
         }
+    }
+
+    /// The per-address limits in force.
+    fn address_limits(&self) -> AddressLimits {
+        match &self.network.config {
+            Ok(config) => AddressLimits::of(&config.limits),
+            Err(_) => AddressLimits::of(&Default::default()),
+        }
+    }
+
+    /// Gives the connection's place in the per-address table back, once: `true` when it had
+    /// one (the caller records the attachment).
+    fn release_address(&self, attachment: &mut PeerAttachment) -> bool {
+        let ip = attachment.ip();
+        attachment.address = None;
+        let Some(ip) = ip else { return false };
+        let limits = self.address_limits();
+        self.network.room().addresses.release(ip, now(), &limits);
+        true
     }
 }
 
@@ -463,11 +548,6 @@ fn id_seed() -> u128 {
 /// 52 random bits from `Math.random` (as many as an f64 in [0, 1) carries).
 fn random_u52() -> u64 {
     (worker::js_sys::Math::random() * (1u64 << 52) as f64) as u64
-}
-
-/// The core's clock: `Date.now()`, as time since the Unix epoch.
-fn now() -> Duration {
-    Duration::from_millis(worker::js_sys::Date::now() as u64)
 }
 
 /// 32 bytes from the Web Crypto API (`crypto.getRandomValues`): a challenge must be
