@@ -6,7 +6,9 @@
 //! The identity may be fixed by `?node_id=ID` on the URL. Every protocol
 //! decision (errors, close codes and reasons) is the core's [`gsio_relay_core::Connection`]'s;
 //! this module moves frames and carries out its [`Step`]s. A frame over the hard limit
-//! ([`gsio_relay_core::config::Limits::hard_frame_bytes`]) is not read at all.
+//! ([`gsio_relay_core::config::Limits::hard_frame_bytes`]) is not read at all. Under tungstenite,
+//! [`crate::budget::Guarded`] bounds what a client can make the relay hold for a message it has
+//! not finished: little before it has an id, and all connections together a shared budget.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +25,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
+use crate::budget::{Guarded, PartialMessages, Refusal};
 use crate::events::{ConnEvents, Waiter};
 use crate::metrics::Front;
 use crate::peer::PeerConn;
@@ -58,9 +61,17 @@ pub async fn serve(
     slots: Arc<Semaphore>,
     shutdown: Shutdown,
 ) {
+    // One budget for the unfinished messages of every connection of this front.
+    let partial = PartialMessages::new();
     while let Some((stream, permit)) =
         crate::server::accept_with_slot(&listener, &slots, &shutdown, "WebSocket").await
     {
+        let stream = Guarded::new(
+            stream,
+            relay.config().limits.hard_frame_bytes(),
+            partial.clone(),
+            relay.clone(),
+        );
         tokio::spawn(connection(stream, relay.clone(), shutdown.clone(), permit));
     }
 }
@@ -75,13 +86,13 @@ fn node_id_param(request: &Request) -> Option<String> {
 }
 
 async fn connection(
-    stream: TcpStream,
+    stream: Guarded<TcpStream>,
     relay: Arc<Relay>,
     shutdown: Shutdown,
     _permit: OwnedSemaphorePermit,
 ) {
     let (reading, _done) = shutdown.tokens();
-    let hard_frame_bytes = relay.config().limits.hard_frame_bytes();
+    let hard_frame_bytes = stream.hard_frame_bytes();
     let mut node_id = None;
     // The callback's error type is tungstenite's `ErrorResponse` (an HTTP response), large by
     // its nature and not ours to box.
@@ -119,6 +130,7 @@ async fn connection(
             // The Error envelope is queued: `finish` writes it, then the close.
             return Box::pin(finish(ws, outbox, None, peer, End::Kicked(error))).await;
         }
+        ws.get_mut().identified();
     }
 
     let mut reading = Some(reading);
@@ -152,6 +164,9 @@ async fn connection(
                         if let Step::Close(error) = peer.input(text_input(text)) {
                             break End::Kicked(error);
                         }
+                        if peer.id().is_some() {
+                            ws.get_mut().identified();
+                        }
                     }
                     Some(Ok(tungstenite::Message::Binary(_))) => {
                         if let Step::Close(error) = peer.input(Input::Binary) {
@@ -174,6 +189,12 @@ async fn connection(
                         }
                     }
                     Some(Err(error)) => {
+                        if let Some(refusal) = Refusal::of(&error) {
+                            tracing::debug!("a peer's frame was refused: {refusal}");
+                            if let Step::Close(error) = peer.input(refusal.input()) {
+                                break End::Kicked(error);
+                            }
+                        }
                         tracing::debug!("WebSocket read failed: {error}");
                         break End::Gone;
                     }
@@ -298,7 +319,7 @@ fn text_input(text: Utf8Bytes) -> Input {
     Input::Text(unsafe { ByteString::from_bytes_unchecked(Bytes::from(text)) })
 }
 
-type Ws = WebSocketStream<TcpStream>;
+type Ws = WebSocketStream<Guarded<TcpStream>>;
 
 /// Writes `held` and whatever else is queued (up to a batch), then flushes once.
 ///

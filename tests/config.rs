@@ -45,6 +45,8 @@ fn an_empty_file_gives_the_documented_defaults() {
     assert_eq!(config.server.shutdown_grace_ms, 5000);
     assert_eq!(config.limits.max_message_bytes, 1048576);
     assert_eq!(config.limits.queue_capacity, 4096);
+    assert_eq!(config.limits.anonymous_message_bytes, 65536);
+    assert_eq!(config.limits.partial_messages_budget_bytes, 67108864);
     assert!(config.discovery.announce_peers);
     assert_eq!(config.discovery.welcome_peers_max, 100);
     assert_eq!(config.discovery.announce_window_ms, 50);

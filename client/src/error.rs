@@ -106,6 +106,9 @@ relay_errors! {
     TooManyPeers => "too_many_peers",
     /// A `message_id` outside the relay's syntax.
     InvalidMessageId => "invalid_message_id",
+    /// The native relay's memory for unfinished WebSocket messages is taken (a WebSocket close
+    /// reason, 1013: try again later; never sent on gRPC).
+    MemoryBudgetExhausted => "memory_budget_exhausted",
 }
 
 impl RelayError {
@@ -290,7 +293,7 @@ mod tests {
 
     #[test]
     fn every_code_round_trips_and_unknown_codes_fall_back() {
-        assert_eq!(RelayError::KNOWN_CODES.len(), 19);
+        assert_eq!(RelayError::KNOWN_CODES.len(), 20);
         for code in RelayError::KNOWN_CODES {
             let error = RelayError::from_code(code, Detail::default());
             assert_eq!(error.code(), *code);

@@ -29,10 +29,11 @@ pub enum ErrorCode {
     SlowConsumer,
     ShuttingDown,
     TooManyPeers,
+    MemoryBudgetExhausted,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 20] = [
         ErrorCode::InvalidJson,
         ErrorCode::NotAnObject,
         ErrorCode::MissingMessageType,
@@ -52,6 +53,7 @@ impl ErrorCode {
         ErrorCode::SlowConsumer,
         ErrorCode::ShuttingDown,
         ErrorCode::TooManyPeers,
+        ErrorCode::MemoryBudgetExhausted,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -75,6 +77,7 @@ impl ErrorCode {
             ErrorCode::SlowConsumer => "slow_consumer",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::TooManyPeers => "too_many_peers",
+            ErrorCode::MemoryBudgetExhausted => "memory_budget_exhausted",
         }
     }
 }
@@ -91,6 +94,8 @@ pub mod close_code {
     pub const GOING_AWAY: u16 = 1001;
     pub const POLICY: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
+    /// "Try Again Later": the relay is out of a shared resource, not refusing this peer.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
 
     /// The code to answer a peer's close frame with: its own code where one may be sent back,
     /// else [`NORMAL`] (1005, 1006 and 1015 only describe a closure, they are never sent).
@@ -162,6 +167,11 @@ pub enum RelayError {
     /// with it: a WebSocket client past the limit is not accepted yet, it waits.
     #[error("the relay already holds its limit of {limit} peers (server.max_connections); try again later")]
     TooManyPeers { limit: usize },
+    /// A WebSocket message still being received would take the memory that every connection's
+    /// unfinished messages share past `limits.partial_messages_budget_bytes` (native relay): the
+    /// connection whose bytes would go over it ends, and may try again later.
+    #[error("the relay's memory for messages still being received ({budget} bytes, limits.partial_messages_budget_bytes) is taken; try again later")]
+    MemoryBudgetExhausted { budget: u64 },
 }
 
 impl RelayError {
@@ -194,6 +204,7 @@ impl RelayError {
         match self {
             RelayError::ShuttingDown => close_code::GOING_AWAY,
             RelayError::FrameTooLarge { .. } => close_code::TOO_BIG,
+            RelayError::MemoryBudgetExhausted { .. } => close_code::TRY_AGAIN_LATER,
             _ => close_code::POLICY,
         }
     }
@@ -207,9 +218,10 @@ impl RelayError {
                 grpc_code::INVALID_ARGUMENT
             }
             ErrorCode::PeerIdInUse => grpc_code::ALREADY_EXISTS,
-            ErrorCode::SlowConsumer | ErrorCode::MessageTooLarge | ErrorCode::TooManyPeers => {
-                grpc_code::RESOURCE_EXHAUSTED
-            }
+            ErrorCode::SlowConsumer
+            | ErrorCode::MessageTooLarge
+            | ErrorCode::TooManyPeers
+            | ErrorCode::MemoryBudgetExhausted => grpc_code::RESOURCE_EXHAUSTED,
             ErrorCode::ShuttingDown => grpc_code::UNAVAILABLE,
             _ => grpc_code::INTERNAL,
         }
@@ -238,6 +250,7 @@ impl RelayError {
             RelayError::SlowConsumer(_) => ErrorCode::SlowConsumer,
             RelayError::ShuttingDown => ErrorCode::ShuttingDown,
             RelayError::TooManyPeers { .. } => ErrorCode::TooManyPeers,
+            RelayError::MemoryBudgetExhausted { .. } => ErrorCode::MemoryBudgetExhausted,
         }
     }
 }
@@ -271,6 +284,7 @@ mod tests {
             (RelayError::FrameTooLarge { limit: 9 }, 1009, 8),
             (RelayError::TooManyPeers { limit: 9 }, 1008, 8),
             (RelayError::undecodable_envelope(), 1008, 3),
+            (RelayError::MemoryBudgetExhausted { budget: 9 }, 1013, 8),
         ];
         for (error, ws, grpc) in table {
             assert_eq!(

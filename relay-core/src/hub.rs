@@ -132,7 +132,9 @@ impl<P> Hub<P> {
     pub fn set_config(&mut self, config: Arc<RelayConfig>) -> Option<Arc<Message>> {
         let old = std::mem::replace(&mut self.config, config);
         self.message_limit.set(self.config.limits.max_message_bytes);
-        if old.limits == self.config.limits && old.routing == self.config.routing {
+        // What a `Welcome` announces, not every key of `[limits]`: the native front's memory
+        // bounds are not announced, and a change to one alone tells peers nothing new.
+        if Announced::of(&old) == Announced::of(&self.config) {
             return None;
         }
         Some(Arc::new(Message::new(Envelope::from_relay(
@@ -405,7 +407,7 @@ struct Welcome<'a> {
 
 /// What peers are told of the rules in force: in their `Welcome`, and again in a
 /// `ConfigChanged` whenever a reload changes it (the whole of `ConfigChanged`'s payload).
-#[derive(Serialize)]
+#[derive(Serialize, PartialEq)]
 struct Announced<'a> {
     limits: AnnouncedLimits,
     routing: &'a crate::config::Routing,
@@ -423,7 +425,7 @@ impl<'a> Announced<'a> {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, PartialEq)]
 struct AnnouncedLimits {
     max_message_bytes: usize,
     queue_capacity: usize,
@@ -612,6 +614,8 @@ mod tests {
             (RULES, false),
             ("[server]\nshutdown_grace_ms = 1\n[routing]\ndefault = \"broadcast\"\n[routing.rules]\nPing = \"echo\"\nLedgerSync = \"directed\"\n", false),
             ("[discovery]\nannounce_peers = false\n[routing]\ndefault = \"broadcast\"\n[routing.rules]\nPing = \"echo\"\nLedgerSync = \"directed\"\n", false),
+            // The native front's memory bounds are not announced.
+            ("[limits]\nanonymous_message_bytes = 1000\npartial_messages_budget_bytes = 2000000\n[routing]\ndefault = \"broadcast\"\n[routing.rules]\nPing = \"echo\"\nLedgerSync = \"directed\"\n", false),
             ("[routing]\ndefault = \"broadcast\"\n[routing.rules]\nPing = \"broadcast\"\n", true),
             ("[limits]\nqueue_capacity = 9\n[routing]\ndefault = \"broadcast\"\n[routing.rules]\nPing = \"broadcast\"\n", true),
             ("[limits]\nqueue_capacity = 9\nmax_message_bytes = 300\n[routing]\ndefault = \"broadcast\"\n[routing.rules]\nPing = \"broadcast\"\n", true),
