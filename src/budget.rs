@@ -715,6 +715,36 @@ mod tests {
         assert_eq!(budget.taken(), 0);
     }
 
+    /// Whatever a client sends (here: a request, then pseudo-random bytes, in chunks of every
+    /// size), the meter neither panics nor hands on more than it was given, and what it took
+    /// from the budget is within the budget.
+    #[test]
+    fn any_bytes_are_metered_without_panicking() {
+        let bounds = Fixed {
+            anonymous: 300,
+            budget: 40_000,
+        };
+        let budget = PartialMessages::default();
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        for round in 0..200 {
+            let mut bytes = REQUEST.to_vec();
+            for _ in 0..4096 {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                bytes.push((state >> 24) as u8);
+            }
+            let mut meter = Meter::new(1 << 20);
+            meter.anonymous = round % 2 == 0;
+            let chunk = 1 + round % 97;
+            let (n, _) = feed(&mut meter, &bytes, chunk, &bounds, &budget);
+            assert!(n <= bytes.len());
+            assert!(budget.taken() <= 40_000);
+            budget.give_back(std::mem::take(&mut meter.taken));
+        }
+        assert_eq!(budget.taken(), 0);
+    }
+
     /// The stream: refusals are I/O errors carrying the [`Refusal`], bytes before them are
     /// handed on first, and dropping the stream gives its share of the budget back.
     #[tokio::test]
