@@ -10,6 +10,8 @@
 //! - [`server`]: binds both fronts and the admin listener, runs them, shuts them down
 //!   gracefully.
 //! - [`ws`]: the WebSocket front (JSON text frames).
+//! - [`budget`]: the memory a WebSocket client can make the relay hold for messages it has not
+//!   finished sending (the anonymous limit, the shared budget), under tungstenite.
 //! - [`grpc`]: the gRPC front: [`grpc::service`] (`RelayService/Exchange`) and
 //!   [`grpc::codec`] (the wire type, the codec and the proto conversions).
 //! - [`limits`]: the per-address limits' table and guard, and the WebSocket front's refusal.
@@ -26,6 +28,7 @@
 //! - [`pb`]: the generated protobuf types and client (what a node author uses too).
 
 pub mod admin;
+pub mod budget;
 pub mod config;
 pub mod events;
 pub mod grpc;

@@ -9,7 +9,9 @@
 //! gets here ([`crate::limits`]). The identity may be fixed by `?node_id=ID` on the URL. Every protocol
 //! decision (errors, close codes and reasons) is the core's [`gsio_relay_core::Connection`]'s;
 //! this module moves frames and carries out its [`Step`]s. A frame over the hard limit
-//! ([`gsio_relay_core::config::Limits::hard_frame_bytes`]) is not read at all.
+//! ([`gsio_relay_core::config::Limits::hard_frame_bytes`]) is not read at all. Under tungstenite,
+//! [`crate::budget::Guarded`] bounds what a client can make the relay hold for a message it has
+//! not finished: little before it has an id, and all connections together a shared budget.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +29,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
+use crate::budget::{Guarded, PartialMessages, Refusal};
 use crate::events::{ConnEvents, Waiter};
 use crate::limits::{AddressGuard, Addresses};
 use crate::metrics::{Deadline, Front};
@@ -63,13 +66,21 @@ pub async fn serve(
     shutdown: Shutdown,
     addresses: Arc<Addresses>,
 ) {
+    // One budget for the unfinished messages of every connection of this front.
+    let partial = PartialMessages::new();
     let refuse = |stream, refusal| addresses.refuse_ws(stream, refusal);
     while let Some(accepted) =
         crate::server::accept_with_slot(&listener, &slots, &shutdown, &addresses, Front::Ws, refuse)
             .await
     {
-        tokio::spawn(connection(
+        let stream = Guarded::new(
             accepted.stream,
+            relay.config().limits.hard_frame_bytes(),
+            partial.clone(),
+            relay.clone(),
+        );
+        tokio::spawn(connection(
+            stream,
             relay.clone(),
             shutdown.clone(),
             (accepted.permit, accepted.address),
@@ -107,7 +118,7 @@ fn offered_protocols(request: &Request) -> (Option<String>, bool) {
 }
 
 async fn connection(
-    stream: TcpStream,
+    stream: Guarded<TcpStream>,
     relay: Arc<Relay>,
     shutdown: Shutdown,
     // Held for the connection's life: its peer slot and its address's place.
@@ -115,7 +126,7 @@ async fn connection(
 ) {
     let (reading, _done) = shutdown.tokens();
     let config = relay.config();
-    let hard_frame_bytes = config.limits.hard_frame_bytes();
+    let hard_frame_bytes = stream.hard_frame_bytes();
     let handshake_timeout = Duration::from_millis(config.limits.handshake_timeout_ms);
     // The time the core's deadlines are counted in: since this connection was accepted.
     let opened = tokio::time::Instant::now();
@@ -169,6 +180,9 @@ async fn connection(
     if let Step::Close(error) = peer.begin(node_id.as_deref(), token.as_deref()) {
         // The Error envelope is queued: `finish` writes it, then the close.
         return Box::pin(finish(ws, outbox, None, peer, End::Kicked(error))).await;
+    }
+    if peer.id().is_some() {
+        ws.get_mut().identified();
     }
     // The identification deadline: a connection still without an id when it passes is closed.
     let identify = tokio::time::sleep(peer.time_to_deadline().unwrap_or(Duration::MAX / 4));
@@ -255,6 +269,9 @@ async fn connection(
                         if let Step::Close(error) = peer.input(text_input(text)) {
                             break End::Kicked(error);
                         }
+                        if peer.id().is_some() {
+                            ws.get_mut().identified();
+                        }
                     }
                     Some(Ok(tungstenite::Message::Binary(_))) => {
                         if let Step::Close(error) = peer.input(Input::Binary) {
@@ -277,6 +294,12 @@ async fn connection(
                         }
                     }
                     Some(Err(error)) => {
+                        if let Some(refusal) = Refusal::of(&error) {
+                            tracing::debug!("a peer's frame was refused: {refusal}");
+                            if let Step::Close(error) = peer.input(refusal.input()) {
+                                break End::Kicked(error);
+                            }
+                        }
                         tracing::debug!("WebSocket read failed: {error}");
                         break End::Gone;
                     }
@@ -409,7 +432,7 @@ fn text_input(text: Utf8Bytes) -> Input {
     Input::Text(unsafe { ByteString::from_bytes_unchecked(Bytes::from(text)) })
 }
 
-type Ws = WebSocketStream<TcpStream>;
+type Ws = WebSocketStream<Guarded<TcpStream>>;
 
 /// Writes `held` and whatever else is queued (up to a batch), then flushes once.
 ///

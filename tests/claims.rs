@@ -159,6 +159,10 @@
 //! | a reading peer absorbs a burst of twice the default queue | `tests/lifecycle.rs::a_reading_peer_is_not_cut_off_by_a_burst` |
 //! | a flooded peer still has its own frames read | `tests/fronts.rs::a_flooded_peer_still_gets_its_frames_read` |
 //! | gRPC: bytes that are no `Envelope` end the stream `INVALID_ARGUMENT`, an oversized message `RESOURCE_EXHAUSTED` | `tests/hostile.rs::unreadable_grpc_messages_end_the_stream_with_a_status_that_says_why` |
+//! | before it has an id, a frame or message over `anonymous_message_bytes` (64 KiB, never above the hard limit) ends the connection from its header, 1009 naming the limit; a large second envelope sent at once with the identifying first passes | `tests/memory.rs::an_anonymous_frame_over_its_limit_ends_the_connection_from_its_header`, `src/budget.rs::anonymous_frames_and_messages_over_the_limit_are_refused_from_their_header`, `src/budget.rs::a_held_back_header_is_judged_again`, `relay-core/src/config.rs::the_anonymous_limit_is_64_kib_and_never_above_the_hard_limit`, `relay-core/src/connection.rs::the_fronts_memory_bounds_close_with_1009_and_1013` |
+//! | unfinished messages share `partial_messages_budget_bytes` beyond 16 KiB each; past it the connection ends before more is read, 1013 `memory_budget_exhausted`; small messages pass meanwhile; given back when a message ends or its connection goes | `tests/memory.rs::a_message_past_the_budget_ends_its_connection_with_1013`, `src/budget.rs::unfinished_messages_share_the_budget_beyond_the_allowance`, `src/budget.rs::the_stream_hands_on_what_is_admitted_then_fails_with_the_refusal`, `relay-core/src/connection.rs::the_fronts_memory_bounds_close_with_1009_and_1013` |
+//! | 300 connections × 2 MB unfinished: RSS under idle + 128 MiB while they hold, honest peers go on, a newcomer gets its id; idle + 32 MiB once they left | `tests/memory.rs::unfinished_frames_from_a_crowd_stay_under_the_ceiling_and_honest_peers_go_on` |
+//! | without the limits the same attack goes far past that ceiling; freed memory goes back to the system at once (mimalloc's purge delay 0), in the floor alike | `tests/memory.rs::without_the_limits_the_attack_goes_past_the_ceiling_and_memory_still_comes_back`, `bench/src/main.rs::the_bench_and_so_the_floor_run_on_the_relays_allocator` |
 //!
 //! ## README: edge relay
 //!
@@ -229,9 +233,9 @@
 //! | claim | test |
 //! |---|---|
 //! | every default, as documented | `tests/config.rs::an_empty_file_gives_the_documented_defaults` |
-//! | the bounds: 256 to 64 MiB, 1 to 1,000,000, 0 to 60000 ms | `relay-core/src/config.rs::documented_bounds_are_the_edges` |
 //! | the bounds of the per-address, deadline and `grpc_*` keys, 0 meaning off where the table says so | `relay-core/src/config.rs::documented_bounds_of_the_address_deadline_and_grpc_keys`, `tests/config.rs::invalid_fixtures_fail_naming_file_and_key` |
 //! | the shipped relay.toml holds every `[limits]` key with its default | `tests/config.rs::the_shipped_relay_toml_is_valid_and_documents_every_mode` |
+//! | the bounds: 256 to 64 MiB, 1 to 1,000,000, 0 to 60000 ms, 1 MiB to 64 GiB | `relay-core/src/config.rs::documented_bounds_are_the_edges` |
 //! | a bad file exits 2 naming the file, the key and the line; a bad override names the variable | `tests/config.rs::the_binary_exits_non_zero_naming_the_problem` |
 //! | unknown keys are errors; the fixture folders hold valid and invalid files | `tests/config.rs::invalid_fixtures_fail_naming_file_and_key`, `tests/config.rs::valid_fixtures_load` |
 //!

@@ -63,6 +63,8 @@ fn an_empty_file_gives_the_documented_defaults() {
     assert_eq!(config.limits.pong_timeout_ms, 10000);
     assert_eq!(config.limits.grpc_max_concurrent_streams, 1000);
     assert_eq!(config.limits.grpc_max_header_list_bytes, 16384);
+    assert_eq!(config.limits.anonymous_message_bytes, 65536);
+    assert_eq!(config.limits.partial_messages_budget_bytes, 67108864);
     assert!(config.discovery.announce_peers);
     assert_eq!(config.discovery.welcome_peers_max, 100);
     assert_eq!(config.discovery.announce_window_ms, 50);

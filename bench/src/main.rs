@@ -42,6 +42,22 @@ use scenarios::{Report, Settings};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+extern "C" {
+    /// mimalloc.h: sets one of mimalloc's options (the library is linked in by the `mimalloc`
+    /// crate, which does not wrap this call).
+    fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
+}
+
+/// `mi_option_purge_delay` in mimalloc v3's `mi_option_t` (the `mimalloc` crate's default).
+const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
+
+/// The relay's allocator setting (gsio-relay `src/main.rs`, `return_freed_memory_at_once`):
+/// freed memory goes back to the system at once, in the floor as in the relay.
+fn return_freed_memory_at_once() {
+    // SAFETY: an option set before anything else runs; mimalloc reads it on each purge.
+    unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+}
+
 /// Benchmarks the gsio-relay against a minimal forwarding floor, over real WebSocket and gRPC
 /// clients on 127.0.0.1. Prints a table per scenario and one JSON line per run.
 #[derive(Parser, Debug)]
@@ -227,6 +243,7 @@ impl Options {
 }
 
 fn main() -> ExitCode {
+    return_freed_memory_at_once();
     let cli = Cli::parse();
     wire::set_message_ids(!cli.options.no_message_id);
     let (soft, hard) = proc::raise_nofile_limit();
@@ -337,6 +354,17 @@ mod tests {
                     .contains("static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;"),
             "gsio-relay's src/main.rs no longer installs mimalloc: the floor must follow it"
         );
+        // The same purge setting, set the same way (the option's number included).
+        for line in [
+            "const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;",
+            "unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, 0) };",
+            "    return_freed_memory_at_once();\n    let",
+        ] {
+            assert!(
+                relay_main.contains(line) && include_str!("main.rs").contains(line),
+                "the relay and the floor no longer set mimalloc alike: {line}"
+            );
+        }
     }
 
     /// The floor the bench starts is this binary's hidden `floor` subcommand, given the queue

@@ -135,6 +135,9 @@ relay_errors! {
     /// Over the relay's rate limits for this identity; the envelope went nowhere (and, kept up,
     /// the stream ends: `RESOURCE_EXHAUSTED`).
     RateLimited => "rate_limited",
+    /// The native relay's memory for unfinished WebSocket messages is taken (a WebSocket close
+    /// reason, 1013: try again later; never sent on gRPC).
+    MemoryBudgetExhausted => "memory_budget_exhausted",
 }
 
 impl RelayError {
@@ -332,7 +335,7 @@ mod tests {
 
     #[test]
     fn every_code_round_trips_and_unknown_codes_fall_back() {
-        assert_eq!(RelayError::KNOWN_CODES.len(), 30);
+        assert_eq!(RelayError::KNOWN_CODES.len(), 31);
         for code in RelayError::KNOWN_CODES {
             let error = RelayError::from_code(code, Detail::default());
             assert_eq!(error.code(), *code);

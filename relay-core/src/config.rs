@@ -303,6 +303,16 @@ pub struct Limits {
     /// `SETTINGS_MAX_HEADER_LIST_SIZE`): metadata is buffered whole before the relay sees it.
     #[serde(default = "default_grpc_max_header_list_bytes")]
     pub grpc_max_header_list_bytes: u32,
+    /// The largest frame or fragmented message a WebSocket connection may send before it has an
+    /// id (native relay): until then nobody is answerable for it, so it may not make the relay
+    /// buffer more than this. Over it, the connection ends as for a frame over the hard limit.
+    #[serde(default = "default_anonymous_message_bytes")]
+    pub anonymous_message_bytes: usize,
+    /// The memory, shared by every WebSocket connection, for messages still being received,
+    /// beyond a small allowance per connection (native relay; see the README's "Memory"): what
+    /// a crowd of clients that start large messages and never finish them can hold.
+    #[serde(default = "default_partial_messages_budget_bytes")]
+    pub partial_messages_budget_bytes: u64,
 }
 
 impl Limits {
@@ -313,6 +323,12 @@ impl Limits {
     pub fn hard_frame_bytes(&self) -> usize {
         let limit = self.max_message_bytes;
         limit.saturating_mul(2).max(limit + 64 * 1024)
+    }
+
+    /// The largest frame or fragmented message a connection without an id may send:
+    /// `anonymous_message_bytes`, never more than [`Limits::hard_frame_bytes`].
+    pub fn anonymous_frame_bytes(&self) -> usize {
+        self.anonymous_message_bytes.min(self.hard_frame_bytes())
     }
 }
 
@@ -410,6 +426,8 @@ impl Default for Limits {
             pong_timeout_ms: default_pong_timeout_ms(),
             grpc_max_concurrent_streams: default_grpc_max_concurrent_streams(),
             grpc_max_header_list_bytes: default_grpc_max_header_list_bytes(),
+            anonymous_message_bytes: default_anonymous_message_bytes(),
+            partial_messages_budget_bytes: default_partial_messages_budget_bytes(),
         }
     }
 }
@@ -552,6 +570,12 @@ fn default_grpc_max_concurrent_streams() -> u32 {
 }
 fn default_grpc_max_header_list_bytes() -> u32 {
     16 * 1024
+}
+fn default_anonymous_message_bytes() -> usize {
+    64 * 1024
+}
+fn default_partial_messages_budget_bytes() -> u64 {
+    64 * 1024 * 1024
 }
 fn default_true() -> bool {
     true
@@ -775,6 +799,11 @@ pub const MIN_MESSAGE_BYTES: usize = 256;
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 /// The largest `limits.queue_capacity`.
 pub const MAX_QUEUE_CAPACITY: usize = 1_000_000;
+/// The smallest `limits.partial_messages_budget_bytes`: a message at the default
+/// `max_message_bytes` fits.
+pub const MIN_PARTIAL_MESSAGES_BUDGET_BYTES: u64 = 1024 * 1024;
+/// The largest `limits.partial_messages_budget_bytes` (64 GiB; "no budget" in practice).
+pub const MAX_PARTIAL_MESSAGES_BUDGET_BYTES: u64 = 64 * 1024 * 1024 * 1024;
 /// The largest `discovery.announce_window_ms`: a minute.
 pub const MAX_ANNOUNCE_WINDOW_MS: u64 = 60_000;
 /// `limits.identify_timeout_ms` bounds: a tenth of a second to ten minutes.
@@ -910,6 +939,25 @@ impl RelayConfig {
         }
         if let Some(invalid) = limits.invalid_guard() {
             return Err(invalid);
+        }
+        if !(MIN_MESSAGE_BYTES..=MAX_MESSAGE_BYTES).contains(&limits.anonymous_message_bytes) {
+            return bad(
+                "limits.anonymous_message_bytes",
+                format!(
+                    "{} is out of range; use {MIN_MESSAGE_BYTES} to {MAX_MESSAGE_BYTES}",
+                    limits.anonymous_message_bytes
+                ),
+            );
+        }
+        let budget = limits.partial_messages_budget_bytes;
+        let budgets = MIN_PARTIAL_MESSAGES_BUDGET_BYTES..=MAX_PARTIAL_MESSAGES_BUDGET_BYTES;
+        if !budgets.contains(&budget) {
+            return bad(
+                "limits.partial_messages_budget_bytes",
+                format!(
+                    "{budget} is out of range; use {MIN_PARTIAL_MESSAGES_BUDGET_BYTES} to {MAX_PARTIAL_MESSAGES_BUDGET_BYTES}"
+                ),
+            );
         }
         if self.discovery.announce_window_ms > MAX_ANNOUNCE_WINDOW_MS {
             return bad(
@@ -1141,6 +1189,25 @@ mod tests {
             ),
             ("queue_capacity", 1, 0, "use 1 to 1000000"),
             ("queue_capacity", 1_000_000, 1_000_001, "use 1 to 1000000"),
+            ("anonymous_message_bytes", 256, 255, "use 256 to 67108864"),
+            (
+                "anonymous_message_bytes",
+                67_108_864,
+                67_108_865,
+                "use 256 to 67108864",
+            ),
+            (
+                "partial_messages_budget_bytes",
+                1_048_576,
+                1_048_575,
+                "use 1048576 to 68719476736",
+            ),
+            (
+                "partial_messages_budget_bytes",
+                68_719_476_736,
+                68_719_476_737,
+                "use 1048576 to 68719476736",
+            ),
         ];
         for (key, edge, past, range) in cases {
             let text = |n: u64| format!("[limits]\n{key} = {n}\n");
@@ -1149,6 +1216,8 @@ mod tests {
             let limits = &config.limits;
             let got = match key {
                 "max_message_bytes" => limits.max_message_bytes,
+                "anonymous_message_bytes" => limits.anonymous_message_bytes,
+                "partial_messages_budget_bytes" => limits.partial_messages_budget_bytes as usize,
                 _ => limits.queue_capacity,
             };
             assert_eq!(got as u64, edge);
@@ -1421,6 +1490,22 @@ mod tests {
         assert_eq!(hard(256), 256 + 65_536);
         assert_eq!(hard(60_000), 60_000 + 65_536);
         assert_eq!(hard(64 * 1024 * 1024), 128 * 1024 * 1024);
+    }
+
+    /// README: before it has an id, a connection may send frames and messages of at most
+    /// `anonymous_message_bytes` (64 KiB by default), never more than the hard frame limit.
+    #[test]
+    fn the_anonymous_limit_is_64_kib_and_never_above_the_hard_limit() {
+        let limits = Limits::default();
+        assert_eq!(limits.anonymous_message_bytes, 65_536);
+        assert_eq!(limits.anonymous_frame_bytes(), 65_536);
+        assert_eq!(limits.partial_messages_budget_bytes, 64 * 1024 * 1024);
+        let small = Limits {
+            max_message_bytes: 256,
+            anonymous_message_bytes: 1 << 20,
+            ..Limits::default()
+        };
+        assert_eq!(small.anonymous_frame_bytes(), small.hard_frame_bytes());
     }
 
     /// The Worker's way (relay.toml parsed when it was built, `[vars]` laid over the result at

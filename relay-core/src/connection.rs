@@ -112,6 +112,14 @@ pub enum Input {
     Binary,
     /// A frame over [`crate::config::Limits::hard_frame_bytes`], which the front did not read.
     OversizedFrame,
+    /// A frame or fragmented message over `limit`
+    /// ([`crate::config::Limits::anonymous_frame_bytes`]) on a connection that had no id yet,
+    /// refused by the front from its header (native WebSocket front).
+    OversizedAnonymousFrame { limit: usize },
+    /// A message still being received that would take the memory shared by every connection's
+    /// unfinished messages past `budget` (`limits.partial_messages_budget_bytes`), refused by
+    /// the front before it read more of it (native WebSocket front).
+    OverMemoryBudget { budget: u64 },
     /// An envelope decoded by the gRPC front, or why it could not be; `size` bytes on the wire.
     Decoded {
         envelope: Result<Envelope, RelayError>,
@@ -466,6 +474,12 @@ impl<L: Link> Connection<L> {
                 return Step::Close(RelayError::FrameTooLarge {
                     limit: self.hard_frame_bytes,
                 })
+            }
+            Input::OversizedAnonymousFrame { limit } => {
+                return Step::Close(RelayError::FrameTooLarge { limit })
+            }
+            Input::OverMemoryBudget { budget } => {
+                return Step::Close(RelayError::MemoryBudgetExhausted { budget })
             }
         };
         match inbound {
@@ -1175,6 +1189,37 @@ mod tests {
         assert!(error
             .close_reason()
             .starts_with("message_too_large: a frame over 66536 bytes"));
+    }
+
+    /// The front's memory bounds end the connection with the core's codes: an anonymous frame
+    /// over its limit like any oversized frame (1009, naming that limit), a message over the
+    /// shared budget with 1013 ("try again later").
+    #[test]
+    fn the_fronts_memory_bounds_close_with_1009_and_1013() {
+        let mut net = Net::new(RULES);
+        let log = Log::default();
+        let mut anonymous = net.open(log.clone());
+        let input = Input::OversizedAnonymousFrame { limit: 65_536 };
+        let Step::Close(error) = anonymous.input(&net.table, input, Duration::ZERO) else {
+            panic!("not closed");
+        };
+        assert_eq!((error.ws_close_code(), error.grpc_code()), (1009, 8));
+        assert!(error
+            .close_reason()
+            .starts_with("message_too_large: a frame over 65536 bytes"));
+        let (mut a, _) = net.peer("a");
+        let input = Input::OverMemoryBudget { budget: 1 << 26 };
+        let Step::Close(error) = a.input(&net.table, input, Duration::ZERO) else {
+            panic!("not closed");
+        };
+        assert_eq!((error.ws_close_code(), error.grpc_code()), (1013, 8));
+        assert!(error
+            .close_reason()
+            .starts_with("memory_budget_exhausted: the relay's memory"));
+        assert!(
+            log.take().is_empty(),
+            "no Error envelope: the close says why"
+        );
     }
 
     #[test]

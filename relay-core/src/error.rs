@@ -40,10 +40,11 @@ pub enum ErrorCode {
     RateLimited,
     TooManyConnectionsFromAddress,
     IdleTimeout,
+    MemoryBudgetExhausted,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 30] = [
+    pub const ALL: [ErrorCode; 31] = [
         ErrorCode::InvalidJson,
         ErrorCode::NotAnObject,
         ErrorCode::MissingMessageType,
@@ -74,6 +75,7 @@ impl ErrorCode {
         ErrorCode::RateLimited,
         ErrorCode::TooManyConnectionsFromAddress,
         ErrorCode::IdleTimeout,
+        ErrorCode::MemoryBudgetExhausted,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -108,6 +110,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::TooManyConnectionsFromAddress => "too_many_connections_from_address",
             ErrorCode::IdleTimeout => "idle_timeout",
+            ErrorCode::MemoryBudgetExhausted => "memory_budget_exhausted",
         }
     }
 }
@@ -124,6 +127,8 @@ pub mod close_code {
     pub const GOING_AWAY: u16 = 1001;
     pub const POLICY: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
+    /// "Try Again Later": the relay is out of a shared resource, not refusing this peer.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
 
     /// The code to answer a peer's close frame with: its own code where one may be sent back,
     /// else [`NORMAL`] (1005, 1006 and 1015 only describe a closure, they are never sent).
@@ -232,6 +237,11 @@ pub enum RelayError {
     /// ping: its connection is closed and its id freed.
     #[error("no frame from this peer within {pong_timeout_ms} ms of a ping")]
     IdleTimeout { pong_timeout_ms: u64 },
+    /// A WebSocket message still being received would take the memory that every connection's
+    /// unfinished messages share past `limits.partial_messages_budget_bytes` (native relay): the
+    /// connection whose bytes would go over it ends, and may try again later.
+    #[error("the relay's memory for messages still being received ({budget} bytes, limits.partial_messages_budget_bytes) is taken; try again later")]
+    MemoryBudgetExhausted { budget: u64 },
 }
 
 impl RelayError {
@@ -264,6 +274,7 @@ impl RelayError {
         match self {
             RelayError::ShuttingDown => close_code::GOING_AWAY,
             RelayError::FrameTooLarge { .. } => close_code::TOO_BIG,
+            RelayError::MemoryBudgetExhausted { .. } => close_code::TRY_AGAIN_LATER,
             _ => close_code::POLICY,
         }
     }
@@ -288,7 +299,8 @@ impl RelayError {
             ErrorCode::SlowConsumer
             | ErrorCode::MessageTooLarge
             | ErrorCode::TooManyPeers
-            | ErrorCode::TooManyConnectionsFromAddress => grpc_code::RESOURCE_EXHAUSTED,
+            | ErrorCode::TooManyConnectionsFromAddress
+            | ErrorCode::MemoryBudgetExhausted => grpc_code::RESOURCE_EXHAUSTED,
             ErrorCode::ShuttingDown | ErrorCode::IdleTimeout => grpc_code::UNAVAILABLE,
             _ => grpc_code::INTERNAL,
         }
@@ -330,6 +342,7 @@ impl RelayError {
                 ErrorCode::TooManyConnectionsFromAddress
             }
             RelayError::IdleTimeout { .. } => ErrorCode::IdleTimeout,
+            RelayError::MemoryBudgetExhausted { .. } => ErrorCode::MemoryBudgetExhausted,
         }
     }
 }
@@ -384,6 +397,7 @@ mod tests {
             (RelayError::KeyNotAllowed("x".into()), 1008, 7),
             (RelayError::IdentificationTimeout(9), 1008, 16),
             (RelayError::RateLimited("x".into()), 1008, 8),
+            (RelayError::MemoryBudgetExhausted { budget: 9 }, 1013, 8),
         ];
         for (error, ws, grpc) in table {
             assert_eq!(

@@ -407,7 +407,7 @@ struct Welcome<'a> {
 
 /// What peers are told of the rules in force: in their `Welcome`, and again in a
 /// `ConfigChanged` whenever a reload changes it (the whole of `ConfigChanged`'s payload).
-#[derive(Serialize)]
+#[derive(Serialize, PartialEq)]
 struct Announced<'a> {
     limits: AnnouncedLimits,
     routing: &'a crate::config::Routing,
@@ -645,6 +645,8 @@ mod tests {
             (RULES, false),
             ("[server]\nshutdown_grace_ms = 1\n[routing]\ndefault = \"broadcast\"\n[routing.rules]\nPing = \"echo\"\nLedgerSync = \"directed\"\n", false),
             ("[discovery]\nannounce_peers = false\n[routing]\ndefault = \"broadcast\"\n[routing.rules]\nPing = \"echo\"\nLedgerSync = \"directed\"\n", false),
+            // The native front's memory bounds are not announced.
+            ("[limits]\nanonymous_message_bytes = 1000\npartial_messages_budget_bytes = 2000000\n[routing]\ndefault = \"broadcast\"\n[routing.rules]\nPing = \"echo\"\nLedgerSync = \"directed\"\n", false),
             ("[routing]\ndefault = \"broadcast\"\n[routing.rules]\nPing = \"broadcast\"\n", true),
             ("[limits]\nqueue_capacity = 9\n[routing]\ndefault = \"broadcast\"\n[routing.rules]\nPing = \"broadcast\"\n", true),
             ("[limits]\nqueue_capacity = 9\nmax_message_bytes = 300\n[routing]\ndefault = \"broadcast\"\n[routing.rules]\nPing = \"broadcast\"\n", true),
