@@ -25,6 +25,7 @@
 //! | per-type rule names are case-sensitive | `relay-core/src/config.rs::rules_pick_the_mode_per_type` |
 //! | the file's errors name the file, the key and the line | `relay-core/src/config.rs::errors_name_file_key_and_line`, `tests/config.rs::invalid_fixtures_fail_naming_file_and_key` |
 //! | the native relay and the Worker load the file with the same code | `tests/worker.rs::vars_override_relay_toml_and_bad_ones_are_reported` |
+//! | the Worker: a mode that takes tokens without its secret answers `500` naming the key | `tests/worker.rs::vars_override_relay_toml_and_bad_ones_are_reported` |
 //! | logs go to stderr through `tracing`, at the level `RUST_LOG` sets | `tests/config.rs::the_binary_serves_and_stops_cleanly_on_sigterm` |
 //! | the test command installs what is missing and runs every test | script: `scripts/test.sh --fresh-machine` (a fresh clone, empty `CARGO_HOME`), run before an issue is resolved |
 //! | `cargo install --locked` first, the same version unlocked when the registry lost a pinned dependency | script: `scripts/setup-worker.sh`, run by `--fresh-machine` |

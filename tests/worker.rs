@@ -384,6 +384,20 @@ async fn vars_override_relay_toml_and_bad_ones_are_reported() {
     // README: "(a plain HTTP request still gets `426`)".
     let response = http_get(dev.port, "/bad-config").await;
     assert!(response.starts_with("HTTP/1.1 426 "), "{response}");
+    drop(dev);
+
+    // A mode that takes tokens, without the secret it names: refused the same way, naming the
+    // key and the secret.
+    let dev = WranglerDev::start_with_vars(&[
+        ("GSIO_RELAY_AUTH__MODE", "token"),
+        ("GSIO_RELAY_AUTH__TOKEN_SECRET_ENV", "NO_SUCH_SECRET"),
+    ]);
+    let response = http_exchange(dev.port, request).await;
+    assert!(response.starts_with("HTTP/1.1 500"), "{response}");
+    assert!(
+        response.contains("auth.token_secret_env") && response.contains("NO_SUCH_SECRET"),
+        "{response}"
+    );
 }
 
 #[test]
