@@ -16,7 +16,7 @@
 #
 # FUZZ_SANITIZER=address (or memory, thread, leak) builds with that sanitizer; the default is none:
 # the core and the checks are safe Rust (`#![forbid(unsafe_code)]`), what is fuzzed for is panics
-# and broken invariants, and AddressSanitizer made these targets about three times slower
+# and broken invariants, and AddressSanitizer made these targets about six times slower
 # (SECURITY.md, "Fuzzing").
 set -euo pipefail
 
