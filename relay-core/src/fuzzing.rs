@@ -14,9 +14,7 @@ use std::sync::{Arc, OnceLock, RwLock};
 
 use bytestring::ByteString;
 
-use crate::config::{
-    RelayConfig, MAX_ANNOUNCE_WINDOW_MS, MAX_MESSAGE_BYTES, MAX_QUEUE_CAPACITY, MIN_MESSAGE_BYTES,
-};
+use crate::config::RelayConfig;
 use crate::connection::{Connection, Input, Link, Refused, Step};
 use crate::envelope::{scan, Envelope, Message};
 use crate::hub::{kinds, Hub};
@@ -120,6 +118,10 @@ pub fn connection(make: impl Fn() -> Input, parsed: Option<&Envelope>) {
 ///   what the native relay's [`RelayConfig::load`] accepts, into the same config.
 #[cfg(feature = "parse-toml")]
 pub fn config_toml(data: &[u8]) {
+    use crate::config::{
+        MAX_ANNOUNCE_WINDOW_MS, MAX_MESSAGE_BYTES, MAX_QUEUE_CAPACITY, MIN_MESSAGE_BYTES,
+    };
+
     let Ok(input) = std::str::from_utf8(data) else {
         // The native relay reads the file as UTF-8 first and refuses other bytes itself.
         return;
