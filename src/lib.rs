@@ -26,11 +26,15 @@
 //! - [`admin`]: the admin listener: `/metrics`, `/healthz`, `/readyz` and the console
 //!   (`console.html`, embedded).
 //! - [`pb`]: the generated protobuf types and client (what a node author uses too).
+//! - `fuzzing` (hidden): the check the `envelope_proto` fuzz target in `fuzz/` and the corpus
+//!   regression test run on each input.
 
 pub mod admin;
 pub mod budget;
 pub mod config;
 pub mod events;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod grpc;
 pub mod limits;
 pub mod metrics;

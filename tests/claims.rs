@@ -31,6 +31,14 @@
 //! | `cargo install --locked` first, the same version unlocked when the registry lost a pinned dependency | script: `scripts/setup-worker.sh`, run by `--fresh-machine` |
 //! | the tests include an offline `wrangler deploy --dry-run` | `tests/worker.rs::dry_run_deploy_builds_the_bundle_offline` |
 //!
+//! ## README: fuzzing
+//!
+//! | claim | test |
+//! |---|---|
+//! | `scripts/fuzz.sh [target\|all] [seconds]` runs each target for that time (60 s by default), one after another, installing cargo-fuzz when missing, and prints executions and crashes | script: `scripts/fuzz.sh`, whose output SECURITY.md's figures are copied from |
+//! | the targets are `envelope_json`, `envelope_proto` and `config_toml` | `tests/fuzz_corpus.rs::every_target_has_a_check_and_seeds` |
+//! | the normal test run feeds every checked-in seed and past crash through the same checks on stable | `tests/fuzz_corpus.rs::every_checked_in_input_passes_its_targets_check`, `tests/fuzz_corpus.rs::every_target_has_a_check_and_seeds` |
+//!
 //! ## README: from a browser
 //!
 //! | claim | test |

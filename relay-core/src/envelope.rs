@@ -22,7 +22,7 @@ use serde_json::value::RawValue;
 use crate::error::RelayError;
 use crate::id::RELAY_ID;
 
-mod scan;
+pub(crate) mod scan;
 
 /// One envelope, as routed by the core.
 #[derive(Clone)]

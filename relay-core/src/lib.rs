@@ -24,6 +24,8 @@
 //! - [`config`]: the `relay.toml` schema, parsed then validated into [`RelayConfig`].
 //! - [`error`]: [`RelayError`], one variant per answer the relay can give, each with a stable
 //!   machine-readable code.
+//! - `fuzzing` (hidden): the checks the fuzz targets in `fuzz/` and the corpus regression test
+//!   run on each input.
 
 #![forbid(unsafe_code)]
 
@@ -33,6 +35,8 @@ pub mod config;
 pub mod connection;
 pub mod envelope;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hub;
 pub mod id;
 pub mod ids;

@@ -14,6 +14,8 @@
 //! control characters, numbers without leading zeros, no depth limit), without recursion. Only
 //! nesting deeper than [`MAX_DEPTH`] goes to the full parser.
 
+use super::Envelope;
+
 /// The five fields of a plain envelope, as slices of its text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Plain<'t> {
@@ -303,10 +305,26 @@ fn literal(b: &[u8], at: usize, word: &[u8]) -> Option<usize> {
     (b.get(at..at + word.len())? == word).then_some(at + word.len())
 }
 
+/// Whether the scanner agrees with the full parser on `text`: it declines, or it finds exactly
+/// the envelope (and [`Completeness`](super::Completeness)) the full parser reads, whether the fields are copied or
+/// share the text's bytes. The unit tests below and the fuzz checks
+/// ([`crate::fuzzing::envelope_json`]) both ask it.
+pub(crate) fn agrees(text: &str) -> bool {
+    match plain(text) {
+        None => true,
+        Some(found) => {
+            let shared = bytestring::ByteString::from(text);
+            let fast = Envelope::from_plain(found, None);
+            let fast_shared = Envelope::from_plain(found, Some(&shared));
+            let full = Envelope::parse_json_fully(text, None).ok();
+            full.as_ref() == Some(&fast) && full == Some(fast_shared)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::envelope::{Completeness, Envelope};
 
     const SAMPLES: &[&str] = &[
         r#"{"message_type":"LedgerSyncResponse","message_id":"p3a-7","sender_id":"p3a","recipient_id":"p3b","payload":{"seq":7,"ts":123456789}}"#,
@@ -331,25 +349,6 @@ mod tests {
         r#"[1]"#,
         "",
     ];
-
-    /// What the full parser makes of `text`, in the scanner's terms.
-    fn fully(text: &str) -> Option<(Envelope, Completeness)> {
-        Envelope::parse_json_fully(text, None).ok()
-    }
-
-    /// The scanner either declines or agrees with the full parser, field for field.
-    fn agrees(text: &str) -> bool {
-        match plain(text) {
-            None => true,
-            Some(found) => {
-                let shared = bytestring::ByteString::from(text);
-                let fast = Envelope::from_plain(found, None);
-                let fast_shared = Envelope::from_plain(found, Some(&shared));
-                let full = fully(text);
-                full.as_ref() == Some(&fast) && full == Some(fast_shared)
-            }
-        }
-    }
 
     #[test]
     fn plain_envelopes_take_the_fast_path_and_others_do_not() {
