@@ -15,6 +15,7 @@ const TARGETS: &[(&str, Check)] = &[
     ("envelope_json", gsio_relay_core::fuzzing::envelope_json),
     ("envelope_proto", gsio_relay::fuzzing::envelope_proto),
     ("config_toml", gsio_relay_core::fuzzing::config_toml),
+    ("auth", gsio_relay_core::fuzzing::auth),
 ];
 
 fn fuzz_dir() -> PathBuf {
