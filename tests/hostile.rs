@@ -265,19 +265,7 @@ impl RawWs {
 /// whatever `body` holds; the body is masked with a fixed key.
 fn client_frame(first: u8, announced: u64, body: &[u8]) -> Vec<u8> {
     const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
-    let mut frame = vec![first];
-    match announced {
-        0..=125 => frame.push(0x80 | announced as u8),
-        126..=0xffff => {
-            frame.push(0x80 | 126);
-            frame.extend_from_slice(&(announced as u16).to_be_bytes());
-        }
-        _ => {
-            frame.push(0x80 | 127);
-            frame.extend_from_slice(&announced.to_be_bytes());
-        }
-    }
-    frame.extend_from_slice(&KEY);
+    let mut frame = common::client_frame_header(first, announced, KEY);
     frame.extend(body.iter().enumerate().map(|(i, b)| b ^ KEY[i % 4]));
     frame
 }

@@ -93,23 +93,10 @@ async fn raw_ws(url: &str, path: &str) -> TcpStream {
     stream
 }
 
-/// A masked client frame header: `first` is the FIN/opcode byte.
+/// A client frame's header with a zero mask (the body goes as it is): `first` is the FIN/opcode
+/// byte.
 fn frame_header(first: u8, announced: u64) -> Vec<u8> {
-    let mut header = vec![first];
-    match announced {
-        0..=125 => header.push(0x80 | announced as u8),
-        126..=0xffff => {
-            header.push(0x80 | 126);
-            header.extend_from_slice(&(announced as u16).to_be_bytes());
-        }
-        _ => {
-            header.push(0x80 | 127);
-            header.extend_from_slice(&announced.to_be_bytes());
-        }
-    }
-    // A zero mask: the body goes as it is.
-    header.extend_from_slice(&[0; 4]);
-    header
+    common::client_frame_header(first, announced, [0; 4])
 }
 
 /// The close frame the relay sends next (skipping text frames): its code and reason.

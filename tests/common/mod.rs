@@ -378,6 +378,25 @@ pub async fn nothing_else_back<P: Peer>(peer: &mut P, id: &str) {
     peer.expect_sentinel("Ping", &payload).await;
 }
 
+/// A client frame's header (RFC 6455, 5.2): `first` is the FIN/RSV/opcode byte, the length
+/// field says `announced` (whatever follows), then the masking `key`.
+pub fn client_frame_header(first: u8, announced: u64, key: [u8; 4]) -> Vec<u8> {
+    let mut header = vec![first];
+    match announced {
+        0..=125 => header.push(0x80 | announced as u8),
+        126..=0xffff => {
+            header.push(0x80 | 126);
+            header.extend_from_slice(&(announced as u16).to_be_bytes());
+        }
+        _ => {
+            header.push(0x80 | 127);
+            header.extend_from_slice(&announced.to_be_bytes());
+        }
+    }
+    header.extend_from_slice(&key);
+    header
+}
+
 /// A WebSocket client (tokio-tungstenite).
 pub struct WsPeer {
     pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
