@@ -448,9 +448,11 @@ mod tests {
             argument_of(body, "max_frame_size"),
             format!("Some({hard_param}")
         );
-        // The relay passes the core's hard frame limit of its configured message size.
+        // The relay passes the core's hard frame limit of its configured message size (to the
+        // stream guard, which hands it on to tungstenite's settings).
         assert!(
-            relay.contains("let hard_frame_bytes = relay.config().limits.hard_frame_bytes();")
+            relay.contains("relay.config().limits.hard_frame_bytes(),")
+                && relay.contains("let hard_frame_bytes = stream.hard_frame_bytes();")
                 && relay.contains("Some(ws_config(hard_frame_bytes))"),
             "the relay's frame limit no longer comes from Limits::hard_frame_bytes"
         );
