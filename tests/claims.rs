@@ -36,7 +36,7 @@
 //! | claim | test |
 //! |---|---|
 //! | `scripts/fuzz.sh [target\|all] [seconds]` runs each target for that time (60 s by default), one after another, installing cargo-fuzz when missing, and prints executions and crashes | script: `scripts/fuzz.sh`, whose output SECURITY.md's figures are copied from |
-//! | the targets are `envelope_json`, `envelope_proto` and `config_toml` | `tests/fuzz_corpus.rs::every_target_has_a_check_and_seeds` |
+//! | the targets are `envelope_json`, `envelope_proto`, `config_toml` and `auth` | `tests/fuzz_corpus.rs::every_target_has_a_check_and_seeds` |
 //! | the normal test run feeds every checked-in seed and past crash through the same checks on stable | `tests/fuzz_corpus.rs::every_checked_in_input_passes_its_targets_check`, `tests/fuzz_corpus.rs::every_target_has_a_check_and_seeds` |
 //!
 //! ## README: from a browser
