@@ -242,6 +242,7 @@
 //! | claim | test |
 //! |---|---|
 //! | every default, as documented | `tests/config.rs::an_empty_file_gives_the_documented_defaults` |
+//! | the bounds of the per-identity rates, `identify_timeout_ms` and `auth.token_leeway_s`; `[auth]`'s keys checked (ids, 64-hex keys, one secret source when a mode takes tokens) | `relay-core/src/config.rs::documented_bounds_of_the_rate_and_identification_keys`, `relay-core/src/auth.rs::bad_auth_sections_name_the_key` |
 //! | the bounds of the per-address, deadline and `grpc_*` keys, 0 meaning off where the table says so | `relay-core/src/config.rs::documented_bounds_of_the_address_deadline_and_grpc_keys`, `tests/config.rs::invalid_fixtures_fail_naming_file_and_key` |
 //! | the shipped relay.toml holds every `[limits]` key with its default | `tests/config.rs::the_shipped_relay_toml_is_valid_and_documents_every_mode` |
 //! | the bounds: 256 to 64 MiB, 1 to 1,000,000, 0 to 60000 ms, 1 MiB to 64 GiB | `relay-core/src/config.rs::documented_bounds_are_the_edges` |

@@ -65,6 +65,18 @@ fn an_empty_file_gives_the_documented_defaults() {
     assert_eq!(config.limits.grpc_max_header_list_bytes, 16384);
     assert_eq!(config.limits.anonymous_message_bytes, 65536);
     assert_eq!(config.limits.partial_messages_budget_bytes, 67108864);
+    assert_eq!(config.limits.messages_per_second, 10000);
+    assert_eq!(config.limits.message_burst, 20000);
+    assert_eq!(config.limits.bytes_per_second, 67108864);
+    assert_eq!(config.limits.byte_burst, 134217728);
+    assert_eq!(config.limits.rate_limited_max, 1000);
+    assert_eq!(config.limits.identify_timeout_ms, 10000);
+    assert_eq!(config.auth.mode, gsio_relay_core::config::AuthMode::Open);
+    assert!(config.auth.prefixes.is_empty() && config.auth.keys.is_empty());
+    assert_eq!(config.auth.audience, "gsio-relay");
+    assert_eq!(config.auth.token_secret_env, None);
+    assert_eq!(config.auth.token_secret_file, None);
+    assert_eq!(config.auth.token_leeway_s, 30);
     assert!(config.discovery.announce_peers);
     assert_eq!(config.discovery.welcome_peers_max, 100);
     assert_eq!(config.discovery.announce_window_ms, 50);

@@ -1175,6 +1175,78 @@ mod tests {
         );
     }
 
+    /// The README's bounds of the per-identity rates, the identification deadline and the
+    /// tokens' leeway: each edge accepted, one past it refused naming the key.
+    #[test]
+    fn documented_bounds_of_the_rate_and_identification_keys() {
+        // (the [limits] lines, accepted?, the key an error names, what it says)
+        let cases = [
+            ("identify_timeout_ms = 100", true, "", ""),
+            ("identify_timeout_ms = 600000", true, "", ""),
+            (
+                "identify_timeout_ms = 99",
+                false,
+                "limits.identify_timeout_ms",
+                "use 100 to 600000",
+            ),
+            (
+                "identify_timeout_ms = 600001",
+                false,
+                "limits.identify_timeout_ms",
+                "use 100 to 600000",
+            ),
+            ("messages_per_second = 0\nmessage_burst = 0", true, "", ""),
+            (
+                "messages_per_second = 5\nmessage_burst = 0",
+                false,
+                "limits.message_burst",
+                "at least 1",
+            ),
+            ("bytes_per_second = 0\nbyte_burst = 0", true, "", ""),
+            (
+                "max_message_bytes = 4096\nbytes_per_second = 10\nbyte_burst = 4096",
+                true,
+                "",
+                "",
+            ),
+            (
+                "max_message_bytes = 4096\nbytes_per_second = 10\nbyte_burst = 4095",
+                false,
+                "limits.byte_burst",
+                "below limits.max_message_bytes",
+            ),
+            ("rate_limited_max = 1", true, "", ""),
+            (
+                "rate_limited_max = 0",
+                false,
+                "limits.rate_limited_max",
+                "at least 1",
+            ),
+        ];
+        for (lines, accepted, key, says) in cases {
+            let text = format!("[limits]\n{lines}\n");
+            match RelayConfig::from_toml_str(&text, "t.toml") {
+                Ok(_) => assert!(accepted, "{lines} accepted"),
+                Err(error) => {
+                    let error = error.to_string();
+                    assert!(!accepted, "{lines} refused: {error}");
+                    assert!(
+                        error.contains(&format!("`{key}`")) && error.contains(says),
+                        "{lines}: {error}"
+                    );
+                }
+            }
+        }
+        for (leeway, accepted) in [(0, true), (600, true), (601, false)] {
+            let text = format!("[auth]\ntoken_leeway_s = {leeway}\n");
+            assert_eq!(
+                RelayConfig::from_toml_str(&text, "t.toml").is_ok(),
+                accepted,
+                "{leeway}"
+            );
+        }
+    }
+
     /// The README's bounds, as the literal numbers it prints: each edge is accepted, one past
     /// it refused naming the key and the range.
     #[test]
