@@ -78,6 +78,19 @@ impl ErrorCode {
         ErrorCode::MemoryBudgetExhausted,
     ];
 
+    /// A proof of identity refused (README, "Authentication"): the connection ends with it.
+    pub fn is_proof_refused(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::AuthenticationRequired
+                | ErrorCode::InvalidSignature
+                | ErrorCode::KeyNotAllowed
+                | ErrorCode::InvalidToken
+                | ErrorCode::TokenExpired
+                | ErrorCode::WrongAudience
+        )
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::InvalidJson => "invalid_json",
@@ -288,13 +301,9 @@ impl RelayError {
                 grpc_code::INVALID_ARGUMENT
             }
             ErrorCode::PeerIdInUse => grpc_code::ALREADY_EXISTS,
-            ErrorCode::AuthenticationRequired
-            | ErrorCode::InvalidSignature
-            | ErrorCode::InvalidToken
-            | ErrorCode::TokenExpired
-            | ErrorCode::WrongAudience
-            | ErrorCode::IdentificationTimeout => grpc_code::UNAUTHENTICATED,
             ErrorCode::KeyNotAllowed => grpc_code::PERMISSION_DENIED,
+            code if code.is_proof_refused() => grpc_code::UNAUTHENTICATED,
+            ErrorCode::IdentificationTimeout => grpc_code::UNAUTHENTICATED,
             ErrorCode::RateLimited => grpc_code::RESOURCE_EXHAUSTED,
             ErrorCode::SlowConsumer
             | ErrorCode::MessageTooLarge

@@ -34,21 +34,19 @@ pub const NONCE: Nonce = Nonce([7; 32]);
 pub const NOW: Duration = Duration::from_secs(1_800_000_000);
 /// The tokens' secret on the [`auth`] check's network.
 pub const SECRET: &[u8] = b"fuzz-secret-0123456789abcdef-0123";
-/// What a failed proof ends a connection with.
-const AUTH_CODES: &[ErrorCode] = &[
-    ErrorCode::AuthenticationRequired,
-    ErrorCode::InvalidSignature,
-    ErrorCode::KeyNotAllowed,
-    ErrorCode::InvalidToken,
-    ErrorCode::TokenExpired,
-    ErrorCode::WrongAudience,
-    ErrorCode::InvalidField,
-    ErrorCode::InvalidPeerId,
-    ErrorCode::ReservedPeerId,
-    ErrorCode::SpoofedSender,
-    ErrorCode::PeerIdInUse,
-];
-
+/// What a failed `Authenticate` ends a connection with: a refused proof, or the id or payload
+/// it names being unusable.
+fn ends_authentication(code: ErrorCode) -> bool {
+    code.is_proof_refused()
+        || matches!(
+            code,
+            ErrorCode::InvalidField
+                | ErrorCode::InvalidPeerId
+                | ErrorCode::ReservedPeerId
+                | ErrorCode::SpoofedSender
+                | ErrorCode::PeerIdInUse
+        )
+}
 /// One WebSocket text frame, `data` (the front only hands the core valid UTF-8; other bytes end
 /// in tungstenite): the fast scanner agrees with the full parser, and the frame goes through a
 /// connection as [`connection`] checks, with the envelope the parser read, if any.
@@ -101,7 +99,7 @@ pub fn connection(make: impl Fn() -> Input, parsed: Option<&Envelope>) {
         match &step {
             Step::Continue => {}
             Step::Close(error) if authenticating => {
-                assert!(AUTH_CODES.contains(&error.code()), "{error}");
+                assert!(ends_authentication(error.code()), "{error}");
             }
             Step::Close(error) => panic!("an envelope never ends the connection: {error}"),
         }
@@ -301,7 +299,7 @@ pub fn auth(data: &[u8]) {
             }
             (None, Step::Close(error)) => {
                 assert!(
-                    AUTH_CODES.contains(&error.code())
+                    ends_authentication(error.code())
                         || error.code() == ErrorCode::InvalidJson
                         || error.code() == ErrorCode::NotAnObject,
                     "{error}"

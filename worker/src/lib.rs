@@ -337,6 +337,15 @@ struct Network {
 }
 
 impl Network {
+    /// The core's connection for a socket, resumed from what its attachment remembers (its id,
+    /// challenge, deadline and rate buckets).
+    fn connection(&self, ws: &WebSocket, attachment: &PeerAttachment) -> Connection<Socket> {
+        let mut connection =
+            Connection::resume(attachment.conn, Socket(ws.clone()), attachment.id(), self);
+        connection.recall(&attachment.remembered);
+        connection
+    }
+
     /// The peer table, rebuilt from the sockets' attachments when this instance has none.
     fn room(&self) -> RefMut<'_, Room> {
         let mut slot = self.room.borrow_mut();
@@ -399,14 +408,7 @@ impl RelayRoom {
     /// an id to uses up one block of 256 counter values, which is harmless (2^56 such messages
     /// before the counter wraps).
     fn connection(&self, ws: &WebSocket, attachment: &PeerAttachment) -> Connection<Socket> {
-        let mut connection = Connection::resume(
-            attachment.conn,
-            Socket(ws.clone()),
-            attachment.id(),
-            &*self.network,
-        );
-        connection.recall(&attachment.remembered);
-        connection
+        self.network.connection(ws, attachment)
     }
 
     /// Closes `ws` at `deadline` if it has no peer id by then (`limits.identify_timeout_ms`).
@@ -422,9 +424,7 @@ impl RelayRoom {
             if attachment.peer_id.is_some() {
                 return;
             }
-            let mut connection =
-                Connection::resume(attachment.conn, Socket(ws.clone()), None, &*network);
-            connection.recall(&attachment.remembered);
+            let mut connection = network.connection(&ws, &attachment);
             if let Step::Close(error) = connection.timed_out(&*network, now(), &mut ()) {
                 if let Err(error) =
                     ws.close(Some(error.ws_close_code()), Some(error.close_reason()))
