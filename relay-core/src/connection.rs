@@ -37,6 +37,7 @@ use std::time::Duration;
 use bytestring::ByteString;
 
 use crate::auth::{self, Nonce, Proof};
+use crate::cluster::Forward;
 use crate::config::RelayConfig;
 use crate::envelope::{prepend_message_id, Envelope, Message};
 use crate::error::{ErrorCode, RelayError};
@@ -137,6 +138,30 @@ pub enum Step {
     /// close frame with [`RelayError::ws_close_code`] and [`RelayError::close_reason`], or a
     /// gRPC status with [`RelayError::grpc_code`].
     Close(RelayError),
+    /// A clustered relay ([`crate::cluster`]): ask the bus whether this connection may take
+    /// the id network-wide, then call [`Connection::reserved`] with the answer, before giving
+    /// this connection any other input.
+    Reserve(PeerId),
+}
+
+/// What waits for a claim the bus is asked about ([`Step::Reserve`]): where the conversation
+/// goes on once it is answered.
+#[derive(Debug)]
+enum Then {
+    /// The id (or token) given at connect: a refusal ends the connection.
+    Begin,
+    /// An `Authenticate`'s proven id: a refusal ends the connection.
+    Authenticated,
+    /// An envelope that named the id as its `sender_id`: routed once the claim is won, refused
+    /// with `peer_id_in_use` (the connection stays open) if it is lost.
+    Route(Inbound, usize),
+}
+
+/// How a join went.
+enum Joining {
+    Done,
+    /// The bus must be asked first ([`Step::Reserve`]).
+    Reserving(PeerId),
 }
 
 /// What one connection did, for the front's counters.
@@ -206,6 +231,9 @@ pub struct Connection<L> {
     bytes: Bucket,
     /// Envelopes refused for the rate in a row; at `limits.rate_limited_max` the connection ends.
     rate_refusals: u32,
+    /// The id this connection reserved on a clustered hub while the bus is asked, and what
+    /// waits for the answer.
+    reserving: Option<(PeerId, Then)>,
 }
 
 /// What a connection remembers between inputs besides its id, for a front that does not keep
@@ -266,6 +294,7 @@ impl<L: Link> Connection<L> {
             messages: Bucket::new(),
             bytes: Bucket::new(),
             rate_refusals: 0,
+            reserving: None,
         }
     }
 
@@ -321,8 +350,12 @@ impl<L: Link> Connection<L> {
         } else {
             Ok(None)
         };
-        match taken.and_then(|id| id.map_or(Ok(()), |id| self.join(table, id))) {
-            Ok(()) => {
+        match taken.and_then(|id| id.map_or(Ok(Joining::Done), |id| self.join(table, id))) {
+            Ok(Joining::Reserving(id)) => {
+                self.reserving = Some((id.clone(), Then::Begin));
+                Step::Reserve(id)
+            }
+            Ok(Joining::Done) => {
                 if self.session.id().is_none() && auth.needs_proof() {
                     let hub = table.read();
                     let challenge = Envelope::from_relay(
@@ -500,6 +533,9 @@ impl<L: Link> Connection<L> {
     /// an eviction): the connection's own record of its id is what counts, unless another
     /// connection holds that id now.
     pub fn leave(&mut self, table: &impl Table<L>) {
+        if let Some((id, _)) = self.reserving.take() {
+            table.write().cancel_reservation(&id);
+        }
         let Some(id) = self.session.take() else {
             return;
         };
@@ -547,7 +583,11 @@ impl<L: Link> Connection<L> {
         };
         if inbound.authenticate {
             return match self.authenticate(table, envelope, now) {
-                Ok(()) => Step::Continue,
+                Ok(Joining::Done) => Step::Continue,
+                Ok(Joining::Reserving(id)) => {
+                    self.reserving = Some((id.clone(), Then::Authenticated));
+                    Step::Reserve(id)
+                }
                 Err(error) => {
                     self.reject(table, &error, offending, meter);
                     Step::Close(error)
@@ -561,11 +601,75 @@ impl<L: Link> Connection<L> {
             } else {
                 Err(auth::refuse_mode(&config.auth, &id, None))
             };
-            if let Err(error) = joined {
-                self.reject(table, &error, offending, meter);
-                return Step::Continue;
+            match joined {
+                Err(error) => {
+                    self.reject(table, &error, offending, meter);
+                    return Step::Continue;
+                }
+                Ok(Joining::Reserving(id)) => {
+                    self.reserving = Some((id.clone(), Then::Route(inbound, size)));
+                    return Step::Reserve(id);
+                }
+                Ok(Joining::Done) => {}
             }
         }
+        self.send_admitted(table, inbound, size, now, meter)
+    }
+
+    /// The bus answered the claim of [`Step::Reserve`]: `won` or not. Won, the connection
+    /// joins (its `Welcome` first) and what waited goes on; lost, it is refused with
+    /// `peer_id_in_use` as a local conflict is.
+    pub fn reserved(
+        &mut self,
+        table: &impl Table<L>,
+        won: bool,
+        now: Duration,
+        meter: &mut impl Meter,
+    ) -> Step {
+        let Some((id, then)) = self.reserving.take() else {
+            return Step::Continue;
+        };
+        let joined = if won {
+            self.join_now(table, id)
+        } else {
+            table.write().cancel_reservation(&id);
+            Err(RelayError::PeerIdInUse(id.to_string()))
+        };
+        match (joined, then) {
+            (Ok(()), Then::Route(inbound, size)) => {
+                self.send_admitted(table, inbound, size, now, meter)
+            }
+            (Ok(()), _) => Step::Continue,
+            (Err(error), Then::Route(inbound, _)) => {
+                let envelope = &inbound.envelope;
+                let offending = Offending {
+                    message_type: Some(&envelope.message_type),
+                    message_id: Some(&envelope.message_id),
+                };
+                self.reject(table, &error, offending, meter);
+                Step::Continue
+            }
+            (Err(error), _) => {
+                self.reject(table, &error, Offending::default(), meter);
+                Step::Close(error)
+            }
+        }
+    }
+
+    /// Rate-checks and routes an envelope of a connection that has its id.
+    fn send_admitted(
+        &mut self,
+        table: &impl Table<L>,
+        inbound: Inbound,
+        size: usize,
+        now: Duration,
+        meter: &mut impl Meter,
+    ) -> Step {
+        let envelope = &inbound.envelope;
+        let offending = Offending {
+            message_type: Some(&envelope.message_type),
+            message_id: Some(&envelope.message_id),
+        };
         if let Some(error) = self.over_rate(table, size, now) {
             self.reject(table, &error, offending, meter);
             let max = table.read().config().limits.rate_limited_max;
@@ -586,7 +690,7 @@ impl<L: Link> Connection<L> {
         table: &impl Table<L>,
         envelope: &Envelope,
         now: Duration,
-    ) -> Result<(), RelayError> {
+    ) -> Result<Joining, RelayError> {
         let config = table.read().config().clone();
         let auth = &config.auth;
         let claimed = (!envelope.sender_id.is_empty())
@@ -672,9 +776,22 @@ impl<L: Link> Connection<L> {
         }
     }
 
-    fn join(&mut self, table: &impl Table<L>, id: PeerId) -> Result<(), RelayError> {
+    /// Joins under `id`, or on a clustered hub reserves it for the bus to settle.
+    fn join(&mut self, table: &impl Table<L>, id: PeerId) -> Result<Joining, RelayError> {
         {
             let mut hub = table.write();
+            if hub.is_clustered() {
+                hub.reserve(&id)?;
+                return Ok(Joining::Reserving(id));
+            }
+        }
+        self.join_now(table, id).map(|()| Joining::Done)
+    }
+
+    fn join_now(&mut self, table: &impl Table<L>, id: PeerId) -> Result<(), RelayError> {
+        {
+            let mut hub = table.write();
+            hub.cancel_reservation(&id);
             let joined = hub.join(id.clone(), self.conn, self.link.clone())?;
             // Handed over under the lock, so the Welcome comes before anything routed to it.
             self.deliver_own(&joined.welcome);
@@ -715,21 +832,41 @@ impl<L: Link> Connection<L> {
                 inbound.envelope.message_id = id.into();
             }
             let message = Arc::new(inbound.into_message());
-            let routed = hub.route_by_rule(sender, &message).map(|(route, targets)| {
-                let mut delivered = 0;
-                for (id, peer) in targets {
-                    match peer.send(&message) {
-                        Ok(()) => delivered += 1,
-                        Err(Refused::SlowConsumer { newly }) => {
-                            self.counts.slow_consumers += u64::from(newly);
-                            missed.push(id.clone());
+            let routed = hub
+                .route_by_rule(sender, &message)
+                .map(|(route, targets, forward)| {
+                    let mut delivered = 0;
+                    for (id, peer) in targets {
+                        match peer.send(&message) {
+                            Ok(()) => delivered += 1,
+                            Err(Refused::SlowConsumer { newly }) => {
+                                self.counts.slow_consumers += u64::from(newly);
+                                missed.push(id.clone());
+                            }
+                            Err(Refused::Gone) => {}
                         }
-                        Err(Refused::Gone) => {}
                     }
-                }
-                self.counts.delivered += delivered;
-                meter.routed(route, delivered);
-            });
+                    self.counts.delivered += delivered;
+                    meter.routed(route, delivered);
+                    match (forward, hub.uplink()) {
+                        (Forward::Nowhere, _) | (_, None) => Ok(()),
+                        (forward, Some(uplink)) => {
+                            uplink.forward(forward, &message).map_err(|_| {
+                                let to = match forward {
+                                    Forward::To(relay) => format!(
+                                        "the relay holding {:?} ({})",
+                                        envelope_recipient(&message),
+                                        relay.name
+                                    ),
+                                    _ => "the other relays".to_owned(),
+                                };
+                                RelayError::RelayUnreachable(format!(
+                                    "{to} cannot take more messages now"
+                                ))
+                            })
+                        }
+                    }
+                });
             (routed, message)
         };
         let envelope = message.envelope();
@@ -738,7 +875,11 @@ impl<L: Link> Connection<L> {
             message_id: Some(&envelope.message_id),
         };
         match routed {
-            Ok(()) => self.counts.routed += 1,
+            Ok(Ok(())) => self.counts.routed += 1,
+            Ok(Err(unreachable)) => {
+                self.counts.routed += 1;
+                self.reject(table, &unreachable, offending, meter);
+            }
             Err(error) => self.reject(table, &error, offending, meter),
         }
         for slow in missed {
@@ -768,6 +909,10 @@ impl<L: Link> Connection<L> {
             self.counts.slow_consumers += 1;
         }
     }
+}
+
+fn envelope_recipient(message: &Message) -> String {
+    crate::id::truncate_for_display(&message.envelope().recipient_id)
 }
 
 /// What putting new rules in force did.
@@ -813,7 +958,7 @@ pub fn presence_timer_fired<L: Link>(table: &impl Table<L>) -> (Option<Duration>
 }
 
 /// Announces what waits in the network's presence log to every peer it concerns.
-fn flush<L: Link>(hub: &mut Hub<L>, counts: &mut Counts) {
+pub(crate) fn flush<L: Link>(hub: &mut Hub<L>, counts: &mut Counts) {
     hub.flush_presence(|_, peer, message| {
         if let Err(Refused::SlowConsumer { newly: true }) = peer.send(message) {
             counts.slow_consumers += 1;

@@ -41,10 +41,11 @@ pub enum ErrorCode {
     TooManyConnectionsFromAddress,
     IdleTimeout,
     MemoryBudgetExhausted,
+    RelayUnreachable,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 31] = [
+    pub const ALL: [ErrorCode; 32] = [
         ErrorCode::InvalidJson,
         ErrorCode::NotAnObject,
         ErrorCode::MissingMessageType,
@@ -76,6 +77,7 @@ impl ErrorCode {
         ErrorCode::TooManyConnectionsFromAddress,
         ErrorCode::IdleTimeout,
         ErrorCode::MemoryBudgetExhausted,
+        ErrorCode::RelayUnreachable,
     ];
 
     /// A proof of identity refused (README, "Authentication"): the connection ends with it.
@@ -124,6 +126,7 @@ impl ErrorCode {
             ErrorCode::TooManyConnectionsFromAddress => "too_many_connections_from_address",
             ErrorCode::IdleTimeout => "idle_timeout",
             ErrorCode::MemoryBudgetExhausted => "memory_budget_exhausted",
+            ErrorCode::RelayUnreachable => "relay_unreachable",
         }
     }
 }
@@ -255,6 +258,11 @@ pub enum RelayError {
     /// connection whose bytes would go over it ends, and may try again later.
     #[error("the relay's memory for messages still being received ({budget} bytes, limits.partial_messages_budget_bytes) is taken; try again later")]
     MemoryBudgetExhausted { budget: u64 },
+    /// The link to the other relays of a cluster (`[cluster]`) cannot take the message now:
+    /// NATS is unreachable, or the queue towards it is full. Peers on this relay still got it;
+    /// those on the others did not.
+    #[error("{0}; this message did not reach peers on other relays")]
+    RelayUnreachable(String),
 }
 
 impl RelayError {
@@ -338,6 +346,7 @@ impl RelayError {
             RelayError::SlowConsumer(_) => ErrorCode::SlowConsumer,
             RelayError::ShuttingDown => ErrorCode::ShuttingDown,
             RelayError::TooManyPeers { .. } => ErrorCode::TooManyPeers,
+            RelayError::RelayUnreachable(_) => ErrorCode::RelayUnreachable,
             RelayError::AuthenticationRequired(_) => ErrorCode::AuthenticationRequired,
             RelayError::InvalidSignature(_) => ErrorCode::InvalidSignature,
             RelayError::KeyNotAllowed(_) => ErrorCode::KeyNotAllowed,

@@ -102,6 +102,7 @@ pub fn connection(make: impl Fn() -> Input, parsed: Option<&Envelope>) {
                 assert!(ends_authentication(error.code()), "{error}");
             }
             Step::Close(error) => panic!("an envelope never ends the connection: {error}"),
+            Step::Reserve(id) => panic!("a relay without a cluster reserved {id}"),
         }
         let got = log.0.take();
         for message in &got {

@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::cluster::{Arrival, Claim, Forward, RelayRef, Remote, RemoteJoin, RemotePeer, Uplink};
 use crate::config::{Mode, RelayConfig};
 use crate::envelope::{Envelope, Message};
 use crate::error::RelayError;
@@ -80,6 +81,9 @@ pub struct Hub<P> {
     ids: MessageIds,
     /// Joins and leaves not yet announced, and the announcement timer's state.
     presence: Presence,
+    /// The peers on the other relays of a cluster and the way to them ([`crate::cluster`]);
+    /// `None` for a relay on its own (the Worker, a native relay without `[cluster]`).
+    remote: Option<Remote>,
 }
 
 /// What a successful join produces.
@@ -103,6 +107,157 @@ impl<P> Hub<P> {
             message_limit,
             peers: HashMap::new(),
             ids: MessageIds::new(id_seed),
+            remote: None,
+        }
+    }
+
+    /// Makes this hub one relay of a cluster: ids are claimed network-wide, and what is routed
+    /// to peers elsewhere goes to `uplink` (see [`crate::cluster`]).
+    pub fn set_uplink(&mut self, uplink: Arc<dyn Uplink>) {
+        self.remote = Some(Remote::new(uplink));
+    }
+
+    pub fn is_clustered(&self) -> bool {
+        self.remote.is_some()
+    }
+
+    pub(crate) fn uplink(&self) -> Option<&Arc<dyn Uplink>> {
+        self.remote.as_ref().map(|r| &r.uplink)
+    }
+
+    /// The peers on other relays, with where they are.
+    pub fn remote_peers(&self) -> impl Iterator<Item = (&PeerId, &RemotePeer)> {
+        self.remote.iter().flat_map(|r| r.peers.iter())
+    }
+
+    /// Peers connected anywhere in the network: here, and (clustered) on the other relays.
+    pub fn network_len(&self) -> usize {
+        self.peers.len() + self.remote_only().count()
+    }
+
+    /// Remote peers whose id no connection here holds (while the bus settles a displaced
+    /// claim, both can exist for a moment; the local one is on its way out).
+    fn remote_only(&self) -> impl Iterator<Item = &PeerId> {
+        self.remote_peers()
+            .map(|(id, _)| id)
+            .filter(|id| !self.peers.contains_key(*id))
+    }
+
+    /// Holds `id` for a local connection while the bus is asked for it: refused if a peer
+    /// here or elsewhere holds it, or another connection here is asking for it.
+    pub(crate) fn reserve(&mut self, id: &PeerId) -> Result<(), RelayError> {
+        let taken = self.peers.contains_key(id);
+        let Some(remote) = self.remote.as_mut() else {
+            return Ok(());
+        };
+        if taken || remote.peers.contains_key(id) || !remote.reserving.insert(id.clone()) {
+            return Err(RelayError::PeerIdInUse(id.to_string()));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn cancel_reservation(&mut self, id: &PeerId) {
+        if let Some(remote) = self.remote.as_mut() {
+            remote.reserving.remove(id);
+        }
+    }
+
+    /// See [`crate::cluster::remote_joined`].
+    pub(crate) fn remote_joined(
+        &mut self,
+        id: PeerId,
+        relay: RelayRef,
+        claim: Claim,
+    ) -> (RemoteJoin, Effect) {
+        let here = self.peers.contains_key(&id);
+        let Some(remote) = self.remote.as_mut() else {
+            return (RemoteJoin::Known, Effect::default());
+        };
+        if remote.is_departed(&id, claim) {
+            return (RemoteJoin::Known, Effect::default());
+        }
+        let new = RemotePeer { relay, claim };
+        match remote.peers.get_mut(&id) {
+            Some(known) if known.claim >= claim => return (RemoteJoin::Known, Effect::default()),
+            // The same relay asserted the claim anew (it had been made while the bus was
+            // unreachable): the same connection, nothing to announce.
+            Some(known) if known.relay == new.relay => {
+                *known = new;
+                return (RemoteJoin::Known, Effect::default());
+            }
+            Some(known) => {
+                // The id moved to another relay: its old claim ended.
+                let old = std::mem::replace(known, new);
+                remote.depart(&id, old.claim);
+                let (_, left) = self.presence.record(&id, Change::Left);
+                let (_, joined) = self.presence.record(&id, Change::Joined);
+                return (RemoteJoin::Joined, left.and(joined));
+            }
+            None => {
+                remote.peers.insert(id.clone(), new);
+            }
+        }
+        if here {
+            return (RemoteJoin::Displaces, Effect::default());
+        }
+        let (_, effect) = self.presence.record(&id, Change::Joined);
+        (RemoteJoin::Joined, effect)
+    }
+
+    /// See [`crate::cluster::remote_left`].
+    pub(crate) fn remote_left(&mut self, id: &PeerId, at: Claim) -> Effect {
+        let here = self.peers.contains_key(id);
+        let Some(remote) = self.remote.as_mut() else {
+            return Effect::default();
+        };
+        remote.depart(id, at);
+        match remote.peers.get(id) {
+            Some(known) if known.claim < at => {
+                remote.peers.remove(id);
+                if here {
+                    return Effect::default();
+                }
+                self.presence.record(id, Change::Left).1
+            }
+            _ => Effect::default(),
+        }
+    }
+
+    /// See [`crate::cluster::relay_gone`].
+    pub(crate) fn forget_relay(&mut self, relay: &RelayRef) -> (Vec<(PeerId, Claim)>, Effect) {
+        let Some(remote) = self.remote.as_mut() else {
+            return (Vec::new(), Effect::default());
+        };
+        let gone: Vec<(PeerId, Claim)> = remote
+            .peers
+            .iter()
+            .filter(|(_, peer)| peer.relay == *relay)
+            .map(|(id, peer)| (id.clone(), peer.claim))
+            .collect();
+        let mut effect = Effect::default();
+        for (id, claim) in &gone {
+            remote.peers.remove(id);
+            remote.depart(id, *claim);
+            if !self.peers.contains_key(id) {
+                effect = effect.and(self.presence.record(id, Change::Left).1);
+            }
+        }
+        (gone, effect)
+    }
+
+    /// What is known of `sender`'s `claim` (see [`crate::cluster`], "Claims order what
+    /// crosses").
+    pub(crate) fn arrival(&self, sender: &PeerId, claim: Claim) -> Arrival {
+        let Some(remote) = self.remote.as_ref() else {
+            return Arrival::Stale;
+        };
+        if self.peers.contains_key(sender) || remote.is_departed(sender, claim) {
+            return Arrival::Stale;
+        }
+        match remote.peers.get(sender) {
+            Some(known) if known.claim == claim => Arrival::Known,
+            Some(known) if known.claim > claim => Arrival::Stale,
+            _ => Arrival::New,
         }
     }
 
@@ -168,7 +323,8 @@ impl<P> Hub<P> {
     /// Adds a peer. A second live connection claiming an id in use is refused
     /// ([`RelayError::PeerIdInUse`]); the first keeps it.
     pub fn join(&mut self, id: PeerId, conn: ConnId, peer: P) -> Result<Joined, RelayError> {
-        if self.peers.contains_key(&id) {
+        let remote = self.remote.as_ref();
+        if self.peers.contains_key(&id) || remote.is_some_and(|r| r.peers.contains_key(&id)) {
             return Err(RelayError::PeerIdInUse(id.to_string()));
         }
         let (joined, presence) = self.presence.record(&id, Change::Joined);
@@ -202,7 +358,16 @@ impl<P> Hub<P> {
             _ => return None,
         }
         let entry = self.peers.remove(id)?;
-        let (_, presence) = self.presence.record(id, Change::Left);
+        let (_, mut presence) = self.presence.record(id, Change::Left);
+        if self
+            .remote
+            .as_ref()
+            .is_some_and(|r| r.peers.contains_key(id))
+        {
+            // It was displaced by a claim on another relay (see `remote_joined`), which holds
+            // the id now: that peer is announced as it takes over.
+            presence = presence.and(self.presence.record(id, Change::Joined).1);
+        }
         Some((entry.peer, presence))
     }
 
@@ -259,27 +424,34 @@ impl<P> Hub<P> {
         message: &Message,
     ) -> Result<Targets<'h, P>, RelayError> {
         self.route_by_rule(sender, message)
-            .map(|(_, targets)| targets)
+            .map(|(_, targets, _)| targets)
     }
 
     /// [`Hub::route`], also saying which rule decided and how the message travels ([`Route`]),
-    /// for the front's metrics: the same single lookup of the rules.
+    /// for the front's metrics, and where else it goes in a cluster ([`Forward`]): the same
+    /// single lookup of the rules.
     pub fn route_by_rule<'h>(
         &'h self,
         sender: &'h PeerId,
         message: &Message,
-    ) -> Result<(Route<'h>, Targets<'h, P>), RelayError> {
+    ) -> Result<(Route<'h>, Targets<'h, P>, Forward<'h>), RelayError> {
         let envelope = message.envelope();
         let (rule, mode) = self.config.routing.rule_for(&envelope.message_type);
         let route = |mode| Route { rule, mode };
+        let everywhere = if self.remote.is_some() {
+            Forward::Everywhere
+        } else {
+            Forward::Nowhere
+        };
         match mode {
             Mode::Echo => Ok((
                 route(RouteMode::Echo),
                 Targets::one(self.entry(sender.as_str())),
+                Forward::Nowhere,
             )),
-            Mode::Broadcast => Ok((route(RouteMode::Broadcast), self.others(sender))),
+            Mode::Broadcast => Ok((route(RouteMode::Broadcast), self.others(sender), everywhere)),
             Mode::Auto if envelope.recipient_id.is_empty() => {
-                Ok((route(RouteMode::Broadcast), self.others(sender)))
+                Ok((route(RouteMode::Broadcast), self.others(sender), everywhere))
             }
             Mode::Directed | Mode::Auto => {
                 let to: &str = &envelope.recipient_id;
@@ -288,8 +460,19 @@ impl<P> Hub<P> {
                         envelope.message_type.to_string(),
                     ));
                 }
-                match self.entry(to) {
-                    Some(peer) => Ok((route(RouteMode::Directed), Targets::one(Some(peer)))),
+                if let Some(peer) = self.entry(to) {
+                    return Ok((
+                        route(RouteMode::Directed),
+                        Targets::one(Some(peer)),
+                        Forward::Nowhere,
+                    ));
+                }
+                match self.remote.as_ref().and_then(|r| r.peers.get(to)) {
+                    Some(remote) => Ok((
+                        route(RouteMode::Directed),
+                        Targets::one(None),
+                        Forward::To(&remote.relay),
+                    )),
                     None => Err(RelayError::UnknownRecipient(
                         crate::id::truncate_for_display(to),
                     )),
@@ -303,12 +486,13 @@ impl<P> Hub<P> {
         let mut peers: Vec<&str> = self
             .peers
             .keys()
+            .chain(self.remote_only())
             .filter(|p| *p != id)
             .map(PeerId::as_str)
             .take(max)
             .collect();
         peers.sort_unstable();
-        let peer_count = self.peers.len() - 1;
+        let peer_count = self.network_len() - 1;
         Envelope::from_relay(
             kinds::WELCOME,
             self.next_message_id(),
@@ -560,7 +744,7 @@ mod tests {
         let a = id("a");
         for (ty, to, rule, mode) in table {
             let env = Envelope::from_parts(ty.into(), "a".into(), to.into(), "1".into()).unwrap();
-            let (route, _) = h.route_by_rule(&a, &Message::new(env)).unwrap();
+            let (route, _, _) = h.route_by_rule(&a, &Message::new(env)).unwrap();
             assert_eq!(route, Route { rule, mode }, "{ty} to {to:?}");
         }
     }

@@ -18,6 +18,8 @@
 //! - [`presence`]: joins and leaves, coalesced into announcements: who is told of whom, in
 //!   which envelope, and when the front's presence timer must fire.
 //! - [`auth`]: who may take which id: the `Challenge`, signed proofs and tokens, checked.
+//! - [`cluster`]: peers on the other relays of a cluster: network-wide ids, remote presence,
+//!   and what crosses relays (the native relay's `[cluster]` moves it over NATS).
 //! - [`rate`]: the token buckets behind each identity's rate limits.
 //! - [`address`]: connections per client address (live, and new per second): the decision
 //!   every front asks before it serves a connection.
@@ -31,6 +33,7 @@
 
 pub mod address;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod envelope;

@@ -80,6 +80,16 @@ pub struct Effect {
     pub arm: Option<Duration>,
 }
 
+impl Effect {
+    /// Both effects: flush if either asks, start the timer if either asks.
+    pub fn and(self, other: Effect) -> Effect {
+        Effect {
+            flush_now: self.flush_now || other.flush_now,
+            arm: self.arm.or(other.arm),
+        }
+    }
+}
+
 /// The event log of one network and its timer's state.
 #[derive(Debug)]
 pub struct Presence {
