@@ -15,6 +15,8 @@
 //! - [`grpc`]: the gRPC front: [`grpc::service`] (`RelayService/Exchange`) and
 //!   [`grpc::codec`] (the wire type, the codec and the proto conversions).
 //! - [`limits`]: the per-address limits' table and guard, and the WebSocket front's refusal.
+//! - [`cluster`]: several relays on one NATS as one network (`[cluster]`): claims, presence
+//!   and traffic across relays, heartbeats, resynchronisation after an outage.
 //! - [`peer`]: one connection, front-independent: identity, admission, routing, delivery.
 //! - [`state`]: the [`state::Relay`] every connection shares (the hub, connection ids,
 //!   counters, the record of reloads).
@@ -31,6 +33,7 @@
 
 pub mod admin;
 pub mod budget;
+pub mod cluster;
 pub mod config;
 pub mod events;
 #[doc(hidden)]

@@ -11,6 +11,7 @@ use gsio_relay_core::auth::Nonce;
 use gsio_relay_core::connection::Handshake;
 use gsio_relay_core::{Connection, Counts, Input, PeerId, Step};
 
+use crate::cluster::Claimed;
 use crate::metrics::{ConnMeter, Front};
 use crate::queue::{queue, Outbox, PeerHandle};
 use crate::state::{Relay, Stats};
@@ -26,6 +27,8 @@ pub struct PeerConn {
     front: Front,
     /// Where this connection's routing is counted as it happens ([`crate::metrics`]).
     meter: ConnMeter,
+    /// The id this connection claimed on the cluster, released when it ends.
+    claimed: Option<PeerId>,
 }
 
 impl PeerConn {
@@ -42,6 +45,7 @@ impl PeerConn {
             pending: Counts::default(),
             front,
             meter,
+            claimed: None,
         };
         (peer, outbox)
     }
@@ -52,7 +56,7 @@ impl PeerConn {
 
     /// The connection's first step: the id (`?node_id=`, `x-gsio-node-id`) or token given at
     /// connect, else the challenge; see [`Connection::begin`].
-    pub fn begin(&mut self, node_id: Option<&str>, token: Option<&str>) -> Step {
+    pub async fn begin(&mut self, node_id: Option<&str>, token: Option<&str>) -> Step {
         let mut nonce = [0; 32];
         if let Err(error) = getrandom::fill(&mut nonce) {
             // No randomness: no challenge could be trusted, so no proof is accepted either.
@@ -71,19 +75,53 @@ impl PeerConn {
         let step = self
             .connection
             .begin_metered(self.relay.table(), handshake, &mut meter);
+        let step = self.settle(step).await;
         self.joined_if(true);
         self.after(step)
     }
 
     /// One frame or decoded envelope; see [`Connection::input`].
-    pub fn input(&mut self, input: Input) -> Step {
+    pub async fn input(&mut self, input: Input) -> Step {
         let anonymous = self.connection.id().is_none();
         let mut meter = self.relay.metrics.meter(&mut self.meter);
         let step = self
             .connection
             .input_metered(self.relay.table(), input, now(), &mut meter);
+        let step = self.settle(step).await;
         self.joined_if(anonymous);
         self.after(step)
+    }
+
+    /// A claim the core reserved ([`Step::Reserve`]) is settled with the cluster before the
+    /// connection goes on (its next input waits, so nothing overtakes the join).
+    async fn settle(&mut self, step: Step) -> Step {
+        let Step::Reserve(id) = step else {
+            return step;
+        };
+        let won = match self.relay.cluster() {
+            Some(cluster) => match cluster.claim(&id).await {
+                Claimed::Won(_) | Claimed::Unconfirmed => {
+                    self.claimed = Some(id.clone());
+                    true
+                }
+                Claimed::Taken => false,
+            },
+            None => true,
+        };
+        let mut meter = self.relay.metrics.meter(&mut self.meter);
+        let step = self
+            .connection
+            .reserved(self.relay.table(), won, now(), &mut meter);
+        if self.connection.id().is_none() {
+            self.release();
+        }
+        step
+    }
+
+    fn release(&mut self) {
+        if let (Some(id), Some(cluster)) = (self.claimed.take(), self.relay.cluster()) {
+            cluster.release(&id);
+        }
     }
 
     /// How long until a connection still without an id must be closed
@@ -144,6 +182,7 @@ impl Drop for PeerConn {
     fn drop(&mut self) {
         let id = self.connection.id().cloned();
         self.connection.leave(self.relay.table());
+        self.release();
         let step = self.after(Step::Continue);
         debug_assert_eq!(step, Step::Continue);
         let stats = &self.relay.stats;

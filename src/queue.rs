@@ -105,6 +105,11 @@ impl PeerHandle {
     pub fn front(&self) -> Front {
         self.front
     }
+
+    /// Disconnects the peer for `reason` (told to it as it goes); false if it was already.
+    pub(crate) fn kick(&self, reason: RelayError) -> bool {
+        self.events.kick(reason)
+    }
 }
 
 /// The core reaches a peer through its handle ([`gsio_relay_core::Connection`] decides who

@@ -54,6 +54,10 @@ pub enum ServerError {
     Grpc(#[from] tonic::transport::Error),
     #[error("gRPC reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// `[cluster]` could not be set up (a credentials file unreadable, a URL NATS rejects).
+    /// NATS being down is not this: the relay starts and joins when it comes up.
+    #[error("[cluster]: {0}")]
+    Cluster(String),
 }
 
 /// Both fronts and the admin listener, bound and ready to run.
@@ -83,11 +87,17 @@ impl Server {
         let grpc = listen(config.server.grpc_listen, "server.grpc_listen").await?;
         let admin = listen(config.server.admin_listen, "server.admin_listen").await?;
         let config = Arc::new(config);
+        let relay = Relay::new(config.clone());
+        if let Some(settings) = &config.cluster {
+            crate::cluster::Cluster::connect(&relay, settings.clone())
+                .await
+                .map_err(ServerError::Cluster)?;
+        }
         Ok(Server {
             ws,
             grpc,
             admin,
-            relay: Relay::new(config.clone()),
+            relay,
             config,
             watch: None,
         })
@@ -242,6 +252,10 @@ impl Server {
         }
         // Every connection is done: nobody is left to announce anything to.
         presence_timer.abort();
+        if let Some(cluster) = relay.cluster() {
+            // Their releases go out, so the other relays free the ids now, not at a timeout.
+            cluster.stop(ADMIN_LINGER).await;
+        }
         let _ = ws_task.await;
         let mut grpc_task = grpc_task;
         match tokio::time::timeout_at(deadline, &mut grpc_task).await {

@@ -5,7 +5,7 @@
 //! [`crate::reload`]'s.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, SystemTime};
 
 use gsio_relay_core::hub::ConnId;
@@ -13,6 +13,7 @@ use gsio_relay_core::hub::LiveLimit;
 use gsio_relay_core::{Hub, Reconfigured, RelayConfig, Table};
 use tokio::sync::Notify;
 
+use crate::cluster::Cluster;
 use crate::metrics::{Front, Metrics};
 use crate::queue::PeerHandle;
 
@@ -40,6 +41,8 @@ pub struct Relay {
     /// at most one request.
     presence_wake: Notify,
     presence_delay_ms: AtomicU64,
+    /// The link to the other relays, when relay.toml has a `[cluster]` ([`crate::cluster`]).
+    cluster: OnceLock<Arc<Cluster>>,
 }
 
 /// One connected peer, as the console shows it.
@@ -134,6 +137,7 @@ impl Relay {
             }),
             presence_wake: Notify::new(),
             presence_delay_ms: AtomicU64::new(0),
+            cluster: OnceLock::new(),
         })
     }
 
@@ -202,6 +206,35 @@ impl Relay {
     /// The peer table, for the core's [`gsio_relay_core::Connection`].
     pub(crate) fn table(&self) -> &RwLock<Hub<PeerHandle>> {
         &self.hub
+    }
+
+    /// Makes this relay one of a cluster: the hub claims ids network-wide and forwards through
+    /// `cluster` from now on.
+    pub(crate) fn join_cluster(&self, cluster: Arc<Cluster>) {
+        Table::write(&self.hub).set_uplink(cluster.clone());
+        let _ = self.cluster.set(cluster);
+    }
+
+    /// The link to the other relays, if this relay is one of a cluster.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.get()
+    }
+
+    /// Carries out what a cluster step asks: the presence timer, and counting the slow
+    /// consumers its deliveries found (`cause` names it in the log).
+    pub(crate) fn apply_cluster(&self, applied: gsio_relay_core::cluster::Applied, cause: &str) {
+        if let Some(delay) = applied.timer {
+            self.start_presence_timer(delay);
+        }
+        Stats::bump(&self.stats.deliveries, applied.counts.delivered);
+        self.slow_consumers_disconnected(applied.counts.slow_consumers, cause);
+    }
+
+    /// Disconnects the local peer `id`, telling it `reason`.
+    pub(crate) fn kick(&self, id: &str, reason: gsio_relay_core::RelayError) {
+        if let Some(handle) = Table::read(&self.hub).get(id) {
+            handle.kick(reason);
+        }
     }
 
     /// A connection's step asked for the presence timer: it fires after `delay`.

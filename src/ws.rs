@@ -177,7 +177,7 @@ async fn connection(
     let (mut peer, mut outbox) = PeerConn::open(&relay, Front::Ws);
     let events = outbox.events();
     let _registration = shutdown.register(&events);
-    if let Step::Close(error) = peer.begin(node_id.as_deref(), token.as_deref()) {
+    if let Step::Close(error) = peer.begin(node_id.as_deref(), token.as_deref()).await {
         // The Error envelope is queued: `finish` writes it, then the close.
         return Box::pin(finish(ws, outbox, None, peer, End::Kicked(error))).await;
     }
@@ -266,7 +266,7 @@ async fn connection(
                 }
                 match frame {
                     Some(Ok(tungstenite::Message::Text(text))) => {
-                        if let Step::Close(error) = peer.input(text_input(text)) {
+                        if let Step::Close(error) = peer.input(text_input(text)).await {
                             break End::Kicked(error);
                         }
                         if peer.id().is_some() {
@@ -274,7 +274,7 @@ async fn connection(
                         }
                     }
                     Some(Ok(tungstenite::Message::Binary(_))) => {
-                        if let Step::Close(error) = peer.input(Input::Binary) {
+                        if let Step::Close(error) = peer.input(Input::Binary).await {
                             break End::Kicked(error);
                         }
                     }
@@ -289,14 +289,14 @@ async fn connection(
                     Some(Ok(tungstenite::Message::Close(_))) => {}
                     Some(Err(tungstenite::Error::Capacity(error))) => {
                         tracing::debug!("a peer sent an oversized frame: {error}");
-                        if let Step::Close(error) = peer.input(Input::OversizedFrame) {
+                        if let Step::Close(error) = peer.input(Input::OversizedFrame).await {
                             break End::Kicked(error);
                         }
                     }
                     Some(Err(error)) => {
                         if let Some(refusal) = Refusal::of(&error) {
                             tracing::debug!("a peer's frame was refused: {refusal}");
-                            if let Step::Close(error) = peer.input(refusal.input()) {
+                            if let Step::Close(error) = peer.input(refusal.input()).await {
                                 break End::Kicked(error);
                             }
                         }

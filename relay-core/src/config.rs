@@ -61,6 +61,148 @@ pub struct RelayConfig {
     pub auth: Auth,
     #[serde(default)]
     pub log: LogConfig,
+    /// Several native relays forming one network over NATS; absent, a relay on its own (and no
+    /// NATS). The Worker ignores it: the edge network is separate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<Cluster>,
+}
+
+/// The native relay's `[cluster]`: which NATS to meet the other relays on, and as whom.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    /// NATS servers (`nats://host:port`, `tls://host:port`); the client tries each, and
+    /// reconnects by itself.
+    pub nats_urls: Vec<String>,
+    /// This relay's name, unique in the cluster: the subject its directed traffic comes on.
+    pub relay_name: String,
+    /// A NATS `.creds` file (JWT and NKey seed), for a NATS that asks for one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_file: Option<String>,
+    /// Every subject starts with it, and the presence bucket is named after it: two networks
+    /// can share one NATS under two prefixes.
+    #[serde(default = "default_subject_prefix")]
+    pub subject_prefix: String,
+    /// How often this relay tells the others it is alive.
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_ms: u64,
+    /// A relay not heard from for this long is given up on: its peers leave everywhere, and
+    /// their ids are free again. At least three heartbeats.
+    #[serde(default = "default_relay_timeout_ms")]
+    pub relay_timeout_ms: u64,
+    /// Messages waiting to go to NATS; past it, a sender is told `relay_unreachable` (a slow or
+    /// unreachable NATS cannot make this relay hold more).
+    #[serde(default = "default_forward_queue")]
+    pub forward_queue: usize,
+}
+
+fn default_subject_prefix() -> String {
+    "gsio".to_owned()
+}
+
+fn default_heartbeat_ms() -> u64 {
+    500
+}
+
+fn default_relay_timeout_ms() -> u64 {
+    3000
+}
+
+fn default_forward_queue() -> usize {
+    65_536
+}
+
+/// `cluster.heartbeat_ms` bounds.
+pub const HEARTBEAT_MS: std::ops::RangeInclusive<u64> = 50..=60_000;
+/// `cluster.relay_timeout_ms`'s ceiling (its floor is three heartbeats).
+pub const MAX_RELAY_TIMEOUT_MS: u64 = 600_000;
+/// `cluster.forward_queue` bounds.
+pub const FORWARD_QUEUE: std::ops::RangeInclusive<usize> = 1..=1 << 20;
+
+impl Cluster {
+    /// The first key that cannot be used.
+    fn invalid(&self) -> Option<InvalidConfig> {
+        let bad = |key: &str, message: String| {
+            Some(InvalidConfig {
+                key: format!("cluster.{key}"),
+                message,
+            })
+        };
+        if self.nats_urls.is_empty() {
+            return bad(
+                "nats_urls",
+                "names no NATS server; give at least one URL".into(),
+            );
+        }
+        if let Some(url) = self.nats_urls.iter().find(|u| {
+            !["nats://", "tls://"]
+                .iter()
+                .any(|scheme| u.starts_with(scheme))
+                || u.len() <= "nats://".len()
+        }) {
+            return bad(
+                "nats_urls",
+                format!("{url:?} is not a NATS URL; use nats://host:port or tls://host:port"),
+            );
+        }
+        let token = |t: &str| {
+            !t.is_empty()
+                && t.len() <= 64
+                && t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        if !token(&self.relay_name) {
+            return bad(
+                "relay_name",
+                format!(
+                    "{:?}: use 1 to 64 letters, digits, '-' or '_' (it is part of NATS subjects)",
+                    self.relay_name
+                ),
+            );
+        }
+        if !self.subject_prefix.split('.').all(token) {
+            return bad(
+                "subject_prefix",
+                format!(
+                    "{:?}: use dot-separated tokens of letters, digits, '-' or '_'",
+                    self.subject_prefix
+                ),
+            );
+        }
+        if !HEARTBEAT_MS.contains(&self.heartbeat_ms) {
+            return bad(
+                "heartbeat_ms",
+                format!(
+                    "{} is out of range; use {} to {}",
+                    self.heartbeat_ms,
+                    HEARTBEAT_MS.start(),
+                    HEARTBEAT_MS.end()
+                ),
+            );
+        }
+        let floor = self.heartbeat_ms * 3;
+        if !(floor..=MAX_RELAY_TIMEOUT_MS).contains(&self.relay_timeout_ms) {
+            return bad(
+                "relay_timeout_ms",
+                format!(
+                    "{} is out of range; use three heartbeats ({floor}) to {MAX_RELAY_TIMEOUT_MS}",
+                    self.relay_timeout_ms
+                ),
+            );
+        }
+        if !FORWARD_QUEUE.contains(&self.forward_queue) {
+            return bad(
+                "forward_queue",
+                format!(
+                    "{} is out of range; use {} to {}",
+                    self.forward_queue,
+                    FORWARD_QUEUE.start(),
+                    FORWARD_QUEUE.end()
+                ),
+            );
+        }
+        None
+    }
 }
 
 /// Who may take which peer id, and how a connection proves it (see [`crate::auth`]).
@@ -970,6 +1112,9 @@ impl RelayConfig {
         }
         if self.server.max_connections == 0 {
             return bad("server.max_connections", "must be at least 1".to_owned());
+        }
+        if let Some(invalid) = self.cluster.as_ref().and_then(Cluster::invalid) {
+            return Err(invalid);
         }
         let (ws, grpc) = (self.server.ws_listen, self.server.grpc_listen);
         if ws == grpc && ws.port() != 0 {

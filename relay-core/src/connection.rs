@@ -154,7 +154,7 @@ enum Then {
     Authenticated,
     /// An envelope that named the id as its `sender_id`: routed once the claim is won, refused
     /// with `peer_id_in_use` (the connection stays open) if it is lost.
-    Route(Inbound, usize),
+    Route(Box<Inbound>, usize),
 }
 
 /// How a join went.
@@ -607,7 +607,7 @@ impl<L: Link> Connection<L> {
                     return Step::Continue;
                 }
                 Ok(Joining::Reserving(id)) => {
-                    self.reserving = Some((id.clone(), Then::Route(inbound, size)));
+                    self.reserving = Some((id.clone(), Then::Route(Box::new(inbound), size)));
                     return Step::Reserve(id);
                 }
                 Ok(Joining::Done) => {}
@@ -637,7 +637,7 @@ impl<L: Link> Connection<L> {
         };
         match (joined, then) {
             (Ok(()), Then::Route(inbound, size)) => {
-                self.send_admitted(table, inbound, size, now, meter)
+                self.send_admitted(table, *inbound, size, now, meter)
             }
             (Ok(()), _) => Step::Continue,
             (Err(error), Then::Route(inbound, _)) => {

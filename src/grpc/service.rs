@@ -106,7 +106,7 @@ impl server::relay_service_server::RelayService for RelayGrpc {
             })?),
             None => None,
         };
-        if let Step::Close(error) = peer.begin(node_id, token) {
+        if let Step::Close(error) = peer.begin(node_id, token).await {
             return Err(status_for(&error));
         }
         let mut inbound = request.into_inner();
@@ -143,7 +143,7 @@ impl server::relay_service_server::RelayService for RelayGrpc {
                         Ok(Some(WireEnvelope::Decoded(envelope))) => {
                             let size = prost::Message::encoded_len(&envelope);
                             let input = Input::Decoded { envelope: from_pb(envelope), size };
-                            if let Step::Close(error) = peer.input(input) {
+                            if let Step::Close(error) = peer.input(input).await {
                                 tracing::debug!("gRPC stream ended by the relay: {error}");
                                 // The writer ends the stream with its status, after what is
                                 // queued (the `Error` envelope saying why).
