@@ -78,9 +78,19 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
+/// Ready while running. A clustered relay whose NATS is unreachable still serves its own
+/// peers, so it stays ready, and says so (`ready; cluster: NATS unreachable`).
 async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
     match admin.shutdown.phase() {
-        Phase::Running => (StatusCode::OK, "ready\n").into_response(),
+        Phase::Running => match admin.relay.cluster() {
+            Some(cluster) if !cluster.is_connected() => (
+                StatusCode::OK,
+                "ready; cluster: NATS unreachable, serving this relay's peers only\n",
+            )
+                .into_response(),
+            Some(_) => (StatusCode::OK, "ready; cluster: connected\n").into_response(),
+            None => (StatusCode::OK, "ready\n").into_response(),
+        },
         Phase::StopReading | Phase::Close => {
             (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
         }
@@ -218,6 +228,50 @@ fn counter(
     counter.encode(encoder.encode_descriptor(name, help, None, counter.metric_type())?)
 }
 
+fn to_i64(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// The cluster's metrics (`[cluster]` only).
+fn encode_cluster(
+    encoder: &mut DescriptorEncoder,
+    relay: &Relay,
+    cluster: &crate::cluster::Cluster,
+) -> std::fmt::Result {
+    use std::sync::atomic::Ordering::Relaxed;
+    let stats = &cluster.stats;
+    gauge(
+        encoder,
+        "gsio_relay_cluster_connected",
+        "1 while this relay is connected to NATS, 0 while NATS is unreachable",
+        i64::from(cluster.is_connected()),
+    )?;
+    gauge(
+        encoder,
+        "gsio_relay_cluster_relays",
+        "Other relays heard from within cluster.relay_timeout_ms",
+        to_i64(cluster.relays().len()),
+    )?;
+    gauge(
+        encoder,
+        "gsio_relay_cluster_remote_peers",
+        "Peers connected to the other relays, as this relay knows them",
+        to_i64(relay.remote_peer_count()),
+    )?;
+    let counts = [
+        ("gsio_relay_cluster_forwarded", "Messages handed to NATS for other relays (one per relay)", &stats.forwarded),
+        ("gsio_relay_cluster_forward_refused", "Messages for other relays refused: NATS unreachable or the queue to it full", &stats.forward_refused),
+        ("gsio_relay_cluster_arrived", "Messages from other relays delivered here", &stats.arrived),
+        ("gsio_relay_cluster_arrived_dropped", "Messages from other relays dropped: from a released claim, undecodable, or lost by a slow subscription", &stats.arrived_dropped),
+        ("gsio_relay_cluster_relays_lost", "Relays given up on after cluster.relay_timeout_ms of silence", &stats.relays_lost),
+        ("gsio_relay_cluster_resyncs", "Full reads of the presence bucket: at start and after each reconnection to NATS", &stats.resyncs),
+    ];
+    for (name, help, value) in counts {
+        counter(encoder, name, help, value.load(Relaxed))?;
+    }
+    Ok(())
+}
+
 fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: i64) -> std::fmt::Result {
     let gauge = ConstGauge::new(value);
     gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)
@@ -228,7 +282,6 @@ impl Collector for RelayCollector {
         let relay = &self.0;
         let totals = relay.metrics.totals();
         let depths = relay.queue_depths();
-        let to_i64 = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
 
         let build = ConstGauge::new(1i64);
         let mut family = encoder.encode_descriptor(
@@ -351,6 +404,9 @@ impl Collector for RelayCollector {
             "Which rules are in force: 1 at start, +1 for each reload that changed them",
             i64::try_from(reloads.generation).unwrap_or(i64::MAX),
         )?;
+        if let Some(cluster) = relay.cluster() {
+            encode_cluster(&mut encoder, relay, cluster)?;
+        }
         Ok(())
     }
 }

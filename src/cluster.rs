@@ -116,8 +116,12 @@ pub struct Cluster {
     /// The claim of each local peer (0: unconfirmed), for the headers of what it sends and for
     /// its release. std `Mutex`, never held across an `.await`.
     claims: Mutex<HashMap<PeerId, Claim>>,
+    /// When the bucket was created: a new value means its claim numbers started again.
+    epoch: Mutex<Option<i128>>,
     /// When each other relay was last heard from.
     heard: Mutex<HashMap<RelayRef, Instant>>,
+    /// Relays given up on and not heard from since: their keys may be taken over.
+    lost: Mutex<std::collections::HashSet<RelayRef>>,
     outbound: mpsc::UnboundedSender<Outbound>,
     /// Traffic in `outbound`, bounded by `forward_queue`.
     queued: AtomicUsize,
@@ -186,6 +190,8 @@ impl Cluster {
             kv: Mutex::new(None),
             claims: Mutex::new(HashMap::new()),
             heard: Mutex::new(HashMap::new()),
+            lost: Mutex::new(std::collections::HashSet::new()),
+            epoch: Mutex::new(None),
             outbound,
             queued: AtomicUsize::new(0),
             releases_pending: AtomicUsize::new(0),
@@ -261,13 +267,28 @@ impl Cluster {
         lock(&self.kv).clone()
     }
 
+    /// The bucket; just after a (re)connection, once it is found (a claim waits for it rather
+    /// than be held here only), for at most [`KV_TIMEOUT`].
+    async fn bucket_when_ready(&self) -> Option<kv::Store> {
+        let deadline = tokio::time::Instant::now() + KV_TIMEOUT;
+        loop {
+            if let Some(kv) = self.kv() {
+                return Some(kv);
+            }
+            if !self.is_connected() || tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     fn holder(&self) -> Bytes {
         holder_bytes(&self.me)
     }
 
     /// Claims `id` network-wide for a local connection (see [`Claimed`]).
     pub async fn claim(&self, id: &PeerId) -> Claimed {
-        let claimed = match (self.is_connected(), self.kv()) {
+        let claimed = match (self.is_connected(), self.bucket_when_ready().await) {
             (true, Some(kv)) => self.create(&kv, id).await,
             _ => Claimed::Unconfirmed,
         };
@@ -292,7 +313,10 @@ impl Cluster {
             Ok(claim) => Claimed::Won(claim),
             Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => {
                 match kv.entry(&key).await {
-                    Ok(Some(entry)) if self.is_mine(&entry.value) => {
+                    // This relay's own, or one of a relay given up on whose keys are not all
+                    // deleted yet: taken over at the revision read (if another relay took it
+                    // meanwhile, the update fails and the claim is lost).
+                    Ok(Some(entry)) if self.is_mine(&entry.value) || self.is_lost(&entry.value) => {
                         match kv.update(&key, self.holder(), entry.revision).await {
                             Ok(claim) => Claimed::Won(claim),
                             Err(_) => Claimed::Taken,
@@ -310,6 +334,18 @@ impl Cluster {
                 Claimed::Unconfirmed
             }
         }
+    }
+
+    /// The value names a relay this one gave up on.
+    fn is_lost(&self, value: &[u8]) -> bool {
+        serde_json::from_slice::<Holder>(value)
+            .is_ok_and(|h| lock(&self.lost).contains(&relay_ref(&h)))
+    }
+
+    /// `from` was heard from: alive, whatever was thought before.
+    fn heard_from(&self, from: RelayRef) {
+        lock(&self.lost).remove(&from);
+        lock(&self.heard).insert(from, Instant::now());
     }
 
     fn is_mine(&self, value: &[u8]) -> bool {
@@ -432,6 +468,7 @@ impl Cluster {
                 for relay in &lost {
                     heard.remove(relay);
                 }
+                lock(&self.lost).extend(lost.iter().cloned());
                 lost
             };
             for lost in lost {
@@ -463,7 +500,7 @@ impl Cluster {
             };
             let from = relay_ref(&holder);
             if from != self.me {
-                lock(&self.heard).insert(from, Instant::now());
+                self.heard_from(from);
             }
         }
     }
@@ -478,7 +515,7 @@ impl Cluster {
         while let Some(message) = inbound.next().await {
             match self.decode(&message) {
                 Some((from, claim, carried, decoded)) => {
-                    lock(&self.heard).insert(from.clone(), Instant::now());
+                    self.heard_from(from.clone());
                     let applied = core::arrived(relay.table(), &from, claim, carried, &decoded);
                     let delivered = applied.counts.routed != 0;
                     relay.apply_cluster(applied, "a message from another relay");
@@ -554,13 +591,21 @@ impl Cluster {
             .await
             .map_err(|e| format!("bucket {}: {e}", self.bucket))?;
         *lock(&self.kv) = Some(kv.clone());
-        let start = kv
+        let info = kv
             .status()
             .await
             .map_err(|e| format!("bucket status: {e}"))?
-            .info
-            .state
-            .last_sequence;
+            .info;
+        let start = info.state.last_sequence;
+        // A bucket created anew (NATS restarted without it) numbers claims from 1 again.
+        let epoch = info.created.unix_timestamp_nanos();
+        if lock(&self.epoch)
+            .replace(epoch)
+            .is_some_and(|old| old != epoch)
+        {
+            tracing::info!("cluster: the presence bucket was created anew; claims renumbered");
+            core::new_epoch(relay.table());
+        }
         // The bucket as it is: id → (holder, claim).
         let mut bucket: HashMap<PeerId, (Holder, Claim)> = HashMap::new();
         let mut keys = kv.keys().await.map_err(|e| format!("bucket keys: {e}"))?;
@@ -619,6 +664,11 @@ impl Cluster {
             .watch_all_from_revision(start + 1)
             .await
             .map_err(|e| format!("bucket watch: {e}"))?;
+        tracing::info!(
+            local = local.len(),
+            remote = present.len(),
+            "cluster: presence read from the bucket; following it"
+        );
         loop {
             tokio::select! {
                 () = self.reconnected.notified() => return Ok(()),
@@ -667,8 +717,12 @@ impl Cluster {
 
     /// Reports another relay's claim; a local peer it displaces ends with `peer_id_in_use`.
     fn displaced(&self, relay: &Arc<Relay>, id: &PeerId, holder: &Holder, claim: Claim) {
-        let (outcome, applied) =
-            core::remote_joined(relay.table(), id.clone(), relay_ref(holder), claim);
+        let from = relay_ref(holder);
+        // A relay with a claim is one to send broadcasts to (it is given up on if silent).
+        lock(&self.heard)
+            .entry(from.clone())
+            .or_insert_with(Instant::now);
+        let (outcome, applied) = core::remote_joined(relay.table(), id.clone(), from, claim);
         relay.apply_cluster(applied, "presence from another relay");
         if outcome == RemoteJoin::Displaces {
             lock(&self.claims).remove(id);
@@ -697,6 +751,20 @@ impl Cluster {
 
 impl Uplink for Cluster {
     fn forward(&self, to: Forward<'_>, message: &Arc<Message>) -> Result<(), Refused> {
+        let subjects: Vec<String> = match to {
+            Forward::Nowhere => return Ok(()),
+            Forward::To(relay) => vec![self.subject(&relay.name, "d")],
+            Forward::Everywhere => self
+                .relays()
+                .into_iter()
+                .filter(|name| *name != *self.me.name)
+                .map(|name| self.subject(&name, "b"))
+                .collect(),
+        };
+        if subjects.is_empty() {
+            // A broadcast, and no other relay is known: nobody elsewhere to miss it.
+            return Ok(());
+        }
         if !self.is_connected() {
             self.stats.forward_refused.fetch_add(1, Ordering::Relaxed);
             return Err(Refused::Gone);
@@ -708,16 +776,6 @@ impl Uplink for Cluster {
         headers.insert(INSTANCE_HEADER, &*self.me.instance);
         headers.insert(CLAIM_HEADER, claim.to_string().as_str());
         let payload = Bytes::copy_from_slice(message.json_str().as_bytes());
-        let subjects: Vec<String> = match to {
-            Forward::Nowhere => return Ok(()),
-            Forward::To(relay) => vec![self.subject(&relay.name, "d")],
-            Forward::Everywhere => self
-                .relays()
-                .into_iter()
-                .filter(|name| *name != *self.me.name)
-                .map(|name| self.subject(&name, "b"))
-                .collect(),
-        };
         for subject in subjects {
             if !self.queue_traffic(subject, &headers, &payload) {
                 self.stats.forward_refused.fetch_add(1, Ordering::Relaxed);

@@ -319,6 +319,11 @@ impl Relay {
             })
     }
 
+    /// Peers connected to the other relays of the cluster, as this relay knows them.
+    pub fn remote_peer_count(&self) -> usize {
+        Table::read(&self.hub).remote_peers().count()
+    }
+
     /// Ids of the peers connected now, sorted.
     pub fn peer_ids(&self) -> Vec<String> {
         let (peers, _) = self.peers(usize::MAX);

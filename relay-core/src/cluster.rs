@@ -139,6 +139,17 @@ impl Remote {
     }
 }
 
+impl Remote {
+    /// See [`new_epoch`].
+    pub(crate) fn new_epoch(&mut self) {
+        self.departed.clear();
+        self.departed_order.clear();
+        for peer in self.peers.values_mut() {
+            peer.claim = 0;
+        }
+    }
+}
+
 /// What a claim reported by the bus did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RemoteJoin {
@@ -191,6 +202,15 @@ pub fn remote_left<L: Link>(table: &impl Table<L>, id: &PeerId, at: Claim) -> Ap
     let effect = hub.remote_left(id, at);
     apply(&mut hub, effect, &mut applied);
     applied
+}
+
+/// The bus lost its record of claims and numbers them afresh (the native relay's NATS
+/// bucket was created anew, say after NATS restarted without its memory): every number known
+/// is from the old count, so none can order the new ones. Released claims are forgotten, and
+/// the remote peers known are kept with claim 0, so that each one's next report from the bus
+/// (or a message it sends) puts its new number in place.
+pub fn new_epoch<L: Link>(table: &impl Table<L>) {
+    table.write().new_epoch();
 }
 
 /// The front gave up on `relay` (it stopped answering, or the bus is unreachable): each of its

@@ -204,6 +204,13 @@ impl<P> Hub<P> {
         (RemoteJoin::Joined, effect)
     }
 
+    /// See [`crate::cluster::new_epoch`].
+    pub(crate) fn new_epoch(&mut self) {
+        if let Some(remote) = self.remote.as_mut() {
+            remote.new_epoch();
+        }
+    }
+
     /// See [`crate::cluster::remote_left`].
     pub(crate) fn remote_left(&mut self, id: &PeerId, at: Claim) -> Effect {
         let here = self.peers.contains_key(id);

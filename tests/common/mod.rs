@@ -5,10 +5,12 @@
 pub mod auth;
 pub mod binary;
 pub mod cdp;
+pub mod cluster;
 pub mod conformance;
 pub mod gsio_net;
 pub mod http;
 pub mod mutate;
+pub mod nats;
 pub mod wrangler;
 
 use std::path::{Path, PathBuf};

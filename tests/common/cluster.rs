@@ -1,0 +1,114 @@
+//! Relays of one cluster as test fixtures: the real binary, started with the shipped relay.toml
+//! on ephemeral ports plus a `[cluster]` section on a test's nats-server ([`super::nats`]), and
+//! stopped (or killed) by the pid the test started.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::binary::{RunningBinary, BIN};
+use super::nats::NatsServer;
+use super::{shipped_relay_toml_on_ephemeral_ports, GrpcPeer, Peer, WsPeer};
+
+/// Heartbeats and the timeout the cluster tests run with: a relay is given up on within about
+/// 1.5 s, so a killed relay's peers leave quickly.
+pub const HEARTBEAT_MS: u64 = 200;
+pub const RELAY_TIMEOUT_MS: u64 = 1_500;
+
+/// One relay process of a test's cluster.
+pub struct ClusterRelay {
+    pub name: String,
+    pub bin: RunningBinary,
+    pub admin_url: String,
+    pub config: PathBuf,
+}
+
+/// The `[cluster]` section for relay `name` on `nats_url`.
+pub fn cluster_section(nats_url: &str, name: &str) -> String {
+    format!(
+        "\n[cluster]\nnats_urls = [\"{nats_url}\"]\nrelay_name = \"{name}\"\nheartbeat_ms = {HEARTBEAT_MS}\nrelay_timeout_ms = {RELAY_TIMEOUT_MS}\n"
+    )
+}
+
+impl ClusterRelay {
+    /// Starts relay `name` on `nats` and waits until it has read the cluster's presence.
+    pub async fn start(nats: &NatsServer, name: &str) -> ClusterRelay {
+        let relay = ClusterRelay::start_with(nats, name, "").await;
+        relay.in_step(1).await;
+        relay
+    }
+
+    /// Starts relay `name` with `extra` TOML appended to its relay.toml (before `[cluster]`),
+    /// without waiting for NATS.
+    pub async fn start_with(nats: &NatsServer, name: &str, extra: &str) -> ClusterRelay {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join("cluster")
+            .join(format!(
+                "{}-{}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join(format!("{name}.toml"));
+        let text = format!(
+            "{}{extra}{}",
+            shipped_relay_toml_on_ephemeral_ports(),
+            cluster_section(&nats.url(), name)
+        );
+        std::fs::write(&config, text).unwrap();
+        let bin = RunningBinary::start(Command::new(BIN).arg("--config").arg(&config));
+        let line = bin.entry("gsio-relay listening", 1).await;
+        let at = line
+            .find("http://")
+            .expect("the admin address in the listening line");
+        let admin_url: String = line[at..]
+            .chars()
+            .take_while(|c| !c.is_whitespace() && *c != '"' && *c != ',')
+            .collect();
+        ClusterRelay {
+            name: name.to_owned(),
+            bin,
+            admin_url,
+            config,
+        }
+    }
+
+    /// Waits for its `n`th full read of the cluster's presence (1: at start; one more after each
+    /// reconnection to NATS).
+    pub async fn in_step(&self, n: usize) {
+        self.bin
+            .entry("cluster: presence read from the bucket", n)
+            .await;
+    }
+
+    pub async fn ws(&self, id: &str) -> WsPeer {
+        let mut peer = WsPeer::connect(&format!("{}/?node_id={id}", self.bin.url)).await;
+        peer.expect_welcome(id).await;
+        peer
+    }
+
+    pub async fn grpc(&self, id: &str) -> GrpcPeer {
+        let mut peer = GrpcPeer::connect(&self.bin.grpc_url, Some(id))
+            .await
+            .unwrap();
+        peer.expect_welcome(id).await;
+        peer
+    }
+
+    /// SIGKILL: no goodbye to NATS or to its peers.
+    pub fn kill(&self) {
+        self.bin.signal(libc::SIGKILL);
+    }
+
+    /// The value of one metric on its `/metrics` (0 when absent).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = super::http::get_ok(&self.admin_url, "/metrics").await;
+        text.lines()
+            .find_map(|line| {
+                let (key, value) = line.split_once(' ')?;
+                (key == name).then(|| value.trim().parse().ok())?
+            })
+            .unwrap_or(0.0)
+    }
+}
