@@ -25,7 +25,8 @@ pub enum ConfigError {
     /// The file or an override variable is wrong; the message names which, and the key.
     #[error(transparent)]
     Invalid(#[from] gsio_relay_core::config::ConfigError),
-    /// The token secret that `key` names cannot be read or is unusable. Never shows the secret.
+    /// The token secret or NATS credentials that `key` names cannot be read or are unusable.
+    /// Never shows the secret.
     #[error("config file {}: key `{key}`: {message}", .path.display())]
     Secret {
         path: PathBuf,
@@ -49,6 +50,23 @@ pub fn load(path: &Path) -> Result<RelayConfig, ConfigError> {
         .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)));
     let mut config = RelayConfig::load(&text, &path.display().to_string(), vars)?;
     config.auth.token_secret = token_secret(&config, path)?;
+    if let Some(file) = config
+        .cluster
+        .as_mut()
+        .and_then(|c| c.credentials_file.as_mut())
+    {
+        // Relative to relay.toml, like the token secret's file; checked now, so that a typo
+        // stops the relay at start with the key named instead of leaving it without NATS.
+        let full = path.parent().unwrap_or(Path::new(".")).join(&*file);
+        if let Err(error) = std::fs::metadata(&full) {
+            return Err(ConfigError::Secret {
+                path: path.to_owned(),
+                key: "cluster.credentials_file",
+                message: format!("cannot read {}: {error}", full.display()),
+            });
+        }
+        *file = full.display().to_string();
+    }
     Ok(config)
 }
 

@@ -50,8 +50,10 @@ pub const DEBOUNCE: Duration = Duration::from_millis(150);
 /// The keys a running relay cannot change: each is used once, at start (the listening sockets,
 /// the connection slots, the gRPC server's HTTP/2 settings and keepalive, which share the
 /// ping keys with the WebSocket front so that both fronts ping alike, the log's format). A
-/// reload that changes one warns and keeps the old value until the relay restarts.
-pub const RESTART_ONLY: [&str; 9] = [
+/// reload that changes one warns and keeps the old value until the relay restarts. The whole of
+/// `[cluster]` is one (the NATS connection and this relay's name in the cluster): named as
+/// `cluster` when it is added or removed, or by its changed keys.
+pub const RESTART_ONLY: [&str; 10] = [
     "server.ws_listen",
     "server.grpc_listen",
     "server.admin_listen",
@@ -61,6 +63,7 @@ pub const RESTART_ONLY: [&str; 9] = [
     "limits.grpc_max_concurrent_streams",
     "limits.grpc_max_header_list_bytes",
     "log.format",
+    "cluster",
 ];
 
 /// Why the reload task looks at the file.
@@ -235,7 +238,11 @@ fn keep_restart_only(old: &RelayConfig, new: &mut RelayConfig) -> Vec<&'static s
     let changed = old.changed_keys(new);
     let kept = RESTART_ONLY
         .into_iter()
-        .filter(|key| changed.iter().any(|c| c == key))
+        .filter(|key| {
+            changed
+                .iter()
+                .any(|c| c == key || c.strip_prefix(key).is_some_and(|k| k.starts_with('.')))
+        })
         .collect();
     new.server.ws_listen = old.server.ws_listen;
     new.server.grpc_listen = old.server.grpc_listen;
@@ -246,6 +253,7 @@ fn keep_restart_only(old: &RelayConfig, new: &mut RelayConfig) -> Vec<&'static s
     new.limits.grpc_max_concurrent_streams = old.limits.grpc_max_concurrent_streams;
     new.limits.grpc_max_header_list_bytes = old.limits.grpc_max_header_list_bytes;
     new.log = old.log.clone();
+    new.cluster = old.cluster.clone();
     kept
 }
 
@@ -262,12 +270,24 @@ mod tests {
              admin_listen = \"127.0.0.1:6\"\nmax_connections = 3\nshutdown_grace_ms = 4\n[log]\nformat = \"json\"\n\
              [limits]\nqueue_capacity = 5\nping_interval_ms = 300\npong_timeout_ms = 400\n\
              grpc_max_concurrent_streams = 7\ngrpc_max_header_list_bytes = 2000\n\
-             max_connections_per_ip = 8\nhandshake_timeout_ms = 900\n",
+             max_connections_per_ip = 8\nhandshake_timeout_ms = 900\n\
+             [cluster]\nnats_urls = [\"nats://127.0.0.1:4222\"]\nrelay_name = \"a\"\n",
             "new.toml",
         )
         .unwrap();
         let kept = keep_restart_only(&old, &mut new);
         assert_eq!(kept, RESTART_ONLY);
+        // A changed key of the section names it too.
+        let with = |name: &str| {
+            RelayConfig::from_toml_str(
+                &format!("[cluster]\nnats_urls = [\"nats://n:4222\"]\nrelay_name = \"{name}\"\n"),
+                "c.toml",
+            )
+            .unwrap()
+        };
+        let mut renamed = with("b");
+        assert_eq!(keep_restart_only(&with("a"), &mut renamed), ["cluster"]);
+        assert_eq!(renamed, with("a"));
         assert_eq!(
             old.changed_keys(&new),
             [

@@ -311,3 +311,42 @@ async fn a_stuck_relay_does_not_stall_the_others() {
         }
     }
 }
+
+/// A credentials file NATS cannot use stops the relay at start, naming the key (a file that
+/// does not exist is caught earlier, by the config loader: tests/fixtures/config/invalid).
+#[test]
+fn unusable_nats_credentials_stop_the_relay_naming_the_key() {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cluster-creds");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("bad.creds"), "not a creds file\n").unwrap();
+    let config = dir.join("relay.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}\n[cluster]\nnats_urls = [\"nats://127.0.0.1:1\"]\nrelay_name = \"a\"\ncredentials_file = \"bad.creds\"\n",
+            common::shipped_relay_toml_on_ephemeral_ports()
+        ),
+    )
+    .unwrap();
+    let output = std::process::Command::new(common::binary::BIN)
+        .arg("--config")
+        .arg(&config)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("cluster.credentials_file"), "{stderr}");
+}
+
+/// Without `[cluster]` the relay is the single process it always was: no NATS, nothing about a
+/// cluster on `/readyz` or `/metrics` (every other test file runs relays without it).
+#[tokio::test]
+async fn a_relay_without_cluster_needs_no_nats() {
+    let relay = common::TestRelay::start().await;
+    assert!(relay.relay.cluster().is_none());
+    let base = &relay.admin_url;
+    assert_eq!(common::http::get_ok(base, "/readyz").await, "ready\n");
+    let metrics = common::http::get_ok(base, "/metrics").await;
+    assert!(!metrics.contains("gsio_relay_cluster_"), "{metrics}");
+}

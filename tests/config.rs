@@ -332,3 +332,55 @@ async fn json_log_lines_have_the_fields_of_the_text_lines() {
         }
     }
 }
+
+/// relay.toml's commented `[cluster]` example, uncommented, is valid, and each key it shows
+/// with a value is the default (but the ones a relay must give: the URL and its name, and the
+/// optional credentials file).
+#[test]
+fn the_shipped_cluster_example_is_valid_and_shows_the_defaults() {
+    let text = std::fs::read_to_string(repo_path("relay.toml")).unwrap();
+    let example = text
+        .split("\n# [cluster]\n")
+        .nth(2)
+        .expect("relay.toml documents [cluster] as a commented example");
+    let keys: Vec<&str> = example
+        .lines()
+        .filter_map(|line| line.strip_prefix("# "))
+        .filter(|line| line.contains(" = "))
+        .collect();
+    let shown = gsio_relay_core::RelayConfig::from_toml_str(
+        &format!("[cluster]\n{}\n", keys.join("\n")),
+        "relay.toml",
+    )
+    .unwrap()
+    .cluster
+    .unwrap();
+    let minimal = gsio_relay_core::RelayConfig::from_toml_str(
+        "[cluster]\nnats_urls = [\"nats://127.0.0.1:4222\"]\nrelay_name = \"relay-1\"\n",
+        "minimal.toml",
+    )
+    .unwrap()
+    .cluster
+    .unwrap();
+    assert_eq!(shown.credentials_file.as_deref(), Some("nats.creds"));
+    assert_eq!(
+        gsio_relay_core::config::Cluster {
+            credentials_file: None,
+            ..shown
+        },
+        minimal
+    );
+    // Each key of the section is in the example.
+    for key in toml::Table::try_from(&minimal).unwrap().keys() {
+        assert!(
+            keys.iter().any(|k| k.starts_with(&format!("{key} = "))),
+            "no {key}"
+        );
+    }
+    assert!(keys.iter().any(|k| k.starts_with("credentials_file = ")));
+    // Absent, the relay is on its own.
+    assert_eq!(
+        config::load(&repo_path("relay.toml")).unwrap().cluster,
+        None
+    );
+}

@@ -1395,6 +1395,44 @@ mod tests {
     /// The README's bounds, as the literal numbers it prints: each edge is accepted, one past
     /// it refused naming the key and the range.
     #[test]
+    fn cluster_bounds_are_the_edges() {
+        let with = |extra: &str| {
+            RelayConfig::from_toml_str(
+                &format!("[cluster]\nnats_urls = [\"nats://n:4222\"]\nrelay_name = \"a\"\n{extra}"),
+                "c.toml",
+            )
+        };
+        for ok in [
+            "heartbeat_ms = 50\nrelay_timeout_ms = 150",
+            "heartbeat_ms = 60000\nrelay_timeout_ms = 600000",
+            "forward_queue = 1",
+            "forward_queue = 1048576",
+            "subject_prefix = \"a.b-c_d\"",
+        ] {
+            assert!(with(ok).is_ok(), "{ok}: {:?}", with(ok));
+        }
+        for (bad, key) in [
+            ("heartbeat_ms = 49", "cluster.heartbeat_ms"),
+            (
+                "heartbeat_ms = 60001\nrelay_timeout_ms = 600000",
+                "cluster.heartbeat_ms",
+            ),
+            (
+                "heartbeat_ms = 50\nrelay_timeout_ms = 149",
+                "cluster.relay_timeout_ms",
+            ),
+            ("relay_timeout_ms = 600001", "cluster.relay_timeout_ms"),
+            ("forward_queue = 0", "cluster.forward_queue"),
+            ("forward_queue = 1048577", "cluster.forward_queue"),
+            ("subject_prefix = \"a..b\"", "cluster.subject_prefix"),
+            ("subject_prefix = \"a.>\"", "cluster.subject_prefix"),
+        ] {
+            let error = with(bad).unwrap_err().to_string();
+            assert!(error.contains(key), "{bad}: {error}");
+        }
+    }
+
+    #[test]
     fn documented_bounds_are_the_edges() {
         let cases = [
             ("max_message_bytes", 256, 255, "use 256 to 67108864"),
