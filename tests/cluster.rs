@@ -350,3 +350,68 @@ async fn a_relay_without_cluster_needs_no_nats() {
     let metrics = common::http::get_ok(base, "/metrics").await;
     assert!(!metrics.contains("gsio_relay_cluster_"), "{metrics}");
 }
+
+/// README "Scaling out": the shipped relay.toml with `[cluster]` given by the environment
+/// (`GSIO_RELAY_CLUSTER__NATS_URLS`, `GSIO_RELAY_CLUSTER__RELAY_NAME`), as its commands start
+/// two relays, makes them one network.
+#[tokio::test]
+async fn the_readme_cluster_commands_make_one_network() {
+    let nats = NatsServer::start();
+    let start = |name: &str| {
+        let mut command = std::process::Command::new(common::binary::BIN);
+        command
+            .arg("--config")
+            .arg(common::repo_path("relay.toml"))
+            .env(
+                "GSIO_RELAY_CLUSTER__NATS_URLS",
+                format!("[\"{}\"]", nats.url()),
+            )
+            .env("GSIO_RELAY_CLUSTER__RELAY_NAME", name)
+            .env("GSIO_RELAY_SERVER__WS_LISTEN", "127.0.0.1:0")
+            .env("GSIO_RELAY_SERVER__GRPC_LISTEN", "127.0.0.1:0")
+            .env("GSIO_RELAY_SERVER__ADMIN_LISTEN", "127.0.0.1:0");
+        common::binary::RunningBinary::start(&mut command)
+    };
+    let one = start("relay-1");
+    let two = start("relay-2");
+    one.entry("cluster: presence read from the bucket", 1).await;
+    two.entry("cluster: presence read from the bucket", 1).await;
+    let mut a = WsPeer::connect(&format!("{}/?node_id=a", one.url)).await;
+    a.expect_welcome("a").await;
+    let mut b = WsPeer::connect(&format!("{}/?node_id=b", two.url)).await;
+    let welcome = b.expect_welcome("b").await;
+    assert_eq!(welcome["peers"], serde_json::json!(["a"]));
+    a.expect_presence(&["b"], &[]).await;
+    b.send("LedgerSyncResponse", "b", "a", r#""hi""#).await;
+    assert_eq!(a.recv().await.payload, r#""hi""#);
+}
+
+/// README's metrics table: each `gsio_relay_cluster_*` row is exposed by a clustered relay with
+/// the type the table gives (counters as `<name>_total`).
+#[tokio::test]
+async fn every_documented_cluster_metric_is_exposed_with_its_type() {
+    let readme = std::fs::read_to_string(common::repo_path("README.md")).unwrap();
+    let rows: Vec<(String, String)> = readme
+        .lines()
+        .filter(|line| line.starts_with("| `gsio_relay_cluster_"))
+        .map(|line| {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            (cells[1].trim_matches('`').to_owned(), cells[2].to_owned())
+        })
+        .collect();
+    assert_eq!(rows.len(), 9, "the README's cluster metrics: {rows:?}");
+    let nats = NatsServer::start();
+    let relay = ClusterRelay::start(&nats, "relay-a").await;
+    let text = common::http::get_ok(&relay.admin_url, "/metrics").await;
+    for (name, kind) in rows {
+        let family = name.strip_suffix("_total").unwrap_or(&name);
+        assert!(
+            text.contains(&format!("# TYPE {family} {kind}\n")),
+            "{family} {kind}:\n{text}"
+        );
+        assert!(
+            text.lines().any(|l| l.starts_with(&format!("{name} "))),
+            "{name}:\n{text}"
+        );
+    }
+}

@@ -138,6 +138,9 @@ relay_errors! {
     /// The native relay's memory for unfinished WebSocket messages is taken (a WebSocket close
     /// reason, 1013: try again later; never sent on gRPC).
     MemoryBudgetExhausted => "memory_budget_exhausted",
+    /// (A cluster of relays) the envelope reached the relay's own peers but not those on other
+    /// relays: NATS is unreachable, or the queue towards it is full.
+    RelayUnreachable => "relay_unreachable",
 }
 
 impl RelayError {
@@ -335,7 +338,7 @@ mod tests {
 
     #[test]
     fn every_code_round_trips_and_unknown_codes_fall_back() {
-        assert_eq!(RelayError::KNOWN_CODES.len(), 31);
+        assert_eq!(RelayError::KNOWN_CODES.len(), 32);
         for code in RelayError::KNOWN_CODES {
             let error = RelayError::from_code(code, Detail::default());
             assert_eq!(error.code(), *code);
