@@ -649,14 +649,29 @@ impl Cluster {
             relay.apply_cluster(applied, "presence from another relay");
             present.insert(id, claim);
         }
-        let ghosts: Vec<(PeerId, Claim)> = Table::read(relay.table())
+        // Peers known here that the bucket lacks: gone while NATS was away, or not asserted yet
+        // by a relay still reconnecting. They are given until that relay must have asserted
+        // them (or been given up on) before they are announced gone.
+        let suspects: Vec<(PeerId, Claim)> = Table::read(relay.table())
             .remote_peers()
             .filter(|(id, _)| !present.contains_key(*id))
             .map(|(id, peer)| (id.clone(), peer.claim))
             .collect();
-        for (id, claim) in ghosts {
-            let applied = core::remote_left(relay.table(), &id, claim + 1);
-            relay.apply_cluster(applied, "presence from another relay");
+        if !suspects.is_empty() {
+            let relay = relay.clone();
+            let grace = self.resync_grace();
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                for (id, claim) in suspects {
+                    let unchanged = Table::read(relay.table())
+                        .remote_peer(id.as_str())
+                        .is_some_and(|peer| peer.claim == claim);
+                    if unchanged {
+                        let applied = core::remote_left(relay.table(), &id, claim + 1);
+                        relay.apply_cluster(applied, "presence from another relay");
+                    }
+                }
+            });
         }
 
         // Then every change after the read.
@@ -679,6 +694,16 @@ impl Cluster {
                 },
             }
         }
+    }
+
+    /// How long a peer missing from the bucket after a resynchronisation keeps its place: its
+    /// relay reconnects within a second of NATS coming back (the client's backoff), then
+    /// asserts its claims within a bucket request or two; a relay that does not is given up on
+    /// by the heartbeats anyway.
+    fn resync_grace(&self) -> Duration {
+        let heartbeats = Duration::from_millis(2 * self.settings.heartbeat_ms);
+        (Duration::from_secs(1) + 2 * KV_TIMEOUT + heartbeats)
+            .min(Duration::from_millis(self.settings.relay_timeout_ms))
     }
 
     fn is_mine_holder(&self, holder: &Holder) -> bool {

@@ -415,3 +415,36 @@ async fn every_documented_cluster_metric_is_exposed_with_its_type() {
         );
     }
 }
+
+/// A NATS outage shorter than `relay_timeout_ms`: nobody is given up on, and what changed
+/// meanwhile is caught up when the relays read the bucket again: a peer that left during it is
+/// announced gone (no ghost), the others stay, unannounced.
+#[tokio::test]
+async fn a_short_nats_outage_leaves_no_ghost() {
+    let mut nats = NatsServer::start();
+    let a = ClusterRelay::start_patient(&nats, "relay-a", 30_000).await;
+    let b = ClusterRelay::start_patient(&nats, "relay-b", 30_000).await;
+    let mut x = a.ws("x").await;
+    let mut y = b.ws("y").await;
+    let gone = b.ws("gone").await;
+    x.expect_presence(&["y", "gone"], &[]).await;
+    y.expect_presence(&["gone"], &[]).await;
+
+    nats.stop();
+    a.bin.entry("NATS unreachable", 1).await;
+    b.bin.entry("NATS unreachable", 1).await;
+    drop(gone);
+    y.expect_presence(&[], &["gone"]).await;
+    nats.restart();
+    a.in_step(2).await;
+    b.in_step(2).await;
+    x.expect_presence(&[], &["gone"]).await;
+    // y stayed: still known on A, with nothing announced about it (a sentinel from y comes
+    // next), and reachable.
+    eventually(ARRIVES, "only y known on A", || async {
+        a.metric("gsio_relay_cluster_remote_peers").await == 1.0
+    })
+    .await;
+    assert_eq!(a.metric("gsio_relay_cluster_relays_lost_total").await, 0.0);
+    common::nothing_else_from(&mut y, "y", &mut x, "x").await;
+}

@@ -130,6 +130,11 @@ impl<P> Hub<P> {
         self.remote.iter().flat_map(|r| r.peers.iter())
     }
 
+    /// Where the peer `id` is connected, if on another relay.
+    pub fn remote_peer(&self, id: &str) -> Option<&RemotePeer> {
+        self.remote.as_ref().and_then(|r| r.peers.get(id))
+    }
+
     /// Peers connected anywhere in the network: here, and (clustered) on the other relays.
     pub fn network_len(&self) -> usize {
         self.peers.len() + self.remote_only().count()

@@ -23,24 +23,34 @@ pub struct ClusterRelay {
     pub config: PathBuf,
 }
 
-/// The `[cluster]` section for relay `name` on `nats_url`.
-pub fn cluster_section(nats_url: &str, name: &str) -> String {
+/// The `[cluster]` section for relay `name` on `nats_url`, giving relays up after `timeout_ms`.
+pub fn cluster_section(nats_url: &str, name: &str, timeout_ms: u64) -> String {
     format!(
-        "\n[cluster]\nnats_urls = [\"{nats_url}\"]\nrelay_name = \"{name}\"\nheartbeat_ms = {HEARTBEAT_MS}\nrelay_timeout_ms = {RELAY_TIMEOUT_MS}\n"
+        "\n[cluster]\nnats_urls = [\"{nats_url}\"]\nrelay_name = \"{name}\"\nheartbeat_ms = {HEARTBEAT_MS}\nrelay_timeout_ms = {timeout_ms}\n"
     )
 }
 
 impl ClusterRelay {
     /// Starts relay `name` on `nats` and waits until it has read the cluster's presence.
     pub async fn start(nats: &NatsServer, name: &str) -> ClusterRelay {
-        let relay = ClusterRelay::start_with(nats, name, "").await;
+        ClusterRelay::start_patient(nats, name, RELAY_TIMEOUT_MS).await
+    }
+
+    /// [`ClusterRelay::start`], giving other relays up only after `timeout_ms` of silence.
+    pub async fn start_patient(nats: &NatsServer, name: &str, timeout_ms: u64) -> ClusterRelay {
+        let relay = ClusterRelay::start_with(nats, name, "", timeout_ms).await;
         relay.in_step(1).await;
         relay
     }
 
     /// Starts relay `name` with `extra` TOML appended to its relay.toml (before `[cluster]`),
     /// without waiting for NATS.
-    pub async fn start_with(nats: &NatsServer, name: &str, extra: &str) -> ClusterRelay {
+    pub async fn start_with(
+        nats: &NatsServer,
+        name: &str,
+        extra: &str,
+        timeout_ms: u64,
+    ) -> ClusterRelay {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
             .join("cluster")
@@ -54,7 +64,7 @@ impl ClusterRelay {
         let text = format!(
             "{}{extra}{}",
             shipped_relay_toml_on_ephemeral_ports(),
-            cluster_section(&nats.url(), name)
+            cluster_section(&nats.url(), name, timeout_ms)
         );
         std::fs::write(&config, text).unwrap();
         let bin = RunningBinary::start(Command::new(BIN).arg("--config").arg(&config));
