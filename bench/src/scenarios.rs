@@ -11,6 +11,10 @@
 //!   check of many WebSocket peers, each answering an echo at the end; and a mass connect with
 //!   peer announcements on against the same with them off (time, CPU, memory).
 //! - **soak**: directed pairs at half the max rate for a minute, RSS sampled along the way.
+//! - **nats**: the fanout and directed shapes through nats-server alone (async-nats clients,
+//!   one subject per receiver for directed, one shared subject for fan-out), the yardstick for
+//!   relays that talk through NATS (issue 11); the cross-relay scenarios start their relays
+//!   with [`proc::spawn_cluster_relays`].
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -557,6 +561,100 @@ pub async fn bridge(settings: &Settings, report: &mut Report) -> Result<()> {
     }
     relay.stop(report);
     Ok(())
+}
+
+/// nats-server started by the bench, as a [`Target`] to measure (its PID and log), and the
+/// process itself, to stop.
+fn nats_target() -> Result<(Target, proc::NatsProcess)> {
+    let nats = proc::spawn_nats()?;
+    eprintln!("nats-server started: pid {} {}", nats.child.pid(), nats.url);
+    let target = Target {
+        label: "nats-server",
+        ws_url: String::new(),
+        grpc_url: String::new(),
+        pid: Some(nats.child.pid()),
+        log: Some(nats.child.log.clone()),
+        child: None,
+    };
+    Ok((target, nats))
+}
+
+/// The fanout and directed shapes (max rate, then the fixed rate), with the same clients'
+/// pacing, window and counting, through nats-server alone: no relay, each peer a NATS
+/// connection of its own publishing the same envelope text. Returns `[fanout, directed]`, each
+/// `[max, fixed]`, for the cross-relay scenarios to print beside theirs.
+pub async fn nats_alone(settings: &Settings, report: &mut Report) -> Result<Vec<Vec<RunResult>>> {
+    let (n, pairs) = (settings.subscribers, settings.pairs);
+    println!(
+        "\n=== nats: the fanout (1 x {n}) and directed ({pairs} pairs) shapes through nats-server \
+         alone, async-nats clients ==="
+    );
+    let (target, nats) = nats_target()?;
+    let url = nats.url.clone();
+    let publisher_rate = publisher_rate(settings.fanout_rate, n);
+    let per_sender = per_sender_rate(settings.directed_rate, pairs);
+    let mut shapes = Vec::new();
+    for scenario in ["fanout", "directed"] {
+        let (fixed_pacing, fixed_rate) = match scenario {
+            "fanout" => (Pacing::PerSender(publisher_rate), settings.fanout_rate),
+            _ => (Pacing::PerSender(per_sender), settings.directed_rate),
+        };
+        let mut runs = Vec::new();
+        for (mode, pacing, target_rate) in [
+            ("max", Pacing::Max, None),
+            ("fixed", fixed_pacing, Some(fixed_rate)),
+        ] {
+            let spec = RunSpec {
+                scenario,
+                mode,
+                transport: "nats",
+                target_rate,
+            };
+            let topology = match scenario {
+                "fanout" => clients::nats_fanout_topology(n, &url).await?,
+                _ => clients::nats_pairs_topology(pairs, &url).await?,
+            };
+            let run = measure(
+                settings,
+                &target,
+                &spec,
+                topology,
+                plan(settings, pacing, settings.duration),
+            )
+            .await;
+            let shape = match scenario {
+                "fanout" => format!("1 x {n}, deliveries/s"),
+                _ => format!("{pairs} pairs, msgs/s"),
+            };
+            let title = match target_rate {
+                None => format!("{scenario} through nats-server alone, max rate ({shape})"),
+                Some(rate) => format!(
+                    "{scenario} through nats-server alone, fixed {} ({shape})",
+                    fmt_num(rate, 0)
+                ),
+            };
+            print_table(&title, &[&run], &["nats"]);
+            let (measured, _) = delivery_verdict(&run);
+            report.check(
+                &format!("{scenario} {mode} rate through nats-server alone"),
+                format!(
+                    "{} /s, p99 {:.3} ms; {measured}",
+                    fmt_num(run.rate(), 0),
+                    p99(&run)
+                ),
+                "reported",
+                None,
+            );
+            runs.push(run);
+        }
+        shapes.push(runs);
+    }
+    let status = nats.stop();
+    let warnings = target.log.as_ref().map_or(0, |log| log.warning_count());
+    if warnings > 0 {
+        eprintln!("nats-server logged {warnings} warnings or errors (exit: {status})");
+    }
+    Ok(shapes)
 }
 
 /// Idle connections held by the bench (kept open by being kept).

@@ -1,5 +1,6 @@
 //! Shared by the integration tests: a real relay on 127.0.0.1 with ephemeral ports, and real
-//! clients for both fronts (tokio-tungstenite, the generated tonic client).
+//! clients for both fronts (tokio-tungstenite, the generated tonic client); a real nats-server
+//! for the cluster ([`nats`]).
 #![allow(dead_code)]
 
 pub mod auth;

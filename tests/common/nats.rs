@@ -128,6 +128,7 @@ impl NatsServer {
     /// Starts nats-server with JetStream on a port the OS picks and returns once it is ready.
     pub fn start() -> NatsServer {
         static NEXT: AtomicU64 = AtomicU64::new(1);
+        let binary = nats_server_binary();
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
             .join("nats")
             .join(format!(
@@ -138,7 +139,7 @@ impl NatsServer {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("store")).expect("create the nats-server folder");
         let mut server = NatsServer {
-            binary: nats_server_binary(),
+            binary,
             port: 0,
             dir,
             child: None,
