@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use common::cluster::{ClusterRelay, RELAY_TIMEOUT_MS};
 use common::nats::NatsServer;
 use common::{envelope, Peer, WsPeer, ARRIVES};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 /// Waits (polling, up to `within`) until `check` holds.
 async fn eventually<F: std::future::Future<Output = bool>>(
@@ -146,26 +147,30 @@ async fn an_id_is_unique_across_relays() {
     watcher.expect_presence(&["x2"], &[]).await;
     assert_eq!(watcher.recv().await.sender_id, "x2");
 
-    // Many claims of one id at once on both relays: exactly one is welcomed.
-    let mut claims = Vec::new();
+    // Many claims of one id at once on both relays: exactly one is welcomed. The connections
+    // are open first, then each names the id in band, all within microseconds: neither relay
+    // can have heard of the other's claim, so the bucket settles it.
+    let mut claimants = Vec::new();
     for n in 0..8 {
         let url = if n % 2 == 0 { &a.bin.url } else { &b.bin.url };
-        let url = format!("{url}/?node_id=race");
-        claims.push(tokio::spawn(async move {
-            let mut peer = WsPeer::connect(&url).await;
-            let got = peer.recv().await;
-            (got.message_type == "Welcome", peer)
-        }));
+        claimants.push(WsPeer::connect(url).await);
     }
-    let mut winners = Vec::new();
-    for claim in claims {
-        let (won, peer) = claim.await.unwrap();
-        if won {
-            winners.push(peer);
+    let claim = envelope("NodeAnnounce", "race", "", "{}");
+    for claimant in &mut claimants {
+        claimant.send_text(&claim).await;
+    }
+    let mut winners = 0;
+    for claimant in &mut claimants {
+        let got = claimant.recv().await;
+        match got.message_type.as_str() {
+            "Welcome" => winners += 1,
+            _ => assert_eq!(got.error_code(), "peer_id_in_use", "{got:?}"),
         }
     }
-    assert_eq!(winners.len(), 1, "exactly one claim of `race` wins");
+    assert_eq!(winners, 1, "exactly one claim of `race` wins");
+    // Announced, then its claiming envelope (routed once the claim won): once each.
     watcher.expect_presence(&["race"], &[]).await;
+    assert_eq!(watcher.recv().await.sender_id, "race");
 
     // Released on A, the id can be taken on B.
     drop(x);
@@ -447,4 +452,44 @@ async fn a_short_nats_outage_leaves_no_ghost() {
     .await;
     assert_eq!(a.metric("gsio_relay_cluster_relays_lost_total").await, 0.0);
     common::nothing_else_from(&mut y, "y", &mut x, "x").await;
+}
+
+/// One id claimed on two relays while NATS is away (each could only hold it locally): when NATS
+/// is back, the claim the bucket records first keeps it, and the other connection is closed with
+/// `peer_id_in_use`; afterwards the network knows one `x`, reachable from both relays.
+#[tokio::test]
+async fn an_id_claimed_twice_during_an_outage_is_settled_when_nats_returns() {
+    let mut nats = NatsServer::start();
+    let a = ClusterRelay::start_patient(&nats, "relay-a", 30_000).await;
+    let b = ClusterRelay::start_patient(&nats, "relay-b", 30_000).await;
+    let mut watcher = a.ws("w").await;
+    nats.stop();
+    a.bin.entry("NATS unreachable", 1).await;
+    b.bin.entry("NATS unreachable", 1).await;
+    let mut on_a = a.ws("x").await;
+    let mut on_b = b.ws("x").await;
+    watcher.expect_presence(&["x"], &[]).await;
+    nats.restart();
+    a.in_step(2).await;
+    b.in_step(2).await;
+    // Exactly one of the two is closed, the reason naming the code (a kick, as a slow
+    // consumer's: the close frame says why).
+    let (first, winner) = tokio::select! {
+        got = on_a.recv_frame(ARRIVES) => (got, "b"),
+        got = on_b.recv_frame(ARRIVES) => (got, "a"),
+    };
+    let Some(WsMessage::Close(Some(close))) = first else {
+        panic!("expected one of the two closed, got {first:?}");
+    };
+    assert_eq!(u16::from(close.code), 1008);
+    assert!(close.reason.starts_with("peer_id_in_use"), "{close:?}");
+    let mut kept = if winner == "a" { on_a } else { on_b };
+    // The one left is reachable from the watcher on relay A, wherever it is.
+    watcher
+        .send("LedgerSyncResponse", "w", "x", r#""which""#)
+        .await;
+    assert_eq!(
+        kept.recv_skipping_announcements().await.payload,
+        r#""which""#
+    );
 }

@@ -62,6 +62,8 @@ impl fmt::Display for RelayRef {
 pub struct RemotePeer {
     pub relay: RelayRef,
     pub claim: Claim,
+    /// Its join's place in the presence log: what it sends waits for the announcement.
+    pub(crate) joined: crate::presence::Seq,
 }
 
 /// Where a message routed here must also go.
@@ -257,6 +259,12 @@ pub fn arrived<L: Link>(
             }
         }
     }
+    if table.read().remote_join_pending(sender.as_str()) {
+        // Nobody hears from a peer before hearing of it: a join still waiting for the
+        // presence timer is announced now.
+        let mut hub = table.write();
+        flush(&mut hub, &mut applied.counts);
+    }
     let hub = table.read();
     let mut deliver = |peer: &L| match peer.send(message) {
         Ok(()) => applied.counts.delivered += 1,
@@ -367,7 +375,11 @@ mod tests {
 
     impl Net {
         fn new() -> Net {
-            let config = RelayConfig::from_toml_str(RULES, "test").unwrap();
+            Net::with(RULES)
+        }
+
+        fn with(rules: &str) -> Net {
+            let config = RelayConfig::from_toml_str(rules, "test").unwrap();
             let mut hub = Hub::new(Arc::new(config), 1);
             let bus = Arc::new(Bus::default());
             hub.set_uplink(bus.clone());
@@ -603,6 +615,29 @@ mod tests {
         let (outcome, _) = remote_joined(&net.table, id("r"), relay("two"), 12);
         assert_eq!(outcome, RemoteJoin::Joined);
         assert_eq!(a_log.take()[0].0, "PeerJoined");
+    }
+
+    /// A remote join waiting for the presence timer is announced before anything its peer
+    /// sends is delivered, as a local one is.
+    #[test]
+    fn a_remote_peer_is_announced_before_its_messages_even_within_the_window() {
+        let mut net =
+            Net::with(&RULES.replace("announce_window_ms = 0", "announce_window_ms = 60000"));
+        let (_a, a_log) = net.join("a");
+        a_log.take();
+        // a's own join started the window: these wait for the timer.
+        let _ = remote_joined(&net.table, id("r1"), relay("two"), 3);
+        let _ = remote_joined(&net.table, id("r2"), relay("two"), 4);
+        assert!(a_log.take().is_empty());
+        let m = remote_message("Note", "r2", "");
+        let _ = arrived(&net.table, &relay("two"), 4, Carried::Broadcast, &m);
+        let got = a_log.take();
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(
+            (got[0].0.as_str(), got[1].0.as_str()),
+            ("PeersChanged", "Note")
+        );
+        assert!(got[0].2.contains("r2"), "{got:?}");
     }
 
     #[test]

@@ -181,31 +181,51 @@ impl<P> Hub<P> {
         if remote.is_departed(&id, claim) {
             return (RemoteJoin::Known, Effect::default());
         }
-        let new = RemotePeer { relay, claim };
         match remote.peers.get_mut(&id) {
             Some(known) if known.claim >= claim => return (RemoteJoin::Known, Effect::default()),
             // The same relay asserted the claim anew (it had been made while the bus was
             // unreachable): the same connection, nothing to announce.
-            Some(known) if known.relay == new.relay => {
-                *known = new;
+            Some(known) if known.relay == relay => {
+                known.claim = claim;
                 return (RemoteJoin::Known, Effect::default());
             }
             Some(known) => {
                 // The id moved to another relay: its old claim ended.
-                let old = std::mem::replace(known, new);
-                remote.depart(&id, old.claim);
+                let old = known.claim;
                 let (_, left) = self.presence.record(&id, Change::Left);
-                let (_, joined) = self.presence.record(&id, Change::Joined);
-                return (RemoteJoin::Joined, left.and(joined));
+                let (joined, effect) = self.presence.record(&id, Change::Joined);
+                *known = RemotePeer {
+                    relay,
+                    claim,
+                    joined,
+                };
+                remote.depart(&id, old);
+                return (RemoteJoin::Joined, left.and(effect));
             }
-            None => {
-                remote.peers.insert(id.clone(), new);
+            None if here => {
+                // Announced when the local peer it displaces leaves (see `leave`).
+                let joined = 0;
+                remote.peers.insert(
+                    id,
+                    RemotePeer {
+                        relay,
+                        claim,
+                        joined,
+                    },
+                );
+                return (RemoteJoin::Displaces, Effect::default());
             }
+            None => {}
         }
-        if here {
-            return (RemoteJoin::Displaces, Effect::default());
-        }
-        let (_, effect) = self.presence.record(&id, Change::Joined);
+        let (joined, effect) = self.presence.record(&id, Change::Joined);
+        remote.peers.insert(
+            id,
+            RemotePeer {
+                relay,
+                claim,
+                joined,
+            },
+        );
         (RemoteJoin::Joined, effect)
     }
 
@@ -214,6 +234,13 @@ impl<P> Hub<P> {
         if let Some(remote) = self.remote.as_mut() {
             remote.new_epoch();
         }
+    }
+
+    /// True when the remote peer `id` joined and its join is not announced yet: announce it
+    /// before delivering anything it sends.
+    pub(crate) fn remote_join_pending(&self, id: &str) -> bool {
+        self.remote_peer(id)
+            .is_some_and(|peer| self.presence.is_pending(peer.joined))
     }
 
     /// See [`crate::cluster::remote_left`].
