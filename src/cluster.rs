@@ -455,16 +455,10 @@ impl Cluster {
                 let _ = self.client.publish(subject.clone(), self.holder()).await;
             }
             let now = Instant::now();
-            // Relays known only from their peers are given a timeout's grace from now.
-            let known: Vec<RelayRef> = Table::read(relay.table())
-                .remote_peers()
-                .map(|(_, peer)| peer.relay.clone())
-                .collect();
+            // Every relay this one knows a peer of is in `heard` (put there when the claim or a
+            // message was seen), so a relay that died before its first heartbeat is caught too.
             let lost: Vec<RelayRef> = {
                 let mut heard = lock(&self.heard);
-                for relay in known {
-                    heard.entry(relay).or_insert(now);
-                }
                 let lost: Vec<RelayRef> = heard
                     .iter()
                     .filter(|(_, at)| now.duration_since(**at) > timeout)
