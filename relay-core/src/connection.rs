@@ -577,10 +577,7 @@ impl<L: Link> Connection<L> {
         meter: &mut impl Meter,
     ) -> Step {
         let envelope = &inbound.envelope;
-        let offending = Offending {
-            message_type: Some(&envelope.message_type),
-            message_id: Some(&envelope.message_id),
-        };
+        let offending = Offending::of(envelope);
         if inbound.authenticate {
             return match self.authenticate(table, envelope, now) {
                 Ok(Joining::Done) => Step::Continue,
@@ -642,10 +639,7 @@ impl<L: Link> Connection<L> {
             (Ok(()), _) => Step::Continue,
             (Err(error), Then::Route(inbound, _)) => {
                 let envelope = &inbound.envelope;
-                let offending = Offending {
-                    message_type: Some(&envelope.message_type),
-                    message_id: Some(&envelope.message_id),
-                };
+                let offending = Offending::of(envelope);
                 self.reject(table, &error, offending, meter);
                 Step::Continue
             }
@@ -666,10 +660,7 @@ impl<L: Link> Connection<L> {
         meter: &mut impl Meter,
     ) -> Step {
         let envelope = &inbound.envelope;
-        let offending = Offending {
-            message_type: Some(&envelope.message_type),
-            message_id: Some(&envelope.message_id),
-        };
+        let offending = Offending::of(envelope);
         if let Some(error) = self.over_rate(table, size, now) {
             self.reject(table, &error, offending, meter);
             let max = table.read().config().limits.rate_limited_max;
@@ -870,10 +861,7 @@ impl<L: Link> Connection<L> {
             (routed, message)
         };
         let envelope = message.envelope();
-        let offending = Offending {
-            message_type: Some(&envelope.message_type),
-            message_id: Some(&envelope.message_id),
-        };
+        let offending = Offending::of(envelope);
         match routed {
             Ok(Ok(())) => self.counts.routed += 1,
             Ok(Err(unreachable)) => {

@@ -202,22 +202,15 @@ impl<P> Hub<P> {
                 remote.depart(&id, old);
                 return (RemoteJoin::Joined, left.and(effect));
             }
-            None if here => {
-                // Announced when the local peer it displaces leaves (see `leave`).
-                let joined = 0;
-                remote.peers.insert(
-                    id,
-                    RemotePeer {
-                        relay,
-                        claim,
-                        joined,
-                    },
-                );
-                return (RemoteJoin::Displaces, Effect::default());
-            }
             None => {}
         }
-        let (joined, effect) = self.presence.record(&id, Change::Joined);
+        let (outcome, joined, effect) = if here {
+            // Announced when the local peer it displaces leaves (see `leave`).
+            (RemoteJoin::Displaces, 0, Effect::default())
+        } else {
+            let (joined, effect) = self.presence.record(&id, Change::Joined);
+            (RemoteJoin::Joined, joined, effect)
+        };
         remote.peers.insert(
             id,
             RemotePeer {
@@ -226,7 +219,7 @@ impl<P> Hub<P> {
                 joined,
             },
         );
-        (RemoteJoin::Joined, effect)
+        (outcome, effect)
     }
 
     /// See [`crate::cluster::new_epoch`].
@@ -584,6 +577,16 @@ pub struct Offending<'a> {
     pub message_type: Option<&'a str>,
     /// Its `message_id`, so that the sender can match the error to what it sent.
     pub message_id: Option<&'a str>,
+}
+
+impl<'a> Offending<'a> {
+    /// An envelope that was parsed: its type and id are known.
+    pub fn of(envelope: &'a Envelope) -> Offending<'a> {
+        Offending {
+            message_type: Some(&envelope.message_type),
+            message_id: Some(&envelope.message_id),
+        }
+    }
 }
 
 /// The `Error` envelope (with the id `message_id`) answering `error`, for the peer `recipient`
