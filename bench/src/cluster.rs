@@ -515,7 +515,30 @@ mod tests {
                 assert!(one.server_processes.is_empty() && alone.server_processes.is_empty());
             }
         }
-        // Both relays of the cluster and the single relay stopped with their counters.
+        // The single relay, then relay-0 and relay-1, stopped with their counters; these say
+        // where the messages went. Per shape, two runs of 100 messages per sender.
         assert_eq!(report.relay_stops.len(), 3, "{:?}", report.relay_stops);
+        let counter = |line: &str, key: &str| -> u64 {
+            let at = line.find(key).unwrap_or_else(|| panic!("{key} in {line}")) + key.len();
+            let digits: String = line[at..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            digits.parse().unwrap()
+        };
+        let counts = |line: &String| {
+            (
+                counter(line, "messages_routed="),
+                counter(line, "deliveries="),
+            )
+        };
+        // One relay: 200 broadcasts to 3, and 800 directed messages, all its own.
+        assert_eq!(counts(&report.relay_stops[0]), (200 + 800, 200 * 3 + 800));
+        // relay-0 routes what the publisher and every p<n>a send, and delivers only what the
+        // p<n>b on relay-1 send: every message crossed.
+        assert_eq!(counts(&report.relay_stops[1]), (200 + 400, 400));
+        // relay-1 routes what every p<n>b sends, and delivers the broadcasts and the a-to-b
+        // messages that came from relay-0.
+        assert_eq!(counts(&report.relay_stops[2]), (400, 200 * 3 + 400));
     }
 }
