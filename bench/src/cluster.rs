@@ -43,7 +43,7 @@ use serde_json::json;
 
 use crate::clients::{self, Access, Pacing, Topology};
 use crate::proc::{self, NatsProcess, RelayProcess};
-use crate::scenarios::{self, Helper, Report, RunSpec, Settings, Target};
+use crate::scenarios::{self, PartProcess, Report, RunSpec, Settings, Target};
 use crate::stats::{fmt_num, mib, print_table, round, RunResult};
 
 /// Messages a relay holds for or from NATS at most, whichever queue is smaller: the relay's
@@ -111,7 +111,7 @@ impl Processes {
                 relay.ws_url
             );
         }
-        let helper = |name, child: &proc::Child| Helper {
+        let part = |name, child: &proc::Child| PartProcess {
             name,
             pid: child.pid(),
             log: child.log.clone(),
@@ -122,10 +122,10 @@ impl Processes {
             grpc_url: String::new(),
             pid: None,
             log: None,
-            also: vec![
-                helper("relay-0", &relays[0].child),
-                helper("relay-1", &relays[1].child),
-                helper("nats-server", &nats.child),
+            other_processes: vec![
+                part("relay-0", &relays[0].child),
+                part("relay-1", &relays[1].child),
+                part("nats-server", &nats.child),
             ],
             child: None,
         };

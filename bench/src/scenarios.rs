@@ -121,16 +121,16 @@ pub struct Target {
     pub grpc_url: String,
     pub pid: Option<u32>,
     pub log: Option<Arc<LogWatch>>,
-    /// The other processes doing this target's work, measured beside the first (`pid`) and
-    /// added to it: the second relay and the nats-server of two relays on one NATS. Empty for a
-    /// target of one process.
-    pub also: Vec<Helper>,
+    /// The processes doing this target's work besides `pid`'s, each measured, all added up
+    /// as the server: for two relays on one NATS, both relays and their nats-server (and `pid`
+    /// is `None`). Empty for a target of one process.
+    pub other_processes: Vec<PartProcess>,
     /// The process, when the bench started it and this target owns it (stopped with it).
     pub(crate) child: Option<Child>,
 }
 
 /// A process that does part of a [`Target`]'s work.
-pub struct Helper {
+pub struct PartProcess {
     /// Its name in the tables and JSON lines (`relay-1`, `nats-server`).
     pub name: &'static str,
     pub pid: u32,
@@ -147,7 +147,7 @@ impl Target {
                 grpc_url: settings.grpc_url.clone().unwrap_or_default(),
                 pid: settings.pid,
                 log: None,
-                also: Vec::new(),
+                other_processes: Vec::new(),
                 child: None,
             });
         }
@@ -164,7 +164,7 @@ impl Target {
             grpc_url: relay.grpc_url,
             pid: Some(relay.child.pid()),
             log: Some(relay.child.log.clone()),
-            also: Vec::new(),
+            other_processes: Vec::new(),
             child: Some(relay.child),
         })
     }
@@ -178,7 +178,7 @@ impl Target {
             grpc_url: String::new(),
             pid: Some(floor.child.pid()),
             log: None,
-            also: Vec::new(),
+            other_processes: Vec::new(),
             child: Some(floor.child),
         })
     }
@@ -260,7 +260,7 @@ pub(crate) async fn measure(
         "  {} {} {} {}: {senders} senders, {receivers} receivers, {:?}",
         spec.scenario, spec.mode, target.label, spec.transport, plan.pacing
     );
-    // The target's own process (if its PID is known), then its helpers.
+    // The target's own process (if its PID is known), then its other processes.
     let own = target
         .pid
         .map(|pid| (target.label, pid, target.log.as_deref()));
@@ -268,16 +268,16 @@ pub(crate) async fn measure(
         .into_iter()
         .chain(
             target
-                .also
+                .other_processes
                 .iter()
-                .map(|helper| (helper.name, helper.pid, Some(&*helper.log))),
+                .map(|process| (process.name, process.pid, Some(&*process.log))),
         )
         .collect();
     let pids: Vec<u32> = processes.iter().map(|(_, pid, _)| *pid).collect();
     let logs: Vec<&LogWatch> = processes.iter().filter_map(|(_, _, log)| *log).collect();
     let outcome = clients::run_traffic(topology, plan, &pids, &logs).await;
-    // Each process by name when the target has helpers.
-    let server_processes = if target.also.is_empty() {
+    // Each process by name when the target has several.
+    let server_processes = if target.other_processes.is_empty() {
         Vec::new()
     } else {
         processes
@@ -634,7 +634,7 @@ pub(crate) fn nats_target() -> Result<(Target, proc::NatsProcess)> {
         grpc_url: String::new(),
         pid: Some(nats.child.pid()),
         log: Some(nats.child.log.clone()),
-        also: Vec::new(),
+        other_processes: Vec::new(),
         child: None,
     };
     Ok((target, nats))
