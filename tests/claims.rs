@@ -326,6 +326,22 @@
 //! (Not held by a test: a fresh relay and floor per scenario, children killed with the bench,
 //! one task per connection in the floor, and the idle-RSS formula; they describe the tool's
 //! code, which the figures' reader can check in `bench/src/`.)
+//!
+//! ## BENCHMARKS.md: nats and cluster (issue 11)
+//!
+//! | claim | test |
+//! |---|---|
+//! | `nats` runs the fan-out and directed shapes through nats-server alone, with the same counting | `bench/src/clients.rs::a_run_through_nats_server_counts_everything` |
+//! | `cluster` runs both shapes on one relay, on two relays on one nats-server, and through nats-server alone, in one invocation, every message counted | `bench/src/cluster.rs::a_small_cluster_run_counts_every_message` |
+//! | on two relays the publisher and every `p<n>a` are on `relay-0`, the subscribers and every `p<n>b` on `relay-1`: every message crosses | `bench/src/cluster.rs::a_small_cluster_run_counts_every_message` |
+//! | the relays get a `[cluster]` section each (`relay-0`, `relay-1`, a subject prefix of the run's own, heartbeats 500 ms, timeout 3 s) | `bench/src/proc.rs::cluster_relays_get_a_cluster_section_of_their_own` |
+//! | the two relays' server is the sum of `relay-0`, `relay-1` and their nats-server, each also reported on its own (`server_processes`) | `bench/src/stats.rs::several_processes_add_up_and_are_each_reported`, `bench/src/cluster.rs::a_small_cluster_run_counts_every_message` |
+//! | the window keeps the senders of one relay within half the relay's forward queue and subscription buffer (65,536 each): 327 for 100 senders, on all three targets | `bench/src/cluster.rs::the_window_across_relays_fits_the_relays_queues` |
+//!
+//! (Not held by a test: the wait before each run on two relays until a newcomer on either relay
+//! counts every peer of the run, which the small run above passes through but does not isolate;
+//! and that `all`, `nats` and `cluster` stop before running anything without a nats-server, the
+//! order of `run` in `bench/src/main.rs`.)
 
 /// Every `path::function` the table names is a function in that file, and the table is not
 /// empty: a renamed or deleted test breaks this, not the table's promise.

@@ -64,6 +64,23 @@ pub fn ws_host(url: &str) -> Result<&str> {
 
 /// A WebSocket peer with a fixed id; returns once its Welcome has arrived.
 pub async fn ws_connect(url: &str, id: &str) -> Result<Ws> {
+    Ok(ws_connect_welcomed(url, id).await?.0)
+}
+
+/// How many other peers the network has as seen from the relay at `url`: the `peer_count` of
+/// the `Welcome` a fresh peer `id` gets there (exact, and counting the peers of every relay of
+/// a cluster). The peer leaves again at once.
+pub async fn welcome_peer_count(url: &str, id: &str) -> Result<u64> {
+    let (mut ws, welcome) = ws_connect_welcomed(url, id).await?;
+    let _ = ws.close(None).await;
+    let welcome: serde_json::Value = serde_json::from_str(&welcome)?;
+    welcome["payload"]["peer_count"]
+        .as_u64()
+        .ok_or_else(|| anyhow!("a Welcome without peer_count: {welcome}"))
+}
+
+/// [`ws_connect`], with the Welcome's text.
+async fn ws_connect_welcomed(url: &str, id: &str) -> Result<(Ws, String)> {
     let host = ws_host(url)?;
     let connect = async {
         let tcp = TcpStream::connect(host).await?;
@@ -77,7 +94,9 @@ pub async fn ws_connect(url: &str, id: &str) -> Result<Ws> {
         .await?;
         loop {
             match ws.next().await {
-                Some(Ok(Message::Text(text))) if wire::is_welcome_text(&text) => return Ok(ws),
+                Some(Ok(Message::Text(text))) if wire::is_welcome_text(&text) => {
+                    return Ok((ws, text.to_string()))
+                }
                 Some(Ok(Message::Text(text))) => bail!("expected a Welcome, got {text}"),
                 Some(Ok(Message::Close(frame))) => bail!("closed at connect: {frame:?}"),
                 Some(Ok(_)) => continue,
@@ -547,18 +566,20 @@ pub struct TrafficOutcome {
     pub disconnects: u64,
     pub first_disconnect: Option<String>,
     pub server_warnings: u64,
-    pub server: Option<ProcUsage>,
+    /// Each server process's usage, in the order of the PIDs given (`None`: not measured).
+    pub servers: Vec<Option<ProcUsage>>,
     pub client: ProcUsage,
 }
 
 /// Runs `topology` under `plan`: receivers first, then senders until their bounds, then a
-/// bounded drain, then everything is stopped and counted. `server` is measured if its PID is
-/// known; its log's warnings are counted if given.
+/// bounded drain, then everything is stopped and counted. The server's processes
+/// (`server_pids`: one relay, or two relays and nats-server) are measured each; the warnings of
+/// `server_logs` are counted.
 pub async fn run_traffic(
     topology: Topology,
     plan: Plan,
-    server_pid: Option<u32>,
-    server_log: Option<&LogWatch>,
+    server_pids: &[u32],
+    server_logs: &[&LogWatch],
 ) -> TrafficOutcome {
     let Topology { senders, receivers } = topology;
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -568,8 +589,9 @@ pub async fn run_traffic(
         .map(|spec| tokio::spawn(run_receiver(spec, stop_rx.clone())))
         .collect();
 
-    let warnings_before = server_log.map_or(0, LogWatch::warning_count);
-    let meter = Meter::start(server_pid);
+    let warnings = || -> u64 { server_logs.iter().map(|log| log.warning_count()).sum() };
+    let warnings_before = warnings();
+    let meter = Meter::start(server_pids);
     let start = Instant::now();
     let start_ns = now_ns();
     let mut sender_links = Vec::new();
@@ -615,8 +637,8 @@ pub async fn run_traffic(
     while Instant::now() < drain_end && all_links.iter().any(|l| l.awaited()) {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let (server, client) = meter.finish();
-    let server_warnings = server_log.map_or(0, LogWatch::warning_count) - warnings_before;
+    let (servers, client) = meter.finish();
+    let server_warnings = warnings() - warnings_before;
     let _ = stop_tx.send(true);
 
     let mut result = TrafficOutcome {
@@ -635,7 +657,7 @@ pub async fn run_traffic(
         disconnects: failures.len() as u64,
         first_disconnect: failures.first().cloned(),
         server_warnings,
-        server,
+        servers,
         client,
     };
     let mut last_ns = start_ns;
@@ -729,24 +751,45 @@ pub enum Front {
     Grpc,
 }
 
+/// Where a peer connects: one front of one relay (the two relays of a cluster are two).
+#[derive(Debug, Clone, Copy)]
+pub struct Access<'u> {
+    pub front: Front,
+    pub ws_url: &'u str,
+    /// The gRPC front's URL; only read for [`Front::Grpc`].
+    pub grpc_url: &'u str,
+}
+
+impl<'u> Access<'u> {
+    /// The WebSocket front at `ws_url`.
+    pub fn ws(ws_url: &'u str) -> Access<'u> {
+        Access {
+            front: Front::Ws,
+            ws_url,
+            grpc_url: "",
+        }
+    }
+}
+
 /// A connected peer, both halves.
 pub struct Peer {
     pub tx: Tx,
     pub rx: Rx,
 }
 
-/// Connects one peer on `front` (a gRPC peer gets its own HTTP/2 connection, as a node would).
-pub async fn connect_peer(front: Front, ws_url: &str, grpc_url: &str, id: &str) -> Result<Peer> {
-    match front {
+/// Connects one peer through `access` (a gRPC peer gets its own HTTP/2 connection, as a node
+/// would).
+pub async fn connect_peer(access: Access<'_>, id: &str) -> Result<Peer> {
+    match access.front {
         Front::Ws => {
-            let (sink, stream) = ws_connect(ws_url, id).await?.split();
+            let (sink, stream) = ws_connect(access.ws_url, id).await?.split();
             Ok(Peer {
                 tx: Tx::Ws(sink),
                 rx: Rx::Ws(stream),
             })
         }
         Front::Grpc => {
-            let channel = grpc_channel(grpc_url).await?;
+            let channel = grpc_channel(access.grpc_url).await?;
             let (tx, inbound) = grpc_open(channel, id).await?;
             Ok(Peer {
                 tx: Tx::Grpc(tx),
@@ -756,20 +799,15 @@ pub async fn connect_peer(front: Front, ws_url: &str, grpc_url: &str, id: &str) 
     }
 }
 
-/// `pairs` pairs `p<n>a` (on `a`) ↔ `p<n>b` (on `b`), each sending directed messages to its
-/// partner (`n` is the pair's number plus a per-run offset; the floor pairs ids by that shape).
-pub async fn pairs_topology(
-    pairs: usize,
-    a: Front,
-    b: Front,
-    ws_url: &str,
-    grpc_url: &str,
-) -> Result<Topology> {
+/// `pairs` pairs `p<n>a` (through `a`) ↔ `p<n>b` (through `b`), each sending directed
+/// messages to its partner (`n` is the pair's number plus a per-run offset; the floor pairs ids
+/// by that shape).
+pub async fn pairs_topology(pairs: usize, a: Access<'_>, b: Access<'_>) -> Result<Topology> {
     let base = next_tag() * 1_000_000;
     let (peers, failures, first) = open_many(pairs * 2, 64, |i| {
-        let (front, side) = if i % 2 == 0 { (a, 'a') } else { (b, 'b') };
+        let (access, side) = if i % 2 == 0 { (a, 'a') } else { (b, 'b') };
         let id = format!("p{}{side}", base + i / 2);
-        async move { connect_peer(front, ws_url, grpc_url, &id).await }
+        async move { connect_peer(access, &id).await }
     })
     .await;
     if failures > 0 {
@@ -813,13 +851,18 @@ pub async fn pairs_topology(
     Ok(topology)
 }
 
-/// One WebSocket publisher `pub<tag>` broadcasting to `subscribers` WebSocket subscribers
-/// `s<tag>_<i>`.
-pub async fn fanout_topology(subscribers: usize, ws_url: &str) -> Result<Topology> {
+/// One WebSocket publisher `pub<tag>` (at `publisher_url`) broadcasting to `subscribers`
+/// WebSocket subscribers `s<tag>_<i>` (at `subscribers_url`: the same relay, or another of its
+/// cluster).
+pub async fn fanout_topology(
+    subscribers: usize,
+    publisher_url: &str,
+    subscribers_url: &str,
+) -> Result<Topology> {
     let tag = next_tag();
     let (subs, failures, first) = open_many(subscribers, 64, |i| {
         let id = format!("s{tag}_{i}");
-        async move { ws_connect(ws_url, &id).await }
+        async move { ws_connect(subscribers_url, &id).await }
     })
     .await;
     if failures > 0 {
@@ -829,7 +872,7 @@ pub async fn fanout_topology(subscribers: usize, ws_url: &str) -> Result<Topolog
         );
     }
     let publisher = format!("pub{tag}");
-    let (sink, stream) = ws_connect(ws_url, &publisher).await?.split();
+    let (sink, stream) = ws_connect(publisher_url, &publisher).await?.split();
     let gate = Arc::new(Gate::default());
     let mut topology = Topology::default();
     let mut links = Vec::with_capacity(subscribers);
@@ -1078,8 +1121,8 @@ mod tests {
                 window: 64,
                 drain: Duration::from_secs(10),
             };
-            let topology = fanout_topology(3, &url).await.unwrap();
-            let outcome = run_traffic(topology, plan, None, None).await;
+            let topology = fanout_topology(3, &url, &url).await.unwrap();
+            let outcome = run_traffic(topology, plan, &[], &[]).await;
             assert_eq!(outcome.sent, 500);
             assert_eq!(outcome.expected, 1500);
             assert_eq!(outcome.received, 1500);
@@ -1087,10 +1130,10 @@ mod tests {
             assert_eq!(outcome.latency.count(), 1500);
             assert_eq!(outcome.disconnects, 0);
 
-            let topology = pairs_topology(2, Front::Ws, Front::Ws, &url, "")
+            let topology = pairs_topology(2, Access::ws(&url), Access::ws(&url))
                 .await
                 .unwrap();
-            let outcome = run_traffic(topology, plan, None, None).await;
+            let outcome = run_traffic(topology, plan, &[], &[]).await;
             assert_eq!(outcome.sent, 2000);
             assert_eq!(outcome.expected, 2000);
             assert_eq!(outcome.received, 2000);
@@ -1115,18 +1158,19 @@ mod tests {
                 drain: Duration::from_secs(10),
             };
             let topology = nats_fanout_topology(3, &nats.url).await.unwrap();
-            let outcome = run_traffic(topology, plan, Some(pid), None).await;
+            let outcome = run_traffic(topology, plan, &[pid], &[]).await;
             assert_eq!(outcome.sent, 500);
             assert_eq!((outcome.expected, outcome.received), (1500, 1500));
             assert_eq!((outcome.lost, outcome.gaps, outcome.late), (0, 0, 0));
             assert_eq!(outcome.latency.count(), 1500);
             assert_eq!(outcome.disconnects, 0);
-            assert!(outcome
-                .server
-                .is_some_and(|server| server.rss_after_kib > 0));
+            assert!(matches!(
+                outcome.servers[..],
+                [Some(server)] if server.rss_after_kib > 0
+            ));
 
             let topology = nats_pairs_topology(2, &nats.url).await.unwrap();
-            let outcome = run_traffic(topology, plan, Some(pid), None).await;
+            let outcome = run_traffic(topology, plan, &[pid], &[]).await;
             assert_eq!(outcome.sent, 2000);
             assert_eq!((outcome.expected, outcome.received), (2000, 2000));
             assert_eq!((outcome.lost, outcome.duplicates), (0, 0));
@@ -1216,7 +1260,7 @@ mod tests {
                 window: 1000,
                 drain: Duration::from_secs(30),
             };
-            run_traffic(topology, plan, None, None).await
+            run_traffic(topology, plan, &[], &[]).await
         })
     }
 

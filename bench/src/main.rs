@@ -15,6 +15,8 @@
 //! # Layout
 //! - [`scenarios`]: fanout, directed, bridge, nats, conns, soak; tables, JSON lines, target
 //!   checks.
+//! - [`cluster`]: the cross-relay scenario (issue 11): one relay, two relays on one
+//!   nats-server, and nats-server alone, side by side.
 //! - [`clients`]: connections (WebSocket, gRPC, NATS), senders with flow control, receivers,
 //!   one traffic run.
 //! - [`floor`]: the minimal forwarder (the hidden `floor` subcommand).
@@ -24,6 +26,7 @@
 //!   and RSS.
 
 mod clients;
+mod cluster;
 mod floor;
 mod proc;
 mod scenarios;
@@ -74,7 +77,7 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Every scenario: fanout, directed, bridge, nats, conns, soak.
+    /// Every scenario: fanout, directed, bridge, nats, cluster, conns, soak.
     All,
     /// 1 publisher, N subscribers, broadcast: max rate and a fixed deliveries/s.
     Fanout,
@@ -84,6 +87,9 @@ enum Command {
     Bridge,
     /// The fanout and directed shapes through nats-server alone (async-nats clients, no relay).
     Nats,
+    /// The fanout and directed shapes on one relay, across two relays on one nats-server (every
+    /// message crosses), and through nats-server alone, side by side.
+    Cluster,
     /// Idle WebSocket peers and gRPC streams: server RSS per connection; a hold check.
     Conns,
     /// Directed pairs at half the max rate for a minute: RSS growth.
@@ -314,7 +320,7 @@ fn main() -> ExitCode {
 
 async fn run(command: Command, settings: &Settings) -> anyhow::Result<Report> {
     let mut report = Report::default();
-    if matches!(command, Command::All | Command::Nats) {
+    if matches!(command, Command::All | Command::Nats | Command::Cluster) {
         // Before anything runs: a missing nats-server should not end `all` halfway.
         proc::nats_server_binary()?;
     }
@@ -324,6 +330,7 @@ async fn run(command: Command, settings: &Settings) -> anyhow::Result<Report> {
             scenarios::directed(settings, &mut report).await?;
             scenarios::bridge(settings, &mut report).await?;
             scenarios::nats_alone(settings, &mut report).await?;
+            cluster::cluster(settings, &mut report).await?;
             scenarios::conns(settings, &mut report).await?;
             scenarios::soak(settings, &mut report).await?;
         }
@@ -332,6 +339,9 @@ async fn run(command: Command, settings: &Settings) -> anyhow::Result<Report> {
         Command::Bridge => scenarios::bridge(settings, &mut report).await?,
         Command::Nats => {
             scenarios::nats_alone(settings, &mut report).await?;
+        }
+        Command::Cluster => {
+            cluster::cluster(settings, &mut report).await?;
         }
         Command::Conns => scenarios::conns(settings, &mut report).await?,
         Command::Soak => scenarios::soak(settings, &mut report).await?,

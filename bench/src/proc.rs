@@ -154,18 +154,29 @@ pub struct RelayProcess {
     pub grpc_url: String,
 }
 
-/// The `gsio-relay` binary beside this one.
+/// The `gsio-relay` binary beside this one; for the bench's own tests (which run from
+/// `target/<profile>/deps/`), the one in `target/<profile>/`, where `cargo build -p gsio-relay`
+/// (and `cargo test --workspace`) puts it.
 pub fn relay_binary() -> Result<PathBuf> {
-    let path = std::env::current_exe()?.with_file_name("gsio-relay");
-    if !path.is_file() {
-        bail!(
-            "{} not found: build both binaries with \
-             `cargo build --release -p gsio-relay -p relay-bench` \
-             (or give --url to bench a relay that is already running)",
-            path.display()
-        );
+    let exe = std::env::current_exe()?;
+    let beside = exe.with_file_name("gsio-relay");
+    let candidates = [
+        Some(beside.clone()),
+        exe.parent()
+            .filter(|dir| dir.ends_with("deps"))
+            .and_then(Path::parent)
+            .map(|profile| profile.join("gsio-relay")),
+    ];
+    if let Some(path) = candidates.into_iter().flatten().find(|path| path.is_file()) {
+        return Ok(path);
     }
-    Ok(path)
+    bail!(
+        "{} not found: build both binaries with \
+         `cargo build --release -p gsio-relay -p relay-bench` \
+         (or give --url to bench a relay that is already running; the bench's tests need \
+         `cargo build -p gsio-relay`)",
+        beside.display()
+    );
 }
 
 /// The overrides the bench starts the relay with, over the `relay.toml` it is given: ephemeral
@@ -430,11 +441,10 @@ pub fn cluster_section(nats_url: &str, index: usize, subject_prefix: &str) -> St
     )
 }
 
-/// The seam for the cross-relay scenarios (two relays on one NATS, once the cluster lands):
-/// starts `count` relays, each on a copy of `config` with a [`cluster_section`] appended (and
-/// [`RELAY_ENV`] plus `extra`, as [`spawn_relay`]), all on the nats-server at `nats_url`.
+/// For the cross-relay scenario (two relays on one NATS): starts `count` relays, each on a copy
+/// of `config` with a [`cluster_section`] appended (and [`RELAY_ENV`] plus `extra`, as
+/// [`spawn_relay`]), all on the nats-server at `nats_url`, under a subject prefix of their own.
 /// Their config copies live in `dir`.
-#[allow(dead_code)] // Used by the cross-relay scenarios, which need the relay's [cluster].
 pub fn spawn_cluster_relays(
     config: &Path,
     extra: &[(String, String)],
@@ -445,7 +455,12 @@ pub fn spawn_cluster_relays(
     let base = std::fs::read_to_string(config)
         .with_context(|| format!("cannot read {}", config.display()))?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let prefix = format!("bench{}", std::process::id());
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let prefix = format!(
+        "bench{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
     (0..count)
         .map(|index| {
             let path = dir.join(format!("relay-{index}.toml"));
@@ -590,35 +605,39 @@ pub fn usage(before: ProcSample, after: ProcSample, wall: Duration) -> ProcUsage
     }
 }
 
-/// Sampling one process (the server, when its PID is known) and this one over a run.
+/// Sampling the server's processes (those whose PIDs are known: one relay, or two relays and
+/// their nats-server) and this one over a run.
 pub struct Meter {
-    pid: Option<u32>,
+    pids: Vec<u32>,
     started: Instant,
-    server: Option<ProcSample>,
+    servers: Vec<Option<ProcSample>>,
     client: ProcSample,
 }
 
 impl Meter {
-    pub fn start(pid: Option<u32>) -> Meter {
+    pub fn start(pids: &[u32]) -> Meter {
         Meter {
-            pid,
+            pids: pids.to_vec(),
             started: Instant::now(),
-            server: pid.and_then(|pid| sample(Some(pid)).ok()),
+            servers: pids.iter().map(|&pid| sample(Some(pid)).ok()).collect(),
             client: sample(None).unwrap_or_default(),
         }
     }
 
-    /// (server, client) usage since `start`.
-    pub fn finish(&self) -> (Option<ProcUsage>, ProcUsage) {
+    /// (each server process's usage, in the order given, and the client's) since `start`.
+    pub fn finish(&self) -> (Vec<Option<ProcUsage>>, ProcUsage) {
         let wall = self.started.elapsed();
-        let server = match (self.server, self.pid) {
-            (Some(before), Some(pid)) => sample(Some(pid))
-                .ok()
-                .map(|after| usage(before, after, wall)),
-            _ => None,
-        };
+        let servers = self
+            .pids
+            .iter()
+            .zip(&self.servers)
+            .map(|(&pid, before)| {
+                let after = sample(Some(pid)).ok()?;
+                Some(usage((*before)?, after, wall))
+            })
+            .collect();
         let client = usage(self.client, sample(None).unwrap_or_default(), wall);
-        (server, client)
+        (servers, client)
     }
 }
 

@@ -13,8 +13,10 @@
 //! - **soak**: directed pairs at half the max rate for a minute, RSS sampled along the way.
 //! - **nats**: the fanout and directed shapes through nats-server alone (async-nats clients,
 //!   one subject per receiver for directed, one shared subject for fan-out), the yardstick for
-//!   relays that talk through NATS (issue 11); the cross-relay scenarios start their relays
-//!   with [`proc::spawn_cluster_relays`].
+//!   relays that talk through NATS (issue 11).
+//!
+//! The cross-relay scenario (two relays on one NATS) is [`crate::cluster`]; it uses the pieces
+//! here ([`measure`], [`nats_topology`], the checks).
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -26,9 +28,9 @@ use gsio_relay::pb;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::clients::{self, Front, Pacing, Plan, Ws};
+use crate::clients::{self, Access, Front, Pacing, Plan, Ws};
 use crate::proc::{self, Child, LogWatch};
-use crate::stats::{fmt_num, mib, print_table, round, Latency, RunResult};
+use crate::stats::{fmt_num, mib, print_table, round, Latency, ProcUsage, RunResult};
 use crate::wire::{self, Route, Stamp};
 
 /// Every knob of a run, resolved (defaults, `--quick`, flags).
@@ -84,7 +86,7 @@ pub struct Report {
 }
 
 impl Report {
-    fn check(&mut self, name: &str, measured: String, target: &str, met: Option<bool>) {
+    pub(crate) fn check(&mut self, name: &str, measured: String, target: &str, met: Option<bool>) {
         self.checks.push(Check {
             name: name.to_owned(),
             measured,
@@ -119,7 +121,20 @@ pub struct Target {
     pub grpc_url: String,
     pub pid: Option<u32>,
     pub log: Option<Arc<LogWatch>>,
-    child: Option<Child>,
+    /// The processes doing this target's work besides `pid`'s, each measured, all added up
+    /// as the server: for two relays on one NATS, both relays and their nats-server (and `pid`
+    /// is `None`). Empty for a target of one process.
+    pub other_processes: Vec<PartProcess>,
+    /// The process, when the bench started it and this target owns it (stopped with it).
+    pub(crate) child: Option<Child>,
+}
+
+/// A process that does part of a [`Target`]'s work.
+pub struct PartProcess {
+    /// Its name in the tables and JSON lines (`relay-1`, `nats-server`).
+    pub name: &'static str,
+    pub pid: u32,
+    pub log: Arc<LogWatch>,
 }
 
 impl Target {
@@ -132,6 +147,7 @@ impl Target {
                 grpc_url: settings.grpc_url.clone().unwrap_or_default(),
                 pid: settings.pid,
                 log: None,
+                other_processes: Vec::new(),
                 child: None,
             });
         }
@@ -148,6 +164,7 @@ impl Target {
             grpc_url: relay.grpc_url,
             pid: Some(relay.child.pid()),
             log: Some(relay.child.log.clone()),
+            other_processes: Vec::new(),
             child: Some(relay.child),
         })
     }
@@ -161,6 +178,7 @@ impl Target {
             grpc_url: String::new(),
             pid: Some(floor.child.pid()),
             log: None,
+            other_processes: Vec::new(),
             child: Some(floor.child),
         })
     }
@@ -175,26 +193,34 @@ impl Target {
     /// Stops the process (SIGTERM for the relay, so it logs its counters).
     pub fn stop(mut self, report: &mut Report) {
         if let Some(child) = self.child.take() {
-            let log = child.log.clone();
-            let status = child.stop();
             if self.label == "relay" {
-                let counters = log
-                    .stopped_line
-                    .lock()
-                    .expect("not poisoned")
-                    .clone()
-                    .unwrap_or_else(|| format!("(no final counters; exit: {status})"));
-                let kept = log.kept.lock().expect("not poisoned");
-                for line in kept.iter().take(5) {
-                    eprintln!("relay warned: {line}");
-                }
-                report.relay_stops.push(counters);
+                stop_relay(child, report);
+            } else {
+                child.stop();
             }
         }
     }
 }
 
-fn emit(settings: &Settings, line: &Value) {
+/// Stops a relay with SIGTERM, so that it logs its final counters, and keeps them (and its first
+/// warnings) for the report.
+pub fn stop_relay(child: Child, report: &mut Report) {
+    let log = child.log.clone();
+    let status = child.stop();
+    let counters = log
+        .stopped_line
+        .lock()
+        .expect("not poisoned")
+        .clone()
+        .unwrap_or_else(|| format!("(no final counters; exit: {status})"));
+    let kept = log.kept.lock().expect("not poisoned");
+    for line in kept.iter().take(5) {
+        eprintln!("relay warned: {line}");
+    }
+    report.relay_stops.push(counters);
+}
+
+pub(crate) fn emit(settings: &Settings, line: &Value) {
     println!("{line}");
     if let Some(path) = &settings.json {
         use std::io::Write as _;
@@ -209,14 +235,15 @@ fn emit(settings: &Settings, line: &Value) {
     }
 }
 
-struct RunSpec {
-    scenario: &'static str,
-    mode: &'static str,
-    transport: &'static str,
-    target_rate: Option<f64>,
+/// What one run is, for its JSON line and its log line.
+pub(crate) struct RunSpec {
+    pub scenario: &'static str,
+    pub mode: &'static str,
+    pub transport: &'static str,
+    pub target_rate: Option<f64>,
 }
 
-async fn measure(
+pub(crate) async fn measure(
     settings: &Settings,
     target: &Target,
     spec: &RunSpec,
@@ -233,7 +260,32 @@ async fn measure(
         "  {} {} {} {}: {senders} senders, {receivers} receivers, {:?}",
         spec.scenario, spec.mode, target.label, spec.transport, plan.pacing
     );
-    let outcome = clients::run_traffic(topology, plan, target.pid, target.log.as_deref()).await;
+    // The target's own process (if its PID is known), then its other processes.
+    let own = target
+        .pid
+        .map(|pid| (target.label, pid, target.log.as_deref()));
+    let processes: Vec<(&'static str, u32, Option<&LogWatch>)> = own
+        .into_iter()
+        .chain(
+            target
+                .other_processes
+                .iter()
+                .map(|process| (process.name, process.pid, Some(&*process.log))),
+        )
+        .collect();
+    let pids: Vec<u32> = processes.iter().map(|(_, pid, _)| *pid).collect();
+    let logs: Vec<&LogWatch> = processes.iter().filter_map(|(_, _, log)| *log).collect();
+    let outcome = clients::run_traffic(topology, plan, &pids, &logs).await;
+    // Each process by name when the target has several.
+    let server_processes = if target.other_processes.is_empty() {
+        Vec::new()
+    } else {
+        processes
+            .iter()
+            .zip(&outcome.servers)
+            .filter_map(|((name, _, _), usage)| Some((*name, (*usage)?)))
+            .collect()
+    };
     let result = RunResult {
         scenario: spec.scenario,
         mode: spec.mode,
@@ -257,7 +309,8 @@ async fn measure(
         disconnects: outcome.disconnects,
         first_disconnect: outcome.first_disconnect,
         server_warnings: outcome.server_warnings,
-        server: outcome.server,
+        server: ProcUsage::sum(&outcome.servers),
+        server_processes,
         client: outcome.client,
     };
     emit(settings, &result.to_json());
@@ -309,7 +362,7 @@ where
     Ok(by_mode)
 }
 
-fn plan(settings: &Settings, pacing: Pacing, duration: Duration) -> Plan {
+pub(crate) fn plan(settings: &Settings, pacing: Pacing, duration: Duration) -> Plan {
     Plan {
         pacing,
         duration,
@@ -322,7 +375,7 @@ fn plan(settings: &Settings, pacing: Pacing, duration: Duration) -> Plan {
 /// The target "messages lost with consumers that keep reading: 0", read strictly: every
 /// expected message arrived exactly once and in order, nothing else arrived, and no client saw
 /// an Error envelope or a disconnect. Returns what was measured and whether it is met.
-fn delivery_verdict(run: &RunResult) -> (String, bool) {
+pub(crate) fn delivery_verdict(run: &RunResult) -> (String, bool) {
     let faults = [
         (run.lost, "lost"),
         (run.duplicates, "duplicates"),
@@ -347,22 +400,22 @@ fn delivery_verdict(run: &RunResult) -> (String, bool) {
     (measured, met)
 }
 
-fn no_loss_check(report: &mut Report, name: &str, run: &RunResult) {
+pub(crate) fn no_loss_check(report: &mut Report, name: &str, run: &RunResult) {
     let (measured, met) = delivery_verdict(run);
     report.check(&format!("messages lost, {name}"), measured, "0", Some(met));
 }
 
 /// Fan-out's fixed rate is in deliveries/s: the publisher sends that ÷ the subscribers.
-fn publisher_rate(deliveries_per_s: f64, subscribers: usize) -> f64 {
+pub(crate) fn publisher_rate(deliveries_per_s: f64, subscribers: usize) -> f64 {
     deliveries_per_s / subscribers as f64
 }
 
 /// A directed rate is in msgs/s over every sender: both peers of each pair send.
-fn per_sender_rate(msgs_per_s: f64, pairs: usize) -> f64 {
+pub(crate) fn per_sender_rate(msgs_per_s: f64, pairs: usize) -> f64 {
     msgs_per_s / (2 * pairs) as f64
 }
 
-fn p99(run: &RunResult) -> f64 {
+pub(crate) fn p99(run: &RunResult) -> f64 {
     run.latency.map_or(f64::INFINITY, |l| l.p99_ms)
 }
 
@@ -377,7 +430,7 @@ pub async fn fanout(settings: &Settings, report: &mut Report) -> Result<()> {
         [&floor, &relay],
         "fanout",
         (Pacing::PerSender(publisher_rate), settings.fanout_rate),
-        |target| clients::fanout_topology(n, &target.ws_url),
+        |target| clients::fanout_topology(n, &target.ws_url, &target.ws_url),
         |rate| match rate {
             None => format!("fanout, max rate: deliveries/s (1 x {n})"),
             Some(rate) => format!(
@@ -448,7 +501,10 @@ pub async fn directed(settings: &Settings, report: &mut Report) -> Result<()> {
         [&floor, &relay],
         "directed",
         (Pacing::PerSender(per_sender), settings.directed_rate),
-        |target| clients::pairs_topology(pairs, Front::Ws, Front::Ws, &target.ws_url, ""),
+        |target| {
+            let access = Access::ws(&target.ws_url);
+            clients::pairs_topology(pairs, access, access)
+        },
         |rate| match rate {
             None => format!("directed, max rate: msgs/s ({pairs} pairs)"),
             Some(rate) => format!(
@@ -514,8 +570,12 @@ pub async fn bridge(settings: &Settings, report: &mut Report) -> Result<()> {
                 transport,
                 target_rate,
             };
-            let topology =
-                clients::pairs_topology(pairs, a, b, &relay.ws_url, &relay.grpc_url).await?;
+            let access = |front| Access {
+                front,
+                ws_url: &relay.ws_url,
+                grpc_url: &relay.grpc_url,
+            };
+            let topology = clients::pairs_topology(pairs, access(a), access(b)).await?;
             runs.push(
                 measure(
                     settings,
@@ -565,7 +625,7 @@ pub async fn bridge(settings: &Settings, report: &mut Report) -> Result<()> {
 
 /// nats-server started by the bench, as a [`Target`] to measure (its PID and log), and the
 /// process itself, to stop.
-fn nats_target() -> Result<(Target, proc::NatsProcess)> {
+pub(crate) fn nats_target() -> Result<(Target, proc::NatsProcess)> {
     let nats = proc::spawn_nats()?;
     eprintln!("nats-server started: pid {} {}", nats.child.pid(), nats.url);
     let target = Target {
@@ -574,15 +634,30 @@ fn nats_target() -> Result<(Target, proc::NatsProcess)> {
         grpc_url: String::new(),
         pid: Some(nats.child.pid()),
         log: Some(nats.child.log.clone()),
+        other_processes: Vec::new(),
         child: None,
     };
     Ok((target, nats))
 }
 
+/// The `scenario` shape ("fanout" or "directed", sized by `settings`) through nats-server alone
+/// at `url`.
+pub(crate) async fn nats_topology(
+    settings: &Settings,
+    scenario: &str,
+    url: &str,
+) -> Result<clients::Topology> {
+    match scenario {
+        "fanout" => clients::nats_fanout_topology(settings.subscribers, url).await,
+        _ => clients::nats_pairs_topology(settings.pairs, url).await,
+    }
+}
+
 /// The fanout and directed shapes (max rate, then the fixed rate), with the same clients'
 /// pacing, window and counting, through nats-server alone: no relay, each peer a NATS
 /// connection of its own publishing the same envelope text. Returns `[fanout, directed]`, each
-/// `[max, fixed]`, for the cross-relay scenarios to print beside theirs.
+/// `[max, fixed]`. (The `cluster` scenario runs the same shapes beside its relays, through
+/// [`nats_topology`].)
 pub async fn nats_alone(settings: &Settings, report: &mut Report) -> Result<Vec<Vec<RunResult>>> {
     let (n, pairs) = (settings.subscribers, settings.pairs);
     println!(
@@ -610,10 +685,7 @@ pub async fn nats_alone(settings: &Settings, report: &mut Report) -> Result<Vec<
                 transport: "nats",
                 target_rate,
             };
-            let topology = match scenario {
-                "fanout" => clients::nats_fanout_topology(n, &url).await?,
-                _ => clients::nats_pairs_topology(pairs, &url).await?,
-            };
+            let topology = nats_topology(settings, scenario, &url).await?;
             let run = measure(
                 settings,
                 &target,
@@ -1178,8 +1250,8 @@ pub async fn soak(settings: &Settings, report: &mut Report) -> Result<()> {
         (None, Some(max)) => max / 2.0,
         (None, None) => {
             eprintln!("  soak: measuring the directed max rate first (3 s)");
-            let topology =
-                clients::pairs_topology(pairs, Front::Ws, Front::Ws, &relay.ws_url, "").await?;
+            let access = Access::ws(&relay.ws_url);
+            let topology = clients::pairs_topology(pairs, access, access).await?;
             let spec = RunSpec {
                 scenario: "soak-calibration",
                 mode: "max",
@@ -1202,7 +1274,8 @@ pub async fn soak(settings: &Settings, report: &mut Report) -> Result<()> {
         "\n=== soak: {pairs} directed WebSocket pairs at {} msgs/s (half the max) for {secs:.0} s ===",
         fmt_num(rate, 0)
     );
-    let topology = clients::pairs_topology(pairs, Front::Ws, Front::Ws, &relay.ws_url, "").await?;
+    let access = Access::ws(&relay.ws_url);
+    let topology = clients::pairs_topology(pairs, access, access).await?;
     // RSS every few seconds, from before the first message to after the drain.
     // (seconds, RSS KiB, CPU ticks)
     let samples: Arc<Mutex<Vec<(f64, u64, u64)>>> = Arc::default();

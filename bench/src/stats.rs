@@ -158,6 +158,27 @@ pub struct ProcUsage {
     pub rss_peak_kib: u64,
 }
 
+impl ProcUsage {
+    /// What several processes that do one target's work used together (two relays and their
+    /// nats-server): CPU and RSS added up, peaks too (an upper bound of the joint peak). `None`
+    /// if any of them could not be measured, so that a partial sum never passes for the whole.
+    pub fn sum(parts: &[Option<ProcUsage>]) -> Option<ProcUsage> {
+        if parts.is_empty() {
+            return None;
+        }
+        parts.iter().try_fold(ProcUsage::default(), |total, part| {
+            let part = (*part)?;
+            Some(ProcUsage {
+                cpu_pct: total.cpu_pct + part.cpu_pct,
+                cpu_s: total.cpu_s + part.cpu_s,
+                rss_before_kib: total.rss_before_kib + part.rss_before_kib,
+                rss_after_kib: total.rss_after_kib + part.rss_after_kib,
+                rss_peak_kib: total.rss_peak_kib + part.rss_peak_kib,
+            })
+        })
+    }
+}
+
 /// One traffic run against one target.
 #[derive(Debug, Clone, Default)]
 pub struct RunResult {
@@ -194,7 +215,11 @@ pub struct RunResult {
     pub first_disconnect: Option<String>,
     /// Warnings the relay logged during the run (e.g. slow consumers).
     pub server_warnings: u64,
+    /// The server's CPU and RSS: the one process's, or the sum of a target's processes.
     pub server: Option<ProcUsage>,
+    /// Each process of a target made of several (two relays and nats-server), by name, so that
+    /// each relay's memory can be read apart; empty for a target of one process.
+    pub server_processes: Vec<(&'static str, ProcUsage)>,
     pub client: ProcUsage,
 }
 
@@ -250,6 +275,16 @@ impl RunResult {
             "first_disconnect": self.first_disconnect,
             "server_warnings": self.server_warnings,
             "server": self.server.as_ref().map(usage),
+            "server_processes": (!self.server_processes.is_empty()).then(|| {
+                self.server_processes
+                    .iter()
+                    .map(|(name, u)| {
+                        let mut line = usage(u);
+                        line["name"] = json!(name);
+                        line
+                    })
+                    .collect::<Vec<_>>()
+            }),
             "server_cpu_us_per_delivery": self
                 .server
                 .and_then(|s| self.cpu_us_per_delivery(&s))
@@ -592,6 +627,40 @@ mod tests {
             elapsed_s: 0.5,
             ..RunResult::default()
         }
+    }
+
+    /// A target of several processes reports their sum as its server, and each on its own.
+    #[test]
+    fn several_processes_add_up_and_are_each_reported() {
+        let part = |cpu_s: f64, rss: u64| ProcUsage {
+            cpu_pct: cpu_s * 10.0,
+            cpu_s,
+            rss_before_kib: rss / 2,
+            rss_after_kib: rss,
+            rss_peak_kib: rss * 2,
+        };
+        let total = ProcUsage::sum(&[Some(part(1.0, 100)), Some(part(0.5, 30))]).unwrap();
+        assert_eq!((total.cpu_s, total.cpu_pct), (1.5, 15.0));
+        assert_eq!(
+            (
+                total.rss_before_kib,
+                total.rss_after_kib,
+                total.rss_peak_kib
+            ),
+            (65, 130, 260)
+        );
+        assert!(ProcUsage::sum(&[Some(part(1.0, 100)), None]).is_none());
+        assert!(ProcUsage::sum(&[]).is_none());
+        let run = RunResult {
+            server: Some(total),
+            server_processes: vec![("relay-0", part(1.0, 100)), ("nats-server", part(0.5, 30))],
+            ..json_line_run()
+        };
+        let line = run.to_json();
+        assert_eq!(line["server"]["rss_after_kib"], 130);
+        assert_eq!(line["server_processes"][1]["name"], "nats-server");
+        assert_eq!(line["server_processes"][1]["rss_after_kib"], 30);
+        assert!(json_line_run().to_json()["server_processes"].is_null());
     }
 
     #[test]
