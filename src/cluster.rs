@@ -63,6 +63,20 @@ struct Holder {
     instance: String,
 }
 
+/// A claim won here, told to each other relay before the peer is welcomed (`<prefix>.to.<relay>.c`,
+/// answered on the reply inbox with the relay's name).
+#[derive(Serialize, Deserialize)]
+struct Notice {
+    relay: String,
+    instance: String,
+    id: String,
+    claim: Claim,
+}
+
+/// How long a join waits for the other relays to confirm they know of it: a relay that does not
+/// answer in time (stuck, or dying) learns of it from the bucket instead.
+const NOTICE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// One thing for NATS, in the order it was queued.
 enum Outbound {
     Traffic {
@@ -300,6 +314,7 @@ impl Cluster {
         match claimed {
             Claimed::Won(claim) => {
                 lock(&self.claims).insert(id.clone(), claim);
+                self.tell_others(id, claim).await;
             }
             Claimed::Unconfirmed => {
                 lock(&self.claims).insert(id.clone(), 0);
@@ -309,36 +324,87 @@ impl Cluster {
         claimed
     }
 
+    /// Tells every other relay known now of a claim won here, and waits (at most
+    /// [`NOTICE_TIMEOUT`]) until each has it: then a peer welcomed here is one every relay can
+    /// route to, as on one relay. The bucket tells them too; this only does not wait for it.
+    /// The inbox is subscribed on the connection the notices go out on, so no answer can come
+    /// before it.
+    async fn tell_others(&self, id: &PeerId, claim: Claim) {
+        let mut waiting: std::collections::HashSet<String> = self
+            .relays()
+            .into_iter()
+            .filter(|name| *name != *self.me.name)
+            .collect();
+        if waiting.is_empty() {
+            return;
+        }
+        let inbox = self.client.new_inbox();
+        let Ok(mut answers) = self.client.subscribe(inbox.clone()).await else {
+            return;
+        };
+        let notice = Notice {
+            relay: self.me.name.to_string(),
+            instance: self.me.instance.to_string(),
+            id: id.to_string(),
+            claim,
+        };
+        let payload = Bytes::from(serde_json::to_vec(&notice).unwrap_or_default());
+        for name in &waiting {
+            let subject = self.subject(name, "c");
+            let _ = self
+                .client
+                .publish_with_reply(subject, inbox.clone(), payload.clone())
+                .await;
+        }
+        let deadline = tokio::time::Instant::now() + NOTICE_TIMEOUT;
+        while !waiting.is_empty() {
+            match tokio::time::timeout_at(deadline, answers.next()).await {
+                Ok(Some(answer)) => {
+                    waiting.remove(std::str::from_utf8(&answer.payload).unwrap_or_default());
+                }
+                _ => break,
+            }
+        }
+    }
+
     /// Creates `id`'s key. One of this relay's own that is still there (its release queued
     /// behind traffic, or left by a resynchronisation) is taken over: no connection here holds
     /// the id, since the core reserved it for this one.
     async fn create(&self, kv: &kv::Store, id: &PeerId) -> Claimed {
         let key = key_of(id);
-        match kv.create(&key, self.holder()).await {
-            Ok(claim) => Claimed::Won(claim),
-            Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => {
-                match kv.entry(&key).await {
-                    // This relay's own, or one of a relay given up on whose keys are not all
-                    // deleted yet: taken over at the revision read (if another relay took it
-                    // meanwhile, the update fails and the claim is lost).
-                    Ok(Some(entry)) if self.is_mine(&entry.value) || self.is_lost(&entry.value) => {
-                        match kv.update(&key, self.holder(), entry.revision).await {
-                            Ok(claim) => Claimed::Won(claim),
-                            Err(_) => Claimed::Taken,
-                        }
-                    }
-                    Ok(_) => Claimed::Taken,
-                    Err(error) => {
-                        tracing::warn!(peer = %id, "cluster: cannot read a claim: {error}");
-                        Claimed::Unconfirmed
-                    }
+        // Twice at most: a key deleted between the create and the read is created again.
+        for _ in 0..2 {
+            let error = match kv.create(&key, self.holder()).await {
+                Ok(claim) => return Claimed::Won(claim),
+                Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => error,
+                Err(error) => {
+                    tracing::warn!(peer = %id, "cluster: cannot claim an id on NATS, held here only: {error}");
+                    return Claimed::Unconfirmed;
+                }
+            };
+            match kv.entry(&key).await {
+                // Deleted meanwhile, this relay's own, or one of a relay given up on whose keys
+                // are not all deleted yet: taken at the revision read (if another relay took it
+                // meanwhile, the update fails and the claim is lost).
+                Ok(Some(entry))
+                    if entry.operation != kv::Operation::Put
+                        || self.is_mine(&entry.value)
+                        || self.is_lost(&entry.value) =>
+                {
+                    return match kv.update(&key, self.holder(), entry.revision).await {
+                        Ok(claim) => Claimed::Won(claim),
+                        Err(_) => Claimed::Taken,
+                    };
+                }
+                Ok(Some(_)) => return Claimed::Taken,
+                Ok(None) => continue,
+                Err(read) => {
+                    tracing::warn!(peer = %id, "cluster: cannot read a claim ({error}): {read}");
+                    return Claimed::Unconfirmed;
                 }
             }
-            Err(error) => {
-                tracing::warn!(peer = %id, "cluster: cannot claim an id on NATS, held here only: {error}");
-                Claimed::Unconfirmed
-            }
         }
+        Claimed::Taken
     }
 
     /// The value names a relay this one gave up on.
@@ -512,6 +578,10 @@ impl Cluster {
             return;
         };
         while let Some(message) = inbound.next().await {
+            if message.subject.ends_with(".c") {
+                self.noticed(&relay, &message).await;
+                continue;
+            }
             if message.subject.ends_with(".probe") {
                 if let Ok(token) = std::str::from_utf8(&message.payload).unwrap_or("").parse() {
                     self.probe_seen.store(token, Ordering::Release);
@@ -536,6 +606,27 @@ impl Cluster {
                     self.stats.arrived_dropped.fetch_add(1, Ordering::Relaxed);
                 }
             }
+        }
+    }
+
+    /// Another relay's claim notice ([`Cluster::tell_others`]): taken as the bucket's report
+    /// would be, then answered.
+    async fn noticed(&self, relay: &Arc<Relay>, message: &async_nats::Message) {
+        if let Ok(notice) = serde_json::from_slice::<Notice>(&message.payload) {
+            if let Ok(id) = PeerId::parse(&notice.id) {
+                let holder = Holder {
+                    relay: notice.relay,
+                    instance: notice.instance,
+                };
+                self.heard_from(relay_ref(&holder));
+                self.displaced(relay, &id, &holder, notice.claim);
+            }
+        }
+        if let Some(reply) = message.reply.clone() {
+            let _ = self
+                .client
+                .publish(reply, Bytes::from(self.me.name.to_string()))
+                .await;
         }
     }
 

@@ -183,8 +183,8 @@ async fn an_id_is_unique_across_relays() {
 #[tokio::test]
 async fn a_killed_relay_leaves_the_network() {
     let nats = NatsServer::start();
-    let a = ClusterRelay::start(&nats, "relay-a").await;
-    let b = ClusterRelay::start(&nats, "relay-b").await;
+    let a = ClusterRelay::start_quick(&nats, "relay-a").await;
+    let b = ClusterRelay::start_quick(&nats, "relay-b").await;
     let _x = a.ws("x").await;
     let _v = a.grpc("v").await;
     let mut y = WsPeer::connect(&format!("{}/?node_id=y", b.bin.url)).await;
@@ -208,8 +208,8 @@ async fn a_killed_relay_leaves_the_network() {
 #[tokio::test]
 async fn nats_stopped_and_started_again() {
     let mut nats = NatsServer::start();
-    let a = ClusterRelay::start(&nats, "relay-a").await;
-    let b = ClusterRelay::start(&nats, "relay-b").await;
+    let a = ClusterRelay::start_quick(&nats, "relay-a").await;
+    let b = ClusterRelay::start_quick(&nats, "relay-b").await;
     let mut x = a.ws("x").await;
     let mut x2 = a.ws("x2").await;
     let mut y = b.ws("y").await;
@@ -277,8 +277,8 @@ async fn nats_stopped_and_started_again() {
 #[tokio::test]
 async fn a_stuck_relay_does_not_stall_the_others() {
     let nats = NatsServer::start();
-    let a = ClusterRelay::start(&nats, "relay-a").await;
-    let b = ClusterRelay::start(&nats, "relay-b").await;
+    let a = ClusterRelay::start_quick(&nats, "relay-a").await;
+    let b = ClusterRelay::start_quick(&nats, "relay-b").await;
     let mut x = a.ws("x").await;
     let mut x2 = a.ws("x2").await;
     let mut y = b.ws("y").await;
@@ -492,4 +492,118 @@ async fn an_id_claimed_twice_during_an_outage_is_settled_when_nats_returns() {
         kept.recv_skipping_announcements().await.payload,
         r#""which""#
     );
+}
+
+/// The conformance table's scenarios, each on two relays of one NATS with consecutive peers on
+/// different relays: what a client sees is what it sees on one relay (gsio-net's own
+/// `P2PMessage`s included).
+mod as_one_relay {
+    use super::common::cluster::{ClusterNet, ClusterRelay};
+    use super::common::conformance;
+    use super::common::nats::NatsServer;
+
+    macro_rules! across_relays {
+        ($($scenario:ident),* $(,)?) => {$(
+            #[tokio::test]
+            async fn $scenario() {
+                let nats = NatsServer::start();
+                let a = ClusterRelay::start(&nats, "relay-a").await;
+                let b = ClusterRelay::start(&nats, "relay-b").await;
+                conformance::$scenario(ClusterNet::over(&[&a, &b])).await;
+            }
+        )*};
+    }
+
+    across_relays!(
+        welcome_announces_id_peers_and_limits,
+        welcome_lists_the_other_peers_sorted,
+        identity_from_first_envelope,
+        identity_required_before_any_routing,
+        echo_returns_to_sender_only,
+        broadcast_reaches_every_other_peer,
+        directed_reaches_only_the_recipient,
+        directed_to_unknown_or_empty_recipient_is_an_error,
+        spoofed_sender_is_refused,
+        empty_sender_is_filled_in,
+        peers_learn_of_joins_and_leaves,
+        second_connection_with_a_live_id_is_refused,
+        an_id_is_free_again_once_its_holder_has_left,
+        invalid_ids_are_refused,
+        oversized_message_is_refused_and_the_connection_survives,
+        payloads_arrive_exactly,
+        messages_from_one_sender_arrive_in_order,
+        a_burst_of_a_thousand_arrives_whole_and_in_order,
+        auto_routes_addressed_to_one_and_unaddressed_to_all,
+        message_ids_are_kept_or_assigned_once,
+        errors_name_the_message_id_they_answer,
+        a_burst_of_joins_is_announced_to_each_peer_exactly_once,
+        a_peer_gone_within_a_burst_is_announced_only_to_those_who_saw_it,
+        a_reused_id_is_announced_left_then_joined_before_its_messages,
+        gsio_net_messages_route_as_shipped_and_parse_as_p2p_messages,
+    );
+}
+
+/// A join waits for the other relays to confirm they know of the claim, and a relay takes a
+/// claim notice as a claim: seen from a stand-in relay (`relay-z`, a plain NATS client that
+/// heartbeats, reads its subject and answers when the test says so). No bucket is involved in
+/// what relay-z learns, and the notice alone makes relay-a know of relay-z's peer.
+#[tokio::test]
+async fn a_peer_is_welcomed_once_the_other_relays_know_of_it() {
+    use futures_util::StreamExt;
+    let nats = NatsServer::start();
+    let a = ClusterRelay::start(&nats, "relay-a").await;
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let mut notices = client.subscribe("gsio.to.relay-z.c").await.unwrap();
+    client.flush().await.unwrap();
+    let beat = r#"{"relay":"relay-z","instance":"1"}"#;
+    // relay-z heartbeats until relay-a sends it a notice (it then knows relay-z).
+    let mut x = WsPeer::connect(&format!("{}/?node_id=x", a.bin.url)).await;
+    let mut tries = 0;
+    let notice = loop {
+        tries += 1;
+        assert!(tries < 100, "relay-a never told relay-z of a claim");
+        client.publish("gsio.hb", beat.into()).await.unwrap();
+        if let Ok(Some(notice)) =
+            tokio::time::timeout(Duration::from_millis(100), notices.next()).await
+        {
+            break notice;
+        }
+        // A join that had no other relay to tell is welcomed at once: take the next one.
+        let got = x.try_recv(Duration::from_millis(1)).await;
+        if got.is_some() {
+            x = WsPeer::connect(&format!(
+                "{}/?node_id=x{}",
+                a.bin.url,
+                common::next_message_id()
+            ))
+            .await;
+        }
+    };
+    let told: serde_json::Value = serde_json::from_slice(&notice.payload).unwrap();
+    assert_eq!(told["relay"], "relay-a");
+    // Not welcomed while relay-z has not answered.
+    x.expect_silence().await;
+    client
+        .publish(notice.reply.clone().unwrap(), "relay-z".into())
+        .await
+        .unwrap();
+    let id = told["id"].as_str().unwrap();
+    x.expect_welcome(id).await;
+
+    // The other way: relay-z's notice of its peer `z1` makes relay-a know it at once.
+    let inbox = client.new_inbox();
+    let mut answers = client.subscribe(inbox.clone()).await.unwrap();
+    let notice = r#"{"relay":"relay-z","instance":"1","id":"z1","claim":999999}"#;
+    client
+        .publish_with_reply("gsio.to.relay-a.c", inbox, notice.into())
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(ARRIVES, answers.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&answer.payload[..], b"relay-a");
+    x.expect_presence(&["z1"], &[]).await;
+    let mut again = WsPeer::connect(&format!("{}/?node_id=z1", a.bin.url)).await;
+    again.expect_error("peer_id_in_use").await;
 }

@@ -10,10 +10,14 @@ use super::binary::{RunningBinary, BIN};
 use super::nats::NatsServer;
 use super::{shipped_relay_toml_on_ephemeral_ports, GrpcPeer, Peer, WsPeer};
 
-/// Heartbeats and the timeout the cluster tests run with: a relay is given up on within about
-/// 1.5 s, so a killed relay's peers leave quickly.
+/// Heartbeats the cluster tests run with.
 pub const HEARTBEAT_MS: u64 = 200;
+/// The timeout of the tests about giving relays up: a killed relay's peers leave within about
+/// 1.5 s ([`ClusterRelay::start_quick`]).
 pub const RELAY_TIMEOUT_MS: u64 = 1_500;
+/// The timeout of every other test: long enough that two test processes sharing two cores with
+/// their relays and nats-servers never starve a relay into giving the other up.
+pub const PATIENT_TIMEOUT_MS: u64 = 15_000;
 
 /// One relay process of a test's cluster.
 pub struct ClusterRelay {
@@ -33,6 +37,11 @@ pub fn cluster_section(nats_url: &str, name: &str, timeout_ms: u64) -> String {
 impl ClusterRelay {
     /// Starts relay `name` on `nats` and waits until it has read the cluster's presence.
     pub async fn start(nats: &NatsServer, name: &str) -> ClusterRelay {
+        ClusterRelay::start_patient(nats, name, PATIENT_TIMEOUT_MS).await
+    }
+
+    /// [`ClusterRelay::start`], giving other relays up after [`RELAY_TIMEOUT_MS`].
+    pub async fn start_quick(nats: &NatsServer, name: &str) -> ClusterRelay {
         ClusterRelay::start_patient(nats, name, RELAY_TIMEOUT_MS).await
     }
 
@@ -120,5 +129,47 @@ impl ClusterRelay {
                 (key == name).then(|| value.trim().parse().ok())?
             })
             .unwrap_or(0.0)
+    }
+}
+
+/// The conformance table's network ([`super::conformance::Network`]) spread over the relays of
+/// a cluster: each new connection goes to the next relay in turn, so peers that talk to each
+/// other are on different relays.
+pub struct ClusterNet {
+    relays: Vec<super::conformance::WsNet>,
+    next: std::cell::Cell<usize>,
+}
+
+impl ClusterNet {
+    pub fn over(relays: &[&ClusterRelay]) -> ClusterNet {
+        ClusterNet {
+            relays: relays
+                .iter()
+                .map(|r| super::conformance::WsNet::at(format!("{}/", r.bin.url)))
+                .collect(),
+            next: std::cell::Cell::new(0),
+        }
+    }
+
+    fn turn(&self) -> &super::conformance::WsNet {
+        let n = self.next.get();
+        self.next.set(n + 1);
+        &self.relays[n % self.relays.len()]
+    }
+}
+
+impl super::conformance::Network for ClusterNet {
+    type Peer = WsPeer;
+
+    async fn connect_as(&self, id: &str) -> WsPeer {
+        self.turn().connect_as(id).await
+    }
+
+    async fn anonymous(&self) -> WsPeer {
+        self.turn().anonymous().await
+    }
+
+    async fn expect_refused(&self, id: &str, code: &str) {
+        self.turn().expect_refused(id, code).await
     }
 }
