@@ -273,12 +273,21 @@ impl Cluster {
 
     /// The other relays heard from within `relay_timeout_ms`, by name.
     pub fn relays(&self) -> Vec<String> {
-        let mut names: Vec<String> = lock(&self.heard)
-            .keys()
-            .map(|r| r.name.to_string())
-            .collect();
+        let mut names: Vec<String> = self.others().iter().map(|n| n.to_string()).collect();
         names.sort();
-        names.dedup();
+        names
+    }
+
+    /// The names of the other relays heard from, each once (a restarted relay may be heard
+    /// under two instances for a while): what a broadcast and a claim notice go to.
+    fn others(&self) -> Vec<Arc<str>> {
+        let heard = lock(&self.heard);
+        let mut names: Vec<Arc<str>> = Vec::with_capacity(heard.len());
+        for relay in heard.keys() {
+            if relay.name != self.me.name && !names.contains(&relay.name) {
+                names.push(relay.name.clone());
+            }
+        }
         names
     }
 
@@ -330,11 +339,7 @@ impl Cluster {
     /// The inbox is subscribed on the connection the notices go out on, so no answer can come
     /// before it.
     async fn tell_others(&self, id: &PeerId, claim: Claim) {
-        let mut waiting: std::collections::HashSet<String> = self
-            .relays()
-            .into_iter()
-            .filter(|name| *name != *self.me.name)
-            .collect();
+        let mut waiting = self.others();
         if waiting.is_empty() {
             return;
         }
@@ -360,7 +365,8 @@ impl Cluster {
         while !waiting.is_empty() {
             match tokio::time::timeout_at(deadline, answers.next()).await {
                 Ok(Some(answer)) => {
-                    waiting.remove(std::str::from_utf8(&answer.payload).unwrap_or_default());
+                    let name = std::str::from_utf8(&answer.payload).unwrap_or_default();
+                    waiting.retain(|waited| **waited != *name);
                 }
                 _ => break,
             }
@@ -388,8 +394,8 @@ impl Cluster {
                 // meanwhile, the update fails and the claim is lost).
                 Ok(Some(entry))
                     if entry.operation != kv::Operation::Put
-                        || self.is_mine(&entry.value)
-                        || self.is_lost(&entry.value) =>
+                        || serde_json::from_slice::<Holder>(&entry.value)
+                            .is_ok_and(|h| self.is_mine(&h) || self.is_lost(&h)) =>
                 {
                     return match kv.update(&key, self.holder(), entry.revision).await {
                         Ok(claim) => Claimed::Won(claim),
@@ -407,21 +413,15 @@ impl Cluster {
         Claimed::Taken
     }
 
-    /// The value names a relay this one gave up on.
-    fn is_lost(&self, value: &[u8]) -> bool {
-        serde_json::from_slice::<Holder>(value)
-            .is_ok_and(|h| lock(&self.lost).contains(&relay_ref(&h)))
+    /// The holder is a relay this one gave up on.
+    fn is_lost(&self, holder: &Holder) -> bool {
+        lock(&self.lost).contains(&relay_ref(holder))
     }
 
     /// `from` was heard from: alive, whatever was thought before.
     fn heard_from(&self, from: RelayRef) {
         lock(&self.lost).remove(&from);
         lock(&self.heard).insert(from, Instant::now());
-    }
-
-    fn is_mine(&self, value: &[u8]) -> bool {
-        serde_json::from_slice::<Holder>(value)
-            .is_ok_and(|h| h.relay == *self.me.name && h.instance == *self.me.instance)
     }
 
     /// A local peer left (or its claim was lost): its key is deleted after what it sent.
@@ -719,7 +719,7 @@ impl Cluster {
             .collect();
         for id in &local {
             match bucket.remove(id) {
-                Some((holder, claim)) if self.is_mine_holder(&holder) => {
+                Some((holder, claim)) if self.is_mine(&holder) => {
                     lock(&self.claims).insert(id.clone(), claim);
                 }
                 Some((holder, claim)) => self.displaced(relay, id, &holder, claim),
@@ -729,7 +729,7 @@ impl Cluster {
         // Its own keys for peers gone meanwhile; the others' peers as the bucket has them.
         let mut present: HashMap<PeerId, Claim> = HashMap::new();
         for (id, (holder, claim)) in bucket {
-            if self.is_mine_holder(&holder) {
+            if self.is_mine(&holder) {
                 let _ = kv.delete_expect_revision(key_of(&id), Some(claim)).await;
                 continue;
             }
@@ -849,7 +849,7 @@ impl Cluster {
             .map_err(|e| format!("bucket {}: {e}", self.bucket))
     }
 
-    fn is_mine_holder(&self, holder: &Holder) -> bool {
+    fn is_mine(&self, holder: &Holder) -> bool {
         holder.relay == *self.me.name && holder.instance == *self.me.instance
     }
 
@@ -863,7 +863,7 @@ impl Cluster {
                 let Ok(holder) = serde_json::from_slice::<Holder>(&entry.value) else {
                     return;
                 };
-                if !self.is_mine_holder(&holder) {
+                if !self.is_mine(&holder) {
                     self.displaced(relay, &id, &holder, entry.revision);
                 }
             }
@@ -923,10 +923,9 @@ impl Uplink for Cluster {
             Forward::Nowhere => return Ok(()),
             Forward::To(relay) => vec![self.subject(&relay.name, "d")],
             Forward::Everywhere => self
-                .relays()
-                .into_iter()
-                .filter(|name| *name != *self.me.name)
-                .map(|name| self.subject(&name, "b"))
+                .others()
+                .iter()
+                .map(|name| self.subject(name, "b"))
                 .collect(),
         };
         if subjects.is_empty() {

@@ -27,8 +27,6 @@ pub struct PeerConn {
     front: Front,
     /// Where this connection's routing is counted as it happens ([`crate::metrics`]).
     meter: ConnMeter,
-    /// The id this connection claimed on the cluster, released when it ends.
-    claimed: Option<PeerId>,
 }
 
 impl PeerConn {
@@ -45,7 +43,6 @@ impl PeerConn {
             pending: Counts::default(),
             front,
             meter,
-            claimed: None,
         };
         (peer, outbox)
     }
@@ -99,28 +96,25 @@ impl PeerConn {
             return step;
         };
         let won = match self.relay.cluster() {
-            Some(cluster) => match cluster.claim(&id).await {
-                Claimed::Won(_) | Claimed::Unconfirmed => {
-                    self.claimed = Some(id.clone());
-                    true
-                }
-                Claimed::Taken => false,
-            },
+            Some(cluster) => cluster.claim(&id).await != Claimed::Taken,
             None => true,
         };
         let mut meter = self.relay.metrics.meter(&mut self.meter);
         let step = self
             .connection
             .reserved(self.relay.table(), won, now(), &mut meter);
-        if self.connection.id().is_none() {
-            self.release();
+        if won && self.connection.id().is_none() {
+            // Won on the bus but not joined here: nobody holds it.
+            self.release(&id);
         }
         step
     }
 
-    fn release(&mut self) {
-        if let (Some(id), Some(cluster)) = (self.claimed.take(), self.relay.cluster()) {
-            cluster.release(&id);
+    /// Gives the cluster's claim of `id` back (nothing on a relay on its own, or for an id this
+    /// relay holds no claim of).
+    fn release(&self, id: &PeerId) {
+        if let Some(cluster) = self.relay.cluster() {
+            cluster.release(id);
         }
     }
 
@@ -182,7 +176,9 @@ impl Drop for PeerConn {
     fn drop(&mut self) {
         let id = self.connection.id().cloned();
         self.connection.leave(self.relay.table());
-        self.release();
+        if let Some(id) = &id {
+            self.release(id);
+        }
         let step = self.after(Step::Continue);
         debug_assert_eq!(step, Step::Continue);
         let stats = &self.relay.stats;

@@ -704,6 +704,23 @@ pub async fn run_traffic(
     result
 }
 
+/// [`open_many`] 64 at a time, where every one must open: the items in index order, or an
+/// error naming how many of `count` `what` failed and the first failure.
+pub async fn open_all<T, F, Fut>(count: usize, what: &str, open: F) -> Result<Vec<T>>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let (opened, failures, first) = open_many(count, 64, open).await;
+    if failures > 0 {
+        bail!(
+            "{failures} of {count} {what} failed to connect; first: {}",
+            first.unwrap_or_default()
+        );
+    }
+    Ok(opened.into_iter().map(|(_, item)| item).collect())
+}
+
 /// Opens `count` items with `open(i)`, at most `parallel` at once, in index order; failures are
 /// counted and the first kept.
 pub async fn open_many<T, F, Fut>(
@@ -804,21 +821,14 @@ pub async fn connect_peer(access: Access<'_>, id: &str) -> Result<Peer> {
 /// by that shape).
 pub async fn pairs_topology(pairs: usize, a: Access<'_>, b: Access<'_>) -> Result<Topology> {
     let base = next_tag() * 1_000_000;
-    let (peers, failures, first) = open_many(pairs * 2, 64, |i| {
+    let peers = open_all(pairs * 2, "peers", |i| {
         let (access, side) = if i % 2 == 0 { (a, 'a') } else { (b, 'b') };
         let id = format!("p{}{side}", base + i / 2);
         async move { connect_peer(access, &id).await }
     })
-    .await;
-    if failures > 0 {
-        bail!(
-            "{failures} of {} peers failed to connect; first: {}",
-            pairs * 2,
-            first.unwrap_or_default()
-        );
-    }
+    .await?;
     let mut topology = Topology::default();
-    let mut peers = peers.into_iter().map(|(_, peer)| peer);
+    let mut peers = peers.into_iter();
     for i in 0..pairs {
         let (pa, pb) = (
             peers.next().expect("counted"),
@@ -860,23 +870,17 @@ pub async fn fanout_topology(
     subscribers_url: &str,
 ) -> Result<Topology> {
     let tag = next_tag();
-    let (subs, failures, first) = open_many(subscribers, 64, |i| {
+    let subs = open_all(subscribers, "subscribers", |i| {
         let id = format!("s{tag}_{i}");
         async move { ws_connect(subscribers_url, &id).await }
     })
-    .await;
-    if failures > 0 {
-        bail!(
-            "{failures} of {subscribers} subscribers failed to connect; first: {}",
-            first.unwrap_or_default()
-        );
-    }
+    .await?;
     let publisher = format!("pub{tag}");
     let (sink, stream) = ws_connect(publisher_url, &publisher).await?.split();
     let gate = Arc::new(Gate::default());
     let mut topology = Topology::default();
     let mut links = Vec::with_capacity(subscribers);
-    for (_, ws) in subs {
+    for ws in subs {
         let link = Link::new(&gate);
         links.push(link.clone());
         topology.receivers.push(ReceiverSpec {
@@ -909,7 +913,7 @@ pub fn nats_subject(tag: usize, id: &str) -> String {
 /// opaque payloads.
 pub async fn nats_pairs_topology(pairs: usize, url: &str) -> Result<Topology> {
     let tag = next_tag();
-    let (peers, failures, first) = open_many(pairs * 2, 64, |i| {
+    let peers = open_all(pairs * 2, "NATS peers", |i| {
         let side = if i % 2 == 0 { 'a' } else { 'b' };
         let id = format!("p{}{side}", i / 2);
         async move {
@@ -918,16 +922,9 @@ pub async fn nats_pairs_topology(pairs: usize, url: &str) -> Result<Topology> {
             Ok((client, subscriber))
         }
     })
-    .await;
-    if failures > 0 {
-        bail!(
-            "{failures} of {} NATS peers failed to connect; first: {}",
-            pairs * 2,
-            first.unwrap_or_default()
-        );
-    }
+    .await?;
     let mut topology = Topology::default();
-    let mut peers = peers.into_iter().map(|(_, peer)| peer);
+    let mut peers = peers.into_iter();
     for i in 0..pairs {
         let ((client_a, sub_a), (client_b, sub_b)) = (
             peers.next().expect("counted"),
@@ -971,7 +968,7 @@ pub async fn nats_pairs_topology(pairs: usize, url: &str) -> Result<Topology> {
 pub async fn nats_fanout_topology(subscribers: usize, url: &str) -> Result<Topology> {
     let tag = next_tag();
     let subject = nats_subject(tag, "fanout");
-    let (subs, failures, first) = open_many(subscribers, 64, |i| {
+    let subs = open_all(subscribers, "NATS subscribers", |i| {
         let id = format!("s{i}");
         let subject = subject.clone();
         async move {
@@ -980,19 +977,13 @@ pub async fn nats_fanout_topology(subscribers: usize, url: &str) -> Result<Topol
             Ok((client, subscriber))
         }
     })
-    .await;
-    if failures > 0 {
-        bail!(
-            "{failures} of {subscribers} NATS subscribers failed to connect; first: {}",
-            first.unwrap_or_default()
-        );
-    }
+    .await?;
     let publisher = format!("pub{tag}");
     let client = nats_connect(url, &publisher).await?;
     let gate = Arc::new(Gate::default());
     let mut topology = Topology::default();
     let mut links = Vec::with_capacity(subscribers);
-    for (_, (_client, subscriber)) in subs {
+    for (_client, subscriber) in subs {
         let link = Link::new(&gate);
         links.push(link.clone());
         topology.receivers.push(ReceiverSpec {

@@ -202,6 +202,27 @@ pub const RELAY_ENV: &[(&str, &str)] = &[
     ("GSIO_RELAY_ROUTING__DEFAULT", "broadcast"),
 ];
 
+/// Starts `command` (stderr piped) so that it dies with the bench, and returns its guard, its
+/// stderr to read and the log watch the reader feeds.
+fn spawn_watched(
+    command: &mut Command,
+    binary: &Path,
+    name: &'static str,
+) -> Result<(Child, std::process::ChildStderr, Arc<LogWatch>)> {
+    die_with_parent(command);
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("cannot start {}", binary.display()))?;
+    let stderr = child.stderr.take().expect("piped");
+    let log = Arc::new(LogWatch::default());
+    let guard = Child {
+        name,
+        child,
+        log: log.clone(),
+    };
+    Ok((guard, stderr, log))
+}
+
 /// Starts the relay on `config` with [`RELAY_ENV`] and `extra` env overrides; waits for its
 /// "listening" line.
 pub fn spawn_relay(config: &Path, extra: &[(String, String)]) -> Result<RelayProcess> {
@@ -219,17 +240,7 @@ pub fn spawn_relay(config: &Path, extra: &[(String, String)]) -> Result<RelayPro
     for (key, value) in extra {
         command.env(key, value);
     }
-    die_with_parent(&mut command);
-    let mut child = command
-        .spawn()
-        .with_context(|| format!("cannot start {}", binary.display()))?;
-    let stderr = child.stderr.take().expect("piped");
-    let log = Arc::new(LogWatch::default());
-    let guard = Child {
-        name: "gsio-relay",
-        child,
-        log: log.clone(),
-    };
+    let (guard, stderr, log) = spawn_watched(&mut command, &binary, "gsio-relay")?;
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     std::thread::spawn(move || {
         let mut tx = Some(tx);
@@ -372,17 +383,7 @@ pub fn spawn_nats() -> Result<NatsProcess> {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    die_with_parent(&mut command);
-    let mut child = command
-        .spawn()
-        .with_context(|| format!("cannot start {}", binary.display()))?;
-    let stderr = child.stderr.take().expect("piped");
-    let log = Arc::new(LogWatch::default());
-    let guard = Child {
-        name: "nats-server",
-        child,
-        log: log.clone(),
-    };
+    let (guard, stderr, log) = spawn_watched(&mut command, &binary, "nats-server")?;
     let (tx, rx) = std::sync::mpsc::channel::<Result<String, String>>();
     std::thread::spawn(move || {
         let mut tx = Some(tx);

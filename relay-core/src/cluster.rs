@@ -121,7 +121,7 @@ impl Remote {
     }
 
     /// True when `claim` of `id` is known to be released.
-    pub(crate) fn is_departed(&self, id: &PeerId, claim: Claim) -> bool {
+    pub(crate) fn is_departed(&self, id: &str, claim: Claim) -> bool {
         self.departed.get(id).is_some_and(|&gone| gone >= claim)
     }
 
@@ -239,33 +239,49 @@ pub fn arrived<L: Link>(
     message: &Arc<Message>,
 ) -> Applied {
     let mut applied = Applied::default();
-    let sender = message.envelope().sender_id.to_string();
-    let Ok(sender) = PeerId::parse(&sender) else {
-        return applied;
-    };
-    let news = table.read().arrival(&sender, claim);
-    match news {
-        Arrival::Known => {}
-        Arrival::Stale => return applied,
-        Arrival::New => {
-            let mut hub = table.write();
-            let (outcome, effect) = hub.remote_joined(sender.clone(), from.clone(), claim);
-            apply(&mut hub, effect, &mut applied);
-            if outcome != RemoteJoin::Joined {
-                // Released or displaced meanwhile (or held here): not from a live claim.
-                if hub.arrival(&sender, claim) != Arrival::Known {
-                    return applied;
-                }
+    let sender: &str = &message.envelope().sender_id;
+    {
+        // The common case, under one read of the table: a sender already known and announced.
+        let hub = table.read();
+        match hub.arrival(sender, claim) {
+            Arrival::Stale => return applied,
+            Arrival::Known if !hub.remote_join_pending(sender) => {
+                deliver_here(&hub, carried, message, &mut applied);
+                return applied;
             }
+            Arrival::Known | Arrival::New => {}
         }
     }
-    if table.read().remote_join_pending(sender.as_str()) {
-        // Nobody hears from a peer before hearing of it: a join still waiting for the
-        // presence timer is announced now.
+    {
         let mut hub = table.write();
-        flush(&mut hub, &mut applied.counts);
+        if hub.arrival(sender, claim) == Arrival::New {
+            let Ok(id) = PeerId::parse(sender) else {
+                return applied;
+            };
+            let (_, effect) = hub.remote_joined(id, from.clone(), claim);
+            apply(&mut hub, effect, &mut applied);
+        }
+        if hub.arrival(sender, claim) != Arrival::Known {
+            // Released or displaced meanwhile (or held here): not from a live claim.
+            return applied;
+        }
+        if hub.remote_join_pending(sender) {
+            // Nobody hears from a peer before hearing of it: a join still waiting for the
+            // presence timer is announced now.
+            flush(&mut hub, &mut applied.counts);
+        }
     }
-    let hub = table.read();
+    deliver_here(&table.read(), carried, message, &mut applied);
+    applied
+}
+
+/// Hands a message from another relay to its recipients here.
+fn deliver_here<L: Link>(
+    hub: &Hub<L>,
+    carried: Carried,
+    message: &Arc<Message>,
+    applied: &mut Applied,
+) {
     let mut deliver = |peer: &L| match peer.send(message) {
         Ok(()) => applied.counts.delivered += 1,
         Err(Refused::SlowConsumer { newly }) => applied.counts.slow_consumers += u64::from(newly),
@@ -280,7 +296,6 @@ pub fn arrived<L: Link>(
         }
     }
     applied.counts.routed += 1;
-    applied
 }
 
 /// What the table knows of a message's sender claim (see the module's docs).

@@ -178,7 +178,7 @@ impl<P> Hub<P> {
         let Some(remote) = self.remote.as_mut() else {
             return (RemoteJoin::Known, Effect::default());
         };
-        if remote.is_departed(&id, claim) {
+        if remote.is_departed(id.as_str(), claim) {
             return (RemoteJoin::Known, Effect::default());
         }
         match remote.peers.get_mut(&id) {
@@ -279,7 +279,7 @@ impl<P> Hub<P> {
 
     /// What is known of `sender`'s `claim` (see [`crate::cluster`], "Claims order what
     /// crosses").
-    pub(crate) fn arrival(&self, sender: &PeerId, claim: Claim) -> Arrival {
+    pub(crate) fn arrival(&self, sender: &str, claim: Claim) -> Arrival {
         let Some(remote) = self.remote.as_ref() else {
             return Arrival::Stale;
         };
