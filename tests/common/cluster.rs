@@ -132,22 +132,28 @@ impl ClusterRelay {
     }
 }
 
-/// The conformance table's network ([`super::conformance::Network`]) spread over the relays of
-/// a cluster: each new connection goes to the next relay in turn, so peers that talk to each
-/// other are on different relays.
+/// The conformance table's network ([`super::conformance::Network`]) spread over two relays of
+/// one cluster, which it runs (with their nats-server) for as long as it lives: each new
+/// connection goes to the next relay in turn, so peers that talk to each other are on different
+/// relays.
 pub struct ClusterNet {
     relays: Vec<super::conformance::WsNet>,
     next: std::cell::Cell<usize>,
+    _processes: (ClusterRelay, ClusterRelay, NatsServer),
 }
 
 impl ClusterNet {
-    pub fn over(relays: &[&ClusterRelay]) -> ClusterNet {
+    pub async fn start() -> ClusterNet {
+        let nats = NatsServer::start();
+        let a = ClusterRelay::start(&nats, "relay-a").await;
+        let b = ClusterRelay::start(&nats, "relay-b").await;
         ClusterNet {
-            relays: relays
+            relays: [&a, &b]
                 .iter()
                 .map(|r| super::conformance::WsNet::at(format!("{}/", r.bin.url)))
                 .collect(),
             next: std::cell::Cell::new(0),
+            _processes: (a, b, nats),
         }
     }
 
